@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create (idempotently) the Python virtual environment used to generate test
+# fixtures (e.g. tests/fixtures/rouge via scripts/make_rouge_fixture.py).
+# Usage: scripts/setup-venv.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q -r scripts/requirements.txt

@@ -1,0 +1,237 @@
+//! `exitbench generate`: one prompt through the early-exit decoder; prints the text, each token's
+//! exit layer and the average, or one JSON document with `--json`.
+
+use crate::backend::candle::CandleBackend;
+use crate::backend::{default_threads, set_cpu_threads, BackendKind, DeviceKind};
+use crate::decode::{generate, GenerateOptions, Generation, Sampling};
+use crate::error::{Error, Result};
+use crate::exit::schedule::DEFAULT_TAU;
+use crate::exit::{ExitMode, ExitPolicy, Measure, Schedule};
+use crate::model::{LoadOptions, LoadedModel, Precision};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Flags naming a model and how to run it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model directory (Hugging Face layout).
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Runtime: candle.
+    #[arg(long, default_value = "candle")]
+    pub backend: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// CPU threads (default: 1 below hidden size 1024, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Build random weights of config.json's shape with this seed (quality is meaningless).
+    #[arg(long)]
+    pub random_weights: Option<u64>,
+}
+
+/// Flags choosing the exit mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExitArgs {
+    /// Confidence measure: softmax-diff, softmax-max, saturation, classifier (none: full depth).
+    #[arg(long)]
+    pub measure: Option<String>,
+    /// Threshold λ in [0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    pub threshold: f64,
+    /// fixed or decaying.
+    #[arg(long, default_value = "fixed")]
+    pub schedule: String,
+    /// τ of the decaying schedule.
+    #[arg(long, default_value_t = DEFAULT_TAU)]
+    pub tau: f64,
+    /// First layer (1-based) a token may exit at.
+    #[arg(long, default_value_t = 1)]
+    pub min_exit_layer: usize,
+    /// Check every k-th layer.
+    #[arg(long, default_value_t = 1)]
+    pub exit_interval: usize,
+    /// Exit every token at this layer (LayerSkip-style static exit).
+    #[arg(long, conflicts_with_all = ["measure", "oracle"])]
+    pub static_exit: Option<usize>,
+    /// Oracle analysis: all layers run, tokens credited to the lowest agreeing layer.
+    #[arg(long, conflicts_with = "measure")]
+    pub oracle: bool,
+}
+
+impl ExitArgs {
+    /// The exit mode these flags describe (validated against the model later).
+    pub fn mode(&self) -> Result<ExitMode> {
+        let schedule = Schedule::parse(&self.schedule, self.tau)?;
+        if let Some(layer) = self.static_exit {
+            return Ok(ExitMode::Static { layer });
+        }
+        if self.oracle {
+            return Ok(ExitMode::Oracle { min_exit_layer: self.min_exit_layer, exit_interval: self.exit_interval });
+        }
+        match &self.measure {
+            None => Ok(ExitMode::Full),
+            Some(m) => Ok(ExitMode::Dynamic(ExitPolicy {
+                measure: Measure::parse(m)?,
+                threshold: self.threshold,
+                schedule,
+                min_exit_layer: self.min_exit_layer,
+                exit_interval: self.exit_interval,
+            })),
+        }
+    }
+}
+
+/// Flags of `exitbench generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model and runtime.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Exit mode.
+    #[command(flatten)]
+    pub exit: ExitArgs,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A model ready to run, with the settings it was loaded with.
+pub struct Prepared {
+    /// The model.
+    pub loaded: LoadedModel,
+    /// CPU threads in use.
+    pub threads: usize,
+    /// Precision.
+    pub precision: Precision,
+    /// Device.
+    pub device: DeviceKind,
+    /// Backend.
+    pub backend: BackendKind,
+}
+
+/// Validates model flags, sets threads and loads the model.
+pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
+    let backend = BackendKind::parse(&a.backend)?;
+    let device = DeviceKind::parse(&a.device)?;
+    let precision = Precision::parse(&a.dtype)?;
+    if a.threads == Some(0) {
+        return Err(Error::setting("--threads", "must be at least 1"));
+    }
+    // Threads must be set before the first tensor op; the config tells the model size.
+    let cfg = crate::model::LlamaConfig::from_file(&a.model.join("config.json")).map_err(|e| match e {
+        Error::Io { .. } if !a.model.is_dir() => Error::Io { path: a.model.clone(), message: "model directory not found".into() },
+        Error::Io { path, .. } => Error::BadModel { dir: a.model.clone(), message: format!("{} is missing", path.display()) },
+        other => other,
+    })?;
+    let threads = a.threads.unwrap_or_else(|| default_threads(cfg.hidden_size));
+    set_cpu_threads(threads);
+    let loaded = LoadedModel::load(&a.model, &LoadOptions { precision, device: device.candle_device()?, random_weights: a.random_weights })?;
+    Ok(Prepared { loaded, threads, precision, device, backend })
+}
+
+#[derive(Serialize)]
+struct TokenOut {
+    id: u32,
+    text: String,
+    exit_layer: usize,
+    confidence: Option<f32>,
+    layers_ms: f64,
+    exit_checks_ms: f64,
+    propagation_ms: f64,
+}
+
+#[derive(Serialize)]
+struct GenerateOut {
+    text: String,
+    token_ids: Vec<u32>,
+    tokens: Vec<TokenOut>,
+    avg_layers: f64,
+    num_layers: usize,
+    prompt_tokens: usize,
+    prefill_ms: f64,
+    stop: crate::decode::StopReason,
+    mode: ExitMode,
+    threads: usize,
+    dtype: &'static str,
+    quality_meaningless: bool,
+}
+
+/// Runs `exitbench generate`.
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let mode = a.exit.mode()?;
+    let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
+    sampling.validate()?;
+    let p = prepare(&a.model)?;
+    let m = &p.loaded;
+    mode.validate(m.model.num_layers())?;
+    let prompt = m.tokenizer.encode(&a.prompt)?;
+    let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids() };
+    let mut backend = CandleBackend::new(&m.model);
+    let g = generate(&mut backend, &prompt, &opts)?;
+    print_generation(&p, &g, &opts, a.json)
+}
+
+fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: bool) -> Result<()> {
+    let m = &p.loaded;
+    let ids = g.ids();
+    let pieces = m.tokenizer.pieces(&ids)?;
+    let text = m.tokenizer.decode(&ids)?;
+    if json {
+        let ms = |s: f64| s * 1e3;
+        let out = GenerateOut {
+            text,
+            token_ids: ids.clone(),
+            tokens: g.tokens.iter().zip(pieces).map(|(t, text)| TokenOut {
+                id: t.id,
+                text,
+                exit_layer: t.exit_layer,
+                confidence: t.confidence,
+                layers_ms: ms(t.layers_s),
+                exit_checks_ms: ms(t.exit_checks_s),
+                propagation_ms: ms(t.propagation_s),
+            }).collect(),
+            avg_layers: g.avg_layers(),
+            num_layers: m.model.num_layers(),
+            prompt_tokens: g.prompt_tokens,
+            prefill_ms: ms(g.prefill_s),
+            stop: g.stop,
+            mode: opts.mode,
+            threads: p.threads,
+            dtype: p.precision.name(),
+            quality_meaningless: m.random_weights.is_some(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("{text}");
+    println!();
+    let layers: Vec<String> = g.tokens.iter().map(|t| t.exit_layer.to_string()).collect();
+    println!("exit layers: {}", layers.join(" "));
+    let l = m.model.num_layers();
+    let avg = g.avg_layers();
+    println!("average layers: {avg:.2} of {l} (theoretical speedup {:.2}x), {} tokens, stop: {:?}", if avg > 0.0 { l as f64 / avg } else { 0.0 }, g.tokens.len(), g.stop);
+    if m.random_weights.is_some() {
+        eprintln!("warning: random weights: the text and quality figures are meaningless");
+    }
+    Ok(())
+}

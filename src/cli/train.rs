@@ -1,0 +1,120 @@
+//! `exitbench train`: the embedded model (from scratch or resumed), or `--classifier-only` exit
+//! classifiers for any model directory.
+
+use crate::data::DatasetSpec;
+use crate::error::{Error, Result};
+use crate::model::{LoadOptions, LoadedModel, Precision};
+use crate::train::{classifier, train, TrainOptions};
+use std::path::PathBuf;
+
+/// Flags of `exitbench train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Model directory to write (or, with --classifier-only, to read and add classifiers to).
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Only train per-layer exit classifiers on the frozen model.
+    #[arg(long)]
+    pub classifier_only: bool,
+    /// Dataset for --classifier-only (synth:train, synth:validation or a JSONL file).
+    #[arg(long, default_value = "synth:train")]
+    pub dataset: String,
+    /// Examples used for --classifier-only.
+    #[arg(long, default_value_t = 400)]
+    pub samples: usize,
+    /// Full-batch epochs of the classifiers.
+    #[arg(long, default_value_t = 300)]
+    pub classifier_epochs: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 6)]
+    pub layers: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 4)]
+    pub kv_heads: usize,
+    /// SwiGLU width.
+    #[arg(long, default_value_t = 688)]
+    pub intermediate: usize,
+    /// Tokenizer vocabulary size.
+    #[arg(long, default_value_t = 1024)]
+    pub vocab: usize,
+    /// Longest training sequence (tokens).
+    #[arg(long, default_value_t = 320)]
+    pub max_len: usize,
+    /// Total optimizer steps.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Seed.
+    #[arg(long, default_value_t = crate::data::synth::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Log every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Stop after this many seconds (after a checkpoint); rerun the same command to resume.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Synthetic samples the tokenizer is trained on.
+    #[arg(long, default_value_t = 4000)]
+    pub tokenizer_samples: usize,
+    /// CPU threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Runs `exitbench train`.
+pub fn run(a: TrainArgs) -> Result<()> {
+    crate::backend::set_cpu_threads(a.threads);
+    if a.classifier_only {
+        let ds = DatasetSpec::parse(&a.dataset)?;
+        let examples = ds.load(Some(a.samples))?;
+        let m = LoadedModel::load(&a.model, &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
+        let (path, fits) = classifier::train_classifiers(&m, &examples, a.classifier_epochs, 0.05)?;
+        for f in &fits {
+            println!("layer {}: positive rate {:.3}, accuracy {:.3}, loss {:.4}", f.layer, f.positive_rate, f.accuracy, f.loss);
+        }
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
+    if a.layers == 0 || a.hidden == 0 || a.steps == 0 || a.batch == 0 || a.log_every == 0 || a.checkpoint_every == 0 {
+        return Err(Error::setting("train", "--layers, --hidden, --steps, --batch, --log-every and --checkpoint-every must be positive"));
+    }
+    let o = TrainOptions {
+        out: a.model,
+        layers: a.layers,
+        hidden: a.hidden,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        intermediate: a.intermediate,
+        vocab: a.vocab,
+        max_len: a.max_len,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        time_limit_s: a.time_limit,
+        tokenizer_samples: a.tokenizer_samples,
+    };
+    let steps = train(&o)?;
+    println!("trained to step {steps} of {}; model in {}", o.steps, o.out.display());
+    Ok(())
+}

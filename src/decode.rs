@@ -1,0 +1,341 @@
+//! The decode loop, written once for every backend: batched prefill, then one token at a time
+//! layer by layer, asking the exit policy at each exit point, propagating the exited state into
+//! the skipped layers' caches, and timing layers / exit checks / propagation separately.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::exit::measure::{argmax, softmax_confidence};
+use crate::exit::{ExitMode, Measure};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Token selection.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sampling {
+    /// 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 keeps every token.
+    pub top_p: f64,
+    /// Seed of the sampling RNG.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl Sampling {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::setting("--temperature", format!("{} must be ≥ 0", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::setting("--top-p", format!("{} is outside (0, 1]", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Exit mode (full depth, early exit, static exit, oracle).
+    pub mode: ExitMode,
+    /// Maximum new tokens.
+    pub max_new_tokens: usize,
+    /// Token selection.
+    pub sampling: Sampling,
+    /// Ids that end generation.
+    pub eos_ids: Vec<u32>,
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenTrace {
+    /// Token id.
+    pub id: u32,
+    /// Layer (1-based) the token exited at; L at full depth.
+    pub exit_layer: usize,
+    /// The measure's value at the exit layer when the token exited early (None at full depth).
+    pub confidence: Option<f32>,
+    /// Seconds spent in decoder layers for this token.
+    pub layers_s: f64,
+    /// Seconds spent in exit checks (exit head + confidence measure).
+    pub exit_checks_s: f64,
+    /// Seconds spent propagating the exited state into skipped layers.
+    pub propagation_s: f64,
+}
+
+impl TokenTrace {
+    /// Total seconds for this token.
+    pub fn total_s(&self) -> f64 {
+        self.layers_s + self.exit_checks_s + self.propagation_s
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// An end-of-sequence token was generated (it is included in the tokens).
+    Eos,
+    /// The maximum number of new tokens was reached.
+    MaxNewTokens,
+    /// The model's maximum sequence length was reached.
+    MaxPositions,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Generation {
+    /// Number of prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens (prompt excluded); the first comes from the prefill.
+    pub tokens: Vec<TokenTrace>,
+    /// Seconds of the batched prefill (time to first token).
+    pub prefill_s: f64,
+    /// Why generation stopped.
+    pub stop: StopReason,
+}
+
+impl Generation {
+    /// Generated token ids.
+    pub fn ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    /// Mean exit layer over generated tokens (0 when none).
+    pub fn avg_layers(&self) -> f64 {
+        if self.tokens.is_empty() {
+            return 0.0;
+        }
+        self.tokens.iter().map(|t| t.exit_layer as f64).sum::<f64>() / self.tokens.len() as f64
+    }
+
+    /// Decode seconds (every token after the first, which the prefill produced).
+    pub fn decode_s(&self) -> f64 {
+        self.tokens.iter().skip(1).map(TokenTrace::total_s).sum()
+    }
+}
+
+/// Generates from `prompt` with `backend`, whose caches are reset first.
+pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
+    let layers = backend.num_layers();
+    opts.mode.validate(layers)?;
+    opts.sampling.validate()?;
+    check_prompt(backend, prompt)?;
+    if let ExitMode::Dynamic(p) = &opts.mode {
+        if p.measure == Measure::Classifier && !backend.has_classifier() {
+            return Err(Error::Unsupported(
+                "the `classifier` measure needs exit classifiers, and this model has none \
+                 (train them with `exitbench train --classifier-only`)"
+                    .into(),
+            ));
+        }
+    }
+    backend.reset();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.sampling.seed);
+    let depth = opts.mode.depth(layers);
+
+    let start = Instant::now();
+    let mut h = backend.embed(prompt)?;
+    for l in 1..=depth {
+        h = backend.layer(l, &h)?;
+    }
+    let logits = backend.exit_logits(&h)?;
+    backend.sync()?;
+    let prefill_s = start.elapsed().as_secs_f64();
+    let first = select(&logits, &opts.sampling, &mut rng);
+    let mut tokens = vec![TokenTrace { id: first, exit_layer: depth, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0 }];
+
+    let stop = loop {
+        let last = tokens.last().map(|t| t.id).unwrap_or(first);
+        if opts.eos_ids.contains(&last) {
+            break StopReason::Eos;
+        }
+        if tokens.len() >= opts.max_new_tokens {
+            break StopReason::MaxNewTokens;
+        }
+        if prompt.len() + tokens.len() >= backend.max_positions() {
+            break StopReason::MaxPositions;
+        }
+        let step = tokens.len() - 1;
+        let trace = decode_token(backend, last, step, opts, &mut rng)?;
+        tokens.push(trace);
+    };
+    if opts.max_new_tokens == 0 {
+        tokens.clear();
+    }
+    Ok(Generation { prompt_tokens: prompt.len(), tokens, prefill_s, stop })
+}
+
+fn check_prompt<B: Backend>(backend: &B, prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::setting("--prompt", "the prompt encodes to zero tokens"));
+    }
+    if prompt.len() >= backend.max_positions() {
+        return Err(Error::setting(
+            "--prompt",
+            format!("{} prompt tokens do not fit max_position_embeddings = {} (one position must remain for generation)", prompt.len(), backend.max_positions()),
+        ));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= backend.vocab_size()) {
+        return Err(Error::setting("--prompt", format!("token id {bad} is outside the vocabulary ({})", backend.vocab_size())));
+    }
+    Ok(())
+}
+
+/// Time accumulated per component while decoding one token.
+#[derive(Default)]
+struct Clock {
+    layers: f64,
+    checks: f64,
+    prop: f64,
+}
+
+/// Runs one token through the layers; `step` is the 0-based decode step (for schedules).
+fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: &GenerateOptions, rng: &mut rand::rngs::StdRng) -> Result<TokenTrace> {
+    let layers = backend.num_layers();
+    let mut clock = Clock::default();
+    let t0 = Instant::now();
+    let mut h = backend.embed(&[token])?;
+    clock.layers += t0.elapsed().as_secs_f64();
+    let (id, exit_layer, confidence) = match &opts.mode {
+        ExitMode::Full => {
+            h = timed_layers(backend, &h, 1..=layers, &mut clock)?;
+            let t = Instant::now();
+            let logits = backend.exit_logits(&h)?;
+            clock.checks += t.elapsed().as_secs_f64();
+            (select(&logits, &opts.sampling, rng), layers, None)
+        }
+        ExitMode::Static { layer } => {
+            h = timed_layers(backend, &h, 1..=*layer, &mut clock)?;
+            let t = Instant::now();
+            let logits = backend.exit_logits(&h)?;
+            clock.checks += t.elapsed().as_secs_f64();
+            (select(&logits, &opts.sampling, rng), *layer, None)
+        }
+        ExitMode::Oracle { min_exit_layer, exit_interval } => {
+            let mut argmaxes = Vec::new();
+            for l in 1..=layers {
+                h = timed_layers(backend, &h, l..=l, &mut clock)?;
+                if ExitMode::oracle_point(l, layers, *min_exit_layer, *exit_interval) {
+                    let t = Instant::now();
+                    argmaxes.push((l, argmax(&backend.exit_logits(&h)?)));
+                    clock.checks += t.elapsed().as_secs_f64();
+                }
+            }
+            let t = Instant::now();
+            let logits = backend.exit_logits(&h)?;
+            clock.checks += t.elapsed().as_secs_f64();
+            let final_argmax = argmax(&logits);
+            let credited = argmaxes.iter().find(|(_, a)| *a == final_argmax).map(|(l, _)| *l).unwrap_or(layers);
+            (select(&logits, &opts.sampling, rng), credited, None)
+        }
+        ExitMode::Dynamic(policy) => {
+            let lambda = policy.schedule.threshold(policy.threshold, step, opts.max_new_tokens);
+            let mut prev = h.clone();
+            let mut exited = None;
+            for l in 1..=layers {
+                let cur = timed_layers(backend, &h, l..=l, &mut clock)?;
+                if policy.is_exit_point(l, layers) {
+                    let t = Instant::now();
+                    let (conf, logits) = confidence(backend, policy.measure, l, &prev, &cur)?;
+                    let exit = conf as f64 >= lambda;
+                    let chosen = if exit {
+                        let logits = match logits {
+                            Some(lg) => lg,
+                            None => backend.exit_logits(&cur)?,
+                        };
+                        Some(select(&logits, &opts.sampling, rng))
+                    } else {
+                        None
+                    };
+                    clock.checks += t.elapsed().as_secs_f64();
+                    if let Some(id) = chosen {
+                        let t = Instant::now();
+                        for skipped in l + 1..=layers {
+                            backend.propagate(skipped, &cur)?;
+                        }
+                        backend.sync()?;
+                        clock.prop += t.elapsed().as_secs_f64();
+                        exited = Some((id, l, Some(conf)));
+                        break;
+                    }
+                }
+                prev = cur.clone();
+                h = cur;
+            }
+            match exited {
+                Some(e) => e,
+                None => {
+                    let t = Instant::now();
+                    let logits = backend.exit_logits(&h)?;
+                    clock.checks += t.elapsed().as_secs_f64();
+                    (select(&logits, &opts.sampling, rng), layers, None)
+                }
+            }
+        }
+    };
+    Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop })
+}
+
+fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::RangeInclusive<usize>, clock: &mut Clock) -> Result<B::Hidden> {
+    let t = Instant::now();
+    let mut h = h.clone();
+    for l in range {
+        h = backend.layer(l, &h)?;
+    }
+    backend.sync()?;
+    clock.layers += t.elapsed().as_secs_f64();
+    Ok(h)
+}
+
+/// The measure's confidence at layer `l` (and the logits when the measure computed them).
+fn confidence<B: Backend>(backend: &mut B, measure: Measure, l: usize, prev: &B::Hidden, cur: &B::Hidden) -> Result<(f32, Option<Vec<f32>>)> {
+    match measure {
+        Measure::SoftmaxDiff | Measure::SoftmaxMax => {
+            let logits = backend.exit_logits(cur)?;
+            Ok((softmax_confidence(measure, &logits), Some(logits)))
+        }
+        Measure::Saturation => Ok((backend.cosine(prev, cur)?, None)),
+        Measure::Classifier => Ok((backend.classifier(l, cur)?, None)),
+    }
+}
+
+/// Picks a token: argmax when greedy, else temperature + top-p sampling.
+pub fn select(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
+    if s.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, (((v - max) as f64) / s.temperature).exp()))
+        .collect();
+    let z: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= z);
+    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for p in &probs {
+        kept += 1;
+        mass += p.1;
+        if mass >= s.top_p {
+            break;
+        }
+    }
+    let r: f64 = rng.random::<f64>() * mass;
+    let mut acc = 0.0;
+    for p in &probs[..kept] {
+        acc += p.1;
+        if r < acc {
+            return p.0;
+        }
+    }
+    probs[kept - 1].0
+}

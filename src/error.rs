@@ -1,0 +1,62 @@
+//! The library's error type. Every variant says which input (file, field, line, flag) is wrong
+//! and how; `is_bad_input` tells the binary which errors map to exit code 2.
+
+use std::path::PathBuf;
+
+/// Errors raised by the exitbench library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory the user named could not be read.
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    /// A user-supplied file has malformed content (JSON, TOML, JSONL line, tensor...).
+    #[error("{path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    BadFile { path: PathBuf, line: Option<usize>, message: String },
+    /// A model directory is incomplete or inconsistent (missing tensor, wrong shape...).
+    #[error("model {dir}: {message}")]
+    BadModel { dir: PathBuf, message: String },
+    /// A flag or setting has an invalid value.
+    #[error("{field}: {message}")]
+    BadSetting { field: String, message: String },
+    /// A request the model cannot serve (prompt too long, no exit classifier...).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A failure inside the tensor library that is not attributable to user input.
+    #[error("tensor backend: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// Any other internal failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when the error is caused by user input (exit code 2).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. }
+                | Error::BadFile { .. }
+                | Error::BadModel { .. }
+                | Error::BadSetting { .. }
+                | Error::Unsupported(_)
+        )
+    }
+
+    /// Shorthand for a bad setting.
+    pub fn setting(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::BadSetting { field: field.into(), message: message.into() }
+    }
+
+    /// Shorthand for a malformed file, optionally at a line (1-based).
+    pub fn file(path: impl Into<PathBuf>, line: Option<usize>, message: impl Into<String>) -> Self {
+        Error::BadFile { path: path.into(), line, message: message.into() }
+    }
+
+    /// Shorthand for an I/O failure on a path.
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        Error::Io { path: path.into(), message: err.to_string() }
+    }
+}
+
+/// Result alias of the library.
+pub type Result<T> = std::result::Result<T, Error>;

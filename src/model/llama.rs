@@ -1,0 +1,478 @@
+//! The Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU, optional Qwen2-style
+//! q/k/v biases) split into the pieces early exit needs: embedding, one layer at a time, the
+//! propagation step (a layer's own norm + k/v projections only) and the shared exit head
+//! (final RMSNorm + LM head), plus optional per-layer exit classifiers.
+//!
+//! The same code serves inference (KV cache, fused kernels) and training (no cache,
+//! differentiable ops). Norms, softmax and confidence computations run in f32 whatever the
+//! weights' dtype. Caches live outside the weights (`LayerCache`).
+
+use super::config::LlamaConfig;
+use super::weights::TensorLoader;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::kv_cache::KvCache;
+
+/// Tensor-name prefix of the optional exit classifiers: `exit_classifier.layers.{i}.weight`
+/// (shape `[1, hidden]`) and `.bias` (shape `[1]`), `i` the 0-based index of `model.layers.{i}`.
+pub const CLASSIFIER_PREFIX: &str = "exit_classifier.layers";
+
+/// An RMSNorm whose statistics are computed in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &TensorLoader, name: &str, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get_as(name, &[d], DType::F32)?, eps })
+    }
+
+    /// The norm's weight (f32).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Normalises the last dimension; output has the input's dtype.
+    pub fn forward(&self, x: &Tensor, differentiable: bool) -> Result<Tensor> {
+        let dt = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let y = if differentiable {
+            candle_nn::ops::rms_norm_slow(&x32, &self.weight, self.eps as f32)?
+        } else {
+            candle_nn::ops::rms_norm(&x32.contiguous()?, &self.weight, self.eps as f32)?
+        };
+        Ok(y.to_dtype(dt)?)
+    }
+}
+
+/// A linear map `x W^T + b` with weight `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &TensorLoader, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias { w.get_opt(&format!("{prefix}.bias"), &[out])? } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the map to `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+
+    /// The weight matrix `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+/// Precomputed RoPE cos/sin tables, `[max_positions, head_dim / 2]`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// Tables for every position of the config, in `dtype`.
+    pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let inv = cfg.rope_inv_freq();
+        let half = inv.len();
+        let n = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
+        Ok(Self { cos, sin })
+    }
+
+    /// Rotates `[b, heads, t, hd]` whose first position is `pos`.
+    fn apply(&self, x: &Tensor, pos: usize, differentiable: bool) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        Ok(if differentiable {
+            candle_nn::rotary_emb::rope_slow(x, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?
+        })
+    }
+}
+
+/// One layer's key/value cache.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    kv: KvCache,
+}
+
+impl LayerCache {
+    /// An empty cache able to grow to `max_len` positions.
+    pub fn new(max_len: usize) -> Self {
+        Self { kv: KvCache::new(2, max_len) }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.kv.current_seq_len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cached keys and values, `[1, kv_heads, len, head_dim]` each.
+    pub fn kv(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match (self.kv.k()?, self.kv.v()?) {
+            (Some(k), Some(v)) => Ok(Some((k, v))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Drops every cached position.
+    pub fn reset(&mut self) {
+        self.kv.reset()
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// One decoder block: pre-norm attention and SwiGLU MLP, each with a residual connection.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+    attn: Attention,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl DecoderLayer {
+    fn load(w: &TensorLoader, cfg: &LlamaConfig, i: usize) -> Result<Self> {
+        let p = format!("model.layers.{i}");
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv, f) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.intermediate_size);
+        let eps = cfg.rms_norm_eps;
+        Ok(Self {
+            input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), d, eps)?,
+            post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), d, eps)?,
+            attn: Attention {
+                q: Linear::load(w, &format!("{p}.self_attn.q_proj"), nh * hd, d, true)?,
+                k: Linear::load(w, &format!("{p}.self_attn.k_proj"), nkv * hd, d, true)?,
+                v: Linear::load(w, &format!("{p}.self_attn.v_proj"), nkv * hd, d, true)?,
+                o: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, nh * hd, false)?,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+            },
+            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), f, d, false)?,
+            up: Linear::load(w, &format!("{p}.mlp.up_proj"), f, d, false)?,
+            down: Linear::load(w, &format!("{p}.mlp.down_proj"), d, f, false)?,
+        })
+    }
+
+    /// Keys (rotated) and values of `x` `[b, t, d]` at positions `pos..pos+t`, each
+    /// `[b, kv_heads, t, head_dim]`: what the layer writes into its cache.
+    pub fn project_kv(&self, x: &Tensor, pos: usize, rope: &Rope, differentiable: bool) -> Result<(Tensor, Tensor)> {
+        let h = self.input_norm.forward(x, differentiable)?;
+        self.kv_of_normed(&h, pos, rope, differentiable)
+    }
+
+    fn kv_of_normed(&self, h: &Tensor, pos: usize, rope: &Rope, differentiable: bool) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = h.dims3()?;
+        let a = &self.attn;
+        let k = a.k.forward(h)?.reshape((b, t, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
+        let v = a.v.forward(h)?.reshape((b, t, a.kv_heads, a.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = rope.apply(&k, pos, differentiable)?;
+        Ok((k, v))
+    }
+
+    /// Runs the block on `x` `[b, t, d]` at positions `pos..pos+t`. With a cache the new keys and
+    /// values are appended and attention covers every cached position.
+    pub fn forward(&self, x: &Tensor, pos: usize, rope: &Rope, cache: Option<&mut LayerCache>, differentiable: bool) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let a = &self.attn;
+        let h = self.input_norm.forward(x, differentiable)?;
+        let q = a.q.forward(&h)?.reshape((b, t, a.heads, a.head_dim))?.transpose(1, 2)?;
+        let q = rope.apply(&q, pos, differentiable)?;
+        let (k, v) = self.kv_of_normed(&h, pos, rope, differentiable)?;
+        let (k, v) = match cache {
+            Some(c) => c.kv.append(&k.contiguous()?, &v)?,
+            None => (k, v),
+        };
+        let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
+        let att = att.transpose(1, 2)?.reshape((b, t, a.heads * a.head_dim))?;
+        let x = (x + a.o.forward(&att)?)?;
+        let h = self.post_norm.forward(&x, differentiable)?;
+        let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
+        Ok((x + mlp)?)
+    }
+}
+
+/// Scaled dot-product attention with grouped-query heads and a causal mask. `q` is
+/// `[b, heads, t, hd]` for positions `pos..pos+t`; `k`, `v` are `[b, kv_heads, T, hd]` for
+/// positions `0..T`. Scores and softmax are computed in f32.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kv_heads: usize, pos: usize, differentiable: bool) -> Result<Tensor> {
+    let (b, heads, t, hd) = q.dims4()?;
+    let total = k.dim(2)?;
+    let rep = heads / kv_heads;
+    // Fold the query heads of a group into rows so keys and values are never copied per head.
+    let qg = q.reshape((b, kv_heads, rep * t, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = (qg.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+    let scores = if t > 1 {
+        let mask = causal_mask(rep, t, total, pos, q.device())?;
+        scores.broadcast_add(&mask)?
+    } else {
+        scores
+    };
+    let probs = if differentiable {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    let out = probs.to_dtype(v.dtype())?.matmul(v)?;
+    Ok(out.reshape((b, heads, t, hd))?)
+}
+
+/// `[rep * t, total]` additive mask: row r·t+i (query position pos+i) sees keys 0..=pos+i.
+fn causal_mask(rep: usize, t: usize, total: usize, pos: usize, device: &Device) -> Result<Tensor> {
+    let mut m = Vec::with_capacity(rep * t * total);
+    for _ in 0..rep {
+        for i in 0..t {
+            for j in 0..total {
+                m.push(if j > pos + i { f32::NEG_INFINITY } else { 0.0 });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (rep * t, total), device)?)
+}
+
+/// The whole decoder with its shared exit head.
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    classifiers: Option<Vec<(Tensor, Tensor)>>,
+    rope: Rope,
+    dtype: DType,
+    /// True while training: differentiable ops instead of fused kernels.
+    pub differentiable: bool,
+}
+
+impl LlamaModel {
+    /// Builds the model from a tensor loader (HF tensor names).
+    pub fn load(cfg: &LlamaConfig, w: &TensorLoader) -> Result<Self> {
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = w.get("model.embed_tokens.weight", &[v, d])?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(w, cfg, i)).collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "model.norm.weight", d, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            w.get("lm_head.weight", &[v, d])?
+        };
+        let classifiers = load_classifiers(w, cfg)?;
+        let rope = Rope::new(cfg, w.dtype(), w.device())?;
+        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), differentiable: false })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Number of layers L.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// dtype of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// The layers (index 0 is layer 1).
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// True when every layer has an exit classifier.
+    pub fn has_classifiers(&self) -> bool {
+        self.classifiers.is_some()
+    }
+
+    /// Token embeddings of `ids` as `[1, t, d]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids_t = Tensor::new(ids, self.device())?;
+        Ok(self.embed.index_select(&ids_t, 0)?.unsqueeze(0)?)
+    }
+
+    /// Embeddings of a batch of equal-length rows, `[b, t, d]`.
+    pub fn embed_batch(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        Ok(self.embed.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Runs layer `layer` (1-based) on `x` at position `pos`.
+    pub fn layer_forward(&self, layer: usize, x: &Tensor, pos: usize, cache: Option<&mut LayerCache>) -> Result<Tensor> {
+        self.layers[layer - 1].forward(x, pos, &self.rope, cache, self.differentiable)
+    }
+
+    /// CALM's state propagation into layer `layer` (1-based): the layer's own input norm and k/v
+    /// projections of the exited state `x`, appended to its cache; the state passes unchanged.
+    pub fn propagate(&self, layer: usize, x: &Tensor, pos: usize, cache: &mut LayerCache) -> Result<()> {
+        let (k, v) = self.layers[layer - 1].project_kv(x, pos, &self.rope, false)?;
+        cache.kv.append(&k.contiguous()?, &v)?;
+        Ok(())
+    }
+
+    /// The k/v a layer computes for a state: what propagation writes (for tests and analysis).
+    pub fn project_kv(&self, layer: usize, x: &Tensor, pos: usize) -> Result<(Tensor, Tensor)> {
+        self.layers[layer - 1].project_kv(x, pos, &self.rope, self.differentiable)
+    }
+
+    /// Final norm of `x` `[.., d]`, in f32.
+    pub fn final_norm_f32(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(x, self.differentiable)?.to_dtype(DType::F32)?)
+    }
+
+    /// The exit head: final RMSNorm + LM head, logits in f32 with the input's leading shape.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.norm.forward(x, self.differentiable)?;
+        let dims = h.dims().to_vec();
+        let d = *dims.last().unwrap_or(&0);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let logits = h.reshape((rows, d))?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.cfg.vocab_size;
+        Ok(logits.reshape(out)?)
+    }
+
+    /// Logits of the last position of `x` `[1, t, d]`, as a host vector.
+    pub fn head_last(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let t = x.dim(1)?;
+        let last = x.narrow(1, t - 1, 1)?;
+        Ok(self.head(&last)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Exit-classifier probability for layer `layer` (1-based) on the last position of `x`:
+    /// sigmoid(w · finalnorm(x) + b).
+    pub fn classifier_prob(&self, layer: usize, x: &Tensor) -> Result<f32> {
+        let cls = self.classifiers.as_ref().ok_or_else(|| {
+            Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none \
+                (train them with `exitbench train --classifier-only`)".into())
+        })?;
+        let (w, b) = &cls[layer - 1];
+        let t = x.dim(1)?;
+        let h = self.final_norm_f32(&x.narrow(1, t - 1, 1)?)?.flatten_all()?;
+        let z = (h.unsqueeze(0)?.matmul(&w.t()?)?.flatten_all()? + b)?;
+        let z = z.to_vec1::<f32>()?[0];
+        Ok(1.0 / (1.0 + (-z).exp()))
+    }
+
+    /// Named tensors of the model (HF names), e.g. for saving.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.weight.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.weight.clone()));
+            for (n, lin) in [("q_proj", &l.attn.q), ("k_proj", &l.attn.k), ("v_proj", &l.attn.v), ("o_proj", &l.attn.o)] {
+                out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((format!("{p}.self_attn.{n}.bias"), b.clone()));
+                }
+            }
+            for (n, lin) in [("gate_proj", &l.gate), ("up_proj", &l.up), ("down_proj", &l.down)] {
+                out.push((format!("{p}.mlp.{n}.weight"), lin.weight.clone()));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+
+    /// Named exit-classifier tensors (empty when the model has none).
+    pub fn classifier_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, (w, b)) in self.classifiers.iter().flatten().enumerate() {
+            out.push((format!("{CLASSIFIER_PREFIX}.{i}.weight"), w.clone()));
+            out.push((format!("{CLASSIFIER_PREFIX}.{i}.bias"), b.clone()));
+        }
+        out
+    }
+
+    /// Replaces the exit classifiers (f32 `[1, d]` weights and `[1]` biases, one per layer).
+    pub fn set_classifiers(&mut self, cls: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if cls.len() != self.layers.len() {
+            return Err(Error::Internal(format!("{} classifiers for {} layers", cls.len(), self.layers.len())));
+        }
+        self.classifiers = Some(cls);
+        Ok(())
+    }
+}
+
+fn load_classifiers(w: &TensorLoader, cfg: &LlamaConfig) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+    let d = cfg.hidden_size;
+    let mut out = Vec::new();
+    for i in 0..cfg.num_hidden_layers {
+        let wn = format!("{CLASSIFIER_PREFIX}.{i}.weight");
+        let bn = format!("{CLASSIFIER_PREFIX}.{i}.bias");
+        match (w.contains(&wn), w.contains(&bn)) {
+            (true, true) => out.push((w.get_as(&wn, &[1, d], DType::F32)?, w.get_as(&bn, &[1], DType::F32)?)),
+            (false, false) if i == 0 => return Ok(None),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "exit classifiers are incomplete: `{wn}` or `{bn}` is missing (every layer needs both)"
+                )))
+            }
+        }
+    }
+    Ok(Some(out))
+}

@@ -1,0 +1,232 @@
+//! Where a model's tensors come from: memory-mapped safetensors files (single or sharded through
+//! `model.safetensors.index.json`, plus an optional `exit_classifier.safetensors`), or seeded
+//! random values for speed/energy studies of a shape without its weights.
+//!
+//! Every lookup checks the tensor's presence and shape and names the file on failure.
+
+use crate::error::{Error, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// File holding the optional per-layer exit classifiers beside a checkpoint's own weights.
+pub const CLASSIFIER_FILE: &str = "exit_classifier.safetensors";
+
+/// A source of named tensors.
+pub enum WeightSource {
+    /// Memory-mapped safetensors files.
+    Files(SafetensorFiles),
+    /// Seeded random weights (normal(0, 0.02) matrices, unit norms, zero biases).
+    Random { seed: u64 },
+    /// Tensors already in memory (training, tests).
+    Memory(HashMap<String, Tensor>),
+}
+
+/// Safetensors files of one model directory with a name → file routing table.
+pub struct SafetensorFiles {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    routing: HashMap<String, usize>,
+}
+
+impl SafetensorFiles {
+    /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json`, plus
+    /// `exit_classifier.safetensors` when present.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let mut paths = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_paths(dir, &index)?
+        } else {
+            return Err(Error::BadModel {
+                dir: dir.to_path_buf(),
+                message: "no weights: neither model.safetensors nor model.safetensors.index.json exists \
+                          (use --random-weights SEED to build random weights from config.json)"
+                    .into(),
+            });
+        };
+        let cls = dir.join(CLASSIFIER_FILE);
+        if cls.is_file() {
+            paths.push(cls);
+        }
+        let mut files = Vec::new();
+        let mut routing = HashMap::new();
+        for (i, p) in paths.into_iter().enumerate() {
+            // SAFETY: the file is mapped read-only; exitbench never writes weights it has mapped.
+            let st = unsafe { MmapedSafetensors::new(&p) }
+                .map_err(|e| Error::file(&p, None, format!("not a valid safetensors file: {e}")))?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, i);
+            }
+            files.push((p, st));
+        }
+        Ok(Self { files, routing })
+    }
+
+    /// Paths of the opened files.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(index, Some(e.line()), format!("malformed JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::file(index, None, "field `weight_map` missing or not an object"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .map(|f| f.as_str().map(str::to_string).ok_or_else(|| Error::file(index, None, "`weight_map` values must be file names")))
+        .collect::<Result<_>>()?;
+    files.sort();
+    files.dedup();
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+    for p in &paths {
+        if !p.is_file() {
+            return Err(Error::file(index, None, format!("shard {} listed in weight_map does not exist", p.display())));
+        }
+    }
+    Ok(paths)
+}
+
+/// Loads tensors by name with a target dtype and device.
+pub struct TensorLoader {
+    source: WeightSource,
+    dtype: DType,
+    device: Device,
+    label: PathBuf,
+}
+
+/// How a randomly initialised tensor is filled.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    Normal(f32),
+    Ones,
+    Zeros,
+}
+
+impl TensorLoader {
+    /// A loader over `source`; `label` names the model in error messages.
+    pub fn new(source: WeightSource, dtype: DType, device: Device, label: &Path) -> Self {
+        Self { source, dtype, device, label: label.to_path_buf() }
+    }
+
+    /// The dtype tensors are converted to.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device tensors are placed on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// True when the source has a tensor of that name (random sources have every required one).
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.source {
+            WeightSource::Files(f) => f.routing.contains_key(name),
+            WeightSource::Random { .. } => false,
+            WeightSource::Memory(m) => m.contains_key(name),
+        }
+    }
+
+    /// A required tensor of the given shape, in the loader's dtype.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_as(name, shape, self.dtype)
+    }
+
+    /// A required tensor of the given shape, converted to `dtype`.
+    pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = match &self.source {
+            WeightSource::Files(f) => self.from_files(f, name, shape)?,
+            WeightSource::Memory(m) => {
+                let t = m.get(name).ok_or_else(|| self.missing(name))?;
+                self.check_shape(name, t.dims(), shape, None)?;
+                t.clone()
+            }
+            WeightSource::Random { seed } => random_tensor(*seed, name, shape, init_for(name), &self.device)?,
+        };
+        let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+        Ok(if t.device().same_device(&self.device) { t } else { t.to_device(&self.device)? })
+    }
+
+    /// An optional tensor: `None` when absent (a present tensor of the wrong shape is an error).
+    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        match &self.source {
+            WeightSource::Random { .. } => Ok(None),
+            _ if !self.contains(name) => Ok(None),
+            _ => self.get(name, shape).map(Some),
+        }
+    }
+
+    fn from_files(&self, f: &SafetensorFiles, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let idx = *f.routing.get(name).ok_or_else(|| self.missing(name))?;
+        let (path, st) = &f.files[idx];
+        let view = st.get(name).map_err(|e| Error::file(path, None, format!("tensor `{name}`: {e}")))?;
+        self.check_shape(name, view.shape(), shape, Some(path))?;
+        st.load(name, &Device::Cpu)
+            .map_err(|e| Error::file(path, None, format!("tensor `{name}` cannot be read: {e}")))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::BadModel { dir: self.label.clone(), message: format!("missing tensor `{name}`") }
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], want: &[usize], file: Option<&Path>) -> Result<()> {
+        if got == want {
+            return Ok(());
+        }
+        let place = file.map(|p| format!(" in {}", p.display())).unwrap_or_default();
+        Err(Error::BadModel {
+            dir: self.label.clone(),
+            message: format!("tensor `{name}`{place} has shape {got:?}, config.json implies {want:?}"),
+        })
+    }
+}
+
+fn init_for(name: &str) -> Init {
+    if name.ends_with("norm.weight") {
+        Init::Ones
+    } else if name.ends_with(".bias") {
+        Init::Zeros
+    } else {
+        Init::Normal(0.02)
+    }
+}
+
+/// A tensor whose values depend only on (seed, name): independent of load order.
+fn random_tensor(seed: u64, name: &str, shape: &[usize], init: Init, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = match init {
+        Init::Ones => vec![1.0; n],
+        Init::Zeros => vec![0.0; n],
+        Init::Normal(std) => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
+            (0..n)
+                .map(|_| {
+                    // Box-Muller from two uniforms: deterministic and dependency-free.
+                    let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+                    let u2: f32 = rng.random::<f32>();
+                    std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+                })
+                .collect()
+        }
+    };
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
+/// FNV-1a 64-bit hash (stable across Rust versions, unlike `DefaultHasher`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

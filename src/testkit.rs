@@ -1,0 +1,65 @@
+//! Tiny random-weight models written to disk in Hugging Face layout, for tests and benches
+//! (no network, no shipped weights needed).
+
+use crate::error::{Error, Result};
+use crate::model::config::TokenIds;
+use crate::model::llama::LlamaModel;
+use crate::model::weights::{TensorLoader, WeightSource};
+use crate::model::LlamaConfig;
+use candle_core::{DType, Device};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A small Llama config (GQA 4/2 heads, head_dim 16).
+pub fn tiny_config(layers: usize, vocab: usize) -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: layers,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        head_dim: None,
+        max_position_embeddings: 128,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        vocab_size: vocab,
+        tie_word_embeddings: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(TokenIds::One(2)),
+        architectures: Some(vec!["LlamaForCausalLM".into()]),
+    }
+}
+
+/// Sentences the tiny tokenizer is trained on.
+pub const TINY_CORPUS: &[&str] = &[
+    "The Hawks beat the Foxes by 47 runs at Kelmarsh Oval.",
+    "Ansel Morrow top-scored with 87 off 64 balls.",
+    "Rain delayed the start, and the crowd of 4,200 waited patiently.",
+    "The captain said the team played with real courage today.",
+    "Quenby Foxes made 198 all out in reply to 245 for 7.",
+];
+
+/// Writes config.json, tokenizer.json and model.safetensors (random weights from `seed`) to
+/// `dir`, scaling the embedding so that logits are not all alike. Returns the config.
+pub fn write_tiny_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<LlamaConfig> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let texts: Vec<String> = TINY_CORPUS.iter().map(|s| s.to_string()).collect();
+    let tok = crate::train::tokenizer::train_tokenizer(&texts, cfg.vocab_size.min(300), &dir.join("tokenizer.json"))?;
+    let mut cfg = cfg.clone();
+    if tok.get_vocab_size(true) > cfg.vocab_size {
+        cfg.vocab_size = tok.get_vocab_size(true);
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).map_err(|e| Error::Internal(e.to_string()))?)
+        .map_err(|e| Error::io(dir, e))?;
+    let loader = TensorLoader::new(WeightSource::Random { seed }, DType::F32, Device::Cpu, dir);
+    let model = LlamaModel::load(&cfg, &loader)?;
+    let mut tensors: HashMap<String, candle_core::Tensor> = HashMap::new();
+    for (name, t) in model.named_tensors() {
+        // Larger weights than the 0.02 default make confidences spread over (0, 1).
+        let t = if name.ends_with("norm.weight") { t } else { (t * 10.0)? };
+        tensors.insert(name, t);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(cfg)
+}
