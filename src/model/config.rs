@@ -106,8 +106,13 @@ impl LlamaConfig {
 
     /// Parses and validates a config from JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: LlamaConfig = serde_json::from_str(text).map_err(|e| {
-            Error::setting("config.json", format!("malformed JSON or field type at line {}, column {}: {e}", e.line(), e.column()))
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: LlamaConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let what = if inner.is_syntax() || inner.is_eof() { "malformed JSON" } else { "bad value" };
+            let field = if path == "." { "config.json".to_string() } else { path };
+            Error::setting(field, format!("{what} at line {}, column {}: {inner}", inner.line(), inner.column()))
         })?;
         cfg.validate()?;
         Ok(cfg)

@@ -1,0 +1,149 @@
+//! Every malformed input gets one clear error naming the file / field / line, exit code 2, and
+//! no panic.
+
+use exitbench::testkit::{tiny_config, write_tiny_model};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+fn exitbench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_exitbench")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Asserts exit code 2, no panic, and an error mentioning every `needle`.
+fn assert_bad_input(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = exitbench(args);
+    assert_eq!(code, 2, "args {args:?}: exit {code}, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    assert!(err.starts_with("Error:") || err.contains("error:"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "error for {args:?} does not mention `{n}`: {err}");
+    }
+}
+
+fn model_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_model(d.path(), &tiny_config(2, 300), 1).unwrap();
+    d
+}
+
+fn gen_args(dir: &Path) -> Vec<String> {
+    gen_args_with(dir, "The Hawks")
+}
+
+fn gen_args_with(dir: &Path, prompt: &str) -> Vec<String> {
+    vec!["generate".into(), "--model".into(), dir.display().to_string(), "--prompt".into(), prompt.into(), "--max-new-tokens".into(), "3".into()]
+}
+
+fn run_gen(dir: &Path, extra: &[&str], needles: &[&str]) {
+    let mut a = gen_args(dir);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_bad_input(&a, needles);
+}
+
+fn rewrite_tensors(dir: &Path, f: impl FnOnce(&mut HashMap<String, candle_core::Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    f(&mut t);
+    candle_core::safetensors::save(&t, &path).unwrap();
+}
+
+#[test]
+fn a_good_model_generates() {
+    let d = model_dir();
+    let a = gen_args(d.path());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, out, err) = exitbench(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("average layers"), "{out}");
+}
+
+#[test]
+fn missing_model_dir_and_config() {
+    run_gen(Path::new("/nonexistent/model"), &[], &["/nonexistent/model"]);
+    let d = model_dir();
+    std::fs::remove_file(d.path().join("config.json")).unwrap();
+    run_gen(d.path(), &[], &["config.json"]);
+}
+
+#[test]
+fn malformed_config_json() {
+    let d = model_dir();
+    std::fs::write(d.path().join("config.json"), "{\"hidden_size\": 64,").unwrap();
+    run_gen(d.path(), &[], &["config.json", "malformed"]);
+    std::fs::write(d.path().join("config.json"), "{\"hidden_size\": \"wide\"}").unwrap();
+    run_gen(d.path(), &[], &["config.json", "hidden_size"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let d = model_dir();
+    rewrite_tensors(d.path(), |t| {
+        t.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    run_gen(d.path(), &[], &["missing tensor", "model.layers.1.mlp.up_proj.weight"]);
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let d = model_dir();
+    rewrite_tensors(d.path(), |t| {
+        t.insert("model.norm.weight".into(), candle_core::Tensor::ones(63, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    });
+    run_gen(d.path(), &[], &["model.norm.weight", "[63]", "[64]"]);
+}
+
+#[test]
+fn no_weights_file() {
+    let d = model_dir();
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
+    run_gen(d.path(), &[], &["model.safetensors", "--random-weights"]);
+}
+
+#[test]
+fn unknown_dtype_measure_and_flags() {
+    let d = model_dir();
+    run_gen(d.path(), &["--dtype", "f8"], &["--dtype", "f8"]);
+    run_gen(d.path(), &["--measure", "entropy"], &["--measure", "entropy"]);
+    run_gen(d.path(), &["--measure", "softmax-diff", "--threshold", "1.5"], &["--threshold"]);
+    run_gen(d.path(), &["--static-exit", "9"], &["--static-exit"]);
+    run_gen(d.path(), &["--measure", "classifier"], &["classifier"]);
+    run_gen(d.path(), &["--device", "tpu"], &["--device"]);
+    assert_bad_input(&["generate", "--no-such-flag"], &["--no-such-flag"]);
+}
+
+#[test]
+fn tokenizer_that_does_not_fit_the_model() {
+    let d = model_dir();
+    let cfg = std::fs::read_to_string(d.path().join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["vocab_size"] = 100.into();
+    std::fs::write(d.path().join("config.json"), v.to_string()).unwrap();
+    run_gen(d.path(), &[], &["tokenizer.json", "vocab_size = 100"]);
+}
+
+#[test]
+fn prompt_longer_than_max_positions() {
+    let d = model_dir();
+    let long = "The Hawks beat the Foxes. ".repeat(60);
+    let a = gen_args_with(d.path(), &long);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_bad_input(&a, &["max_position_embeddings"]);
+}
+
+#[test]
+fn broken_rouge_line_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("pairs.jsonl");
+    std::fs::write(&p, "{\"prediction\": \"a b\", \"reference\": \"a\"}\n{\"prediction\": 3}\n").unwrap();
+    assert_bad_input(&["rouge", "--input", p.to_str().unwrap()], &["pairs.jsonl", "line 2"]);
+    let (code, out, _) = {
+        std::fs::write(&p, "{\"prediction\": \"a b\", \"reference\": \"a\"}\n").unwrap();
+        exitbench(&["rouge", "--input", p.to_str().unwrap()])
+    };
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!((v["rougeL"]["fmeasure"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+}
