@@ -1,1 +1,91 @@
-fn main(){}
+//! Decode-step benchmarks on a random-weight model of the embedded default's shape (6 layers,
+//! hidden 256, vocab 1024), with a 200-token prompt in the cache:
+//! - one decode step at full depth vs the per-layer loop with exit checks at every layer
+//!   (threshold 1.0: never met, so every check is paid and all layers run);
+//! - the cost of one layer and of each confidence measure's check;
+//! - 1 vs 2 CPU threads.
+//! Run: `cargo bench --bench decode`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use exitbench::backend::candle::CandleBackend;
+use exitbench::backend::{set_cpu_threads, Backend};
+use exitbench::decode::{decode_token, GenerateOptions, Sampling};
+use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
+use exitbench::model::{LoadOptions, LoadedModel, Precision};
+use exitbench::testkit::{default_shape, write_random_classifiers, write_tiny_model};
+use rand::SeedableRng;
+use std::time::Duration;
+
+fn setup() -> (tempfile::TempDir, LoadedModel) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model(dir.path(), &default_shape(), 1).unwrap();
+    write_random_classifiers(dir.path(), &cfg, 2).unwrap();
+    let m = LoadedModel::load(dir.path(), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None }).unwrap();
+    (dir, m)
+}
+
+fn prefilled(m: &LoadedModel) -> CandleBackend<'_> {
+    let mut b = CandleBackend::new(&m.model);
+    let prompt: Vec<u32> = (0..200u32).map(|i| 3 + (i * 7) % 250).collect();
+    let mut h = b.embed(&prompt).unwrap();
+    for l in 1..=m.model.num_layers() {
+        h = b.layer(l, &h).unwrap();
+    }
+    b
+}
+
+fn policy(measure: Measure) -> ExitMode {
+    ExitMode::Dynamic(ExitPolicy { measure, threshold: 1.0, schedule: Schedule::Fixed, min_exit_layer: 1, exit_interval: 1 })
+}
+
+fn bench_steps(c: &mut Criterion, m: &LoadedModel, threads: usize) {
+    set_cpu_threads(threads);
+    let base = prefilled(m);
+    let mut g = c.benchmark_group(format!("decode_step/{threads}t"));
+    g.sample_size(30).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    let mut modes = vec![("full", ExitMode::Full)];
+    for measure in Measure::ALL {
+        modes.push((measure.name(), policy(measure)));
+    }
+    for (name, mode) in modes {
+        let opts = GenerateOptions { mode, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![] };
+        g.bench_function(name, |bch| {
+            bch.iter_batched(
+                || (base.clone(), rand::rngs::StdRng::seed_from_u64(0)),
+                |(mut b, mut rng)| decode_token(&mut b, 5, 3, &opts, &mut rng).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn bench_components(c: &mut Criterion, m: &LoadedModel) {
+    set_cpu_threads(1);
+    let base = prefilled(m);
+    let mut b0 = base.clone();
+    let x = b0.embed(&[5]).unwrap();
+    let h1 = b0.layer(1, &x).unwrap();
+    let h2 = b0.layer(2, &h1).unwrap();
+    let mut g = c.benchmark_group("component/1t");
+    g.sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    g.bench_function("one_layer", |bch| bch.iter_batched(|| base.clone(), |mut b| b.layer(3, &h2).unwrap(), BatchSize::SmallInput));
+    g.bench_function("propagate_one_layer", |bch| bch.iter_batched(|| base.clone(), |mut b| b.propagate(3, &h2).unwrap(), BatchSize::SmallInput));
+    let mut b = base.clone();
+    g.bench_function("check_softmax (head + top2)", |bch| {
+        bch.iter(|| exitbench::exit::measure::softmax_confidence(Measure::SoftmaxDiff, &b.exit_logits(&h2).unwrap()))
+    });
+    g.bench_function("check_saturation (cosine)", |bch| bch.iter(|| b.cosine(&h1, &h2).unwrap()));
+    g.bench_function("check_classifier", |bch| bch.iter(|| b.classifier(2, &h2).unwrap()));
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let (_dir, m) = setup();
+    bench_components(c, &m);
+    bench_steps(c, &m, 1);
+    bench_steps(c, &m, 2);
+}
+
+criterion_group!(decode, benches);
+criterion_main!(decode);

@@ -196,8 +196,9 @@ struct Clock {
     prop: f64,
 }
 
-/// Runs one token through the layers; `step` is the 0-based decode step (for schedules).
-fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: &GenerateOptions, rng: &mut rand::rngs::StdRng) -> Result<TokenTrace> {
+/// Runs one token through the layers (caches must hold the sequence so far); `step` is the
+/// 0-based decode step (for schedules). Public for benches; `generate` is the entry point.
+pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: &GenerateOptions, rng: &mut rand::rngs::StdRng) -> Result<TokenTrace> {
     let layers = backend.num_layers();
     let mut clock = Clock::default();
     let t0 = Instant::now();

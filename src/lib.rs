@@ -20,3 +20,7 @@ pub mod train;
 /// The embedded default model, relative to the repository root.
 pub const DEFAULT_MODEL: &str = "models/cricket-6l";
 pub mod testkit;
+pub mod hardware;
+pub mod report;
+pub mod results;
+pub mod sweep;

@@ -63,3 +63,29 @@ pub fn write_tiny_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<Llam
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     Ok(cfg)
 }
+
+/// Writes random per-layer exit classifiers (`exit_classifier.safetensors`) for `cfg` into `dir`.
+pub fn write_random_classifiers(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()> {
+    let loader = TensorLoader::new(WeightSource::Random { seed }, DType::F32, Device::Cpu, dir);
+    let mut tensors = HashMap::new();
+    for i in 0..cfg.num_hidden_layers {
+        let w = format!("{}.{i}.weight", crate::model::llama::CLASSIFIER_PREFIX);
+        let b = format!("{}.{i}.bias", crate::model::llama::CLASSIFIER_PREFIX);
+        tensors.insert(w.clone(), loader.get(&w, &[1, cfg.hidden_size])?);
+        tensors.insert(b.clone(), loader.get(&b, &[1])?);
+    }
+    candle_core::safetensors::save(&tensors, dir.join(crate::model::weights::CLASSIFIER_FILE))?;
+    Ok(())
+}
+
+/// The embedded default model's shape (6 layers, hidden 256, GQA 8/4, vocab 1024).
+pub fn default_shape() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 256,
+        intermediate_size: 688,
+        num_attention_heads: 8,
+        num_key_value_heads: Some(4),
+        max_position_embeddings: 512,
+        ..tiny_config(6, 1024)
+    }
+}

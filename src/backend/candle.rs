@@ -7,6 +7,7 @@ use crate::model::llama::{LayerCache, LlamaModel};
 use candle_core::{DType, Tensor};
 
 /// candle runtime over a loaded model.
+#[derive(Clone)]
 pub struct CandleBackend<'m> {
     model: &'m LlamaModel,
     caches: Vec<LayerCache>,

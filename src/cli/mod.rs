@@ -3,6 +3,8 @@
 
 pub mod data;
 pub mod generate;
+pub mod report;
+pub mod run;
 pub mod rouge;
 pub mod train;
 
@@ -28,6 +30,10 @@ pub enum Command {
     /// Datasets: write the built-in synthetic task as JSONL.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Sweep the grid of settings over a dataset and write the trade-off reports.
+    Run(Box<run::RunArgs>),
+    /// Write reports from results directories or files.
+    Report(report::ReportArgs),
     /// Train the embedded early-exit model, or exit classifiers for any model.
     Train(train::TrainArgs),
 }
@@ -39,5 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rouge(a) => rouge::run(a),
         Command::Data(c) => data::run(c),
         Command::Train(a) => train::run(a),
+        Command::Run(a) => run::run(*a),
+        Command::Report(a) => report::run(a),
     }
 }

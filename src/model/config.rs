@@ -112,7 +112,7 @@ impl LlamaConfig {
             let inner = e.into_inner();
             let what = if inner.is_syntax() || inner.is_eof() { "malformed JSON" } else { "bad value" };
             let field = if path == "." { "config.json".to_string() } else { path };
-            Error::setting(field, format!("{what} at line {}, column {}: {inner}", inner.line(), inner.column()))
+            Error::setting(field, format!("{what}: {inner}"))
         })?;
         cfg.validate()?;
         Ok(cfg)

@@ -1,0 +1,174 @@
+//! `exitbench run`: a sweep over the grid, results appended to `--out DIR/results.jsonl`, reports
+//! written at the end. With no flags it runs the default grid on the embedded model.
+
+use crate::error::{Error, Result};
+use crate::report;
+use crate::sweep::runner::{self, Progress, Quiet, RunOptions};
+use crate::sweep::{Plan, RawSettings, Shard};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Flags of `exitbench run` (comma lists; each overrides the same key of --config).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML file with the same keys as the flags (kebab-case).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model directories.
+    #[arg(long, value_delimiter = ',')]
+    pub model: Option<Vec<String>>,
+    /// Backends.
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Option<Vec<String>>,
+    /// Devices (cpu, cuda, cuda:N).
+    #[arg(long, value_delimiter = ',')]
+    pub device: Option<Vec<String>>,
+    /// Precisions (f32, f16, bf16).
+    #[arg(long, value_delimiter = ',')]
+    pub dtype: Option<Vec<String>>,
+    /// CPU thread counts.
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Option<Vec<usize>>,
+    /// Confidence measures.
+    #[arg(long, alias = "measures", value_delimiter = ',')]
+    pub measure: Option<Vec<String>>,
+    /// Thresholds: numbers or start:stop:step.
+    #[arg(long, alias = "threshold", value_delimiter = ',')]
+    pub thresholds: Option<Vec<String>>,
+    /// Schedules (fixed, decaying).
+    #[arg(long, value_delimiter = ',')]
+    pub schedule: Option<Vec<String>>,
+    /// τ of the decaying schedule.
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Minimum exit layers.
+    #[arg(long, value_delimiter = ',')]
+    pub min_exit_layer: Option<Vec<usize>>,
+    /// Exit intervals.
+    #[arg(long, value_delimiter = ',')]
+    pub exit_interval: Option<Vec<usize>>,
+    /// Static exit layers to add as baselines.
+    #[arg(long, value_delimiter = ',')]
+    pub static_exit: Option<Vec<usize>>,
+    /// Include the oracle analysis.
+    #[arg(long, overrides_with = "no_oracle")]
+    pub oracle: bool,
+    /// Leave out the oracle analysis.
+    #[arg(long)]
+    pub no_oracle: bool,
+    /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Samples.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Maximum new tokens.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Unmeasured warm-up samples per cell.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Measured repetitions per cell.
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: Option<String>,
+    /// Keep per-token exit traces for the first N samples of every cell.
+    #[arg(long)]
+    pub trace_samples: Option<usize>,
+    /// Random weights of config.json's shape (speed only; quality meaningless).
+    #[arg(long)]
+    pub random_weights: Option<u64>,
+    /// Continue a sweep in --out, skipping finished cells.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run a deterministic 1/N of the configuration groups: I/N.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    fn flags(&self) -> RawSettings {
+        RawSettings {
+            model: self.model.clone(),
+            backend: self.backend.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            threads: self.threads.clone(),
+            measure: self.measure.clone(),
+            thresholds: self.thresholds.clone(),
+            schedule: self.schedule.clone(),
+            tau: self.tau,
+            min_exit_layer: self.min_exit_layer.clone(),
+            exit_interval: self.exit_interval.clone(),
+            static_exit: self.static_exit.clone(),
+            oracle: if self.no_oracle { Some(false) } else if self.oracle { Some(true) } else { None },
+            dataset: self.dataset.clone(),
+            samples: self.samples,
+            max_new_tokens: self.max_new_tokens,
+            warmup: self.warmup,
+            repetitions: self.repetitions,
+            seed: self.seed,
+            out: self.out.clone(),
+            trace_samples: self.trace_samples,
+            random_weights: self.random_weights,
+        }
+    }
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn cell(&mut self, label: &str) {
+        self.0.set_message(label.to_string());
+    }
+    fn tick(&mut self) {
+        self.0.inc(1);
+    }
+    fn warn(&mut self, msg: &str) {
+        self.0.suspend(|| eprintln!("warning: {msg}"));
+    }
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Runs `exitbench run`.
+pub fn run(a: RunArgs) -> Result<()> {
+    let file = match &a.config {
+        Some(p) => RawSettings::from_toml_file(p)?,
+        None => RawSettings::default(),
+    };
+    let settings = RawSettings::defaults().overridden_by(file).overridden_by(a.flags());
+    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let plan = Plan::from_settings(settings)?;
+    let mut progress: Box<dyn Progress> = if a.quiet || !std::io::stderr().is_terminal() {
+        Box::new(Quiet)
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} samples · eta {eta} · {msg}")
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
+        Box::new(Bar(bar))
+    };
+    runner::run(&plan, RunOptions { shard, resume: a.resume }, progress.as_mut())?;
+    let records = crate::results::store::read(&plan.out)?;
+    let rows = report::write_all(&records, &plan.out)?;
+    for line in report::terminal::summary_lines(&rows, &records) {
+        println!("{line}");
+    }
+    eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md", plan.out.display());
+    Ok(())
+}

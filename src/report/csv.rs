@@ -1,0 +1,60 @@
+//! `results.csv`: one row per cell with the key, the summary figures and the derived comparisons.
+
+use super::{Exporter, ReportRow};
+use crate::error::{Error, Result};
+use crate::results::CellRecord;
+
+/// Column names, in order.
+pub const COLUMNS: &[&str] = &[
+    "model", "dataset", "backend", "device", "dtype", "threads", "measure", "threshold", "schedule", "min_exit_layer",
+    "exit_interval", "baseline", "static_layer", "machine", "num_layers", "samples", "tokens", "avg_layers",
+    "speedup_theoretical", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
+    "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "energy_j", "avg_watts", "j_per_token",
+    "energy_source", "peak_mem_mb", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
+    "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "random_weights",
+];
+
+/// The CSV export.
+pub struct CsvExporter;
+
+fn num(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.6}")).unwrap_or_default()
+}
+
+impl Exporter for CsvExporter {
+    fn file_name(&self) -> &'static str {
+        "results.csv"
+    }
+
+    fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let err = |e: csv::Error| Error::Internal(format!("csv: {e}"));
+        w.write_record(COLUMNS).map_err(err)?;
+        for row in rows {
+            let r = &records[row.record];
+            let k = &r.key;
+            let ok = r.status == "ok";
+            let some = |x: f64| ok.then_some(x);
+            let fields: Vec<String> = vec![
+                k.model.clone(), k.dataset.clone(), k.backend.clone(), k.device.clone(), k.dtype.clone(), k.threads.to_string(),
+                k.measure.clone(), num(k.threshold), k.schedule.clone(), k.min_exit_layer.map(|v| v.to_string()).unwrap_or_default(),
+                k.exit_interval.map(|v| v.to_string()).unwrap_or_default(), k.baseline.clone(),
+                k.static_layer.map(|v| v.to_string()).unwrap_or_default(), k.machine.clone(), r.num_layers.to_string(),
+                r.samples.to_string(), r.tokens.to_string(), num(some(r.avg_layers)), num(row.speedup_theoretical),
+                num(row.speedup_measured), num(row.speedup_measured_err), num(some(r.ms_per_token.median)),
+                num(some(r.ms_per_token.std)), num(some(r.tokens_per_s.median)), num(some(r.prefill_s.mean * 1e3)),
+                num(some(r.duration_s.median)), num(some(r.time_split.layers_s)), num(some(r.time_split.exit_checks_s)),
+                num(some(r.time_split.propagation_s)), num(r.energy.energy_j), num(r.energy.avg_watts), num(r.energy.j_per_token),
+                r.energy.source.clone(), num(some(r.peak_mem_mb)), r.status.clone(), r.reason.clone().unwrap_or_default(),
+                num(some(row.rouge_l_ref.mean)), num(some(row.rouge_l_ref.lo)), num(some(row.rouge_l_ref.hi)),
+                num(row.rouge_l_full.map(|x| x.mean)), num(row.d_full.map(|x| x.mean)), num(row.d_full.map(|x| x.lo)),
+                num(row.d_full.map(|x| x.hi)), num(row.rouge_delta.map(|x| x.mean)), num(row.rouge_delta.map(|x| x.lo)),
+                num(row.rouge_delta.map(|x| x.hi)), r.random_weights.to_string(),
+            ];
+            debug_assert_eq!(fields.len(), COLUMNS.len());
+            w.write_record(&fields).map_err(err)?;
+        }
+        let bytes = w.into_inner().map_err(|e| Error::Internal(format!("csv: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| Error::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,72 @@
+//! `summary.md`: per configuration group, the headline table: D(Y_early, Y_full),
+//! R_early − R_full, average layers, speedup (measured and theoretical) and J/token.
+
+use super::{Exporter, ReportRow};
+use crate::error::Result;
+use crate::results::CellRecord;
+use std::fmt::Write;
+
+/// The Markdown export.
+pub struct MarkdownExporter;
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "n/a".into())
+}
+
+impl Exporter for MarkdownExporter {
+    fn file_name(&self) -> &'static str {
+        "summary.md"
+    }
+
+    fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String> {
+        let mut s = String::new();
+        let _ = writeln!(s, "# exitbench summary\n");
+        let _ = writeln!(s, "Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F of the setting's outputs against full depth's; \
+            R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
+            interval in brackets). Measured speedup = full depth's decode ms/token ÷ the setting's (medians); theoretical = L ÷ average layers.\n");
+        let mut groups: Vec<&str> = Vec::new();
+        for r in rows {
+            if !groups.contains(&r.group.as_str()) {
+                groups.push(&r.group);
+            }
+        }
+        for g in groups {
+            let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
+            let first = &records[members[0].record];
+            let k = &first.key;
+            let _ = writeln!(s, "## {} · {} · {} · {} · {} threads · {}\n", k.model, k.dataset, k.backend, k.device, k.threads, k.dtype);
+            let h = &first.hardware;
+            let _ = writeln!(s, "Machine `{}`: {} ({} logical CPUs, {} MiB), {}. {} samples, energy source: {}.{}\n",
+                k.machine, h.cpu_model, h.logical_cpus, h.memory_mib, h.os, first.samples, first.energy.source,
+                if first.random_weights { " **Random weights: quality figures are meaningless.**" } else { "" });
+            let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured) | speedup (theoretical) | J/token | ROUGE-L vs refs |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+            for r in members {
+                let rec = &records[r.record];
+                if rec.status != "ok" {
+                    let _ = writeln!(s, "| {} | {} | | | | | | |", r.label, rec.status, );
+                    continue;
+                }
+                let d = r.d_full.map(|x| format!("{:.3} [{:.3}, {:.3}]", x.mean, x.lo, x.hi)).unwrap_or_else(|| "n/a".into());
+                let delta = r.rouge_delta.map(|x| format!("{:+.3} [{:+.3}, {:+.3}]", x.mean, x.lo, x.hi)).unwrap_or_else(|| "n/a".into());
+                let speed = match (r.speedup_measured, r.speedup_measured_err) {
+                    (Some(m), Some(e)) => format!("{m:.2} ± {e:.2}×"),
+                    (Some(m), None) => format!("{m:.2}×"),
+                    _ if rec.key.baseline == "oracle" => "n/a (analysis)".into(),
+                    _ => "n/a".into(),
+                };
+                let _ = writeln!(s, "| {} | {} | {} | {:.2} / {} | {} | {}× | {} | {:.3} |",
+                    r.label, d, delta, r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
+                    r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", rec.energy.source)), r.rouge_l_ref.mean);
+            }
+            let _ = writeln!(s);
+            for r in rows.iter().filter(|r| r.group == g) {
+                let rec = &records[r.record];
+                if rec.status != "ok" {
+                    let _ = writeln!(s, "- {}: {} ({})", r.label, rec.status, rec.reason.clone().unwrap_or_default());
+                }
+            }
+        }
+        Ok(s)
+    }
+}

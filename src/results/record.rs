@@ -1,0 +1,246 @@
+//! The results schema (version `SCHEMA_VERSION`). A record holds a cell's key, its summary
+//! figures, per-sample outputs (and per-token exit traces for the first samples), the resolved
+//! configuration and the hardware block. Derived comparisons against full depth are computed at
+//! report time, never stored.
+
+use crate::hardware::Hardware;
+use crate::metrics::rouge::CorpusScores;
+use crate::metrics::stats::{self, Interval};
+use serde::{Deserialize, Serialize};
+
+/// Version of this schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What identifies a cell. Two records with equal keys measure the same thing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellKey {
+    /// Model directory as given.
+    pub model: String,
+    /// SHA-256 (first 16 hex digits) of the weight files, or `random:SEED`.
+    pub weights_hash: String,
+    /// Dataset name (`synth:test` or a path).
+    pub dataset: String,
+    /// SHA-256 (first 16 hex digits) of the examples used.
+    pub dataset_hash: String,
+    /// Backend name.
+    pub backend: String,
+    /// Device name.
+    pub device: String,
+    /// Precision.
+    pub dtype: String,
+    /// CPU threads.
+    pub threads: usize,
+    /// Confidence measure (`-` for baselines).
+    pub measure: String,
+    /// Threshold λ (None for baselines).
+    pub threshold: Option<f64>,
+    /// Schedule (`-` for baselines).
+    pub schedule: String,
+    /// Minimum exit layer (None where it does not apply).
+    pub min_exit_layer: Option<usize>,
+    /// Exit interval (None where it does not apply).
+    pub exit_interval: Option<usize>,
+    /// `full`, `static`, `oracle` or `none` (an early-exit cell).
+    pub baseline: String,
+    /// Static exit layer (static baseline only).
+    pub static_layer: Option<usize>,
+    /// Machine fingerprint id.
+    pub machine: String,
+}
+
+impl CellKey {
+    /// A stable id of the cell (used by --resume and merge).
+    pub fn id(&self) -> String {
+        let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+        let u = |x: Option<usize>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads,
+            self.measure, f(self.threshold), self.schedule, u(self.min_exit_layer), u(self.exit_interval), self.baseline,
+            u(self.static_layer), self.machine
+        )
+    }
+
+    /// Key of the configuration group (what a full-depth baseline is matched on).
+    pub fn group_id(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads, self.machine
+        )
+    }
+
+    /// A short human label: `softmax-diff@0.8`, `full`, `static@3`, `oracle`.
+    pub fn label(&self) -> String {
+        match self.baseline.as_str() {
+            "full" => "full".into(),
+            "static" => format!("static@{}", self.static_layer.unwrap_or(0)),
+            "oracle" => "oracle".into(),
+            _ => {
+                let mut s = format!("{}@{}", self.measure, self.threshold.unwrap_or(0.0));
+                if self.schedule != "fixed" {
+                    s.push_str(&format!(" ({})", self.schedule));
+                }
+                if self.min_exit_layer.unwrap_or(1) != 1 || self.exit_interval.unwrap_or(1) != 1 {
+                    s.push_str(&format!(" [min {} every {}]", self.min_exit_layer.unwrap_or(1), self.exit_interval.unwrap_or(1)));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Summary statistics of repeated measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Number of values.
+    pub n: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation.
+    pub std: f64,
+    /// Median.
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Lower end of the 95% bootstrap interval of the mean.
+    pub ci_lo: f64,
+    /// Upper end of the 95% bootstrap interval of the mean.
+    pub ci_hi: f64,
+}
+
+impl Stats {
+    /// Statistics of `xs` (bootstrap seeded with `seed`).
+    pub fn of(xs: &[f64], seed: u64) -> Stats {
+        if xs.is_empty() {
+            return Stats::default();
+        }
+        let Interval { mean, lo, hi } = stats::bootstrap_mean(xs, 1000, seed);
+        Stats {
+            n: xs.len(),
+            mean,
+            std: stats::std_dev(xs),
+            median: stats::median(xs),
+            min: xs.iter().cloned().fold(f64::INFINITY, f64::min),
+            max: xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            ci_lo: lo,
+            ci_hi: hi,
+        }
+    }
+}
+
+/// Seconds spent per component over a cell's decode steps (first repetition).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TimeSplit {
+    /// Decoder layers.
+    pub layers_s: f64,
+    /// Exit checks: exit head + confidence measure.
+    pub exit_checks_s: f64,
+    /// State propagation into skipped layers.
+    pub propagation_s: f64,
+}
+
+/// Energy of a cell (filled by a meter; `source` is `none` where no meter ran).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Energy {
+    /// Where the figure comes from: `none`, `nvml`, `rapl`, `estimate`.
+    pub source: String,
+    /// Gross joules over the measured window (as measured), median over repetitions.
+    pub energy_j: Option<f64>,
+    /// Average power over the window, watts.
+    pub avg_watts: Option<f64>,
+    /// Joules per generated token.
+    pub j_per_token: Option<f64>,
+}
+
+/// One exited token in a trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceToken {
+    /// Token id.
+    pub id: u32,
+    /// Decoded text the token adds.
+    pub text: String,
+    /// Exit layer.
+    pub exit_layer: usize,
+    /// Confidence at exit (None at full depth).
+    pub confidence: Option<f32>,
+}
+
+/// One sample's output in a cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleOutput {
+    /// Example id.
+    pub id: String,
+    /// Generated text (prompt excluded, special tokens skipped).
+    pub text: String,
+    /// Generated tokens.
+    pub tokens: usize,
+    /// Mean exit layer over this sample's tokens.
+    pub avg_layers: f64,
+    /// ROUGE-L F against the reference.
+    pub rouge_l: f64,
+    /// Prefill seconds (first repetition).
+    pub prefill_s: f64,
+    /// Decode seconds (first repetition).
+    pub decode_s: f64,
+    /// Per-token exit trace (first `trace_samples` samples only).
+    pub trace: Option<Vec<TraceToken>>,
+}
+
+/// Everything measured for one cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellRecord {
+    /// Schema version.
+    pub schema_version: u32,
+    /// exitbench version that wrote the record.
+    pub exitbench_version: String,
+    /// Stable id of the cell.
+    pub cell_id: String,
+    /// The cell's key.
+    pub key: CellKey,
+    /// `ok`, `unsupported` or `error`.
+    pub status: String,
+    /// Why a cell is unsupported or failed.
+    pub reason: Option<String>,
+    /// Layers L of the model.
+    pub num_layers: usize,
+    /// Samples measured.
+    pub samples: usize,
+    /// Generated tokens over all samples (one repetition).
+    pub tokens: usize,
+    /// Mean exit layer over generated tokens.
+    pub avg_layers: f64,
+    /// Tokens that exited at each layer (index 0 = layer 1).
+    pub exit_histogram: Vec<u64>,
+    /// Prefill seconds per sample (time to first token), over samples of the first repetition.
+    pub prefill_s: Stats,
+    /// Decode milliseconds per token, one value per repetition.
+    pub ms_per_token: Stats,
+    /// Decode tokens per second, one value per repetition.
+    pub tokens_per_s: Stats,
+    /// Seconds of one repetition over all samples (prefill + decode).
+    pub duration_s: Stats,
+    /// Where decode time went.
+    pub time_split: TimeSplit,
+    /// Energy figures.
+    pub energy: Energy,
+    /// Peak resident memory of the process during the cell, MiB.
+    pub peak_mem_mb: f64,
+    /// ROUGE against the references (corpus mean F with bootstrap intervals).
+    pub rouge: CorpusScores,
+    /// Per-sample outputs.
+    pub outputs: Vec<SampleOutput>,
+    /// True when weights are random (quality figures meaningless).
+    pub random_weights: bool,
+    /// Batch size (always 1).
+    pub batch_size: usize,
+    /// Seed of the sweep.
+    pub seed: u64,
+    /// The resolved sweep settings.
+    pub config: serde_json::Value,
+    /// The machine.
+    pub hardware: Hardware,
+    /// When the cell finished (seconds since the Unix epoch).
+    pub finished_at: u64,
+}

@@ -1,0 +1,341 @@
+//! From raw settings (flags, a TOML file, defaults) to a validated `Plan`, checked before any
+//! model is loaded: unknown keys, unknown measures, thresholds outside [0, 1], exit layers beyond
+//! a model's depth, an empty grid or an unreadable dataset line are all reported here.
+
+use crate::backend::{BackendKind, DeviceKind};
+use crate::data::{DatasetSpec, Example};
+use crate::error::{Error, Result};
+use crate::exit::schedule::DEFAULT_TAU;
+use crate::exit::{Measure, Schedule};
+use crate::model::{LlamaConfig, Precision};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Raw sweep settings: every field optional, from a TOML file or flags (flags win).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSettings {
+    /// Model directories.
+    pub model: Option<Vec<String>>,
+    /// Backends.
+    pub backend: Option<Vec<String>>,
+    /// Devices.
+    pub device: Option<Vec<String>>,
+    /// Precisions.
+    pub dtype: Option<Vec<String>>,
+    /// CPU thread counts.
+    pub threads: Option<Vec<usize>>,
+    /// Confidence measures.
+    pub measure: Option<Vec<String>>,
+    /// Thresholds: numbers, or "start:stop:step" strings.
+    pub thresholds: Option<Vec<String>>,
+    /// Threshold schedules.
+    pub schedule: Option<Vec<String>>,
+    /// τ of the decaying schedule.
+    pub tau: Option<f64>,
+    /// Minimum exit layers.
+    pub min_exit_layer: Option<Vec<usize>>,
+    /// Exit intervals.
+    pub exit_interval: Option<Vec<usize>>,
+    /// Static exit layers (baselines).
+    pub static_exit: Option<Vec<usize>>,
+    /// Include the oracle analysis.
+    pub oracle: Option<bool>,
+    /// Dataset: synth:test, synth:validation, synth:train or a JSONL path.
+    pub dataset: Option<String>,
+    /// Samples taken from the dataset.
+    pub samples: Option<usize>,
+    /// Maximum new tokens per sample.
+    pub max_new_tokens: Option<usize>,
+    /// Unmeasured warm-up samples per cell.
+    pub warmup: Option<usize>,
+    /// Measured repetitions of every cell.
+    pub repetitions: Option<usize>,
+    /// Seed (sampling, bootstrap).
+    pub seed: Option<u64>,
+    /// Output directory.
+    pub out: Option<String>,
+    /// Per-token exit traces kept for the first N samples of every cell.
+    pub trace_samples: Option<usize>,
+    /// Random weights seed (speed/energy of a shape; quality meaningless).
+    pub random_weights: Option<u64>,
+}
+
+impl RawSettings {
+    /// Reads a TOML settings file; unknown keys and bad types name the key.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let de = toml::Deserializer::new(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| text[..s.start].lines().count().max(1));
+            Error::file(path, line, format!("key `{key}`: {}", inner.message()))
+        })
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn overridden_by(self, over: RawSettings) -> RawSettings {
+        macro_rules! pick { ($($f:ident),*) => { RawSettings { $($f: over.$f.or(self.$f)),* } } }
+        pick!(model, backend, device, dtype, threads, measure, thresholds, schedule, tau, min_exit_layer, exit_interval,
+              static_exit, oracle, dataset, samples, max_new_tokens, warmup, repetitions, seed, out, trace_samples, random_weights)
+    }
+
+    /// The default grid: the shipped model on synth:test, 100 samples, every backend on CPU in
+    /// f32, all four measures at 0.95 … 0.5, full depth and oracle.
+    pub fn defaults() -> RawSettings {
+        RawSettings {
+            model: Some(vec![crate::DEFAULT_MODEL.into()]),
+            backend: Some(vec!["candle".into()]),
+            device: Some(vec!["cpu".into()]),
+            dtype: Some(vec!["f32".into()]),
+            threads: None,
+            measure: Some(Measure::ALL.iter().map(|m| m.name().to_string()).collect()),
+            thresholds: Some(["0.95", "0.9", "0.8", "0.7", "0.6", "0.5"].iter().map(|s| s.to_string()).collect()),
+            schedule: Some(vec!["fixed".into()]),
+            tau: Some(DEFAULT_TAU),
+            min_exit_layer: Some(vec![1]),
+            exit_interval: Some(vec![1]),
+            static_exit: Some(vec![]),
+            oracle: Some(true),
+            dataset: Some("synth:test".into()),
+            samples: Some(100),
+            max_new_tokens: Some(64),
+            warmup: Some(1),
+            repetitions: Some(1),
+            seed: Some(0),
+            out: Some("results".into()),
+            trace_samples: Some(20),
+            random_weights: None,
+        }
+    }
+}
+
+/// A model of the plan, with its config read and checked.
+#[derive(Debug, Clone)]
+pub struct PlannedModel {
+    /// Directory.
+    pub dir: PathBuf,
+    /// Its config.
+    pub config: LlamaConfig,
+}
+
+/// A validated sweep.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Models.
+    pub models: Vec<PlannedModel>,
+    /// Backends.
+    pub backends: Vec<BackendKind>,
+    /// Devices.
+    pub devices: Vec<DeviceKind>,
+    /// Precisions.
+    pub dtypes: Vec<Precision>,
+    /// Thread counts (None: each model's default).
+    pub threads: Option<Vec<usize>>,
+    /// Measures.
+    pub measures: Vec<Measure>,
+    /// Thresholds.
+    pub thresholds: Vec<f64>,
+    /// Schedules.
+    pub schedules: Vec<Schedule>,
+    /// Minimum exit layers.
+    pub min_exit_layers: Vec<usize>,
+    /// Exit intervals.
+    pub exit_intervals: Vec<usize>,
+    /// Static exit baselines.
+    pub static_exits: Vec<usize>,
+    /// Oracle analysis on or off.
+    pub oracle: bool,
+    /// Dataset.
+    pub dataset: DatasetSpec,
+    /// The examples (loaded and validated up front).
+    pub examples: Vec<Example>,
+    /// Max new tokens.
+    pub max_new_tokens: usize,
+    /// Warm-up samples per cell.
+    pub warmup: usize,
+    /// Repetitions per cell.
+    pub repetitions: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Traced samples per cell.
+    pub trace_samples: usize,
+    /// Random weights seed.
+    pub random_weights: Option<u64>,
+    /// The resolved settings (recorded with every result).
+    pub resolved: RawSettings,
+}
+
+fn list<T>(field: &str, v: &[String], parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    if v.is_empty() {
+        return Err(Error::setting(field, "the list is empty"));
+    }
+    v.iter().map(|s| parse(s.trim())).collect()
+}
+
+/// Parses thresholds: numbers or `start:stop:step` ranges (inclusive, descending or ascending).
+pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for item in items {
+        let item = item.trim();
+        let num = |s: &str| -> Result<f64> {
+            s.trim().parse::<f64>().map_err(|_| Error::setting("--thresholds", format!("`{s}` is not a number")))
+        };
+        if item.contains(':') {
+            let parts: Vec<&str> = item.split(':').collect();
+            if parts.len() != 3 {
+                return Err(Error::setting("--thresholds", format!("`{item}` is not start:stop:step")));
+            }
+            let (a, b, step) = (num(parts[0])?, num(parts[1])?, num(parts[2])?.abs());
+            if step == 0.0 {
+                return Err(Error::setting("--thresholds", format!("`{item}` has a zero step")));
+            }
+            let n = ((b - a).abs() / step + 1e-9).floor() as usize;
+            let dir = if b >= a { 1.0 } else { -1.0 };
+            for i in 0..=n {
+                out.push(((a + dir * step * i as f64) * 1e9).round() / 1e9);
+            }
+        } else {
+            out.push(num(item)?);
+        }
+    }
+    for &t in &out {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(Error::setting("--thresholds", format!("{t} is outside [0, 1]")));
+        }
+    }
+    Ok(out)
+}
+
+impl Plan {
+    /// Validates resolved settings (defaults ← file ← flags).
+    pub fn from_settings(s: RawSettings) -> Result<Plan> {
+        let req = |o: &Option<Vec<String>>, f: &str| o.clone().ok_or_else(|| Error::setting(f, "missing"));
+        let backends = list("--backend", &req(&s.backend, "--backend")?, BackendKind::parse)?;
+        let devices = list("--device", &req(&s.device, "--device")?, DeviceKind::parse)?;
+        let dtypes = list("--dtype", &req(&s.dtype, "--dtype")?, Precision::parse)?;
+        let measures = match &s.measure {
+            Some(v) if v.is_empty() => Vec::new(),
+            Some(v) => list("--measure", v, Measure::parse)?,
+            None => Vec::new(),
+        };
+        let thresholds = parse_thresholds(s.thresholds.as_deref().unwrap_or(&[]))?;
+        let tau = s.tau.unwrap_or(DEFAULT_TAU);
+        let schedules = list("--schedule", &req(&s.schedule, "--schedule")?, |x| Schedule::parse(x, tau))?;
+        let min_exit_layers = s.min_exit_layer.clone().unwrap_or_else(|| vec![1]);
+        let exit_intervals = s.exit_interval.clone().unwrap_or_else(|| vec![1]);
+        if min_exit_layers.is_empty() || exit_intervals.is_empty() {
+            return Err(Error::setting("--min-exit-layer/--exit-interval", "the list is empty"));
+        }
+        if let Some(&0) = exit_intervals.iter().find(|&&k| k == 0) {
+            return Err(Error::setting("--exit-interval", "must be at least 1"));
+        }
+        if !measures.is_empty() && thresholds.is_empty() {
+            return Err(Error::setting("--thresholds", "measures are given but no thresholds: the grid is empty"));
+        }
+        if let Some(t) = &s.threads {
+            if t.is_empty() || t.contains(&0) {
+                return Err(Error::setting("--threads", "must be a non-empty list of positive numbers"));
+            }
+        }
+        let static_exits = s.static_exit.clone().unwrap_or_default();
+        let oracle = s.oracle.unwrap_or(false);
+        let models = list("--model", &req(&s.model, "--model")?, |m| plan_model(Path::new(m)))?;
+        for m in &models {
+            let l = m.config.num_hidden_layers;
+            for &k in &min_exit_layers {
+                if k == 0 || k > l {
+                    return Err(Error::setting("--min-exit-layer", format!("{k} is outside 1..={l} for model {}", m.dir.display())));
+                }
+            }
+            for &k in &static_exits {
+                if k == 0 || k > l {
+                    return Err(Error::setting("--static-exit", format!("{k} is outside 1..={l} for model {}", m.dir.display())));
+                }
+            }
+        }
+        let dataset = DatasetSpec::parse(s.dataset.as_deref().unwrap_or("synth:test"))?;
+        let samples = s.samples.unwrap_or(100);
+        if samples == 0 {
+            return Err(Error::setting("--samples", "must be at least 1"));
+        }
+        let examples = dataset.load(Some(samples))?;
+        let max_new_tokens = s.max_new_tokens.unwrap_or(64);
+        if max_new_tokens == 0 {
+            return Err(Error::setting("--max-new-tokens", "must be at least 1"));
+        }
+        let repetitions = s.repetitions.unwrap_or(1);
+        if repetitions == 0 {
+            return Err(Error::setting("--repetitions", "must be at least 1"));
+        }
+        Ok(Plan {
+            models,
+            backends,
+            devices,
+            dtypes,
+            threads: s.threads.clone(),
+            measures,
+            thresholds,
+            schedules,
+            min_exit_layers,
+            exit_intervals,
+            static_exits,
+            oracle,
+            dataset,
+            examples,
+            max_new_tokens,
+            warmup: s.warmup.unwrap_or(1),
+            repetitions,
+            seed: s.seed.unwrap_or(0),
+            out: PathBuf::from(s.out.clone().unwrap_or_else(|| "results".into())),
+            trace_samples: s.trace_samples.unwrap_or(20),
+            random_weights: s.random_weights,
+            resolved: s,
+        })
+    }
+}
+
+fn plan_model(dir: &Path) -> Result<PlannedModel> {
+    if !dir.is_dir() {
+        return Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() });
+    }
+    let cfg = dir.join("config.json");
+    if !cfg.is_file() {
+        return Err(Error::BadModel { dir: dir.to_path_buf(), message: "config.json is missing".into() });
+    }
+    Ok(PlannedModel { dir: dir.to_path_buf(), config: LlamaConfig::from_file(&cfg)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_ranges_expand_inclusively() {
+        let t = parse_thresholds(&["0.9:0.5:0.1".into(), "0.95".into()]).unwrap();
+        assert_eq!(t, vec![0.9, 0.8, 0.7, 0.6, 0.5, 0.95]);
+        assert!(parse_thresholds(&["1.2".into()]).unwrap_err().to_string().contains("outside [0, 1]"));
+        assert!(parse_thresholds(&["0.1:0.5:0".into()]).is_err());
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let file = RawSettings { samples: Some(10), dataset: Some("synth:validation".into()), ..Default::default() };
+        let flags = RawSettings { samples: Some(3), ..Default::default() };
+        let r = file.overridden_by(flags);
+        assert_eq!(r.samples, Some(3));
+        assert_eq!(r.dataset.as_deref(), Some("synth:validation"));
+    }
+
+    #[test]
+    fn unknown_toml_key_is_named_with_its_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sweep.toml");
+        std::fs::write(&p, "samples = 3\nthreshold = [0.5]\n").unwrap();
+        let e = RawSettings::from_toml_file(&p).unwrap_err().to_string();
+        assert!(e.contains("sweep.toml") && e.contains("threshold") && e.contains("line 2"), "{e}");
+    }
+}

@@ -1,0 +1,375 @@
+//! Runs the cells of a plan: per configuration group one model load, then each exit mode over the
+//! dataset (warm-up, then repetitions), and one record appended per cell as soon as it is done.
+
+use super::grid::{groups, Group, Shard};
+use super::plan::Plan;
+use crate::backend::candle::CandleBackend;
+use crate::backend::set_cpu_threads;
+use crate::decode::{generate, GenerateOptions, Generation, Sampling};
+use crate::error::{Error, Result};
+use crate::exit::{ExitMode, Measure};
+use crate::hardware::{hex, Hardware};
+use crate::metrics::rouge::{corpus, Rouge};
+use crate::model::{LoadOptions, LoadedModel};
+use crate::results::record::{CellKey, CellRecord, Energy, SampleOutput, Stats, TimeSplit, TraceToken};
+use crate::results::{store, SCHEMA_VERSION};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Receives progress events (a terminal bar, or nothing).
+pub trait Progress {
+    /// The number of generation steps in the whole sweep.
+    fn start(&mut self, total: u64);
+    /// A cell begins.
+    fn cell(&mut self, label: &str);
+    /// One sample generated.
+    fn tick(&mut self);
+    /// A warning for the user (stderr).
+    fn warn(&mut self, msg: &str);
+    /// The sweep is done.
+    fn finish(&mut self);
+}
+
+/// Progress that prints only warnings.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: u64) {}
+    fn cell(&mut self, _: &str) {}
+    fn tick(&mut self) {}
+    fn warn(&mut self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+    fn finish(&mut self) {}
+}
+
+/// Options of a run beyond the plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Run only this shard of the groups.
+    pub shard: Option<Shard>,
+    /// Skip cells already in the results file.
+    pub resume: bool,
+}
+
+/// Runs the plan, appending to `plan.out/results.jsonl`. Returns the records of this run.
+pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
+    std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
+    let path = plan.out.join(store::RESULTS_FILE);
+    let mut done = HashSet::new();
+    if path.exists() {
+        if !opts.resume {
+            return Err(Error::setting(
+                "--out",
+                format!("{} already holds results: pass --resume to continue that sweep, or choose another --out", path.display()),
+            ));
+        }
+        store::repair_tail(&path)?;
+        done.extend(store::read(&path)?.into_iter().map(|r| r.cell_id));
+    }
+    let hardware = Hardware::probe();
+    let dataset_hash = hash_examples(plan);
+    let mut todo = groups(plan);
+    if let Some(s) = opts.shard {
+        todo = s.select(todo);
+    }
+    let steps: usize = todo.iter().map(|g| g.modes.len() * (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions)).sum();
+    progress.start(steps as u64);
+    let mut written = Vec::new();
+    for g in &todo {
+        let ctx = GroupCtx { plan, group: g, hardware: &hardware, dataset_hash: &dataset_hash };
+        run_group(&ctx, &path, &done, progress, &mut written)?;
+    }
+    progress.finish();
+    Ok(written)
+}
+
+struct GroupCtx<'a> {
+    plan: &'a Plan,
+    group: &'a Group,
+    hardware: &'a Hardware,
+    dataset_hash: &'a str,
+}
+
+impl GroupCtx<'_> {
+    fn key(&self, mode: &ExitMode, weights_hash: &str) -> CellKey {
+        let g = self.group;
+        let (measure, threshold, schedule, min, interval, static_layer) = match mode {
+            ExitMode::Full => ("-".into(), None, "-".into(), None, None, None),
+            ExitMode::Static { layer } => ("-".into(), None, "-".into(), None, None, Some(*layer)),
+            ExitMode::Oracle { min_exit_layer, exit_interval } => ("-".into(), None, "-".into(), Some(*min_exit_layer), Some(*exit_interval), None),
+            ExitMode::Dynamic(p) => (p.measure.name().to_string(), Some(p.threshold), p.schedule.name().to_string(), Some(p.min_exit_layer), Some(p.exit_interval), None),
+        };
+        CellKey {
+            model: g.model_dir.display().to_string(),
+            weights_hash: weights_hash.to_string(),
+            dataset: self.plan.dataset.name(),
+            dataset_hash: self.dataset_hash.to_string(),
+            backend: g.backend.name().into(),
+            device: g.device.name(),
+            dtype: g.dtype.name().into(),
+            threads: g.threads,
+            measure,
+            threshold,
+            schedule,
+            min_exit_layer: min,
+            exit_interval: interval,
+            baseline: mode.baseline().into(),
+            static_layer,
+            machine: self.hardware.machine_id.clone(),
+        }
+    }
+
+    fn base_record(&self, key: CellKey, num_layers: usize, status: &str, reason: Option<String>) -> CellRecord {
+        CellRecord {
+            schema_version: SCHEMA_VERSION,
+            exitbench_version: env!("CARGO_PKG_VERSION").into(),
+            cell_id: key.id(),
+            key,
+            status: status.into(),
+            reason,
+            num_layers,
+            samples: 0,
+            tokens: 0,
+            avg_layers: 0.0,
+            exit_histogram: vec![0; num_layers],
+            prefill_s: Stats::default(),
+            ms_per_token: Stats::default(),
+            tokens_per_s: Stats::default(),
+            duration_s: Stats::default(),
+            time_split: TimeSplit::default(),
+            energy: Energy { source: "none".into(), ..Default::default() },
+            peak_mem_mb: 0.0,
+            rouge: Default::default(),
+            outputs: Vec::new(),
+            random_weights: self.plan.random_weights.is_some(),
+            batch_size: 1,
+            seed: self.plan.seed,
+            config: serde_json::to_value(&self.plan.resolved).unwrap_or_default(),
+            hardware: self.hardware.clone(),
+            finished_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+}
+
+fn run_group(ctx: &GroupCtx, path: &Path, done: &HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+    let g = ctx.group;
+    let plan = ctx.plan;
+    let layers = plan.models[g.model].config.num_hidden_layers;
+    set_cpu_threads(g.threads);
+    let per_cell = (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions) as u64;
+    let device = match g.device.candle_device() {
+        Ok(d) => d,
+        Err(e) => {
+            // The whole group cannot run here: one `unsupported` row per cell, never a crash.
+            let wh = weights_hash(&g.model_dir, plan.random_weights)?;
+            for mode in &g.modes {
+                let key = ctx.key(mode, &wh);
+                if !done.contains(&key.id()) {
+                    let rec = ctx.base_record(key, layers, "unsupported", Some(e.to_string()));
+                    store::append(path, &rec)?;
+                    written.push(rec);
+                }
+                (0..per_cell).for_each(|_| progress.tick());
+            }
+            return Ok(());
+        }
+    };
+    let m = LoadedModel::load(&g.model_dir, &LoadOptions { precision: g.dtype, device, random_weights: plan.random_weights })?;
+    let wh = weights_hash(&g.model_dir, plan.random_weights)?;
+    let prompts = encode_prompts(plan, &m)?;
+    for mode in &g.modes {
+        let key = ctx.key(mode, &wh);
+        if done.contains(&key.id()) {
+            (0..per_cell).for_each(|_| progress.tick());
+            continue;
+        }
+        progress.cell(&key.label());
+        let rec = match mode {
+            ExitMode::Dynamic(p) if p.measure == Measure::Classifier && !m.model.has_classifiers() => {
+                (0..per_cell).for_each(|_| progress.tick());
+                ctx.base_record(key, layers, "unsupported", Some("the classifier measure needs exit classifiers; this model has none".into()))
+            }
+            _ => run_cell(ctx, &m, mode, &prompts, key, progress)?,
+        };
+        store::append(path, &rec)?;
+        written.push(rec);
+    }
+    Ok(())
+}
+
+fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
+    let max = m.config.max_position_embeddings;
+    plan.examples
+        .iter()
+        .map(|ex| {
+            let ids = m.tokenizer.encode(&ex.prompt)?;
+            if ids.len() >= max {
+                return Err(Error::setting(
+                    "--dataset",
+                    format!("example `{}` has {} prompt tokens, beyond max_position_embeddings = {max} of {}", ex.id, ids.len(), m.dir.display()),
+                ));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
+    let plan = ctx.plan;
+    let layers = m.model.num_layers();
+    let mut backend = CandleBackend::new(&m.model);
+    let opts = |i: usize| GenerateOptions {
+        mode: *mode,
+        max_new_tokens: plan.max_new_tokens,
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: plan.seed.wrapping_add(i as u64) },
+        eos_ids: m.config.eos_ids(),
+    };
+    for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
+        generate(&mut backend, p, &opts(i))?;
+        progress.tick();
+    }
+    reset_peak_rss();
+    let mut first: Vec<Generation> = Vec::new();
+    let (mut ms_tok, mut tok_s, mut dur) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..plan.repetitions {
+        let start = Instant::now();
+        let (mut decode_s, mut decode_tokens) = (0.0, 0usize);
+        for (i, p) in prompts.iter().enumerate() {
+            let g = generate(&mut backend, p, &opts(i))?;
+            decode_s += g.decode_s();
+            decode_tokens += g.tokens.len().saturating_sub(1);
+            if rep == 0 {
+                first.push(g);
+            }
+            progress.tick();
+        }
+        dur.push(start.elapsed().as_secs_f64());
+        if decode_tokens > 0 && decode_s > 0.0 {
+            ms_tok.push(decode_s * 1e3 / decode_tokens as f64);
+            tok_s.push(decode_tokens as f64 / decode_s);
+        }
+    }
+    let peak = peak_rss_mb();
+    if let Some(w) = slow_first_warning(&ms_tok) {
+        progress.warn(&format!("{}: {w}", key.label()));
+    }
+    let mut rec = ctx.base_record(key, layers, "ok", None);
+    let rouge = Rouge::new(false);
+    let mut hist = vec![0u64; layers];
+    let mut split = TimeSplit::default();
+    let mut outputs = Vec::with_capacity(first.len());
+    let mut scores = Vec::with_capacity(first.len());
+    for (i, (g, ex)) in first.iter().zip(&plan.examples).enumerate() {
+        for t in &g.tokens {
+            hist[t.exit_layer - 1] += 1;
+        }
+        for t in g.tokens.iter().skip(1) {
+            split.layers_s += t.layers_s;
+            split.exit_checks_s += t.exit_checks_s;
+            split.propagation_s += t.propagation_s;
+        }
+        let ids = g.ids();
+        let text = m.tokenizer.decode(&ids)?.trim().to_string();
+        let s = rouge.score(&text, &ex.reference);
+        scores.push(s);
+        let trace = if i < plan.trace_samples {
+            let pieces = m.tokenizer.pieces(&ids)?;
+            Some(g.tokens.iter().zip(pieces).map(|(t, text)| TraceToken { id: t.id, text, exit_layer: t.exit_layer, confidence: t.confidence }).collect())
+        } else {
+            None
+        };
+        outputs.push(SampleOutput {
+            id: ex.id.clone(),
+            text,
+            tokens: g.tokens.len(),
+            avg_layers: g.avg_layers(),
+            rouge_l: s.rougeL.fmeasure,
+            prefill_s: g.prefill_s,
+            decode_s: g.decode_s(),
+            trace,
+        });
+    }
+    let tokens: u64 = hist.iter().sum();
+    rec.samples = first.len();
+    rec.tokens = tokens as usize;
+    rec.avg_layers = if tokens > 0 { hist.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / tokens as f64 } else { 0.0 };
+    rec.exit_histogram = hist;
+    rec.prefill_s = Stats::of(&first.iter().map(|g| g.prefill_s).collect::<Vec<_>>(), plan.seed);
+    rec.ms_per_token = Stats::of(&ms_tok, plan.seed);
+    rec.tokens_per_s = Stats::of(&tok_s, plan.seed);
+    rec.duration_s = Stats::of(&dur, plan.seed);
+    rec.time_split = split;
+    rec.peak_mem_mb = peak;
+    rec.rouge = corpus(&scores, plan.seed);
+    rec.outputs = outputs;
+    Ok(rec)
+}
+
+/// A hyperfine-style warning when the first repetition is much slower than the rest.
+fn slow_first_warning(ms_tok: &[f64]) -> Option<String> {
+    if ms_tok.len() < 3 {
+        return None;
+    }
+    let rest = crate::metrics::stats::median(&ms_tok[1..]);
+    (ms_tok[0] > 1.5 * rest).then(|| {
+        format!("the first repetition took {:.3} ms/token, {:.1}× the median of the others: caches were cold, consider --warmup", ms_tok[0], ms_tok[0] / rest)
+    })
+}
+
+fn hash_examples(plan: &Plan) -> String {
+    let mut h = Sha256::new();
+    for ex in &plan.examples {
+        h.update(ex.id.as_bytes());
+        h.update([0]);
+        h.update(ex.prompt.as_bytes());
+        h.update([0]);
+        h.update(ex.reference.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// SHA-256 (first 16 hex digits) of a model's weight files, in name order; `random:SEED` for
+/// random weights.
+pub fn weights_hash(dir: &Path, random: Option<u64>) -> Result<String> {
+    if let Some(seed) = random {
+        return Ok(format!("random:{seed}"));
+    }
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io(&f, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, MiB (0 where unknown).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
