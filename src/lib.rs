@@ -24,3 +24,4 @@ pub mod hardware;
 pub mod report;
 pub mod results;
 pub mod sweep;
+pub mod check;

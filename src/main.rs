@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     let cli = exitbench::cli::Cli::parse();
     match exitbench::cli::run(cli) {
-        Ok(()) => {}
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             let code = if e.is_bad_input() { 2 } else { 1 };
             let err = anyhow::Error::new(e);

@@ -1,8 +1,10 @@
 //! Command-line interface: raw flags (clap) are turned into validated settings before any model
 //! is loaded; each subcommand lives in its own file.
 
+pub mod check;
 pub mod data;
 pub mod generate;
+pub mod merge;
 pub mod report;
 pub mod run;
 pub mod rouge;
@@ -32,20 +34,28 @@ pub enum Command {
     Data(data::DataCommand),
     /// Sweep the grid of settings over a dataset and write the trade-off reports.
     Run(Box<run::RunArgs>),
+    /// CI gate: compare a current sweep with a baseline (exit 1 on regression).
+    Check(check::CheckArgs),
+    /// Merge results from several runs or machines into one directory, with reports.
+    Merge(merge::MergeArgs),
     /// Write reports from results directories or files.
     Report(report::ReportArgs),
     /// Train the embedded early-exit model, or exit classifiers for any model.
     Train(train::TrainArgs),
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs a parsed command line; returns the process exit code for a completed command (1 when
+/// `check` finds a regression, else 0).
+pub fn run(cli: Cli) -> Result<i32> {
+    let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Generate(a) => generate::run(a),
-        Command::Rouge(a) => rouge::run(a),
-        Command::Data(c) => data::run(c),
-        Command::Train(a) => train::run(a),
-        Command::Run(a) => run::run(*a),
-        Command::Report(a) => report::run(a),
+        Command::Generate(a) => done(generate::run(a)),
+        Command::Rouge(a) => done(rouge::run(a)),
+        Command::Data(c) => done(data::run(c)),
+        Command::Train(a) => done(train::run(a)),
+        Command::Run(a) => done(run::run(*a)),
+        Command::Report(a) => done(report::run(a)),
+        Command::Merge(a) => done(merge::run(a)),
+        Command::Check(a) => check::run(a).map(|passed| if passed { 0 } else { 1 }),
     }
 }

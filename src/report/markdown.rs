@@ -24,6 +24,7 @@ impl Exporter for MarkdownExporter {
         let _ = writeln!(s, "Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F of the setting's outputs against full depth's; \
             R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
             interval in brackets). Measured speedup = full depth's decode ms/token ÷ the setting's (medians); theoretical = L ÷ average layers.\n");
+        write_machines(&mut s, records);
         let mut groups: Vec<&str> = Vec::new();
         for r in rows {
             if !groups.contains(&r.group.as_str()) {
@@ -69,4 +70,31 @@ impl Exporter for MarkdownExporter {
         }
         Ok(s)
     }
+}
+
+/// With results from several machines, a side-by-side table of the hardware and of each
+/// machine's full-depth speed per configuration.
+fn write_machines(s: &mut String, records: &[CellRecord]) {
+    let mut machines: Vec<&crate::hardware::Hardware> = Vec::new();
+    for r in records {
+        if !machines.iter().any(|m| m.machine_id == r.hardware.machine_id) {
+            machines.push(&r.hardware);
+        }
+    }
+    if machines.len() < 2 {
+        return;
+    }
+    let _ = writeln!(s, "## Hardware\n");
+    let _ = writeln!(s, "| machine | CPU | logical CPUs | memory (MiB) | OS | kernel | exitbench | full depth ms/token (per dtype/threads) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for m in machines {
+        let speeds: Vec<String> = records
+            .iter()
+            .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == "full" && r.status == "ok")
+            .map(|r| format!("{} {}t {}: {:.3}", r.key.dtype, r.key.threads, r.key.device, r.ms_per_token.median))
+            .collect();
+        let _ = writeln!(s, "| `{}` | {} | {} | {} | {} | {} | {} | {} |", m.machine_id, m.cpu_model, m.logical_cpus, m.memory_mib, m.os, m.kernel,
+            m.exitbench_version, speeds.join("; "));
+    }
+    let _ = writeln!(s);
 }

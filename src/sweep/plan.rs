@@ -69,7 +69,14 @@ impl RawSettings {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner.span().map(|s| text[..s.start].lines().count().max(1));
+            // The key's own line when the path names one, else the parser's span.
+            let leaf = key.rsplit('.').next().unwrap_or("").to_string();
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().strip_prefix(leaf.as_str()).is_some_and(|r| r.trim_start().starts_with('=')))
+                .filter(|_| !leaf.is_empty())
+                .map(|i| i + 1)
+                .or_else(|| inner.span().map(|s| text[..s.start].lines().count().max(1)));
             Error::file(path, line, format!("key `{key}`: {}", inner.message()))
         })
     }

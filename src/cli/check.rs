@@ -1,0 +1,63 @@
+//! `exitbench check --baseline OLD --current NEW`: the CI regression gate (exit 1 on regression).
+
+use crate::check::{self, CheckOptions};
+use crate::error::{Error, Result};
+use crate::results::store;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Flags of `exitbench check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Baseline results (dir or results.jsonl).
+    #[arg(long)]
+    pub baseline: PathBuf,
+    /// Current results (dir or results.jsonl).
+    #[arg(long)]
+    pub current: PathBuf,
+    /// Allowed |Δ| of deterministic figures (tokens, avg layers, ROUGE); 0 = exact.
+    #[arg(long, default_value_t = 0.0)]
+    pub tolerance: f64,
+    /// Relative timing/energy changes within ± this are within noise.
+    #[arg(long, default_value_t = 0.05)]
+    pub noise_threshold: f64,
+    /// Significance level of the t-test.
+    #[arg(long, default_value_t = 0.05)]
+    pub significance: f64,
+    /// Write github-action-benchmark customSmallerIsBetter JSON of the current run here.
+    #[arg(long)]
+    pub export_github_benchmark: Option<PathBuf>,
+    /// Write Bencher metric format JSON of the current run here.
+    #[arg(long)]
+    pub export_bencher: Option<PathBuf>,
+}
+
+/// Runs the gate; returns whether it passed.
+pub fn run(a: CheckArgs) -> Result<bool> {
+    if a.tolerance < 0.0 || a.noise_threshold < 0.0 || !(a.significance > 0.0 && a.significance < 1.0) {
+        return Err(Error::setting("check", "--tolerance and --noise-threshold must be ≥ 0 and --significance in (0, 1)"));
+    }
+    let base = store::read(&a.baseline)?;
+    let cur = store::read(&a.current)?;
+    let cmp = check::compare(&base, &cur, CheckOptions { tolerance: a.tolerance, noise_threshold: a.noise_threshold, significance: a.significance });
+    let md = check::markdown(&cmp);
+    println!("{md}");
+    if let Ok(summary) = std::env::var("GITHUB_STEP_SUMMARY") {
+        if !summary.is_empty() {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&summary).map_err(|e| Error::io(&summary, e))?;
+            writeln!(f, "## exitbench check\n\n{md}").map_err(|e| Error::io(&summary, e))?;
+        }
+    }
+    let write_json = |p: &PathBuf, v: serde_json::Value| -> Result<()> {
+        std::fs::write(p, serde_json::to_string_pretty(&v).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(p, e))
+    };
+    if let Some(p) = &a.export_github_benchmark {
+        write_json(p, check::github_benchmark(&cur))?;
+    }
+    if let Some(p) = &a.export_bencher {
+        write_json(p, check::bencher(&cur))?;
+    }
+    let failed = check::failed(&cmp);
+    eprintln!("{}", if failed { "check: REGRESSION" } else { "check: ok" });
+    Ok(!failed)
+}

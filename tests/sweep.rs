@@ -1,0 +1,294 @@
+//! Sweeps end to end through the binary on a tiny random-weight model: golden reports, SIGKILL
+//! and --resume, shards merged, the CI gate, and bad settings.
+
+use exitbench::testkit::{tiny_config, write_tiny_model};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_exitbench"))
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn model() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_model(d.path(), &tiny_config(4, 300), 21).unwrap();
+    d
+}
+
+fn dataset(dir: &Path, n: usize) -> PathBuf {
+    let p = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("s{i}"), "prompt": format!("The Hawks beat the Foxes by {i} runs at Kelmarsh Oval."),
+                "reference": "The Hawks beat the Foxes."}).to_string()
+        })
+        .collect();
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+fn sweep_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    sweep_args_with(model, data, out, &[])
+}
+
+/// The small sweep's flags; `over` replaces a flag's value (or adds the flag).
+fn sweep_args_with<'a>(model: &'a str, data: &'a str, out: &'a str, over: &[(&'a str, &'a str)]) -> Vec<&'a str> {
+    let mut flags: Vec<(&str, &str)> = vec![("--model", model), ("--dataset", data), ("--out", out), ("--measure", "softmax-diff,saturation"),
+        ("--thresholds", "0.9,0.3"), ("--static-exit", "2"), ("--samples", "4"), ("--max-new-tokens", "8"), ("--warmup", "0")];
+    for (k, v) in over {
+        match flags.iter_mut().find(|(f, _)| f == k) {
+            Some(slot) => slot.1 = v,
+            None => flags.push((k, v)),
+        }
+    }
+    let mut a = vec!["run", "--oracle", "--quiet"];
+    for (k, v) in flags {
+        a.extend([k, v]);
+    }
+    a
+}
+
+/// Masks the columns that depend on timing, the machine or temp paths.
+fn mask_csv(text: &str) -> String {
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    let masked = ["model", "dataset", "machine", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
+        "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token"];
+    let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
+    for rec in rd.records() {
+        let rec = rec.unwrap();
+        let fields: Vec<String> = rec.iter().zip(headers.iter()).map(|(v, h)| if masked.contains(&h) { "*".into() } else { v.to_string() }).collect();
+        out += &(fields.join(",") + "\n");
+    }
+    out
+}
+
+/// Masks the measured-speedup column, headings with paths and the machine line.
+fn mask_md(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("## ") || l.starts_with("Machine ") {
+                "*".to_string()
+            } else if l.starts_with("| ") && !l.starts_with("| setting") {
+                let mut cells: Vec<String> = l.split('|').map(str::to_string).collect();
+                if cells.len() > 5 {
+                    cells[5] = " * ".into();
+                }
+                cells.join("|")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn golden(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name);
+    if std::env::var("UPDATE_GOLDEN").is_ok() || !path.exists() && std::env::var("CI").is_err() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing golden file {}", path.display()));
+    assert_eq!(got, want, "{name} differs from the golden file (UPDATE_GOLDEN=1 rewrites it)");
+}
+
+#[test]
+fn golden_csv_and_markdown() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 4);
+    let out = d.path().join("out");
+    let args = sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("faster than full depth") || stdout.contains("slower than full depth"), "{stdout}");
+    golden("small.csv", &mask_csv(&std::fs::read_to_string(out.join("results.csv")).unwrap()));
+    golden("small.md", &mask_md(&std::fs::read_to_string(out.join("summary.md")).unwrap()));
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+fn cell_ids(p: &Path) -> Vec<String> {
+    lines(p).iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cell_id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn sigkill_then_resume_keeps_every_cell_once() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 12);
+    let out = d.path().join("out");
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(),
+        &[("--samples", "12"), ("--max-new-tokens", "24"), ("--repetitions", "3")]);
+    let results = out.join("results.jsonl");
+    let mut child = bin().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while lines(&results).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no records appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the sweep finished before it could be killed; make it longer");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = lines(&results);
+    let complete: Vec<String> = before.iter().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).cloned().collect();
+    assert!(complete.len() >= 2 && complete.len() < 7, "killed after {} cells", complete.len());
+    // Without --resume the directory is refused rather than overwritten.
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let (code, _, err) = run(&resume);
+    assert_eq!(code, 0, "{err}");
+    let after = lines(&results);
+    assert_eq!(&after[..complete.len()], &complete[..], "earlier records changed");
+    let ids = cell_ids(&results);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "a cell appears twice");
+    assert_eq!(ids.len(), 7, "full + static + oracle + 2 measures × 2 thresholds");
+}
+
+#[test]
+fn shards_merged_equal_the_unsharded_sweep() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 3);
+    let mp = m.path().to_str().unwrap().to_string();
+    let dp = data.to_str().unwrap().to_string();
+    let sweep = |out: &Path, shard: Option<&str>| {
+        let o = out.to_str().unwrap().to_string();
+        let mut over = vec![("--samples", "3"), ("--threads", "1,2,3")];
+        if let Some(s) = shard {
+            over.push(("--shard", s));
+        }
+        let a = sweep_args_with(&mp, &dp, &o, &over);
+        let (code, _, err) = run(&a);
+        assert_eq!(code, 0, "{err}");
+    };
+    let whole = d.path().join("whole");
+    sweep(&whole, None);
+    let mut parts = Vec::new();
+    for s in ["1/3", "2/3", "3/3"] {
+        let p = d.path().join(format!("shard{}", &s[..1]));
+        sweep(&p, Some(s));
+        assert!(!lines(&p.join("results.jsonl")).is_empty(), "shard {s} is empty");
+        parts.push(p);
+    }
+    let merged = d.path().join("merged");
+    let mut a = vec!["merge".to_string()];
+    a.extend(parts.iter().map(|p| p.display().to_string()));
+    a.extend(["--out".to_string(), merged.display().to_string()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let mut w = cell_ids(&whole.join("results.jsonl"));
+    let mut g = cell_ids(&merged.join("results.jsonl"));
+    w.sort();
+    g.sort();
+    assert_eq!(w, g);
+    assert_eq!(mask_csv(&sorted_csv(&whole)), mask_csv(&sorted_csv(&merged)));
+}
+
+fn sorted_csv(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut l: Vec<&str> = text.lines().collect();
+    let head = l.remove(0);
+    l.sort();
+    format!("{head}\n{}\n", l.join("\n"))
+}
+
+#[test]
+fn check_passes_identical_and_fails_a_doctored_regression() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 3);
+    let out = d.path().join("base");
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "3")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let base = out.to_str().unwrap();
+    let summary = d.path().join("summary.md");
+    let gh = d.path().join("gh.json");
+    let out_cmd = bin()
+        .args(["check", "--baseline", base, "--current", base, "--export-github-benchmark", gh.to_str().unwrap()])
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out_cmd.status.code(), Some(0), "{}", String::from_utf8_lossy(&out_cmd.stderr));
+    assert!(std::fs::read_to_string(&summary).unwrap().contains("exitbench check"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gh).unwrap()).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|x| x["unit"] == "ms/token" && x["value"].as_f64().is_some()));
+    // Doctor one deterministic figure: the gate must fail.
+    let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let mut recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    recs[1]["tokens"] = (recs[1]["tokens"].as_u64().unwrap() + 1).into();
+    let doctored = d.path().join("doctored.jsonl");
+    std::fs::write(&doctored, recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", doctored.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("Changed"), "{stdout}");
+    // A timing regression with repetitions: 3 values, tiny spread, twice as slow.
+    let fresh = || -> Vec<serde_json::Value> { text.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (mut recs, mut recs2) = (fresh(), fresh());
+    for (r, f) in [(&mut recs[..], 1.0), (&mut recs2[..], 2.0)] {
+        for rec in r.iter_mut() {
+            rec["ms_per_token"] = serde_json::json!({"n": 3, "mean": f, "std": 0.01, "median": f, "min": f, "max": f, "ci_lo": f, "ci_hi": f});
+        }
+    }
+    let (b, c) = (d.path().join("b.jsonl"), d.path().join("c.jsonl"));
+    std::fs::write(&b, recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(&c, recs2.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let (code, stdout, _) = run(&["check", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("Regressed"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--baseline", c.to_str().unwrap(), "--current", b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("Improved"), "{stdout}");
+}
+
+#[test]
+fn bad_settings_name_the_field_or_line() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 2);
+    let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("o");
+    let o = out.to_str().unwrap();
+    let bad = |extra: &[&str], needles: &[&str]| {
+        let mut a = vec!["run", "--model", mp, "--out", o, "--quiet"];
+        if !extra.contains(&"--dataset") {
+            a.extend(["--dataset", dp]);
+        }
+        a.extend(extra);
+        let (code, _, err) = run(&a);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{extra:?}: `{n}` not in {err}");
+        }
+        assert!(!out.join("results.jsonl").exists(), "nothing may run before validation");
+    };
+    bad(&["--measure", "entropy"], &["--measure", "entropy"]);
+    bad(&["--thresholds", "0.5,1.5"], &["--thresholds", "1.5"]);
+    bad(&["--measure", "softmax-diff", "--thresholds", ""], &["--thresholds"]);
+    bad(&["--min-exit-layer", "9"], &["--min-exit-layer"]);
+    bad(&["--shard", "4/3"], &["--shard"]);
+    let broken = d.path().join("broken.jsonl");
+    std::fs::write(&broken, "{\"id\":\"a\",\"prompt\":\"x\",\"reference\":\"y\"}\n{\"id\": \"b\", \"prompt\": 5}\n").unwrap();
+    bad(&["--dataset", broken.to_str().unwrap()], &["broken.jsonl", "line 2"]);
+    let toml = d.path().join("sweep.toml");
+    std::fs::write(&toml, "samples = 2\nthreshold = [0.5]\n").unwrap();
+    bad(&["--config", toml.to_str().unwrap()], &["sweep.toml", "threshold", "line 2"]);
+}
