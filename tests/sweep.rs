@@ -292,3 +292,40 @@ fn bad_settings_name_the_field_or_line() {
     std::fs::write(&toml, "samples = 2\nthreshold = [0.5]\n").unwrap();
     bad(&["--config", toml.to_str().unwrap()], &["sweep.toml", "threshold", "line 2"]);
 }
+
+#[test]
+fn generated_text_is_escaped_in_report_html() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 2);
+    let out = d.path().join("o");
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "2")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Pareto frontier") && html.contains("Speedup vs threshold"));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"), "the page must be self-contained");
+    // Doctor the outputs with markup, then report again.
+    let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let evil = "<script>alert(1)</script>";
+    let recs: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["outputs"][0]["text"] = evil.into();
+            if v["outputs"][0]["trace"].is_array() {
+                v["outputs"][0]["trace"][0]["text"] = evil.into();
+            }
+            v["key"]["model"] = format!("model{evil}").into();
+            v.to_string()
+        })
+        .collect();
+    let doctored = d.path().join("evil.jsonl");
+    std::fs::write(&doctored, recs.join("\n") + "\n").unwrap();
+    let rep = d.path().join("rep");
+    let (code, _, err) = run(&["report", doctored.to_str().unwrap(), "--out", rep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
+    assert!(!html.contains("<script"), "unescaped markup in report.html");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+}

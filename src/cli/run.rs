@@ -169,6 +169,6 @@ pub fn run(a: RunArgs) -> Result<()> {
     for line in report::terminal::summary_lines(&rows, &records) {
         println!("{line}");
     }
-    eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md", plan.out.display());
+    eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     Ok(())
 }

@@ -3,7 +3,9 @@
 
 pub mod csv;
 pub mod derive;
+pub mod html;
 pub mod markdown;
+pub mod svg;
 pub mod terminal;
 
 use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ pub trait Exporter {
 
 /// Every exporter.
 pub fn exporters() -> Vec<Box<dyn Exporter>> {
-    vec![Box::new(csv::CsvExporter), Box::new(markdown::MarkdownExporter)]
+    vec![Box::new(csv::CsvExporter), Box::new(markdown::MarkdownExporter), Box::new(html::HtmlExporter)]
 }
 
 /// Writes every export of `records` into `dir` (each file replaced atomically).

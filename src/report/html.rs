@@ -1,0 +1,217 @@
+//! `report.html`: a self-contained page (inline CSS and SVG, no network) with the headline table
+//! and, per configuration group, the cost-vs-quality plot with its Pareto frontier, measured and
+//! theoretical speedup against threshold per measure, exit-layer histograms, the time split, and
+//! sample outputs with every token coloured by its exit layer (CALM's figure). All model text is
+//! HTML-escaped.
+
+use super::svg::{esc, histogram, stacked_bars, Chart, Series, PALETTE};
+use super::{Exporter, ReportRow};
+use crate::error::Result;
+use crate::results::CellRecord;
+use std::fmt::Write;
+
+/// The HTML export.
+pub struct HtmlExporter;
+
+const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}\
+td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}.tok{padding:1px 0;border-radius:2px}\
+.sample{font-family:monospace;font-size:13px;line-height:1.9;margin:.5em 0 1.2em}.warn{color:#a40}.legend span{padding:2px 6px;margin-right:2px}";
+
+/// Colour of exit layer `l` of `n`: green (early) to red (late).
+fn layer_color(l: usize, n: usize) -> String {
+    let f = if n > 1 { (l - 1) as f64 / (n - 1) as f64 } else { 1.0 };
+    format!("hsl({:.0},70%,78%)", 120.0 * (1.0 - f))
+}
+
+fn opt(x: Option<f64>, d: usize) -> String {
+    x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "n/a".into())
+}
+
+/// Points on the Pareto frontier of (cost ↓, quality ↑), in cost order.
+pub fn pareto(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut p: Vec<(f64, f64)> = points.iter().copied().filter(|(c, q)| c.is_finite() && q.is_finite()).collect();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for pt in p {
+        if out.last().is_none_or(|last| pt.1 > last.1) {
+            out.push(pt);
+        }
+    }
+    out
+}
+
+impl Exporter for HtmlExporter {
+    fn file_name(&self) -> &'static str {
+        "report.html"
+    }
+
+    fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String> {
+        let mut s = String::new();
+        let _ = write!(s, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>exitbench report</title><style>{STYLE}</style></head><body>");
+        let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
+            R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
+            Measured speedup = full depth's decode ms/token ÷ the setting's; theoretical = L ÷ average layers.</p>");
+        let mut groups: Vec<&str> = Vec::new();
+        for r in rows {
+            if !groups.contains(&r.group.as_str()) {
+                groups.push(&r.group);
+            }
+        }
+        for g in groups {
+            let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
+            group_section(&mut s, &members, records);
+        }
+        s.push_str("</body></html>\n");
+        Ok(s)
+    }
+}
+
+fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
+    let first = &records[rows[0].record];
+    let k = &first.key;
+    let h = &first.hardware;
+    let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {} threads</h2>", esc(&k.model), esc(&k.dataset), esc(&k.backend), esc(&k.device), esc(&k.dtype), k.threads);
+    let _ = write!(s, "<p>Machine <code>{}</code>: {} ({} logical CPUs, {} MiB), {}; {} samples; energy source: <b>{}</b>.</p>",
+        esc(&k.machine), esc(&h.cpu_model), h.logical_cpus, h.memory_mib, esc(&h.os), first.samples, esc(&first.energy.source));
+    if first.random_weights {
+        s.push_str("<p class=\"warn\">Random weights: quality figures are meaningless.</p>");
+    }
+    if first.energy.source == "estimate" {
+        s.push_str("<p class=\"warn\">These joules are modelled from CPU time and a TDP figure, not measured: they add nothing beyond the timings.</p>");
+    }
+    s.push_str("<table><tr><th>setting</th><th>D(Y_early, Y_full)</th><th>R_early − R_full</th><th>avg layers</th><th>speedup (measured)</th><th>speedup (theoretical)</th><th>measured ÷ theoretical</th><th>J/token</th><th>ms/token</th><th>ROUGE-L vs refs</th><th>status</th></tr>");
+    for r in rows {
+        let rec = &records[r.record];
+        if rec.status != "ok" {
+            let reason = rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default();
+            let _ = write!(s, "<tr><td>{}</td><td colspan=\"9\"></td><td>{}{reason}</td></tr>", esc(&r.label), esc(&rec.status));
+            continue;
+        }
+        let iv = |x: Option<crate::metrics::stats::Interval>, sign: bool| {
+            x.map(|i| if sign { format!("{:+.3} [{:+.3}, {:+.3}]", i.mean, i.lo, i.hi) } else { format!("{:.3} [{:.3}, {:.3}]", i.mean, i.lo, i.hi) })
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let speed = match (r.speedup_measured, r.speedup_measured_err) {
+            (Some(m), Some(e)) => format!("{m:.2} ± {e:.2}×"),
+            (Some(m), None) => format!("{m:.2}×"),
+            _ => "n/a".into(),
+        };
+        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} / {}</td><td>{}</td><td>{}×</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+            esc(&r.label), iv(r.d_full, false), iv(r.rouge_delta, true), r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
+            opt(r.measured_over_theoretical, 2), r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", esc(&rec.energy.source))),
+            rec.ms_per_token.median, r.rouge_l_ref.mean, esc(&rec.status) + &rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default());
+    }
+    s.push_str("</table><div class=\"plots\">");
+    let ok: Vec<&ReportRow> = rows.iter().copied().filter(|r| records[r.record].status == "ok").collect();
+    s.push_str(&tradeoff_plot(&ok, records));
+    s.push_str(&speedup_plot(&ok, records));
+    s.push_str(&time_split_plot(&ok, records));
+    s.push_str("</div><h3>Exit-layer histograms</h3><div class=\"plots\">");
+    for r in &ok {
+        s.push_str(&histogram(&r.label, &records[r.record].exit_histogram));
+    }
+    s.push_str("</div>");
+    samples_section(s, &ok, records);
+}
+
+fn series_key(rec: &CellRecord) -> String {
+    if rec.key.baseline == "none" { rec.key.measure.clone() } else { rec.key.baseline.clone() }
+}
+
+fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let energy = rows.iter().all(|r| r.j_per_token.is_some());
+    let cost = |r: &ReportRow| if energy { r.j_per_token.unwrap_or(f64::NAN) } else { records[r.record].ms_per_token.median };
+    let mut series: Vec<Series> = Vec::new();
+    for r in rows.iter().filter(|r| records[r.record].key.baseline != "oracle") {
+        let name = series_key(&records[r.record]);
+        let idx = match series.iter().position(|s| s.label == name) {
+            Some(i) => i,
+            None => {
+                series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, color: PALETTE[series.len() % PALETTE.len()].into() });
+                series.len() - 1
+            }
+        };
+        series[idx].points.push((cost(r), r.rouge_l_ref.mean, format!("{}: {:.4}, ROUGE-L {:.3}", r.label, cost(r), r.rouge_l_ref.mean)));
+    }
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
+    let front = pareto(&pts);
+    series.push(Series { label: "Pareto frontier".into(), points: front.iter().map(|p| (p.0, p.1, "frontier".into())).collect(), line: true, dashed: true, color: "#555".into() });
+    Chart {
+        title: if energy { "J/token vs ROUGE-L".into() } else { "ms/token vs ROUGE-L (no energy meter)".into() },
+        x_label: if energy { "joules per token".into() } else { "decode ms per token".into() },
+        y_label: "ROUGE-L F vs references".into(),
+        series,
+    }
+    .render()
+}
+
+fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let mut series = Vec::new();
+    let mut measures: Vec<String> = Vec::new();
+    for r in rows {
+        let rec = &records[r.record];
+        if rec.key.baseline == "none" && !measures.contains(&rec.key.measure) {
+            measures.push(rec.key.measure.clone());
+        }
+    }
+    for (i, m) in measures.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()].to_string();
+        let cells: Vec<&&ReportRow> = rows.iter().filter(|r| records[r.record].key.measure == *m && records[r.record].key.baseline == "none").collect();
+        let pts = |f: &dyn Fn(&ReportRow) -> Option<f64>| -> Vec<(f64, f64, String)> {
+            cells.iter().filter_map(|r| Some((records[r.record].key.threshold?, f(r)?, r.label.clone()))).collect()
+        };
+        series.push(Series { label: format!("{m} measured"), points: pts(&|r| r.speedup_measured), line: true, dashed: false, color: color.clone() });
+        series.push(Series { label: format!("{m} theoretical"), points: pts(&|r| r.speedup_theoretical), line: true, dashed: true, color });
+    }
+    Chart { title: "Speedup vs threshold".into(), x_label: "threshold λ".into(), y_label: "speedup over full depth (×)".into(), series }.render()
+}
+
+fn time_split_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let data: Vec<(String, Vec<f64>)> = rows
+        .iter()
+        .map(|r| {
+            let rec = &records[r.record];
+            let n = (rec.tokens.saturating_sub(rec.samples)).max(1) as f64;
+            let t = rec.time_split;
+            (r.label.clone(), vec![t.layers_s * 1e3 / n, t.exit_checks_s * 1e3 / n, t.propagation_s * 1e3 / n])
+        })
+        .collect();
+    stacked_bars("Time split per decoded token", "ms", &data, &[("layers", PALETTE[0]), ("exit checks", PALETTE[1]), ("propagation", PALETTE[2])])
+}
+
+fn samples_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
+    let Some(first) = rows.first() else { return };
+    let l = records[first.record].num_layers;
+    s.push_str("<h3>Sample outputs, each token coloured by its exit layer</h3><p class=\"legend\">");
+    for layer in 1..=l {
+        let _ = write!(s, "<span style=\"background:{}\">layer {layer}</span>", layer_color(layer, l));
+    }
+    s.push_str("</p>");
+    for r in rows {
+        let rec = &records[r.record];
+        let Some(out) = rec.outputs.iter().find(|o| o.trace.is_some()) else { continue };
+        let _ = write!(s, "<div><b>{}</b> — sample <code>{}</code>, avg layers {:.2}<div class=\"sample\">", esc(&r.label), esc(&out.id), out.avg_layers);
+        for t in out.trace.iter().flatten() {
+            let conf = t.confidence.map(|c| format!(", confidence {c:.3}")).unwrap_or_default();
+            let _ = write!(s, "<span class=\"tok\" style=\"background:{}\" title=\"layer {}{}\">{}</span>", layer_color(t.exit_layer, l), t.exit_layer, conf, esc(&t.text));
+        }
+        s.push_str("</div></div>");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pareto_keeps_only_undominated_points() {
+        let f = pareto(&[(1.0, 0.5), (2.0, 0.4), (2.0, 0.7), (3.0, 0.9), (4.0, 0.8)]);
+        assert_eq!(f, vec![(1.0, 0.5), (2.0, 0.7), (3.0, 0.9)]);
+    }
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(esc("<script>alert('x')</script> & \""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;");
+    }
+}
