@@ -25,3 +25,5 @@ pub mod report;
 pub mod results;
 pub mod sweep;
 pub mod check;
+pub mod calibrate;
+pub mod card;

@@ -33,7 +33,7 @@ pub fn run(c: DataCommand) -> Result<()> {
                 .ok_or_else(|| Error::setting("--split", format!("unknown split `{split}` (expected train, validation or test)")))?;
             let examples: Vec<Example> = synth::generate(split, seed, n)
                 .into_iter()
-                .map(|s| Example { id: s.id, prompt: s.prompt, reference: s.reference })
+                .map(|s| Example { id: s.id, prompt: s.prompt, reference: s.reference, facts: None })
                 .collect();
             if out.as_os_str() == "-" {
                 write_jsonl(&examples, &mut std::io::stdout().lock()).map_err(|e| Error::io("<stdout>", e))

@@ -1,6 +1,7 @@
 //! Command-line interface: raw flags (clap) are turned into validated settings before any model
 //! is loaded; each subcommand lives in its own file.
 
+pub mod calibrate;
 pub mod check;
 pub mod data;
 pub mod generate;
@@ -34,6 +35,8 @@ pub enum Command {
     Data(data::DataCommand),
     /// Sweep the grid of settings over a dataset and write the trade-off reports.
     Run(Box<run::RunArgs>),
+    /// Choose thresholds on validation (D ≤ --max-d), report them on test, write the model card.
+    Calibrate(calibrate::CalibrateArgs),
     /// CI gate: compare a current sweep with a baseline (exit 1 on regression).
     Check(check::CheckArgs),
     /// Merge results from several runs or machines into one directory, with reports.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(a) => done(run::run(*a)),
         Command::Report(a) => done(report::run(a)),
         Command::Merge(a) => done(merge::run(a)),
+        Command::Calibrate(a) => done(calibrate::run(a)),
         Command::Check(a) => check::run(a).map(|passed| if passed { 0 } else { 1 }),
     }
 }

@@ -17,6 +17,9 @@ pub struct Example {
     pub prompt: String,
     /// The reference summary.
     pub reference: String,
+    /// Key facts (built-in synthetic task only), for exact-match scoring; never in JSONL files.
+    #[serde(skip)]
+    pub facts: Option<synth::KeyFacts>,
 }
 
 /// Where examples come from.
@@ -58,7 +61,7 @@ impl DatasetSpec {
         match self {
             DatasetSpec::Synth { split, seed } => Ok(synth::generate(*split, *seed, n.unwrap_or(200))
                 .into_iter()
-                .map(|s| Example { id: s.id, prompt: s.prompt, reference: s.reference })
+                .map(|s| Example { id: s.id, prompt: s.prompt, reference: s.reference, facts: Some(s.facts) })
                 .collect()),
             DatasetSpec::Jsonl(path) => {
                 let mut all = read_jsonl(path)?;

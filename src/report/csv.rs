@@ -11,7 +11,7 @@ pub const COLUMNS: &[&str] = &[
     "speedup_theoretical", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
     "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "energy_j", "avg_watts", "j_per_token",
     "energy_source", "peak_mem_mb", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
-    "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "random_weights",
+    "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "key_facts_exact", "random_weights",
 ];
 
 /// The CSV export.
@@ -49,7 +49,7 @@ impl Exporter for CsvExporter {
                 num(some(row.rouge_l_ref.mean)), num(some(row.rouge_l_ref.lo)), num(some(row.rouge_l_ref.hi)),
                 num(row.rouge_l_full.map(|x| x.mean)), num(row.d_full.map(|x| x.mean)), num(row.d_full.map(|x| x.lo)),
                 num(row.d_full.map(|x| x.hi)), num(row.rouge_delta.map(|x| x.mean)), num(row.rouge_delta.map(|x| x.lo)),
-                num(row.rouge_delta.map(|x| x.hi)), r.random_weights.to_string(),
+                num(row.rouge_delta.map(|x| x.hi)), num(r.key_facts_exact), r.random_weights.to_string(),
             ];
             debug_assert_eq!(fields.len(), COLUMNS.len());
             w.write_record(&fields).map_err(err)?;

@@ -180,6 +180,10 @@ pub struct SampleOutput {
     pub avg_layers: f64,
     /// ROUGE-L F against the reference.
     pub rouge_l: f64,
+    /// All key facts (winner, score, top performer) stated as in the reference wording
+    /// (built-in synthetic task only).
+    #[serde(default)]
+    pub key_facts: Option<bool>,
     /// Prefill seconds (first repetition).
     pub prefill_s: f64,
     /// Decode seconds (first repetition).
@@ -229,6 +233,9 @@ pub struct CellRecord {
     pub peak_mem_mb: f64,
     /// ROUGE against the references (corpus mean F with bootstrap intervals).
     pub rouge: CorpusScores,
+    /// Share of samples whose output states every key fact (built-in synthetic task only).
+    #[serde(default)]
+    pub key_facts_exact: Option<f64>,
     /// Per-sample outputs.
     pub outputs: Vec<SampleOutput>,
     /// True when weights are random (quality figures meaningless).

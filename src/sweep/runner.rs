@@ -144,6 +144,7 @@ impl GroupCtx<'_> {
             energy: Energy { source: "none".into(), ..Default::default() },
             peak_mem_mb: 0.0,
             rouge: Default::default(),
+            key_facts_exact: None,
             outputs: Vec::new(),
             random_weights: self.plan.random_weights.is_some(),
             batch_size: 1,
@@ -276,6 +277,7 @@ fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32
         let text = m.tokenizer.decode(&ids)?.trim().to_string();
         let s = rouge.score(&text, &ex.reference);
         scores.push(s);
+        let key_facts = ex.facts.as_ref().map(|f| crate::data::synth::facts_in(&text, f).all());
         let trace = if i < plan.trace_samples {
             let pieces = m.tokenizer.pieces(&ids)?;
             Some(g.tokens.iter().zip(pieces).map(|(t, text)| TraceToken { id: t.id, text, exit_layer: t.exit_layer, confidence: t.confidence }).collect())
@@ -288,6 +290,7 @@ fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32
             tokens: g.tokens.len(),
             avg_layers: g.avg_layers(),
             rouge_l: s.rougeL.fmeasure,
+            key_facts,
             prefill_s: g.prefill_s,
             decode_s: g.decode_s(),
             trace,
@@ -305,6 +308,8 @@ fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32
     rec.time_split = split;
     rec.peak_mem_mb = peak;
     rec.rouge = corpus(&scores, plan.seed);
+    let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
+    rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
     rec.outputs = outputs;
     Ok(rec)
 }

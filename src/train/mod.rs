@@ -288,11 +288,8 @@ fn save_checkpoint(o: &TrainOptions, vars: &[(String, Var)], opt: &AdamW, step: 
     // Write to temporary names, then rename: a kill mid-save leaves the previous checkpoint intact.
     let tmp_params = o.out.join("model.safetensors.tmp");
     candle_core::safetensors::save(&params, &tmp_params)?;
-    let optim: HashMap<String, Tensor> = opt
-        .state_tensors()
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::BF16)?)))
-        .collect::<Result<_>>()?;
+    // Moments stay f32 so that a resumed run continues exactly as an uninterrupted one.
+    let optim: HashMap<String, Tensor> = opt.state_tensors();
     let tmp_optim = ckpt.join("optim.safetensors.tmp");
     candle_core::safetensors::save(&optim, &tmp_optim)?;
     let state = CheckpointState { step, generator_version: synth::GENERATOR_VERSION.to_string() };

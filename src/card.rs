@@ -1,0 +1,160 @@
+//! The model card of a trained model directory: `card.json` (machine-readable: generator version,
+//! architecture, training command, per-layer validation losses, calibration figures and one
+//! reproducible full-depth output) and `README.md` rendered from it.
+
+use crate::calibrate::{self, Calibration};
+use crate::data::synth::{self, Split};
+use crate::decode::{generate, GenerateOptions, Sampling};
+use crate::error::{Error, Result};
+use crate::exit::ExitMode;
+use crate::model::LoadedModel;
+use crate::train::{batch_of, calm_loss, encode_example, tokenizer::EOS_ID, LogLine, TrainOptions};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One output the shipped model must reproduce exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reproduce {
+    /// Dataset (`synth:test`).
+    pub dataset: String,
+    /// Example id.
+    pub id: String,
+    /// Max new tokens.
+    pub max_new_tokens: usize,
+    /// Greedy full-depth output (candle, CPU, f32), decoded, special tokens skipped.
+    pub output: String,
+    /// Its token ids.
+    pub token_ids: Vec<u32>,
+}
+
+/// The machine-readable model card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Card {
+    /// Model name (directory name).
+    pub name: String,
+    /// Synthetic generator version the model was trained on.
+    pub generator_version: String,
+    /// Parameter count.
+    pub parameters: usize,
+    /// The configuration.
+    pub config: serde_json::Value,
+    /// Training options.
+    pub training: Option<TrainOptions>,
+    /// Optimizer steps done (of `training.steps`).
+    pub steps_done: Option<usize>,
+    /// Last training log line.
+    pub last_log: Option<LogLine>,
+    /// Per-layer cross-entropy on 200 validation samples (summary tokens).
+    pub validation_layer_losses: Vec<f32>,
+    /// Calibration figures (validation → test), if run.
+    pub calibration: Option<serde_json::Value>,
+    /// One reproducible output.
+    pub reproduce: Reproduce,
+}
+
+/// Builds the card of `m` (trained in `m.dir`).
+pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card> {
+    let dir = &m.dir;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let training: Option<TrainOptions> = read("train_options.json").and_then(|t| serde_json::from_str(&t).ok());
+    let last_log: Option<LogLine> = read("train_log.jsonl").and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str(l).ok()));
+    let steps_done = read("checkpoint/state.json")
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64())
+        .map(|s| s as usize);
+    Ok(Card {
+        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        generator_version: synth::GENERATOR_VERSION.into(),
+        parameters: m.config.param_count(),
+        config: serde_json::to_value(&m.config).map_err(|e| Error::Internal(e.to_string()))?,
+        training,
+        steps_done,
+        last_log,
+        validation_layer_losses: validation_losses(m, 200)?,
+        calibration: calibration.map(|c| serde_json::to_value(c).unwrap_or_default()),
+        reproduce: reproduce(m, 0, 64)?,
+    })
+}
+
+/// The greedy full-depth output for test sample `index`.
+pub fn reproduce(m: &LoadedModel, index: usize, max_new_tokens: usize) -> Result<Reproduce> {
+    let s = synth::sample(Split::Test, synth::DEFAULT_SEED, index);
+    let prompt = m.tokenizer.encode(&s.prompt)?;
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens, sampling: Sampling::default(), eos_ids: m.config.eos_ids() };
+    let g = generate(&mut crate::backend::candle::CandleBackend::new(&m.model), &prompt, &opts)?;
+    let ids = g.ids();
+    Ok(Reproduce { dataset: "synth:test".into(), id: s.id, max_new_tokens, output: m.tokenizer.decode(&ids)?.trim().to_string(), token_ids: ids })
+}
+
+/// Per-layer CE over the summary tokens of `n` validation samples.
+pub fn validation_losses(m: &LoadedModel, n: usize) -> Result<Vec<f32>> {
+    let crate::model::TextTokenizer::Hf(tok) = &m.tokenizer else { return Ok(Vec::new()) };
+    let samples = synth::generate(Split::Validation, synth::DEFAULT_SEED, n);
+    let mut sums = vec![0f64; m.model.num_layers()];
+    let mut count = 0f64;
+    for chunk in samples.chunks(16) {
+        let enc = chunk.iter().map(|s| encode_example(tok, &s.prompt, &s.reference, EOS_ID)).collect::<Result<Vec<_>>>()?;
+        let batch = batch_of(&enc, m.model.device())?;
+        let (_, per_layer) = calm_loss(&m.model, &batch)?;
+        for (acc, l) in sums.iter_mut().zip(per_layer) {
+            *acc += l as f64 * batch.targets_len as f64;
+        }
+        count += batch.targets_len as f64;
+    }
+    Ok(sums.iter().map(|s| (s / count.max(1.0)) as f32).collect())
+}
+
+/// Writes `card.json` and `README.md` into the model directory.
+pub fn write(card: &Card, dir: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(card).map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(dir.join("card.json"), json + "\n").map_err(|e| Error::io(dir, e))?;
+    std::fs::write(dir.join("README.md"), render(card)).map_err(|e| Error::io(dir, e))
+}
+
+fn render(c: &Card) -> String {
+    let cfg = &c.config;
+    let mut s = format!("# {}: the embedded early-exit model\n\n", c.name);
+    s.push_str(&format!(
+        "A Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) trained from scratch with exitbench on its synthetic \
+         cricket-report summarization task (generator `{}`), every layer readable through the shared final norm + LM head (CALM's \
+         layer-weighted loss).\n\n",
+        c.generator_version
+    ));
+    s.push_str(&format!(
+        "- Architecture: {} layers, hidden {}, {} query / {} key-value heads, SwiGLU {}, vocabulary {} (byte-level BPE, digits split), \
+         max positions {}; **{} parameters** ({:.2} M).\n",
+        cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"],
+        cfg["vocab_size"], cfg["max_position_embeddings"], c.parameters, c.parameters as f64 / 1e6
+    ));
+    if let Some(t) = &c.training {
+        s.push_str(&format!(
+            "- Training: {} of {} steps of {} sequences (AdamW, peak lr {}, warm-up {}, cosine decay), seed {}; command: \
+             `scripts/train-default.sh` (= `exitbench train --model {} --layers {} --hidden {} --heads {} --kv-heads {} --intermediate {} \
+             --vocab {} --max-len {} --steps {} --batch {} --lr {} --warmup {}`), resumable from `checkpoint/`.\n",
+            c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.out.display(), t.layers, t.hidden, t.heads, t.kv_heads,
+            t.intermediate, t.vocab, t.max_len, t.steps, t.batch, t.lr, t.warmup
+        ));
+        if c.steps_done.unwrap_or(0) < t.steps {
+            s.push_str("- **Status: training in progress.** The weights are an intermediate checkpoint; figures below are for it.\n");
+        }
+    }
+    let fmt = |v: &[f32]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
+    s.push_str(&format!("- Per-layer cross-entropy on 200 validation samples (summary tokens), layers 1..L: {}.\n", fmt(&c.validation_layer_losses)));
+    if let Some(l) = &c.last_log {
+        s.push_str(&format!("- Last training batch (step {}): per-layer loss {}.\n", l.step, fmt(&l.layer_losses)));
+    }
+    s.push_str("\n## Figures measured by the harness\n\n");
+    match c.calibration.as_ref().and_then(|v| serde_json::from_value::<Calibration>(v.clone()).ok()) {
+        Some(cal) => {
+            s.push_str(&calibrate::markdown(&cal));
+            s.push_str("\nReproduce: `exitbench calibrate --samples 200 --out results/calibration --write-card` (validation picks each measure's \
+                cheapest threshold with D ≤ 0.05; the test split reports it). Timings were measured on a shared 2-core machine; treat them as one run's medians.\n");
+        }
+        None => s.push_str("Not calibrated yet (`exitbench calibrate --write-card`).\n"),
+    }
+    s.push_str(&format!(
+        "\n## Reproduction check\n\nGreedy full-depth output for `{}` `{}` (max {} new tokens), which `tests/model_card.rs` regenerates:\n\n> {}\n",
+        c.reproduce.dataset, c.reproduce.id, c.reproduce.max_new_tokens, c.reproduce.output
+    ));
+    s
+}

@@ -1,0 +1,73 @@
+//! `exitbench calibrate`: choose each measure's threshold on the validation split (cheapest with
+//! D ≤ --max-d), report it on the test split, and optionally write the model card.
+
+use crate::calibrate::{self, CalibrateOptions};
+use crate::error::{Error, Result};
+use crate::model::{LoadOptions, LoadedModel, Precision};
+use crate::sweep::runner::Quiet;
+use crate::sweep::RawSettings;
+use std::path::PathBuf;
+
+/// Flags of `exitbench calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// Model directory.
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    pub model: String,
+    /// Measures.
+    #[arg(long, value_delimiter = ',', default_value = "softmax-diff,softmax-max,saturation,classifier")]
+    pub measure: Vec<String>,
+    /// Thresholds tried on validation.
+    #[arg(long, value_delimiter = ',', default_value = "0.99,0.98,0.95,0.9,0.85,0.8,0.7,0.6,0.5,0.4,0.3")]
+    pub thresholds: Vec<String>,
+    /// Largest D(Y_early, Y_full) accepted on validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub max_d: f64,
+    /// Samples per split.
+    #[arg(long, default_value_t = 200)]
+    pub samples: usize,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// CPU threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measured repetitions per cell.
+    #[arg(long, default_value_t = 1)]
+    pub repetitions: usize,
+    /// Output directory.
+    #[arg(long, default_value = "results/calibration")]
+    pub out: PathBuf,
+    /// Also write card.json and README.md into the model directory.
+    #[arg(long)]
+    pub write_card: bool,
+}
+
+/// Runs `exitbench calibrate`.
+pub fn run(a: CalibrateArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.max_d) {
+        return Err(Error::setting("--max-d", format!("{} is outside [0, 1]", a.max_d)));
+    }
+    let base = RawSettings {
+        model: Some(vec![a.model.clone()]),
+        measure: Some(a.measure.clone()),
+        thresholds: Some(a.thresholds.clone()),
+        samples: Some(a.samples),
+        max_new_tokens: Some(a.max_new_tokens),
+        threads: a.threads.map(|t| vec![t]),
+        repetitions: Some(a.repetitions),
+        ..RawSettings::defaults()
+    };
+    let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone() };
+    let cal = calibrate::calibrate(&o, &mut Quiet)?;
+    calibrate::write(&cal, &a.out)?;
+    println!("{}", calibrate::markdown(&cal));
+    if a.write_card {
+        crate::backend::set_cpu_threads(cal.threads);
+        let m = LoadedModel::load(std::path::Path::new(&a.model), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
+        let card = crate::card::build(&m, Some(&cal))?;
+        crate::card::write(&card, &m.dir)?;
+        eprintln!("wrote {}/card.json and README.md", m.dir.display());
+    }
+    Ok(())
+}
