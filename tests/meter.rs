@@ -363,18 +363,21 @@ fn no_nvidia_driver_is_reported_not_a_panic() {
 #[test]
 fn estimate_is_labelled_estimate() {
     let mut m = EstimateMeter::new(CpuPower { tdp_w: 100.0, cores: 4, origin: "test".into() });
-    let mut w = EnergyWindow::new(vec![]);
-    w.begin().unwrap();
     m.begin().unwrap();
+    // Burn at least 50 ms of CPU (the process's CPU time also counts other test threads and reaped
+    // children, so only a lower bound is exact).
+    let cpu0 = exitbench::meter::estimate::process_cpu_seconds().unwrap();
     let t = std::time::Instant::now();
     let mut x = 0u64;
-    while t.elapsed() < Duration::from_millis(100) {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    while exitbench::meter::estimate::process_cpu_seconds().unwrap() - cpu0 < 0.05 && t.elapsed() < Duration::from_secs(10) {
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
     }
     std::hint::black_box(x);
     let r = m.end().unwrap();
     assert_eq!((r.meter.as_str(), r.scope, r.source), ("estimate:cpu", Scope::Estimate, Source::Estimate));
-    assert!(r.energy_j > 0.5 && r.energy_j < 25.0 * 1.0, "{r:?}");
+    assert!(r.energy_j >= 0.05 * 25.0 && r.energy_j.is_finite(), "{r:?}");
     assert!(r.warnings[0].starts_with("estimate, not measured:"), "{r:?}");
     let v = serde_json::to_value(&r).unwrap();
     assert_eq!((v["source"].as_str(), v["scope"].as_str()), (Some("estimate"), Some("estimate")));
