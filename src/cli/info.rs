@@ -1,5 +1,7 @@
 //! `exitbench info [--json]`: every meter, available or not and why, and the hardware fingerprint.
 
+#![warn(missing_docs)]
+
 use super::meter::MeterFlags;
 use crate::error::{Error, Result};
 use crate::hardware::Hardware;

@@ -3,6 +3,8 @@
 //! propagated. Where a GPU has both the NVML counter and instant power, both are reported with
 //! their difference. Also holds the meter flags shared with `info` (and the sweep).
 
+#![warn(missing_docs)]
+
 use crate::error::{Error, Result};
 use crate::meter::{self, EnergyWindow, MeterOptions, MeterReading, MeterStatus, Source, WindowReading};
 use serde::{Deserialize, Serialize};

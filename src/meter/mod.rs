@@ -12,6 +12,8 @@
 //! GPU work is asynchronous: the caller synchronizes the device at both edges of a window
 //! ([`EnergyWindow::measure`] takes the synchronizing closure).
 
+#![warn(missing_docs)]
+
 pub mod carbon;
 pub mod estimate;
 pub mod integrate;
@@ -232,7 +234,7 @@ impl Detected {
 
     /// The source label a window over these meters carries (`nvml+rapl`, `estimate`, `none`).
     pub fn source_label(&self) -> String {
-        let empty = |m: &Box<dyn Meter>| MeterReading {
+        let empty = |m: &dyn Meter| MeterReading {
             meter: m.name(),
             scope: m.scope(),
             source: m.source(),
@@ -245,7 +247,7 @@ impl Detected {
             warnings: Vec::new(),
             in_total: true,
         };
-        WindowReading::from_readings(0.0, self.meters.iter().map(empty).collect()).source_label
+        WindowReading::from_readings(0.0, self.meters.iter().map(|m| empty(m.as_ref())).collect()).source_label
     }
 }
 

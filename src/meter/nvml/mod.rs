@@ -11,12 +11,16 @@
 //! Scope: GPU board power (module power on GH200). The caller synchronizes the device at window
 //! edges. A GPU shared with other processes gets a warning on every reading.
 
-use super::integrate::{average, dedup, integrate_window, window_warnings};
-use super::sampler::Sampler;
-use super::{Meter, MeterOptions, MeterReading, MeterStatus, Scope, Source};
-use crate::error::{Error, Result};
-use crate::hardware::{GpuBlock, GpuInfo};
-use nvml_wrapper::enum_wrappers::device::Clock;
+mod counter;
+mod fingerprint;
+mod instant;
+
+pub use counter::NvmlCounterMeter;
+pub use fingerprint::gpu_block;
+pub use instant::NvmlInstantMeter;
+
+use super::{Meter, MeterOptions, MeterStatus};
+use crate::error::Error;
 use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
@@ -56,7 +60,7 @@ pub fn load_from(libs: &[&str]) -> std::result::Result<Arc<Nvml>, String> {
     Err(format!("NVML not loaded ({}): no NVIDIA driver here, or its library is not on the loader path", reasons.join("; ")))
 }
 
-fn nvml_err(what: &str, e: NvmlError) -> Error {
+pub(crate) fn nvml_err(what: &str, e: NvmlError) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
@@ -140,185 +144,6 @@ pub fn other_processes(device: &Device, index: u32) -> Vec<String> {
         .collect()
 }
 
-/// A GPU metered by its total-energy counter.
-pub struct NvmlCounterMeter {
-    nvml: Arc<Nvml>,
-    index: u32,
-    period: Option<Duration>,
-    begun: Option<(Instant, u64, Vec<String>)>,
-}
-
-impl NvmlCounterMeter {
-    /// A meter over GPU `index` (its counter must be supported); `period` as measured.
-    pub fn new(nvml: Arc<Nvml>, index: u32, period: Option<Duration>) -> Self {
-        NvmlCounterMeter { nvml, index, period, begun: None }
-    }
-
-    fn read_mj(&self) -> Result<(u64, Device<'_>)> {
-        let what = format!("nvml:{}", self.index);
-        let d = self.nvml.device_by_index(self.index).map_err(|e| nvml_err(&what, e))?;
-        let mj = d.total_energy_consumption().map_err(|e| nvml_err(&what, e))?;
-        Ok((mj, d))
-    }
-}
-
-impl Meter for NvmlCounterMeter {
-    fn name(&self) -> String {
-        format!("nvml:{}", self.index)
-    }
-    fn scope(&self) -> Scope {
-        Scope::GpuBoard
-    }
-    fn source(&self) -> Source {
-        Source::Nvml
-    }
-    fn update_period(&self) -> Option<Duration> {
-        self.period
-    }
-
-    fn begin(&mut self) -> Result<()> {
-        let (mj, d) = self.read_mj()?;
-        let warnings = other_processes(&d, self.index);
-        self.begun = Some((Instant::now(), mj, warnings));
-        Ok(())
-    }
-
-    fn end(&mut self) -> Result<MeterReading> {
-        let (t0, mj0, mut warnings) = self.begun.take().ok_or_else(|| Error::Internal(format!("{}: end() without begin()", self.name())))?;
-        let (mj1, _) = self.read_mj()?;
-        let duration_s = t0.elapsed().as_secs_f64();
-        if mj1 < mj0 {
-            warnings.push(format!("energy counter went backwards ({mj0} → {mj1} mJ; driver reloaded?): reading set to 0 J"));
-        }
-        let energy_j = mj1.saturating_sub(mj0) as f64 / 1e3;
-        let period_s = self.period.map(|p| p.as_secs_f64());
-        let mut w = window_warnings(energy_j, duration_s, period_s);
-        w.append(&mut warnings);
-        Ok(MeterReading {
-            meter: self.name(),
-            scope: Scope::GpuBoard,
-            source: Source::Nvml,
-            energy_j,
-            duration_s,
-            avg_w: average(energy_j, duration_s),
-            peak_w: None,
-            samples: 2,
-            update_period_s: period_s,
-            warnings: w,
-            in_total: true,
-        })
-    }
-}
-
-/// State of the instant-power sampling thread.
-struct Samples {
-    nvml: Arc<Nvml>,
-    index: u32,
-    kind: InstantKind,
-    poll: Duration,
-    t0: Instant,
-    points: Vec<(f64, f64)>,
-    failures: usize,
-    first_error: Option<String>,
-}
-
-impl Samples {
-    fn sample(&mut self) -> Duration {
-        let r = self.nvml.device_by_index(self.index).map_err(|e| e.to_string()).and_then(|d| read_power(&d, self.kind));
-        match r {
-            Ok(w) => self.points.push((self.t0.elapsed().as_secs_f64(), w)),
-            Err(e) => {
-                self.failures += 1;
-                self.first_error.get_or_insert(e);
-            }
-        }
-        self.poll
-    }
-}
-
-/// A GPU metered by sampling instant power and integrating it.
-pub struct NvmlInstantMeter {
-    nvml: Arc<Nvml>,
-    index: u32,
-    kind: InstantKind,
-    period: Option<Duration>,
-    poll: Duration,
-    running: Option<Sampler<Samples>>,
-    shared: Vec<String>,
-}
-
-impl NvmlInstantMeter {
-    /// A meter over GPU `index` reading power as `kind`, sampling every `poll`.
-    pub fn new(nvml: Arc<Nvml>, index: u32, kind: InstantKind, period: Option<Duration>, poll: Duration) -> Self {
-        NvmlInstantMeter { nvml, index, kind, period, poll, running: None, shared: Vec::new() }
-    }
-
-    /// The sampling interval.
-    pub fn poll_interval(&self) -> Duration {
-        self.poll
-    }
-}
-
-impl Meter for NvmlInstantMeter {
-    fn name(&self) -> String {
-        format!("nvml-instant:{}", self.index)
-    }
-    fn scope(&self) -> Scope {
-        Scope::GpuBoard
-    }
-    fn source(&self) -> Source {
-        Source::NvmlInstant
-    }
-    fn update_period(&self) -> Option<Duration> {
-        self.period
-    }
-
-    fn begin(&mut self) -> Result<()> {
-        if self.running.is_some() {
-            return Err(Error::Internal(format!("{}: begin() called twice", self.name())));
-        }
-        let d = self.nvml.device_by_index(self.index).map_err(|e| nvml_err(&self.name(), e))?;
-        self.shared = other_processes(&d, self.index);
-        let mut s = Samples { nvml: self.nvml.clone(), index: self.index, kind: self.kind, poll: self.poll, t0: Instant::now(), points: Vec::new(), failures: 0, first_error: None };
-        s.sample();
-        self.running = Some(Sampler::start("exitbench-nvml", self.poll, s, Samples::sample)?);
-        Ok(())
-    }
-
-    fn end(&mut self) -> Result<MeterReading> {
-        let sampler = self.running.take().ok_or_else(|| Error::Internal(format!("{}: end() without begin()", self.name())))?;
-        let mut s = sampler.stop()?;
-        s.sample();
-        let duration_s = s.t0.elapsed().as_secs_f64();
-        let pts = dedup(&s.points);
-        let i = integrate_window(&pts, 0.0, duration_s);
-        let period_s = self.period.map(|p| p.as_secs_f64());
-        let mut warnings = window_warnings(i.energy_j, duration_s, period_s);
-        if s.points.is_empty() {
-            warnings.push(format!("no power sample could be read: {}", s.first_error.as_deref().unwrap_or("?")));
-        } else if s.failures > 0 {
-            warnings.push(format!("{} power samples failed (first: {})", s.failures, s.first_error.as_deref().unwrap_or("?")));
-        }
-        if self.kind == InstantKind::PowerUsage {
-            warnings.push("integrated nvmlDeviceGetPowerUsage (a 1 s average on Ampere and newer): short windows are smeared".into());
-        }
-        warnings.append(&mut self.shared);
-        Ok(MeterReading {
-            meter: self.name(),
-            scope: Scope::GpuBoard,
-            source: Source::NvmlInstant,
-            energy_j: i.energy_j,
-            duration_s,
-            avg_w: i.avg_w,
-            peak_w: i.peak_w,
-            samples: s.points.len(),
-            update_period_s: period_s,
-            warnings,
-            in_total: true,
-        })
-    }
-}
-
 /// Finds the NVML meters: per GPU the counter where supported (plus instant power when
 /// `opts.nvml_both`), else instant power.
 pub fn detect(opts: &MeterOptions) -> (Vec<Box<dyn Meter>>, Vec<MeterStatus>) {
@@ -360,7 +185,7 @@ pub fn detect_with(nvml: Arc<Nvml>, opts: &MeterOptions) -> (Vec<Box<dyn Meter>>
             }
             (Err(e), Some(k)) => {
                 let m = instant_meter(&nvml, &d, i, k, opts);
-                let why = format!("no energy counter ({e}): {k:?} power sampled every {:.0} ms", m.poll.as_secs_f64() * 1e3);
+                let why = format!("no energy counter ({e}): {k:?} power sampled every {:.0} ms", m.poll_interval().as_secs_f64() * 1e3);
                 status.push(MeterStatus::new(format!("nvml-instant:{i}"), true, true, why));
                 meters.push(Box::new(m));
             }
@@ -379,28 +204,6 @@ fn instant_meter(nvml: &Arc<Nvml>, d: &Device, i: u32, k: InstantKind, opts: &Me
 
 fn fmt_period(p: Option<Duration>) -> String {
     p.map_or("not measured".into(), |p| format!("{:.0} ms", p.as_secs_f64() * 1e3))
-}
-
-/// The GPU part of the fingerprint (None without GPUs).
-pub fn gpu_block(nvml: &Nvml) -> Option<GpuBlock> {
-    let count = nvml.device_count().ok().filter(|c| *c > 0)?;
-    let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
-    let gpus = (0..count).filter_map(|i| nvml.device_by_index(i).ok().map(|d| gpu_info(&d, i))).collect();
-    Some(GpuBlock { count: count as usize, driver_version: nvml.sys_driver_version().unwrap_or_default(), cuda_version, gpus })
-}
-
-fn gpu_info(d: &Device, index: u32) -> GpuInfo {
-    GpuInfo {
-        index,
-        name: d.name().unwrap_or_default(),
-        memory_mib: d.memory_info().map(|m| m.total / (1024 * 1024)).unwrap_or(0),
-        power_limit_w: d.enforced_power_limit().ok().map(|mw| mw as f64 / 1e3),
-        sm_clock_mhz: d.clock_info(Clock::SM).ok(),
-        max_sm_clock_mhz: d.max_clock_info(Clock::SM).ok(),
-        mem_clock_mhz: d.clock_info(Clock::Memory).ok(),
-        max_mem_clock_mhz: d.max_clock_info(Clock::Memory).ok(),
-        persistence_mode: d.is_in_persistent_mode().ok(),
-    }
 }
 
 #[cfg(test)]
