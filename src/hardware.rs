@@ -1,6 +1,7 @@
-//! The hardware/software fingerprint recorded with every result (CPU, memory, OS, versions), and
-//! a short stable machine id derived from the parts that identify the machine. (The energy issue
-//! extends it with GPUs through NVML.)
+//! The hardware/software fingerprint recorded with every result (CPU, memory, OS, versions, GPUs
+//! through NVML), and a short stable machine id derived from the parts that identify the machine.
+//! Without GPUs the id is computed exactly as before GPUs were added, so CPU-only machines keep
+//! their ids.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,14 +33,62 @@ pub struct Hardware {
     pub candle_version: String,
     /// Git commit of the exitbench build, when known.
     pub git_commit: Option<String>,
+    /// NVIDIA GPUs (None without the driver or without GPUs).
+    #[serde(default)]
+    pub gpu: Option<GpuBlock>,
+    /// ONNX Runtime version, once it is a backend (None until then).
+    #[serde(default)]
+    pub onnxruntime_version: Option<String>,
+}
+
+/// The GPUs NVML sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuBlock {
+    /// Number of GPUs.
+    pub count: usize,
+    /// NVIDIA driver version.
+    pub driver_version: String,
+    /// Highest CUDA version the driver supports (`12.4`), when known.
+    pub cuda_version: Option<String>,
+    /// One entry per GPU.
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    /// NVML index.
+    pub index: u32,
+    /// Product name (`NVIDIA H200`).
+    pub name: String,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+    /// Power limit the driver enforces, watts.
+    pub power_limit_w: Option<f64>,
+    /// Current SM clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Maximum SM clock, MHz.
+    pub max_sm_clock_mhz: Option<u32>,
+    /// Current memory clock, MHz.
+    pub mem_clock_mhz: Option<u32>,
+    /// Maximum memory clock, MHz.
+    pub max_mem_clock_mhz: Option<u32>,
+    /// Persistence mode (Linux).
+    pub persistence_mode: Option<bool>,
 }
 
 /// Version of candle this build links (kept in sync with Cargo.toml's exact pin).
 pub const CANDLE_VERSION: &str = "0.11.1";
 
 impl Hardware {
-    /// Probes this machine.
+    /// Probes this machine, GPUs included when NVML loads.
     pub fn probe() -> Hardware {
+        let gpu = crate::meter::nvml::load().ok().and_then(|n| crate::meter::nvml::gpu_block(&n));
+        Hardware::probe_with_gpu(gpu)
+    }
+
+    /// Probes the CPU side of this machine and records `gpu` as its GPUs.
+    pub fn probe_with_gpu(gpu: Option<GpuBlock>) -> Hardware {
         let mut sys = sysinfo::System::new();
         sys.refresh_cpu_all();
         sys.refresh_memory();
@@ -49,8 +98,7 @@ impl Hardware {
         let memory_mib = sys.total_memory() / (1024 * 1024);
         let os = sysinfo::System::long_os_version().unwrap_or_default();
         let kernel = sysinfo::System::kernel_version().unwrap_or_default();
-        let id_src = format!("{cpu_model}|{logical_cpus}|{memory_mib}|{os}|{kernel}");
-        let machine_id = hex::encode(&Sha256::digest(id_src.as_bytes())[..6]);
+        let machine_id = machine_id(&cpu_model, logical_cpus, memory_mib, &os, &kernel, gpu.as_ref());
         Hardware {
             machine_id,
             host: sysinfo::System::host_name().unwrap_or_default(),
@@ -64,7 +112,34 @@ impl Hardware {
             exitbench_version: env!("CARGO_PKG_VERSION").to_string(),
             candle_version: CANDLE_VERSION.to_string(),
             git_commit: option_env!("EXITBENCH_GIT_COMMIT").map(str::to_string),
+            gpu,
+            onnxruntime_version: None,
         }
+    }
+}
+
+/// Short stable id: hash of CPU model, logical cores, memory, OS and kernel, plus the GPU names
+/// when there are GPUs (the CPU-only id is unchanged by the GPU extension).
+pub fn machine_id(cpu_model: &str, logical_cpus: usize, memory_mib: u64, os: &str, kernel: &str, gpu: Option<&GpuBlock>) -> String {
+    let mut id_src = format!("{cpu_model}|{logical_cpus}|{memory_mib}|{os}|{kernel}");
+    if let Some(g) = gpu.filter(|g| !g.gpus.is_empty()) {
+        let names: Vec<String> = g.gpus.iter().map(|d| format!("{}:{}", d.name, d.memory_mib)).collect();
+        id_src.push_str(&format!("|gpus={}", names.join(",")));
+    }
+    hex::encode(&Sha256::digest(id_src.as_bytes())[..6])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_only_machine_id_is_unchanged() {
+        // The id as computed before GPUs were added to the fingerprint.
+        let old = hex::encode(&Sha256::digest(b"AMD EPYC|2|7936|Linux 12|6.1")[..6]);
+        assert_eq!(machine_id("AMD EPYC", 2, 7936, "Linux 12", "6.1", None), old);
+        let g = GpuBlock { count: 0, driver_version: String::new(), cuda_version: None, gpus: vec![] };
+        assert_eq!(machine_id("AMD EPYC", 2, 7936, "Linux 12", "6.1", Some(&g)), old);
     }
 }
 

@@ -21,6 +21,7 @@ pub mod train;
 pub const DEFAULT_MODEL: &str = "models/cricket-6l";
 pub mod testkit;
 pub mod hardware;
+pub mod meter;
 pub mod report;
 pub mod results;
 pub mod sweep;

@@ -5,7 +5,9 @@ pub mod calibrate;
 pub mod check;
 pub mod data;
 pub mod generate;
+pub mod info;
 pub mod merge;
+pub mod meter;
 pub mod report;
 pub mod run;
 pub mod rouge;
@@ -45,10 +47,14 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Train the embedded early-exit model, or exit classifiers for any model.
     Train(train::TrainArgs),
+    /// Every energy meter (available or not, and why) and the hardware fingerprint.
+    Info(info::InfoArgs),
+    /// Energy of a command (or of S seconds), per meter, like `perf stat` for joules.
+    Meter(meter::MeterArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code for a completed command (1 when
-/// `check` finds a regression, else 0).
+/// `check` finds a regression, the command's own code for `meter -- COMMAND`, else 0).
 pub fn run(cli: Cli) -> Result<i32> {
     let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
@@ -61,5 +67,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Merge(a) => done(merge::run(a)),
         Command::Calibrate(a) => done(calibrate::run(a)),
         Command::Check(a) => check::run(a).map(|passed| if passed { 0 } else { 1 }),
+        Command::Info(a) => done(info::run(a)),
+        Command::Meter(a) => meter::run(a),
     }
 }
