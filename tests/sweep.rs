@@ -40,7 +40,8 @@ fn sweep_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
 /// The small sweep's flags; `over` replaces a flag's value (or adds the flag).
 fn sweep_args_with<'a>(model: &'a str, data: &'a str, out: &'a str, over: &[(&'a str, &'a str)]) -> Vec<&'a str> {
     let mut flags: Vec<(&str, &str)> = vec![("--model", model), ("--dataset", data), ("--out", out), ("--measure", "softmax-diff,saturation"),
-        ("--thresholds", "0.9,0.3"), ("--static-exit", "2"), ("--samples", "4"), ("--max-new-tokens", "8"), ("--warmup", "0")];
+        ("--thresholds", "0.9,0.3"), ("--static-exit", "2"), ("--samples", "4"), ("--max-new-tokens", "8"), ("--warmup", "0"),
+        ("--min-window", "0"), ("--idle-seconds", "0"), ("--powercap-root", "/nonexistent/powercap")];
     for (k, v) in over {
         match flags.iter_mut().find(|(f, _)| f == k) {
             Some(slot) => slot.1 = v,
@@ -59,7 +60,9 @@ fn mask_csv(text: &str) -> String {
     let mut rd = csv::Reader::from_reader(text.as_bytes());
     let headers = rd.headers().unwrap().clone();
     let masked = ["model", "dataset", "machine", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
-        "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token"];
+        "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token",
+        "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j", "energy_cpu_j", "energy_dram_j",
+        "energy_warnings"];
     let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
     for rec in rd.records() {
         let rec = rec.unwrap();
@@ -77,8 +80,11 @@ fn mask_md(text: &str) -> String {
                 "*".to_string()
             } else if l.starts_with("| ") && !l.starts_with("| setting") {
                 let mut cells: Vec<String> = l.split('|').map(str::to_string).collect();
-                if cells.len() > 5 {
-                    cells[5] = " * ".into();
+                // Timing- and energy-dependent columns: measured speedup, J/token, Wh, gCO2e.
+                for i in [5, 7, 8, 9] {
+                    if cells.len() > i + 1 {
+                        cells[i] = " * ".into();
+                    }
                 }
                 cells.join("|")
             } else {
@@ -109,7 +115,21 @@ fn golden_csv_and_markdown() {
     let (code, stdout, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("faster than full depth") || stdout.contains("slower than full depth"), "{stdout}");
-    golden("small.csv", &mask_csv(&std::fs::read_to_string(out.join("results.csv")).unwrap()));
+    // No counter (no RAPL tree, no NVIDIA driver): the estimate is labelled end to end.
+    let csv_text = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut rd = csv::Reader::from_reader(csv_text.as_bytes());
+    let col = rd.headers().unwrap().iter().position(|h| h == "energy_source").unwrap();
+    let jcol = rd.headers().unwrap().iter().position(|h| h == "j_per_token").unwrap();
+    for rec in rd.records() {
+        let rec = rec.unwrap();
+        assert_eq!(&rec[col], "estimate");
+        assert!(rec[jcol].parse::<f64>().unwrap() > 0.0);
+    }
+    assert!(std::fs::read_to_string(out.join("summary.md")).unwrap().contains("Energy is an estimate"));
+    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("modelled from CPU time"));
+    let rec: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(rec["energy"]["estimate"], true);
+    golden("small.csv", &mask_csv(&csv_text));
     golden("small.md", &mask_md(&std::fs::read_to_string(out.join("summary.md")).unwrap()));
 }
 
@@ -229,7 +249,7 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     assert_eq!(out_cmd.status.code(), Some(0), "{}", String::from_utf8_lossy(&out_cmd.stderr));
     assert!(std::fs::read_to_string(&summary).unwrap().contains("exitbench check"));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gh).unwrap()).unwrap();
-    assert!(v.as_array().unwrap().iter().all(|x| x["unit"] == "ms/token" && x["value"].as_f64().is_some()));
+    assert!(v.as_array().unwrap().iter().all(|x| (x["unit"] == "ms/token" || x["unit"] == "J/token") && x["value"].as_f64().is_some()));
     // Doctor one deterministic figure: the gate must fail.
     let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     let mut recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -267,7 +287,7 @@ fn bad_settings_name_the_field_or_line() {
     let out = d.path().join("o");
     let o = out.to_str().unwrap();
     let bad = |extra: &[&str], needles: &[&str]| {
-        let mut a = vec!["run", "--model", mp, "--out", o, "--quiet"];
+        let mut a = vec!["run", "--model", mp, "--out", o, "--quiet", "--min-window", "0", "--idle-seconds", "0"];
         if !extra.contains(&"--dataset") {
             a.extend(["--dataset", dp]);
         }

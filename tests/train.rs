@@ -8,7 +8,7 @@ use std::process::Command;
 fn train(dir: &Path, steps: usize, extra: &[&str]) {
     let s = steps.to_string();
     let mut args = vec!["train", "--model", dir.to_str().unwrap(), "--layers", "2", "--hidden", "32", "--heads", "2", "--kv-heads", "1",
-        "--intermediate", "64", "--vocab", "300", "--max-len", "320", "--batch", "2", "--steps", &s, "--warmup", "2", "--lr", "3e-3",
+        "--intermediate", "64", "--vocab", "400", "--max-len", "1024", "--batch", "2", "--steps", &s, "--warmup", "2", "--lr", "3e-3",
         "--log-every", "1", "--checkpoint-every", "4", "--tokenizer-samples", "60", "--threads", "1"];
     args.extend(extra);
     let out = Command::new(env!("CARGO_BIN_EXE_exitbench")).args(&args).output().unwrap();

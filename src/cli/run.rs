@@ -84,6 +84,25 @@ pub struct RunArgs {
     /// Random weights of config.json's shape (speed only; quality meaningless).
     #[arg(long)]
     pub random_weights: Option<u64>,
+    /// Seconds of idle power measured before the sweep (0 skips; default 5).
+    #[arg(long)]
+    pub idle_seconds: Option<f64>,
+    /// Repeat a repetition's samples inside one energy window until it lasts this long, then
+    /// divide (coarse meters; 0 disables; default 5).
+    #[arg(long)]
+    pub min_window: Option<f64>,
+    /// Grid carbon intensity: g CO2e/kWh, or a country code of the built-in table.
+    #[arg(long)]
+    pub carbon_intensity: Option<String>,
+    /// Power usage effectiveness (default 1.0).
+    #[arg(long)]
+    pub pue: Option<f64>,
+    /// CPU TDP in watts for the estimate meter.
+    #[arg(long)]
+    pub cpu_tdp_watts: Option<f64>,
+    /// Powercap root for RAPL (default /sys/class/powercap or $EXITBENCH_POWERCAP_ROOT).
+    #[arg(long)]
+    pub powercap_root: Option<String>,
     /// Continue a sweep in --out, skipping finished cells.
     #[arg(long)]
     pub resume: bool,
@@ -120,6 +139,12 @@ impl RunArgs {
             out: self.out.clone(),
             trace_samples: self.trace_samples,
             random_weights: self.random_weights,
+            idle_seconds: self.idle_seconds,
+            min_window: self.min_window,
+            carbon_intensity: self.carbon_intensity.clone(),
+            pue: self.pue,
+            cpu_tdp_watts: self.cpu_tdp_watts,
+            powercap_root: self.powercap_root.clone(),
         }
     }
 }

@@ -40,12 +40,15 @@ impl Exporter for MarkdownExporter {
             let _ = writeln!(s, "Machine `{}`: {} ({} logical CPUs, {} MiB), {}. {} samples, energy source: {}.{}\n",
                 k.machine, h.cpu_model, h.logical_cpus, h.memory_mib, h.os, first.samples, first.energy.source,
                 if first.random_weights { " **Random weights: quality figures are meaningless.**" } else { "" });
-            let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured) | speedup (theoretical) | J/token | ROUGE-L vs refs |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+            if first.energy.estimate {
+                let _ = writeln!(s, "**Energy is an estimate**: these joules are modelled from process CPU time × a per-core share of the CPU's TDP, not measured; they add nothing beyond the timings.\n");
+            }
+            let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured) | speedup (theoretical) | J/token | Wh / 1k queries | gCO2e / 1k queries | ROUGE-L vs refs |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
             for r in members {
                 let rec = &records[r.record];
                 if rec.status != "ok" {
-                    let _ = writeln!(s, "| {} | {} | | | | | | |", r.label, rec.status, );
+                    let _ = writeln!(s, "| {} | {} | | | | | | | | |", r.label, rec.status);
                     continue;
                 }
                 let d = r.d_full.map(|x| format!("{:.3} [{:.3}, {:.3}]", x.mean, x.lo, x.hi)).unwrap_or_else(|| "n/a".into());
@@ -56,9 +59,12 @@ impl Exporter for MarkdownExporter {
                     _ if rec.key.baseline == "oracle" => "n/a (analysis)".into(),
                     _ => "n/a".into(),
                 };
-                let _ = writeln!(s, "| {} | {} | {} | {:.2} / {} | {} | {}× | {} | {:.3} |",
+                let e = &rec.energy;
+                let per_k = |g: Option<f64>| g.filter(|_| rec.samples > 0).map(|g| format!("{:.4}", g / rec.samples as f64 * 1000.0)).unwrap_or_else(|| "n/a".into());
+                let _ = writeln!(s, "| {} | {} | {} | {:.2} / {} | {} | {}× | {} | {} | {} | {:.3} |",
                     r.label, d, delta, r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
-                    r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", rec.energy.source)), r.rouge_l_ref.mean);
+                    r.j_per_token.map(|j| format!("{j:.4} ({})", e.source)).unwrap_or_else(|| format!("n/a ({})", e.source)),
+                    opt(e.wh_per_1k_queries, 4), per_k(e.gco2e), r.rouge_l_ref.mean);
             }
             let _ = writeln!(s);
             for r in rows.iter().filter(|r| r.group == g) {

@@ -141,17 +141,50 @@ pub struct TimeSplit {
     pub propagation_s: f64,
 }
 
-/// Energy of a cell (filled by a meter; `source` is `none` where no meter ran).
+/// Energy of a cell (filled by the meters; `source` is `none` where no meter ran). Figures are
+/// per pass over the cell's samples, medians over repetitions; prefill and decode energy are
+/// attributed in proportion to their time inside the window.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Energy {
-    /// Where the figure comes from: `none`, `nvml`, `rapl`, `estimate`.
+    /// Where the figure comes from: `none`, `rapl`, `nvml`, `nvml+rapl`, `estimate`...
     pub source: String,
-    /// Gross joules over the measured window (as measured), median over repetitions.
+    /// True when the joules are modelled from CPU time (not measured).
+    pub estimate: bool,
+    /// Gross joules of one pass over the samples (as measured).
     pub energy_j: Option<f64>,
+    /// Gross joules minus idle power × duration.
+    pub energy_net_j: Option<f64>,
+    /// Idle power of the counted meters, watts.
+    pub idle_w: Option<f64>,
     /// Average power over the window, watts.
     pub avg_watts: Option<f64>,
-    /// Joules per generated token.
+    /// Gross joules per generated token.
     pub j_per_token: Option<f64>,
+    /// Prefill joules per query.
+    pub prefill_j: Option<f64>,
+    /// Decode joules per decoded token.
+    pub decode_j_per_token: Option<f64>,
+    /// Watt-hours per 1,000 queries (gross).
+    pub wh_per_1k_queries: Option<f64>,
+    /// Grams CO2e of one pass (gross energy × intensity × PUE).
+    pub gco2e: Option<f64>,
+    /// Grid intensity used, g/kWh, and where it came from.
+    pub carbon_g_per_kwh: Option<f64>,
+    /// Origin of the intensity.
+    pub carbon_source: Option<String>,
+    /// PUE used.
+    pub pue: Option<f64>,
+    /// GPU board joules per pass.
+    pub energy_gpu_j: Option<f64>,
+    /// CPU package (or psys) joules per pass.
+    pub energy_cpu_j: Option<f64>,
+    /// DRAM joules per pass.
+    pub energy_dram_j: Option<f64>,
+    /// Passes over the samples inside one window (the --min-window rule).
+    pub min_window_repeats: Option<usize>,
+    /// Meter warnings (short windows, zero readings...).
+    pub warnings: Vec<String>,
 }
 
 /// One exited token in a trace.

@@ -59,6 +59,18 @@ pub struct RawSettings {
     pub trace_samples: Option<usize>,
     /// Random weights seed (speed/energy of a shape; quality meaningless).
     pub random_weights: Option<u64>,
+    /// Seconds of idle power measured before the sweep (0 skips).
+    pub idle_seconds: Option<f64>,
+    /// A repetition repeats its samples inside one energy window until it lasts this long (0 disables).
+    pub min_window: Option<f64>,
+    /// Grid carbon intensity: g CO2e per kWh, or a country code of the built-in table.
+    pub carbon_intensity: Option<String>,
+    /// Power usage effectiveness of the site.
+    pub pue: Option<f64>,
+    /// CPU TDP in watts for the estimate meter.
+    pub cpu_tdp_watts: Option<f64>,
+    /// Powercap root for RAPL.
+    pub powercap_root: Option<String>,
 }
 
 impl RawSettings {
@@ -85,7 +97,8 @@ impl RawSettings {
     pub fn overridden_by(self, over: RawSettings) -> RawSettings {
         macro_rules! pick { ($($f:ident),*) => { RawSettings { $($f: over.$f.or(self.$f)),* } } }
         pick!(model, backend, device, dtype, threads, measure, thresholds, schedule, tau, min_exit_layer, exit_interval,
-              static_exit, oracle, dataset, samples, max_new_tokens, warmup, repetitions, seed, out, trace_samples, random_weights)
+              static_exit, oracle, dataset, samples, max_new_tokens, warmup, repetitions, seed, out, trace_samples, random_weights,
+              idle_seconds, min_window, carbon_intensity, pue, cpu_tdp_watts, powercap_root)
     }
 
     /// The default grid: the shipped model on synth:test, 100 samples, every backend on CPU in
@@ -114,6 +127,12 @@ impl RawSettings {
             out: Some("results".into()),
             trace_samples: Some(20),
             random_weights: None,
+            idle_seconds: Some(5.0),
+            min_window: Some(5.0),
+            carbon_intensity: None,
+            pue: Some(1.0),
+            cpu_tdp_watts: None,
+            powercap_root: None,
         }
     }
 }
@@ -172,8 +191,45 @@ pub struct Plan {
     pub trace_samples: usize,
     /// Random weights seed.
     pub random_weights: Option<u64>,
+    /// Energy measurement settings.
+    pub energy: EnergySettings,
     /// The resolved settings (recorded with every result).
     pub resolved: RawSettings,
+}
+
+/// How energy is measured in a sweep.
+#[derive(Debug, Clone)]
+pub struct EnergySettings {
+    /// Meter options (powercap root, TDP override...).
+    pub meters: crate::meter::MeterOptions,
+    /// Idle baseline seconds (0 skips).
+    pub idle_seconds: f64,
+    /// Minimum energy window per repetition, seconds (0 disables).
+    pub min_window: f64,
+    /// Grid intensity.
+    pub carbon: crate::meter::carbon::Intensity,
+    /// PUE.
+    pub pue: f64,
+}
+
+fn energy_settings(s: &RawSettings) -> Result<EnergySettings> {
+    let nonneg = |v: Option<f64>, d: f64, f: &str| -> Result<f64> {
+        let v = v.unwrap_or(d);
+        if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(Error::setting(f, format!("{v} must be a number ≥ 0"))) }
+    };
+    let mut meters = crate::meter::MeterOptions::default();
+    if let Some(r) = &s.powercap_root {
+        meters.powercap_root = PathBuf::from(r);
+    }
+    meters.cpu_tdp_watts = s.cpu_tdp_watts;
+    meters.validate()?;
+    Ok(EnergySettings {
+        meters,
+        idle_seconds: nonneg(s.idle_seconds, 5.0, "--idle-seconds")?,
+        min_window: nonneg(s.min_window, 5.0, "--min-window")?,
+        carbon: crate::meter::carbon::resolve(s.carbon_intensity.as_deref())?,
+        pue: crate::meter::carbon::check_pue(s.pue.unwrap_or(1.0))?,
+    })
 }
 
 fn list<T>(field: &str, v: &[String], parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -274,6 +330,7 @@ impl Plan {
         if max_new_tokens == 0 {
             return Err(Error::setting("--max-new-tokens", "must be at least 1"));
         }
+        let energy = energy_settings(&s)?;
         let repetitions = s.repetitions.unwrap_or(1);
         if repetitions == 0 {
             return Err(Error::setting("--repetitions", "must be at least 1"));
@@ -300,6 +357,7 @@ impl Plan {
             out: PathBuf::from(s.out.clone().unwrap_or_else(|| "results".into())),
             trace_samples: s.trace_samples.unwrap_or(20),
             random_weights: s.random_weights,
+            energy,
             resolved: s,
         })
     }

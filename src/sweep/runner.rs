@@ -4,7 +4,7 @@
 use super::grid::{groups, Group, Shard};
 use super::plan::Plan;
 use crate::backend::candle::CandleBackend;
-use crate::backend::set_cpu_threads;
+use crate::backend::{set_cpu_threads, Backend};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::{Error, Result};
 use crate::exit::{ExitMode, Measure};
@@ -71,6 +71,15 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
         done.extend(store::read(&path)?.into_iter().map(|r| r.cell_id));
     }
     let hardware = Hardware::probe();
+    let detected = crate::meter::detect(&plan.energy.meters);
+    let mut window = detected.into_window();
+    let idle = if plan.energy.idle_seconds > 0.0 {
+        progress.cell("idle baseline");
+        window.idle_power(plan.energy.idle_seconds)?
+    } else {
+        Vec::new()
+    };
+    let mut meter = MeterCtx { window: &mut window, idle: &idle };
     let dataset_hash = hash_examples(plan);
     let mut todo = groups(plan);
     if let Some(s) = opts.shard {
@@ -81,7 +90,7 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     let mut written = Vec::new();
     for g in &todo {
         let ctx = GroupCtx { plan, group: g, hardware: &hardware, dataset_hash: &dataset_hash };
-        run_group(&ctx, &path, &done, progress, &mut written)?;
+        run_group(&ctx, &mut meter, &path, &done, progress, &mut written)?;
     }
     progress.finish();
     Ok(written)
@@ -156,7 +165,13 @@ impl GroupCtx<'_> {
     }
 }
 
-fn run_group(ctx: &GroupCtx, path: &Path, done: &HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+/// The energy window and the idle baseline shared by every cell.
+struct MeterCtx<'a> {
+    window: &'a mut crate::meter::EnergyWindow,
+    idle: &'a [(String, f64)],
+}
+
+fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
     let g = ctx.group;
     let plan = ctx.plan;
     let layers = plan.models[g.model].config.num_hidden_layers;
@@ -194,7 +209,7 @@ fn run_group(ctx: &GroupCtx, path: &Path, done: &HashSet<String>, progress: &mut
                 (0..per_cell).for_each(|_| progress.tick());
                 ctx.base_record(key, layers, "unsupported", Some("the classifier measure needs exit classifiers; this model has none".into()))
             }
-            _ => run_cell(ctx, &m, mode, &prompts, key, progress)?,
+            _ => run_cell(ctx, meter, &m, mode, &prompts, key, progress)?,
         };
         store::append(path, &rec)?;
         written.push(rec);
@@ -219,7 +234,7 @@ fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
         .collect()
 }
 
-fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
+fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
     let plan = ctx.plan;
     let layers = m.model.num_layers();
     let mut backend = CandleBackend::new(&m.model);
@@ -236,23 +251,43 @@ fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32
     reset_peak_rss();
     let mut first: Vec<Generation> = Vec::new();
     let (mut ms_tok, mut tok_s, mut dur) = (Vec::new(), Vec::new(), Vec::new());
+    let mut energies = Vec::new();
+    let min_window = plan.energy.min_window;
     for rep in 0..plan.repetitions {
+        backend.sync()?;
+        meter.window.begin()?;
         let start = Instant::now();
-        let (mut decode_s, mut decode_tokens) = (0.0, 0usize);
-        for (i, p) in prompts.iter().enumerate() {
-            let g = generate(&mut backend, p, &opts(i))?;
-            decode_s += g.decode_s();
-            decode_tokens += g.tokens.len().saturating_sub(1);
-            if rep == 0 {
-                first.push(g);
+        let (mut decode_s, mut prefill_s, mut decode_tokens, mut tokens, mut passes) = (0.0, 0.0, 0usize, 0usize, 0usize);
+        // Repeat the samples inside one window until it lasts --min-window (coarse meters).
+        loop {
+            for (i, p) in prompts.iter().enumerate() {
+                let g = generate(&mut backend, p, &opts(i))?;
+                decode_s += g.decode_s();
+                prefill_s += g.prefill_s;
+                decode_tokens += g.tokens.len().saturating_sub(1);
+                tokens += g.tokens.len();
+                if passes == 0 {
+                    progress.tick();
+                    if rep == 0 {
+                        first.push(g);
+                    }
+                }
             }
-            progress.tick();
+            passes += 1;
+            if start.elapsed().as_secs_f64() >= min_window {
+                break;
+            }
         }
-        dur.push(start.elapsed().as_secs_f64());
+        backend.sync()?;
+        let reading = meter.window.end()?;
+        let elapsed = start.elapsed().as_secs_f64();
+        dur.push(elapsed / passes as f64);
         if decode_tokens > 0 && decode_s > 0.0 {
             ms_tok.push(decode_s * 1e3 / decode_tokens as f64);
             tok_s.push(decode_tokens as f64 / decode_s);
         }
+        let work = PassWork { passes, queries: prompts.len(), tokens, decode_tokens, prefill_s, decode_s };
+        energies.push(energy_of(&reading, meter.idle, &work, &plan.energy));
     }
     let peak = peak_rss_mb();
     if let Some(w) = slow_first_warning(&ms_tok) {
@@ -306,6 +341,7 @@ fn run_cell(ctx: &GroupCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32
     rec.tokens_per_s = Stats::of(&tok_s, plan.seed);
     rec.duration_s = Stats::of(&dur, plan.seed);
     rec.time_split = split;
+    rec.energy = median_energy(energies);
     rec.peak_mem_mb = peak;
     rec.rouge = corpus(&scores, plan.seed);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
@@ -377,4 +413,59 @@ fn peak_rss_mb() -> f64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// What one repetition did inside its energy window.
+struct PassWork {
+    passes: usize,
+    queries: usize,
+    tokens: usize,
+    decode_tokens: usize,
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+/// Energy figures of one repetition, per pass over the samples.
+fn energy_of(r: &crate::meter::WindowReading, idle: &[(String, f64)], w: &PassWork, e: &super::plan::EnergySettings) -> Energy {
+    use crate::meter::Scope;
+    let passes = w.passes.max(1) as f64;
+    let gross = r.total_j / passes;
+    let net = crate::meter::net_energy(r, idle).net_j / passes;
+    let busy = (w.prefill_s + w.decode_s).max(1e-12);
+    let prefill_share = w.prefill_s / busy;
+    let per_pass_tokens = w.tokens as f64 / passes;
+    let per_pass_decode = w.decode_tokens as f64 / passes;
+    let per = |x: Option<f64>| x.map(|j| j / passes);
+    let mut warnings: Vec<String> = r.readings.iter().flat_map(|m| m.warnings.iter().map(|x| format!("{}: {x}", m.meter))).collect();
+    warnings.dedup();
+    Energy {
+        source: r.source_label.clone(),
+        estimate: r.is_estimate(),
+        energy_j: Some(gross),
+        energy_net_j: Some(net),
+        idle_w: (!idle.is_empty() && r.duration_s > 0.0).then(|| (r.total_j - crate::meter::net_energy(r, idle).net_j) / r.duration_s),
+        avg_watts: (r.duration_s > 0.0).then(|| r.total_j / r.duration_s),
+        j_per_token: (per_pass_tokens > 0.0).then(|| gross / per_pass_tokens),
+        prefill_j: (w.queries > 0).then(|| gross * prefill_share / w.queries as f64),
+        decode_j_per_token: (per_pass_decode > 0.0).then(|| gross * (1.0 - prefill_share) / per_pass_decode),
+        wh_per_1k_queries: (w.queries > 0).then(|| gross / 3600.0 / w.queries as f64 * 1000.0),
+        gco2e: Some(crate::meter::carbon::gco2e(gross, e.carbon.g_per_kwh, e.pue)),
+        carbon_g_per_kwh: Some(e.carbon.g_per_kwh),
+        carbon_source: Some(e.carbon.source.clone()),
+        pue: Some(e.pue),
+        energy_gpu_j: per(r.scope_j(Scope::GpuBoard)),
+        energy_cpu_j: per(r.scope_j(Scope::CpuPackage).or(r.scope_j(Scope::Psys))),
+        energy_dram_j: per(r.scope_j(Scope::Dram)),
+        min_window_repeats: Some(w.passes),
+        warnings,
+    }
+}
+
+/// The repetition with the median gross energy (all its figures kept together).
+fn median_energy(mut v: Vec<Energy>) -> Energy {
+    if v.is_empty() {
+        return Energy { source: "none".into(), ..Default::default() };
+    }
+    v.sort_by(|a, b| a.energy_j.unwrap_or(0.0).total_cmp(&b.energy_j.unwrap_or(0.0)));
+    v.swap_remove((v.len() - 1) / 2)
 }

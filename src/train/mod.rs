@@ -59,6 +59,9 @@ pub struct TrainOptions {
     pub tokenizer_samples: usize,
 }
 
+/// Steps of learning-rate re-warm-up after resuming without optimizer moments.
+pub const MOMENT_REWARMUP: usize = 50;
+
 /// One line of `train_log.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
@@ -114,7 +117,7 @@ pub fn model_config(o: &TrainOptions) -> LlamaConfig {
         num_attention_heads: o.heads,
         num_key_value_heads: Some(o.kv_heads),
         head_dim: None,
-        max_position_embeddings: 512,
+        max_position_embeddings: o.max_len.max(512),
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: None,
@@ -150,6 +153,9 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
     ))?;
     model.differentiable = true;
     let mut opt = AdamW::new(vars.clone(), AdamWParams { lr: o.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 })?;
+    // Without saved moments (a lost optimizer file), ramp the learning rate back up so the first
+    // bias-corrected Adam steps (≈ lr per parameter) do not undo the training so far.
+    let rewarm_from = if start_step > 0 && optim_state.is_none() { Some(start_step) } else { None };
     if let Some(state) = optim_state {
         opt.load_state(&state, start_step)?;
     }
@@ -159,7 +165,8 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
     let mut step = start_step;
     while step < o.steps {
         let batch = make_batch(&tok, o, step, &mut skipped)?;
-        let lr = lr_at(o, step);
+        let rewarm = rewarm_from.map(|s0| ((step - s0 + 1) as f64 / MOMENT_REWARMUP as f64).min(1.0)).unwrap_or(1.0);
+        let lr = lr_at(o, step) * rewarm;
         opt.params.lr = lr;
         let (loss, layer_losses) = calm_loss(&model, &batch)?;
         let grads = loss.backward()?;
@@ -257,10 +264,17 @@ fn init_or_resume(o: &TrainOptions, names: &[(String, Vec<usize>)], ckpt: &Path,
         }
         let params = candle_core::safetensors::load(&params_path, device)?;
         let optim_path = ckpt.join("optim.safetensors");
-        let optim = candle_core::safetensors::load(&optim_path, device)?
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
+        let optim = if optim_path.is_file() {
+            Some(
+                candle_core::safetensors::load(&optim_path, device)?
+                    .into_iter()
+                    .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+                    .collect::<Result<HashMap<_, _>>>()?,
+            )
+        } else {
+            eprintln!("warning: {} is missing: resuming with fresh optimizer moments and a {MOMENT_REWARMUP}-step learning-rate re-warm-up", optim_path.display());
+            None
+        };
         let vars = names
             .iter()
             .map(|(n, shape)| {
@@ -272,7 +286,7 @@ fn init_or_resume(o: &TrainOptions, names: &[(String, Vec<usize>)], ckpt: &Path,
             })
             .collect::<Result<Vec<_>>>()?;
         eprintln!("resuming from step {}", state.step);
-        return Ok((vars, state.step, Some(optim)));
+        return Ok((vars, state.step, optim));
     }
     let loader = TensorLoader::new(WeightSource::Random { seed: o.seed }, DType::F32, device.clone(), &o.out);
     let vars = names
@@ -330,12 +344,20 @@ pub struct Batch {
 fn make_batch(tok: &tokenizers::Tokenizer, o: &TrainOptions, step: usize, skipped: &mut usize) -> Result<Batch> {
     let mut seqs = Vec::with_capacity(o.batch);
     let mut idx = step * o.batch * 2;
+    let mut skipped_here = 0;
     while seqs.len() < o.batch {
         let s = synth::sample(Split::Train, o.seed, idx);
         idx += 1;
         let enc = encode_example(tok, &s.prompt, &s.reference, tokenizer::EOS_ID)?;
         if enc.ids.len() > o.max_len {
             *skipped += 1;
+            skipped_here += 1;
+            if skipped_here > 4 * o.batch {
+                return Err(Error::setting(
+                    "--max-len",
+                    format!("{} tokens is too short: most samples are longer (e.g. {} tokens); raise --max-len or --vocab", o.max_len, enc.ids.len()),
+                ));
+            }
             continue;
         }
         seqs.push(enc);
