@@ -52,12 +52,7 @@ impl Exporter for HtmlExporter {
         let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
             R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
             Measured speedup = full depth's decode ms/token ÷ the setting's; theoretical = L ÷ average layers.</p>");
-        let mut groups: Vec<&str> = Vec::new();
-        for r in rows {
-            if !groups.contains(&r.group.as_str()) {
-                groups.push(&r.group);
-            }
-        }
+        let groups = super::group_order(rows);
         for g in groups {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
             group_section(&mut s, &members, records);

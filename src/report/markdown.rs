@@ -25,12 +25,7 @@ impl Exporter for MarkdownExporter {
             R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
             interval in brackets). Measured speedup = full depth's decode ms/token ÷ the setting's (medians); theoretical = L ÷ average layers.\n");
         write_machines(&mut s, records);
-        let mut groups: Vec<&str> = Vec::new();
-        for r in rows {
-            if !groups.contains(&r.group.as_str()) {
-                groups.push(&r.group);
-            }
-        }
+        let groups = super::group_order(rows);
         for g in groups {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
             let first = &records[members[0].record];

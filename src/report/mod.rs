@@ -39,3 +39,14 @@ pub fn write_all(records: &[CellRecord], dir: &Path) -> Result<Vec<ReportRow>> {
     }
     Ok(rows)
 }
+
+/// Group ids in order of first appearance.
+pub fn group_order(rows: &[ReportRow]) -> Vec<&str> {
+    let mut groups: Vec<&str> = Vec::new();
+    for r in rows {
+        if !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    groups
+}
