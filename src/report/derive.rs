@@ -50,11 +50,11 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
             full.insert(r.key.group_id(), i);
         }
     }
-    let rouge = Rouge::new(false);
+    use rayon::prelude::*;
     records
-        .iter()
+        .par_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map_init(|| Rouge::new(false), |rouge, (i, r)| {
             let base = full.get(&r.key.group_id()).map(|&j| &records[j]);
             let ok = r.status == "ok";
             let theo = (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers);
@@ -63,7 +63,7 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
                 _ => (None, None),
             };
             let (rl_full, delta) = match base {
-                Some(b) if ok => compare_outputs(&rouge, b, r, r.seed),
+                Some(b) if ok => compare_outputs(rouge, b, r, r.seed),
                 _ => (None, None),
             };
             ReportRow {
