@@ -183,3 +183,69 @@ fn seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens() {
     assert!(oracle.avg_layers() <= 4.0);
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
 }
+
+/// Logits of the prompt's last position at full depth.
+fn prompt_logits(m: &LoadedModel) -> Vec<f32> {
+    let ids = m.tokenizer.encode(PROMPT).unwrap();
+    recompute(m, &ids)
+}
+
+#[test]
+fn sharded_weights_load_like_a_single_file() {
+    let (dir, m) = tiny(2, 17);
+    let single = prompt_logits(&m);
+    let path = dir.path().join("model.safetensors");
+    let all = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let (mut a, mut b) = (std::collections::HashMap::new(), std::collections::HashMap::new());
+    let mut map = serde_json::Map::new();
+    for (i, (name, t)) in all.into_iter().enumerate() {
+        let file = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        map.insert(name.clone(), file.into());
+        if i % 2 == 0 { a.insert(name, t) } else { b.insert(name, t) };
+    }
+    candle_core::safetensors::save(&a, dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let sharded = load(dir.path(), Precision::F32);
+    assert_eq!(prompt_logits(&sharded), single);
+    // A shard listed in the index but absent is named.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = LoadedModel::load(dir.path(), &LoadOptions { precision: Precision::F32, device: Device::Cpu, random_weights: None }).err().unwrap();
+    assert!(err.to_string().contains("model-00002-of-00002.safetensors"), "{err}");
+}
+
+#[test]
+fn qwen2_style_qkv_biases_are_applied_when_present() {
+    let (dir, m) = tiny(2, 19);
+    let plain = prompt_logits(&m);
+    let path = dir.path().join("model.safetensors");
+    let mut all = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    for l in 0..2 {
+        for (p, n) in [("q_proj", 64), ("k_proj", 32), ("v_proj", 32)] {
+            let b = Tensor::full(0.5f32, n, &Device::Cpu).unwrap();
+            all.insert(format!("model.layers.{l}.self_attn.{p}.bias"), b);
+        }
+    }
+    candle_core::safetensors::save(&all, &path).unwrap();
+    let biased = load(dir.path(), Precision::F32);
+    let with_bias = prompt_logits(&biased);
+    assert!(max_abs_diff(&plain, &with_bias) > 1e-3, "biases had no effect");
+    // A bias of the wrong shape is reported, not ignored.
+    all.insert("model.layers.0.self_attn.q_proj.bias".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&all, &path).unwrap();
+    let err = LoadedModel::load(dir.path(), &LoadOptions { precision: Precision::F32, device: Device::Cpu, random_weights: None }).err().unwrap();
+    assert!(err.to_string().contains("q_proj.bias"), "{err}");
+}
+
+#[test]
+fn random_weights_need_only_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&tiny_config(3, 256)).unwrap()).unwrap();
+    let o = LoadOptions { precision: Precision::F32, device: Device::Cpu, random_weights: Some(4) };
+    let a = LoadedModel::load(dir.path(), &o).unwrap();
+    let b = LoadedModel::load(dir.path(), &o).unwrap();
+    let ids = a.tokenizer.encode("abc").unwrap();
+    assert_eq!(recompute(&a, &ids), recompute(&b, &ids), "same seed, same weights");
+    assert_eq!(a.model.num_layers(), 3);
+}
