@@ -103,6 +103,9 @@ pub struct RunArgs {
     /// Powercap root for RAPL (default /sys/class/powercap or $EXITBENCH_POWERCAP_ROOT).
     #[arg(long)]
     pub powercap_root: Option<String>,
+    /// Seconds to sleep between cells.
+    #[arg(long)]
+    pub cooldown: Option<f64>,
     /// Continue a sweep in --out, skipping finished cells.
     #[arg(long)]
     pub resume: bool,
@@ -145,6 +148,7 @@ impl RunArgs {
             pue: self.pue,
             cpu_tdp_watts: self.cpu_tdp_watts,
             powercap_root: self.powercap_root.clone(),
+            cooldown: self.cooldown,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct RawSettings {
     pub cpu_tdp_watts: Option<f64>,
     /// Powercap root for RAPL.
     pub powercap_root: Option<String>,
+    /// Seconds to sleep between cells (lets temperature and clocks settle).
+    pub cooldown: Option<f64>,
 }
 
 impl RawSettings {
@@ -98,7 +100,7 @@ impl RawSettings {
         macro_rules! pick { ($($f:ident),*) => { RawSettings { $($f: over.$f.or(self.$f)),* } } }
         pick!(model, backend, device, dtype, threads, measure, thresholds, schedule, tau, min_exit_layer, exit_interval,
               static_exit, oracle, dataset, samples, max_new_tokens, warmup, repetitions, seed, out, trace_samples, random_weights,
-              idle_seconds, min_window, carbon_intensity, pue, cpu_tdp_watts, powercap_root)
+              idle_seconds, min_window, carbon_intensity, pue, cpu_tdp_watts, powercap_root, cooldown)
     }
 
     /// The default grid: the shipped model on synth:test, 100 samples, every backend on CPU in
@@ -133,6 +135,7 @@ impl RawSettings {
             pue: Some(1.0),
             cpu_tdp_watts: None,
             powercap_root: None,
+            cooldown: Some(0.0),
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct Plan {
     pub random_weights: Option<u64>,
     /// Energy measurement settings.
     pub energy: EnergySettings,
+    /// Seconds of cooldown between cells.
+    pub cooldown_s: f64,
     /// The resolved settings (recorded with every result).
     pub resolved: RawSettings,
 }
@@ -358,6 +363,10 @@ impl Plan {
             trace_samples: s.trace_samples.unwrap_or(20),
             random_weights: s.random_weights,
             energy,
+            cooldown_s: match s.cooldown.unwrap_or(0.0) {
+                c if c.is_finite() && c >= 0.0 => c,
+                c => return Err(Error::setting("--cooldown", format!("{c} must be a number ≥ 0"))),
+            },
             resolved: s,
         })
     }

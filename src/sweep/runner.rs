@@ -195,6 +195,9 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<S
         }
     };
     let m = LoadedModel::load(&g.model_dir, &LoadOptions { precision: g.dtype, device, random_weights: plan.random_weights })?;
+    if let crate::backend::DeviceKind::Cuda(index) = g.device {
+        warn_if_gpu_shared(index as u32, progress);
+    }
     let wh = weights_hash(&g.model_dir, plan.random_weights)?;
     let prompts = encode_prompts(plan, &m)?;
     for mode in &g.modes {
@@ -213,8 +216,21 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<S
         };
         store::append(path, &rec)?;
         written.push(rec);
+        if plan.cooldown_s > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
+        }
     }
     Ok(())
+}
+
+/// Warns when other processes use the GPU: their work would pollute the energy reading.
+fn warn_if_gpu_shared(index: u32, progress: &mut dyn Progress) {
+    let Ok(nvml) = crate::meter::nvml::load() else { return };
+    let Ok(dev) = nvml.device_by_index(index) else { return };
+    let others = crate::meter::nvml::other_processes(&dev, index);
+    if !others.is_empty() {
+        progress.warn(&format!("GPU {index} is also used by {}: its energy figures include their work", others.join(", ")));
+    }
 }
 
 fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
@@ -293,6 +309,9 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     if let Some(w) = slow_first_warning(&ms_tok) {
         progress.warn(&format!("{}: {w}", key.label()));
     }
+    if let Some(w) = outlier_warning(&ms_tok) {
+        progress.warn(&format!("{}: {w}", key.label()));
+    }
     let mut rec = ctx.base_record(key, layers, "ok", None);
     let rouge = Rouge::new(false);
     let mut hist = vec![0u64; layers];
@@ -359,6 +378,19 @@ fn slow_first_warning(ms_tok: &[f64]) -> Option<String> {
     (ms_tok[0] > 1.5 * rest).then(|| {
         format!("the first repetition took {:.3} ms/token, {:.1}× the median of the others: caches were cold, consider --warmup", ms_tok[0], ms_tok[0] / rest)
     })
+}
+
+/// A warning when some repetitions fall outside Tukey's fences (1.5 IQR), as hyperfine warns of
+/// statistical outliers (another process, a frequency change).
+fn outlier_warning(ms_tok: &[f64]) -> Option<String> {
+    if ms_tok.len() < 4 {
+        return None;
+    }
+    let q1 = crate::metrics::stats::quantile(ms_tok, 0.25);
+    let q3 = crate::metrics::stats::quantile(ms_tok, 0.75);
+    let (lo, hi) = (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1));
+    let n = ms_tok.iter().filter(|&&x| x < lo || x > hi).count();
+    (n > 0).then(|| format!("{n} of {} repetitions are statistical outliers (Tukey fences); other programs may have interfered", ms_tok.len()))
 }
 
 fn hash_examples(plan: &Plan) -> String {
