@@ -179,7 +179,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         Some(p) => RawSettings::from_toml_file(p)?,
         None => RawSettings::default(),
     };
-    let settings = RawSettings::defaults().overridden_by(file).overridden_by(a.flags());
+    let out_given = file.out.is_some() || a.out.is_some();
+    let mut settings = RawSettings::defaults().overridden_by(file).overridden_by(a.flags());
+    if !out_given {
+        // Without --out every run gets its own directory, so the main command can be rerun.
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        settings.out = Some(format!("results/run-{secs}"));
+    }
     let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
     let plan = Plan::from_settings(settings)?;
     let mut progress: Box<dyn Progress> = if a.quiet || !std::io::stderr().is_terminal() {
