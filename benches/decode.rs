@@ -4,6 +4,7 @@
 //!   (threshold 1.0: never met, so every check is paid and all layers run);
 //! - the cost of one layer and of each confidence measure's check;
 //! - 1 vs 2 CPU threads.
+//!
 //! Run: `cargo bench --bench decode`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};

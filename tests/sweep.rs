@@ -129,6 +129,9 @@ fn golden_csv_and_markdown() {
     assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("modelled from CPU time"));
     let rec: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(rec["energy"]["estimate"], true);
+    // The harness accounts for its own time in every cell and reports it at the end.
+    assert!(rec["generate_s"].as_f64().unwrap() > 0.0 && rec["bookkeeping_s"].as_f64().unwrap() >= 0.0, "{rec}");
+    assert!(err.contains("harness bookkeeping:"), "{err}");
     golden("small.csv", &mask_csv(&csv_text));
     golden("small.md", &mask_md(&std::fs::read_to_string(out.join("summary.md")).unwrap()));
 }

@@ -198,11 +198,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
         Box::new(Bar(bar))
     };
-    runner::run(&plan, RunOptions { shard, resume: a.resume }, progress.as_mut())?;
+    let written = runner::run(&plan, RunOptions { shard, resume: a.resume }, progress.as_mut())?;
     let records = crate::results::store::read(&plan.out)?;
     let rows = report::write_all(&records, &plan.out)?;
     for line in report::terminal::summary_lines(&rows, &records) {
         println!("{line}");
+    }
+    if let Some(line) = report::terminal::bookkeeping_line(&written) {
+        eprintln!("{line}");
     }
     eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     Ok(())

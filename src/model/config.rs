@@ -172,9 +172,12 @@ impl LlamaConfig {
         if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
             return Err(Error::setting("head_dim", format!("{} must be even and positive (RoPE)", self.head_dim())));
         }
+        // Negated comparisons on purpose: NaN fails them too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rms_norm_eps > 0.0) {
             return Err(Error::setting("rms_norm_eps", "must be positive"));
         }
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rope_theta > 0.0) {
             return Err(Error::setting("rope_theta", "must be positive"));
         }

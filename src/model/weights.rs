@@ -144,7 +144,7 @@ impl TensorLoader {
     /// A required tensor of the given shape, converted to `dtype`.
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = match &self.source {
-            WeightSource::Files(f) => self.from_files(f, name, shape)?,
+            WeightSource::Files(f) => self.read_from_files(f, name, shape)?,
             WeightSource::Memory(m) => {
                 let t = m.get(name).ok_or_else(|| self.missing(name))?;
                 self.check_shape(name, t.dims(), shape, None)?;
@@ -165,7 +165,7 @@ impl TensorLoader {
         }
     }
 
-    fn from_files(&self, f: &SafetensorFiles, name: &str, shape: &[usize]) -> Result<Tensor> {
+    fn read_from_files(&self, f: &SafetensorFiles, name: &str, shape: &[usize]) -> Result<Tensor> {
         let idx = *f.routing.get(name).ok_or_else(|| self.missing(name))?;
         let (path, st) = &f.files[idx];
         let view = st.get(name).map_err(|e| Error::file(path, None, format!("tensor `{name}`: {e}")))?;

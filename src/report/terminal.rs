@@ -23,3 +23,17 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
     }
     out
 }
+
+/// One line on the harness's own cost in the cells just run: its time outside `generate` as a
+/// share of the time inside it (median and worst cell); a warning above 1%, where bookkeeping
+/// would start to perturb what is measured.
+pub fn bookkeeping_line(records: &[CellRecord]) -> Option<String> {
+    let shares: Vec<f64> = records.iter().filter(|r| r.status == "ok" && r.generate_s > 0.0).map(|r| 100.0 * r.bookkeeping_s / r.generate_s).collect();
+    if shares.is_empty() {
+        return None;
+    }
+    let median = crate::metrics::stats::median(&shares);
+    let max = shares.iter().copied().fold(f64::MIN, f64::max);
+    let prefix = if max > 1.0 { "warning: " } else { "" };
+    Some(format!("{prefix}harness bookkeeping: {median:.2}% of generate time (median over {} cells, worst {max:.2}%)", shares.len()))
+}

@@ -269,6 +269,14 @@ pub struct CellRecord {
     /// Share of samples whose output states every key fact (built-in synthetic task only).
     #[serde(default)]
     pub key_facts_exact: Option<f64>,
+    /// The harness's own time in the cell, seconds: the cell's wall time outside `generate`
+    /// (backend set-up, energy window reads, progress, statistics, ROUGE, traces; the JSONL append
+    /// that follows is not included). Compare with `generate_s`.
+    #[serde(default)]
+    pub bookkeeping_s: f64,
+    /// Seconds spent inside `generate` in the cell (warm-up and every repetition).
+    #[serde(default)]
+    pub generate_s: f64,
     /// Per-sample outputs.
     pub outputs: Vec<SampleOutput>,
     /// True when weights are random (quality figures meaningless).

@@ -154,6 +154,8 @@ impl GroupCtx<'_> {
             peak_mem_mb: 0.0,
             rouge: Default::default(),
             key_facts_exact: None,
+            bookkeeping_s: 0.0,
+            generate_s: 0.0,
             outputs: Vec::new(),
             random_weights: self.plan.random_weights.is_some(),
             batch_size: 1,
@@ -251,6 +253,8 @@ fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
 }
 
 fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
+    let cell_start = Instant::now();
+    let mut generate_s = 0.0;
     let plan = ctx.plan;
     let layers = m.model.num_layers();
     let mut backend = CandleBackend::new(&m.model);
@@ -261,7 +265,9 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
         eos_ids: m.config.eos_ids(),
     };
     for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
+        let t = Instant::now();
         generate(&mut backend, p, &opts(i))?;
+        generate_s += t.elapsed().as_secs_f64();
         progress.tick();
     }
     reset_peak_rss();
@@ -277,7 +283,9 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
         // Repeat the samples inside one window until it lasts --min-window (coarse meters).
         loop {
             for (i, p) in prompts.iter().enumerate() {
+                let t = Instant::now();
                 let g = generate(&mut backend, p, &opts(i))?;
+                generate_s += t.elapsed().as_secs_f64();
                 decode_s += g.decode_s();
                 prefill_s += g.prefill_s;
                 decode_tokens += g.tokens.len().saturating_sub(1);
@@ -366,6 +374,8 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
     rec.outputs = outputs;
+    rec.generate_s = generate_s;
+    rec.bookkeeping_s = cell_start.elapsed().as_secs_f64() - generate_s;
     Ok(rec)
 }
 
