@@ -11,7 +11,7 @@ pub const COLUMNS: &[&str] = &[
     "speedup_theoretical", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
     "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "energy_j", "avg_watts", "j_per_token",
     "energy_source", "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j",
-    "energy_cpu_j", "energy_dram_j", "energy_warnings", "peak_mem_mb", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
+    "energy_cpu_j", "energy_dram_j", "energy_warnings", "peak_mem_mb", "peak_device_mem_mb", "device_mem_scope", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
     "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "key_facts_exact", "random_weights",
 ];
 
@@ -48,7 +48,7 @@ impl Exporter for CsvExporter {
                 num(some(r.time_split.propagation_s)), num(r.energy.energy_j), num(r.energy.avg_watts), num(r.energy.j_per_token),
                 r.energy.source.clone(), num(r.energy.energy_net_j), num(r.energy.idle_w), num(r.energy.prefill_j),
                 num(r.energy.decode_j_per_token), num(r.energy.wh_per_1k_queries), num(r.energy.gco2e), num(r.energy.energy_gpu_j),
-                num(r.energy.energy_cpu_j), num(r.energy.energy_dram_j), r.energy.warnings.len().to_string(), num(some(r.peak_mem_mb)), r.status.clone(), r.reason.clone().unwrap_or_default(),
+                num(r.energy.energy_cpu_j), num(r.energy.energy_dram_j), r.energy.warnings.len().to_string(), num(some(r.peak_mem_mb)), num(r.peak_device_mem_mb), r.device_mem_scope.clone().unwrap_or_default(), r.status.clone(), r.reason.clone().unwrap_or_default(),
                 num(some(row.rouge_l_ref.mean)), num(some(row.rouge_l_ref.lo)), num(some(row.rouge_l_ref.hi)),
                 num(row.rouge_l_full.map(|x| x.mean)), num(row.d_full.map(|x| x.mean)), num(row.d_full.map(|x| x.lo)),
                 num(row.d_full.map(|x| x.hi)), num(row.rouge_delta.map(|x| x.mean)), num(row.rouge_delta.map(|x| x.lo)),

@@ -264,6 +264,14 @@ pub struct CellRecord {
     pub energy: Energy,
     /// Peak resident memory of the process during the cell, MiB.
     pub peak_mem_mb: f64,
+    /// Peak GPU memory in use during the cell, MiB, sampled through NVML after every sample
+    /// (CUDA cells only; `None` elsewhere or when NVML cannot be read).
+    #[serde(default)]
+    pub peak_device_mem_mb: Option<f64>,
+    /// What `peak_device_mem_mb` covers: `process` (this process) or `device` (everything on
+    /// the GPU, when NVML does not list this process, e.g. in a container).
+    #[serde(default)]
+    pub device_mem_scope: Option<String>,
     /// ROUGE against the references (corpus mean F with bootstrap intervals).
     pub rouge: CorpusScores,
     /// Share of samples whose output states every key fact (built-in synthetic task only).

@@ -152,6 +152,8 @@ impl GroupCtx<'_> {
             time_split: TimeSplit::default(),
             energy: Energy { source: "none".into(), ..Default::default() },
             peak_mem_mb: 0.0,
+            peak_device_mem_mb: None,
+            device_mem_scope: None,
             rouge: Default::default(),
             key_facts_exact: None,
             bookkeeping_s: 0.0,
@@ -271,6 +273,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
         progress.tick();
     }
     reset_peak_rss();
+    let mut gpu_mem = GpuMemory::for_device(ctx.group.device);
     let mut first: Vec<Generation> = Vec::new();
     let (mut ms_tok, mut tok_s, mut dur) = (Vec::new(), Vec::new(), Vec::new());
     let mut energies = Vec::new();
@@ -286,6 +289,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
                 let t = Instant::now();
                 let g = generate(&mut backend, p, &opts(i))?;
                 generate_s += t.elapsed().as_secs_f64();
+                gpu_mem.sample();
                 decode_s += g.decode_s();
                 prefill_s += g.prefill_s;
                 decode_tokens += g.tokens.len().saturating_sub(1);
@@ -370,6 +374,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     rec.time_split = split;
     rec.energy = median_energy(energies);
     rec.peak_mem_mb = peak;
+    (rec.peak_device_mem_mb, rec.device_mem_scope) = gpu_mem.peak();
     rec.rouge = corpus(&scores, plan.seed);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
@@ -377,6 +382,34 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     rec.generate_s = generate_s;
     rec.bookkeeping_s = cell_start.elapsed().as_secs_f64() - generate_s;
     Ok(rec)
+}
+
+/// Peak GPU memory over a cell, sampled through NVML after every sample of a CUDA cell.
+struct GpuMemory {
+    nvml: Option<(std::sync::Arc<nvml_wrapper::Nvml>, u32)>,
+    peak: Option<(f64, &'static str)>,
+}
+
+impl GpuMemory {
+    fn for_device(device: crate::backend::DeviceKind) -> Self {
+        let nvml = match device {
+            crate::backend::DeviceKind::Cuda(index) => crate::meter::nvml::load().ok().map(|n| (n, index as u32)),
+            _ => None,
+        };
+        GpuMemory { nvml, peak: None }
+    }
+
+    fn sample(&mut self) {
+        let Some((nvml, index)) = &self.nvml else { return };
+        let Some(now) = nvml.device_by_index(*index).ok().and_then(|d| crate::meter::nvml::gpu_memory_mib(&d)) else { return };
+        if self.peak.is_none_or(|(mib, _)| now.0 > mib) {
+            self.peak = Some(now);
+        }
+    }
+
+    fn peak(&self) -> (Option<f64>, Option<String>) {
+        (self.peak.map(|p| p.0), self.peak.map(|p| p.1.to_string()))
+    }
 }
 
 /// A hyperfine-style warning when the first repetition is much slower than the rest.

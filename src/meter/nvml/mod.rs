@@ -144,6 +144,23 @@ pub fn other_processes(device: &Device, index: u32) -> Vec<String> {
         .collect()
 }
 
+/// GPU memory in use, MiB, with its scope: `"process"` when NVML lists this process on the GPU,
+/// else `"device"` (everything on the GPU: in a container NVML may report host PIDs, so this
+/// process is not always found). `None` when NVML or the GPU cannot be read.
+pub fn gpu_memory_mib(device: &Device) -> Option<(f64, &'static str)> {
+    let me = std::process::id();
+    let own = device.running_compute_processes().ok().and_then(|ps| {
+        ps.into_iter().find(|p| p.pid == me).and_then(|p| match p.used_gpu_memory {
+            UsedGpuMemory::Used(b) => Some(b as f64 / (1024.0 * 1024.0)),
+            UsedGpuMemory::Unavailable => None,
+        })
+    });
+    match own {
+        Some(mib) => Some((mib, "process")),
+        None => device.memory_info().ok().map(|m| (m.used as f64 / (1024.0 * 1024.0), "device")),
+    }
+}
+
 /// Finds the NVML meters: per GPU the counter where supported (plus instant power when
 /// `opts.nvml_both`), else instant power.
 pub fn detect(opts: &MeterOptions) -> (Vec<Box<dyn Meter>>, Vec<MeterStatus>) {
