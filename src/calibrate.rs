@@ -71,6 +71,12 @@ pub struct Calibration {
     pub lead_rouge_l: Option<f64>,
     /// Share of test outputs stating all key facts at full depth.
     pub key_facts_exact: Option<f64>,
+    /// Share of test outputs stating each key fact at full depth: winner, score, top performer.
+    #[serde(default)]
+    pub key_facts_each: Option<[f64; 3]>,
+    /// The command that produced these figures (set by the CLI).
+    #[serde(default)]
+    pub command: String,
     /// Oracle average layers on test.
     pub oracle_avg_layers: Option<f64>,
     /// Per measure.
@@ -178,10 +184,27 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         full_ms_per_token: full.ms_per_token.median,
         lead_rouge_l: lead_baseline(&plan.dataset, plan.examples.len()),
         key_facts_exact: full.key_facts_exact,
+        key_facts_each: facts_each(plan, full),
+        command: String::new(),
         oracle_avg_layers: oracle.map(|r| r.avg_layers),
         measures,
         threads: full.key.threads,
     })
+}
+
+/// Share of full-depth outputs stating each key fact (winner, score, top performer).
+fn facts_each(plan: &Plan, full: &CellRecord) -> Option<[f64; 3]> {
+    let mut hits = [0usize; 3];
+    let mut n = 0usize;
+    for (out, ex) in full.outputs.iter().zip(&plan.examples) {
+        let f = ex.facts.as_ref()?;
+        let m = synth::facts_in(&out.text, f);
+        for (h, ok) in hits.iter_mut().zip([m.winner, m.score, m.top_performer]) {
+            *h += ok as usize;
+        }
+        n += 1;
+    }
+    (n > 0).then(|| hits.map(|h| h as f64 / n as f64))
 }
 
 /// ROUGE-L F of the lead baseline (the report's first sentence) on a synthetic split.
@@ -199,9 +222,10 @@ pub fn lead_baseline(ds: &DatasetSpec, n: usize) -> Option<f64> {
 pub fn markdown(c: &Calibration) -> String {
     let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "n/a".into());
     let mut s = format!(
-        "Test split, {} samples, greedy, candle CPU f32, {} thread(s). Full depth: ROUGE-L {:.3}, key facts exact {}, {:.3} ms/token. \
+        "Test split, {} samples, greedy, candle CPU f32, {} thread(s). Full depth: ROUGE-L {:.3}, key facts exact {}{}, {:.3} ms/token. \
          Lead baseline ROUGE-L {}. Oracle average layers {}.\n\n",
         c.samples, c.threads, c.full_rouge_l, c.key_facts_exact.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "n/a".into()),
+        c.key_facts_each.map(|e| format!(" (winner {:.1}%, score {:.1}%, top performer {:.1}%)", e[0] * 100.0, e[1] * 100.0, e[2] * 100.0)).unwrap_or_default(),
         c.full_ms_per_token, f(c.lead_rouge_l, 3), f(c.oracle_avg_layers, 2)
     );
     s.push_str(&format!("| measure | threshold (validation D ≤ {}) | validation D | test D [95% CI] | R_early − R_full | avg layers | theoretical speedup | measured speedup | measured ÷ theoretical |\n|---|---|---|---|---|---|---|---|---|\n", c.max_d));
@@ -215,10 +239,73 @@ pub fn markdown(c: &Calibration) -> String {
     s
 }
 
+/// The embedded model's bar (issue 3), one line per condition with `met` / `NOT met`: full-depth
+/// ROUGE-L ≥ 0.75 and ≥ lead + 0.25, key facts ≥ 90%, and per measure test D ≤ 0.06 with a
+/// measured speedup ≥ 1.5×.
+pub fn bar(c: &Calibration) -> Vec<(String, bool)> {
+    let mut out = vec![(format!("full-depth ROUGE-L {:.3} ≥ 0.75", c.full_rouge_l), c.full_rouge_l >= 0.75)];
+    if let Some(lead) = c.lead_rouge_l {
+        out.push((format!("full-depth ROUGE-L {:.3} ≥ lead baseline {lead:.3} + 0.25", c.full_rouge_l), c.full_rouge_l >= lead + 0.25));
+    }
+    if let Some(k) = c.key_facts_exact {
+        out.push((format!("key facts exact {:.1}% ≥ 90%", k * 100.0), k >= 0.9));
+    }
+    for m in &c.measures {
+        let ok = matches!((m.test_d, m.speedup_measured), (Some(d), Some(s)) if d[0] <= 0.06 && s >= 1.5);
+        let what = match (m.threshold, m.test_d, m.speedup_measured) {
+            (Some(t), Some(d), Some(s)) => format!("{}@{t}: test D {:.3} ≤ 0.06 and measured speedup {s:.2}× ≥ 1.5×", m.measure, d[0]),
+            _ => format!("{}: no threshold kept validation D ≤ {}", m.measure, c.max_d),
+        };
+        out.push((what, ok));
+    }
+    out
+}
+
 /// Writes `calibration.json` and `calibration.md` into `dir`.
 pub fn write(c: &Calibration, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = serde_json::to_string_pretty(c).map_err(|e| Error::Internal(e.to_string()))?;
     std::fs::write(dir.join("calibration.json"), json + "\n").map_err(|e| Error::io(dir, e))?;
     std::fs::write(dir.join("calibration.md"), markdown(c)).map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chosen(measure: &str, d: Option<f64>, speedup: Option<f64>) -> Chosen {
+        Chosen {
+            measure: measure.into(),
+            threshold: d.map(|_| 0.9),
+            validation_d: d,
+            test_d: d.map(|d| [d, d, d]),
+            avg_layers: None,
+            speedup_theoretical: None,
+            speedup_measured: speedup,
+            measured_over_theoretical: None,
+            rouge_l: None,
+            rouge_delta: None,
+        }
+    }
+
+    #[test]
+    fn bar_names_each_condition_and_its_verdict() {
+        let c = Calibration {
+            samples: 200,
+            max_d: 0.05,
+            full_rouge_l: 0.80,
+            full_ms_per_token: 2.0,
+            lead_rouge_l: Some(0.60),
+            key_facts_exact: Some(0.91),
+            key_facts_each: None,
+            command: String::new(),
+            oracle_avg_layers: None,
+            measures: vec![chosen("softmax-diff", Some(0.04), Some(2.0)), chosen("saturation", Some(0.07), Some(2.0)), chosen("classifier", None, None), chosen("softmax-max", Some(0.01), Some(1.4))],
+            threads: 1,
+        };
+        let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();
+        // ROUGE-L ≥ 0.75 yes; 0.80 < 0.60 + 0.25 no; facts yes; diff yes; saturation D no; classifier none; max too slow.
+        assert_eq!(verdicts, vec![true, false, true, true, false, false, false]);
+        assert!(bar(&c)[5].0.contains("no threshold kept"));
+    }
 }

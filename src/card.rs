@@ -44,6 +44,9 @@ pub struct Card {
     pub steps_done: Option<usize>,
     /// Last training log line.
     pub last_log: Option<LogLine>,
+    /// Where the logged learning rate went up after warm-up: (step, before, after).
+    #[serde(default)]
+    pub lr_raises: Vec<(usize, f64, f64)>,
     /// Per-layer cross-entropy on 200 validation samples (summary tokens).
     pub validation_layer_losses: Vec<f32>,
     /// Calibration figures (validation → test), if run.
@@ -57,7 +60,10 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
     let dir = &m.dir;
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let training: Option<TrainOptions> = read("train_options.json").and_then(|t| serde_json::from_str(&t).ok());
-    let last_log: Option<LogLine> = read("train_log.jsonl").and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str(l).ok()));
+    let log: Vec<LogLine> = read("train_log.jsonl").map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
+    let warmup = training.as_ref().map(|t| t.warmup).unwrap_or(0);
+    let lr_raises = lr_raises(&log, warmup);
+    let last_log = log.last().cloned();
     let steps_done = read("checkpoint/state.json")
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["step"].as_u64())
@@ -70,10 +76,28 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
         training,
         steps_done,
         last_log,
+        lr_raises,
         validation_layer_losses: validation_losses(m, 200)?,
         calibration: calibration.map(|c| serde_json::to_value(c).unwrap_or_default()),
         reproduce: reproduce(m, 0, 64)?,
     })
+}
+
+/// Runs of rising learning rate after warm-up in a training log, one `(first step, lr before,
+/// lr at the top)` per run (a lengthened schedule jumps once; a re-warm-up climbs for a while).
+fn lr_raises(log: &[LogLine], warmup: usize) -> Vec<(usize, f64, f64)> {
+    let mut out: Vec<(usize, f64, f64)> = Vec::new();
+    let mut rising = false;
+    for w in log.windows(2) {
+        let up = w[1].step > warmup && w[1].lr > w[0].lr * 1.01;
+        match (up, rising, out.last_mut()) {
+            (true, true, Some(last)) => last.2 = w[1].lr,
+            (true, _, _) => out.push((w[1].step, w[0].lr, w[1].lr)),
+            _ => {}
+        }
+        rising = up;
+    }
+    out
 }
 
 /// The greedy full-depth output for test sample `index`.
@@ -134,6 +158,12 @@ fn render(c: &Card) -> String {
             c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.out.display(), t.layers, t.hidden, t.heads, t.kv_heads,
             t.intermediate, t.vocab, t.max_len, t.steps, t.batch, t.lr, t.warmup
         ));
+        for (step, from, to) in &c.lr_raises {
+            s.push_str(&format!(
+                "- The learning rate was raised at step {step} ({from:.2e} → {to:.2e}): the schedule was lengthened or Adam's moments re-warmed \
+                 after a lost optimizer file; `train_log.jsonl` has the whole curve.\n"
+            ));
+        }
         if c.steps_done.unwrap_or(0) < t.steps {
             s.push_str("- **Status: training in progress.** The weights are an intermediate checkpoint; figures below are for it.\n");
         }
@@ -147,8 +177,16 @@ fn render(c: &Card) -> String {
     match c.calibration.as_ref().and_then(|v| serde_json::from_value::<Calibration>(v.clone()).ok()) {
         Some(cal) => {
             s.push_str(&calibrate::markdown(&cal));
-            s.push_str("\nReproduce: `exitbench calibrate --samples 200 --out results/calibration --write-card` (validation picks each measure's \
-                cheapest threshold with D ≤ 0.05; the test split reports it). Timings were measured on a shared 2-core machine; treat them as one run's medians.\n");
+            let command = if cal.command.is_empty() { format!("exitbench calibrate --samples {} --write-card", cal.samples) } else { cal.command.clone() };
+            s.push_str(&format!(
+                "\nReproduce: `{command}` (validation picks each measure's cheapest threshold with D ≤ {}; the test split reports it). \
+                 Timings were measured on a shared 2-core machine; treat them as one run's medians.\n",
+                cal.max_d
+            ));
+            s.push_str("\n### The bar (greedy, candle, f32; figures above)\n\n");
+            for (what, ok) in calibrate::bar(&cal) {
+                s.push_str(&format!("- {} {what}\n", if ok { "met:" } else { "**NOT met:**" }));
+            }
         }
         None => s.push_str("Not calibrated yet (`exitbench calibrate --write-card`).\n"),
     }
@@ -157,4 +195,20 @@ fn render(c: &Card) -> String {
         c.reproduce.dataset, c.reproduce.id, c.reproduce.max_new_tokens, c.reproduce.output
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(step: usize, lr: f64) -> LogLine {
+        LogLine { step, lr, loss: 1.0, layer_losses: vec![1.0], elapsed_s: 0.0, target_tokens: 1 }
+    }
+
+    #[test]
+    fn lr_raises_merges_a_climb_and_ignores_warmup_and_decay() {
+        let lrs = [(10, 1e-4), (20, 2e-4), (30, 1.0e-3), (40, 0.9e-3), (50, 0.2e-3), (60, 0.5e-3), (70, 0.8e-3), (80, 0.79e-3), (90, 0.3e-3), (100, 0.6e-3)];
+        let log: Vec<LogLine> = lrs.iter().map(|&(s, lr)| line(s, lr)).collect();
+        assert_eq!(lr_raises(&log, 30), vec![(60, 0.2e-3, 0.8e-3), (100, 0.3e-3, 0.6e-3)]);
+    }
 }

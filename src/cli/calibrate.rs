@@ -59,7 +59,8 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         ..RawSettings::defaults()
     };
     let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone() };
-    let cal = calibrate::calibrate(&o, &mut Quiet)?;
+    let mut cal = calibrate::calibrate(&o, &mut Quiet)?;
+    cal.command = std::iter::once("exitbench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     calibrate::write(&cal, &a.out)?;
     println!("{}", calibrate::markdown(&cal));
     if a.write_card {
