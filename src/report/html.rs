@@ -104,7 +104,9 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     s.push_str(&time_split_plot(&ok, records));
     s.push_str("</div><h3>Exit-layer histograms</h3><div class=\"plots\">");
     for r in &ok {
-        s.push_str(&histogram(&r.label, &records[r.record].exit_histogram));
+        let hist = &records[r.record].exit_histogram;
+        let colors: Vec<String> = (1..=hist.len()).map(|l| layer_color(l, hist.len())).collect();
+        s.push_str(&histogram(&r.label, hist, &colors));
     }
     s.push_str("</div>");
     samples_section(s, &ok, records);
@@ -123,7 +125,7 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
         let idx = match series.iter().position(|s| s.label == name) {
             Some(i) => i,
             None => {
-                series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, color: PALETTE[series.len() % PALETTE.len()].into() });
+                series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, hollow: false, color: PALETTE[series.len() % PALETTE.len()].into() });
                 series.len() - 1
             }
         };
@@ -131,7 +133,8 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     }
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
     let front = pareto(&pts);
-    series.push(Series { label: "Pareto frontier".into(), points: front.iter().map(|p| (p.0, p.1, "frontier".into())).collect(), line: true, dashed: true, color: "#555".into() });
+    // Drawn first so that the settings' own markers stay visible on top of it.
+    series.insert(0, Series { label: "Pareto frontier".into(), points: front.iter().map(|p| (p.0, p.1, "frontier".into())).collect(), line: true, dashed: true, hollow: true, color: "#555".into() });
     Chart {
         title: if energy { "J/token vs ROUGE-L".into() } else { "ms/token vs ROUGE-L (no energy meter)".into() },
         x_label: if energy { "joules per token".into() } else { "decode ms per token".into() },
@@ -156,8 +159,8 @@ fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
         let pts = |f: &dyn Fn(&ReportRow) -> Option<f64>| -> Vec<(f64, f64, String)> {
             cells.iter().filter_map(|r| Some((records[r.record].key.threshold?, f(r)?, r.label.clone()))).collect()
         };
-        series.push(Series { label: format!("{m} measured"), points: pts(&|r| r.speedup_measured), line: true, dashed: false, color: color.clone() });
-        series.push(Series { label: format!("{m} theoretical"), points: pts(&|r| r.speedup_theoretical), line: true, dashed: true, color });
+        series.push(Series { label: format!("{m} measured"), points: pts(&|r| r.speedup_measured), line: true, dashed: false, hollow: false, color: color.clone() });
+        series.push(Series { label: format!("{m} theoretical"), points: pts(&|r| r.speedup_theoretical), line: true, dashed: true, hollow: true, color });
     }
     Chart { title: "Speedup vs threshold".into(), x_label: "threshold λ".into(), y_label: "speedup over full depth (×)".into(), series }.render()
 }

@@ -34,6 +34,8 @@ pub struct Series {
     pub line: bool,
     /// Dashed line.
     pub dashed: bool,
+    /// Hollow markers (outlined circles), e.g. for modelled rather than measured values.
+    pub hollow: bool,
     /// Colour.
     pub color: String,
 }
@@ -116,11 +118,18 @@ impl Chart {
                 let dash = if ser.dashed { r#" stroke-dasharray="5,4""# } else { "" };
                 let _ = write!(s, r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"{dash}/>"#, path.join(" "), ser.color);
             }
+            let fill = if ser.hollow { "#fff" } else { ser.color.as_str() };
             for (x, y, tip) in &ser.points {
-                let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"><title>{}</title></circle>"#, sx(*x), sy(*y), ser.color, esc(tip));
+                let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{}" stroke-width="1.5"><title>{}</title></circle>"#, sx(*x), sy(*y), ser.color, esc(tip));
             }
+            // Legend: a short line in the series' style (when it has one) through its marker.
             let ly = T + 10.0 + i as f64 * 16.0;
-            let _ = write!(s, r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#, W - R + 10.0, ly - 9.0, ser.color, W - R + 25.0, ly, esc(&ser.label));
+            let lx = W - R + 8.0;
+            if ser.line {
+                let dash = if ser.dashed { r#" stroke-dasharray="4,3""# } else { "" };
+                let _ = write!(s, r#"<line x1="{lx}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="{}" stroke-width="1.5"{dash}/>"#, ly - 4.0, lx + 16.0, ly - 4.0, ser.color);
+            }
+            let _ = write!(s, r#"<circle cx="{}" cy="{:.1}" r="3.5" fill="{fill}" stroke="{}" stroke-width="1.5"/><text x="{}" y="{}">{}</text>"#, lx + 8.0, ly - 4.0, ser.color, lx + 22.0, ly, esc(&ser.label));
         }
         s.push_str("</svg>");
         s
@@ -142,7 +151,7 @@ pub fn stacked_bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], parts:
     let row_h = 18.0;
     let h = T + 20.0 + rows.len() as f64 * (row_h + 4.0) + 30.0;
     let left = 190.0;
-    let width = 340.0;
+    let width = 290.0;
     let max = rows.iter().map(|r| r.1.iter().sum::<f64>()).fold(0.0, f64::max).max(1e-12);
     let mut s = String::new();
     let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {h}" width="{W}" height="{h}" font-family="sans-serif" font-size="11">"#);
@@ -166,8 +175,10 @@ pub fn stacked_bars(title: &str, unit: &str, rows: &[(String, Vec<f64>)], parts:
     s
 }
 
-/// Vertical bars of a histogram (counts per layer 1..=L).
-pub fn histogram(title: &str, counts: &[u64]) -> String {
+/// Vertical bars of a histogram (counts per layer 1..=L, bar `i` in `colors[i]`), each labelled
+/// with its share of all tokens.
+pub fn histogram(title: &str, counts: &[u64], colors: &[String]) -> String {
+    let total = counts.iter().sum::<u64>().max(1) as f64;
     let (w, h) = (300.0, 200.0);
     let max = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let bw = (w - 50.0) / counts.len().max(1) as f64;
@@ -178,9 +189,13 @@ pub fn histogram(title: &str, counts: &[u64]) -> String {
         let bh = c as f64 / max * (h - 60.0);
         let x = 30.0 + i as f64 * bw;
         let y = h - 25.0 - bh;
-        let color = PALETTE[i % PALETTE.len()];
-        let _ = write!(s, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{color}"><title>layer {}: {c} tokens</title></rect><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+        let color = colors.get(i).map(String::as_str).unwrap_or(PALETTE[0]);
+        let share = 100.0 * c as f64 / total;
+        let _ = write!(s, r##"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{color}" stroke="#888" stroke-width="0.5"><title>layer {}: {c} tokens</title></rect><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"##,
             bw - 4.0, i + 1, x + (bw - 4.0) / 2.0, h - 12.0, i + 1);
+        if c > 0 {
+            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{share:.0}%</text>"#, x + (bw - 4.0) / 2.0, y - 3.0);
+        }
     }
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">exit layer</text></svg>"#, w / 2.0, h - 1.0);
     s
