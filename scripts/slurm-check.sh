@@ -21,7 +21,8 @@ key() { python3 -c '
 import json, sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
-    print(r["cell_id"], r["tokens"], r["avg_layers"], r["rouge"]["rougeL"]["mean"], [o["text"] for o in r["outputs"]])
+    k = dict(r["key"]); k.pop("machine")  # the fingerprint may follow the CPUs a task is bound to
+    print(json.dumps(k, sort_keys=True), r["tokens"], r["avg_layers"], r["rouge"]["rougeL"]["mean"], [o["text"] for o in r["outputs"]])
 ' "$1" | sort; }
 if diff <(key "$work/merged/results.jsonl") <(key "$work/whole/results.jsonl"); then
   echo "slurm-check: merged shards equal the unsharded sweep ($(wc -l < "$work/whole/results.jsonl") cells)"

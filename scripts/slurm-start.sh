@@ -17,7 +17,14 @@ chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
-cat > /etc/slurm/slurm.conf <<CONF
+# Never replace a site's own configuration: only a missing file or one this script wrote.
+conf=/etc/slurm/slurm.conf
+if [ -s "$conf" ] && ! grep -q '^ClusterName=exitbench$' "$conf"; then
+  echo "slurm-start: $conf exists and is not exitbench's one-node test cluster; not touching it" >&2
+  exit 1
+fi
+mkdir -p /etc/slurm
+cat > "$conf" <<CONF
 ClusterName=exitbench
 SlurmctldHost=$host
 SlurmUser=root

@@ -83,6 +83,9 @@ pub struct Calibration {
     pub measures: Vec<Chosen>,
     /// Threads used.
     pub threads: usize,
+    /// Backend, device and precision of the figures, e.g. `candle cpu f32`.
+    #[serde(default)]
+    pub runtime: String,
 }
 
 /// Runs the calibration; results land in `out/validation` and `out/test`.
@@ -122,7 +125,7 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
             runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true }, progress)?;
         }
     }
-    let records = store::read(&test_dir)?;
+    let records = current(&test_plan, store::read(&test_dir)?)?;
     crate::report::write_all(&records, &test_dir)?;
     let rows = derive(&records);
     summarize(&test_plan, &records, &rows, &chosen, o.max_d)
@@ -131,9 +134,16 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
 fn sweep(plan: &Plan, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
     let resume = plan.out.join(store::RESULTS_FILE).exists();
     runner::run(plan, RunOptions { shard: None, resume }, progress)?;
-    let records = store::read(&plan.out)?;
+    let records = current(plan, store::read(&plan.out)?)?;
     crate::report::write_all(&records, &plan.out)?;
     Ok(records)
+}
+
+/// Only the cells of this plan's model and settings: a reused directory may hold an earlier
+/// calibration of other weights.
+fn current(plan: &Plan, records: Vec<CellRecord>) -> Result<Vec<CellRecord>> {
+    let wh = runner::weights_hash(&plan.models[0].dir, plan.random_weights)?;
+    Ok(records.into_iter().filter(|r| r.key.weights_hash == wh && r.key.max_new_tokens == plan.max_new_tokens).collect())
 }
 
 /// The cheapest threshold of `measure` with D ≤ max_d: (threshold, D).
@@ -189,6 +199,7 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         oracle_avg_layers: oracle.map(|r| r.avg_layers),
         measures,
         threads: full.key.threads,
+        runtime: format!("{} {} {}", full.key.backend, full.key.device, full.key.dtype),
     })
 }
 
@@ -222,9 +233,9 @@ pub fn lead_baseline(ds: &DatasetSpec, n: usize) -> Option<f64> {
 pub fn markdown(c: &Calibration) -> String {
     let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "n/a".into());
     let mut s = format!(
-        "Test split, {} samples, greedy, candle CPU f32, {} thread(s). Full depth: ROUGE-L {:.3}, key facts exact {}{}, {:.3} ms/token. \
+        "Test split, {} samples, greedy, {}, {} thread(s). Full depth: ROUGE-L {:.3}, key facts exact {}{}, {:.3} ms/token. \
          Lead baseline ROUGE-L {}. Oracle average layers {}.\n\n",
-        c.samples, c.threads, c.full_rouge_l, c.key_facts_exact.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "n/a".into()),
+        c.samples, if c.runtime.is_empty() { "candle cpu f32" } else { c.runtime.as_str() }, c.threads, c.full_rouge_l, c.key_facts_exact.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "n/a".into()),
         c.key_facts_each.map(|e| format!(" (winner {:.1}%, score {:.1}%, top performer {:.1}%)", e[0] * 100.0, e[1] * 100.0, e[2] * 100.0)).unwrap_or_default(),
         c.full_ms_per_token, f(c.lead_rouge_l, 3), f(c.oracle_avg_layers, 2)
     );
@@ -302,6 +313,7 @@ mod tests {
             oracle_avg_layers: None,
             measures: vec![chosen("softmax-diff", Some(0.04), Some(2.0)), chosen("saturation", Some(0.07), Some(2.0)), chosen("classifier", None, None), chosen("softmax-max", Some(0.01), Some(1.4))],
             threads: 1,
+            runtime: "candle cpu f32".into(),
         };
         let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();
         // ROUGE-L ≥ 0.75 yes; 0.80 < 0.60 + 0.25 no; facts yes; diff yes; saturation D no; classifier none; max too slow.

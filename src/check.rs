@@ -85,8 +85,10 @@ pub fn compare(baseline: &[CellRecord], current: &[CellRecord], o: CheckOptions)
         }
         out.push(timing(&label, "ms_per_token", &b.ms_per_token, &c.ms_per_token, o));
         if let (Some(x), Some(y)) = (b.energy.j_per_token, c.energy.j_per_token) {
+            // Per-repetition statistics when recorded (t-test possible), else the one figure.
             let s = |v: f64| Stats { n: 1, mean: v, median: v, min: v, max: v, ci_lo: v, ci_hi: v, std: 0.0 };
-            out.push(timing(&label, "j_per_token", &s(x), &s(y), o));
+            let (bs, cs) = (b.energy.j_per_token_stats.unwrap_or_else(|| s(x)), c.energy.j_per_token_stats.unwrap_or_else(|| s(y)));
+            out.push(timing(&label, "j_per_token", &bs, &cs, o));
         }
     }
     out

@@ -352,3 +352,45 @@ fn generated_text_is_escaped_in_report_html() {
     assert!(!html.contains("<script"), "unescaped markup in report.html");
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 }
+
+#[test]
+fn repeated_values_empty_shards_torn_lines_and_resume_without_out() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 2);
+    let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
+    // A value given twice runs once: full, static@2, oracle and 2 measures × 2 thresholds.
+    let out = d.path().join("out");
+    let a = sweep_args_with(mp, dp, out.to_str().unwrap(), &[("--samples", "2"), ("--thresholds", "0.9,0.9,0.3"), ("--threads", "1,1")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let ids = cell_ids(&out.join("results.jsonl"));
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (7, 7), "{ids:?}");
+    // A shard with no group (one group, two shards) writes an empty results file, and merges.
+    let empty = d.path().join("empty");
+    let a = sweep_args_with(mp, dp, empty.to_str().unwrap(), &[("--samples", "2"), ("--shard", "2/2")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("has no configuration group"), "{err}");
+    assert_eq!(std::fs::read_to_string(empty.join("results.jsonl")).unwrap(), "");
+    let merged = d.path().join("merged");
+    let (code, _, err) = run(&["merge", out.to_str().unwrap(), empty.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cell_ids(&merged.join("results.jsonl")).len(), 7);
+    // Nothing to compare against: exit 2, not a silent pass.
+    let (code, _, err) = run(&["check", "--baseline", empty.to_str().unwrap(), "--current", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no finished"), "{err}");
+    // A torn last line cut inside a multi-byte character is skipped by report, with a warning.
+    let mut f = std::fs::OpenOptions::new().append(true).open(out.join("results.jsonl")).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"schema_version\":1,\"cell_id\":\"\xc3").unwrap();
+    drop(f);
+    let (code, _, err) = run(&["report", out.to_str().unwrap(), "--out", d.path().join("rep").to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("torn last line"), "{err}");
+    // --resume without --out would start a fresh directory: refused.
+    let (code, _, err) = run(&["run", "--resume", "--quiet", "--model", mp, "--dataset", dp]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--resume") && err.contains("--out"), "{err}");
+}

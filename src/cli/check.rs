@@ -34,11 +34,15 @@ pub struct CheckArgs {
 
 /// Runs the gate; returns whether it passed.
 pub fn run(a: CheckArgs) -> Result<bool> {
-    if a.tolerance < 0.0 || a.noise_threshold < 0.0 || !(a.significance > 0.0 && a.significance < 1.0) {
+    // Written so that NaN fails every condition.
+    if !(a.tolerance >= 0.0 && a.noise_threshold >= 0.0 && a.significance > 0.0 && a.significance < 1.0) {
         return Err(Error::setting("check", "--tolerance and --noise-threshold must be ≥ 0 and --significance in (0, 1)"));
     }
     let base = store::read(&a.baseline)?;
     let cur = store::read(&a.current)?;
+    if !base.iter().any(|r| r.status == "ok") {
+        return Err(Error::setting("--baseline", format!("{} holds no finished (status ok) cell to compare against", a.baseline.display())));
+    }
     let cmp = check::compare(&base, &cur, CheckOptions { tolerance: a.tolerance, noise_threshold: a.noise_threshold, significance: a.significance });
     let md = check::markdown(&cmp);
     println!("{md}");

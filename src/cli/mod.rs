@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rouge(a) => done(rouge::run(a)),
         Command::Data(c) => done(data::run(c)),
         Command::Train(a) => done(train::run(a)),
-        Command::Run(a) => done(run::run(*a)),
+        Command::Run(a) => run::run(*a),
         Command::Report(a) => done(report::run(a)),
         Command::Merge(a) => done(merge::run(a)),
         Command::Calibrate(a) => done(calibrate::run(a)),

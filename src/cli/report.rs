@@ -18,9 +18,14 @@ pub struct ReportArgs {
 
 /// Runs `exitbench report`.
 pub fn run(a: ReportArgs) -> Result<()> {
-    let mut records = Vec::new();
+    let mut inputs = Vec::new();
     for p in &a.inputs {
-        records.extend(store::read(p)?);
+        inputs.push(store::read(p)?);
+    }
+    // Overlapping inputs (a dir and its own results.jsonl, a merge and its parts): each cell once.
+    let (records, dropped) = crate::results::merge::merge(inputs);
+    if dropped > 0 {
+        eprintln!("warning: {dropped} record(s) repeat a cell already read; the first occurrence is kept");
     }
     if records.is_empty() {
         return Err(Error::setting("inputs", "no result records found"));

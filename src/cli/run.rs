@@ -173,14 +173,17 @@ impl Progress for Bar {
     }
 }
 
-/// Runs `exitbench run`.
-pub fn run(a: RunArgs) -> Result<()> {
+/// Runs `exitbench run`; the exit code is 1 when a cell of this run failed (its row says why).
+pub fn run(a: RunArgs) -> Result<i32> {
     let file = match &a.config {
         Some(p) => RawSettings::from_toml_file(p)?,
         None => RawSettings::default(),
     };
     let out_given = file.out.is_some() || a.out.is_some();
     let mut settings = RawSettings::defaults().overridden_by(file).overridden_by(a.flags());
+    if a.resume && !out_given {
+        return Err(Error::setting("--resume", "needs --out DIR (the sweep to continue): without --out every run starts a fresh results/run-<time>"));
+    }
     if !out_given {
         // Without --out every run gets its own directory, so the main command can be rerun.
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -208,5 +211,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         eprintln!("{line}");
     }
     eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
-    Ok(())
+    let failed = written.iter().filter(|r| r.status == "error").count();
+    if failed > 0 {
+        eprintln!("error: {failed} cell(s) failed; their rows in results.csv have status `error` and the reason");
+        return Ok(1);
+    }
+    Ok(0)
 }

@@ -43,6 +43,14 @@ impl Schedule {
         }
     }
 
+    /// Name with its parameter, as results keys record it: `fixed`, `decaying(tau=4)`.
+    pub fn key_name(&self) -> String {
+        match self {
+            Schedule::Fixed => "fixed".into(),
+            Schedule::Decaying { tau } => format!("decaying(tau={tau})"),
+        }
+    }
+
     /// The threshold at decode step `t` (0-based) of at most `n` new tokens.
     pub fn threshold(&self, lambda: f64, t: usize, n: usize) -> f64 {
         match *self {

@@ -145,22 +145,35 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
 }
 
 fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
-    let mut series = Vec::new();
-    let mut measures: Vec<String> = Vec::new();
+    // One line per measure and exit knobs (schedule, minimum exit layer, interval), so that
+    // points of different knobs are never joined.
+    let line_of = |rec: &CellRecord| {
+        let k = &rec.key;
+        let mut name = k.measure.clone();
+        if k.schedule != "fixed" {
+            name.push_str(&format!(" {}", k.schedule));
+        }
+        if k.min_exit_layer.unwrap_or(1) != 1 || k.exit_interval.unwrap_or(1) != 1 {
+            name.push_str(&format!(" [min {} every {}]", k.min_exit_layer.unwrap_or(1), k.exit_interval.unwrap_or(1)));
+        }
+        name
+    };
+    let mut lines: Vec<String> = Vec::new();
     for r in rows {
         let rec = &records[r.record];
-        if rec.key.baseline == "none" && !measures.contains(&rec.key.measure) {
-            measures.push(rec.key.measure.clone());
+        if rec.key.baseline == "none" && !lines.contains(&line_of(rec)) {
+            lines.push(line_of(rec));
         }
     }
-    for (i, m) in measures.iter().enumerate() {
+    let mut series = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()].to_string();
-        let cells: Vec<&&ReportRow> = rows.iter().filter(|r| records[r.record].key.measure == *m && records[r.record].key.baseline == "none").collect();
+        let cells: Vec<&&ReportRow> = rows.iter().filter(|r| records[r.record].key.baseline == "none" && line_of(&records[r.record]) == *line).collect();
         let pts = |f: &dyn Fn(&ReportRow) -> Option<f64>| -> Vec<(f64, f64, String)> {
             cells.iter().filter_map(|r| Some((records[r.record].key.threshold?, f(r)?, r.label.clone()))).collect()
         };
-        series.push(Series { label: format!("{m} measured"), points: pts(&|r| r.speedup_measured), line: true, dashed: false, hollow: false, color: color.clone() });
-        series.push(Series { label: format!("{m} theoretical"), points: pts(&|r| r.speedup_theoretical), line: true, dashed: true, hollow: true, color });
+        series.push(Series { label: format!("{line} measured"), points: pts(&|r| r.speedup_measured), line: true, dashed: false, hollow: false, color: color.clone() });
+        series.push(Series { label: format!("{line} theoretical"), points: pts(&|r| r.speedup_theoretical), line: true, dashed: true, hollow: true, color });
     }
     Chart { title: "Speedup vs threshold".into(), x_label: "threshold λ".into(), y_label: "speedup over full depth (×)".into(), series }.render()
 }

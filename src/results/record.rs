@@ -5,7 +5,7 @@
 
 use crate::hardware::Hardware;
 use crate::metrics::rouge::CorpusScores;
-use crate::metrics::stats::{self, Interval};
+use crate::metrics::stats;
 use serde::{Deserialize, Serialize};
 
 /// Version of this schema; bumped on incompatible changes.
@@ -46,6 +46,9 @@ pub struct CellKey {
     pub static_layer: Option<usize>,
     /// Machine fingerprint id.
     pub machine: String,
+    /// Maximum new tokens per sample (the decaying schedule depends on it too).
+    #[serde(default)]
+    pub max_new_tokens: usize,
 }
 
 impl CellKey {
@@ -54,18 +57,19 @@ impl CellKey {
         let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
         let u = |x: Option<usize>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
             self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads,
             self.measure, f(self.threshold), self.schedule, u(self.min_exit_layer), u(self.exit_interval), self.baseline,
-            u(self.static_layer), self.machine
+            u(self.static_layer), self.machine, self.max_new_tokens
         )
     }
 
     /// Key of the configuration group (what a full-depth baseline is matched on).
     pub fn group_id(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}",
-            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads, self.machine
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads, self.machine,
+            self.max_new_tokens
         )
     }
 
@@ -104,22 +108,23 @@ pub struct Stats {
     pub min: f64,
     /// Maximum.
     pub max: f64,
-    /// Lower end of the 95% bootstrap interval of the mean.
+    /// Lower end of the 95% Student-t interval of the mean.
     pub ci_lo: f64,
-    /// Upper end of the 95% bootstrap interval of the mean.
+    /// Upper end of the 95% Student-t interval of the mean.
     pub ci_hi: f64,
 }
 
 impl Stats {
-    /// Statistics of `xs` (bootstrap seeded with `seed`).
-    pub fn of(xs: &[f64], seed: u64) -> Stats {
+    /// Statistics of `xs`. (`_seed` is kept for callers; the interval is a Student-t one, which
+    /// does not resample.)
+    pub fn of(xs: &[f64], _seed: u64) -> Stats {
         if xs.is_empty() {
             return Stats::default();
         }
-        let Interval { mean, lo, hi } = stats::bootstrap_mean(xs, 1000, seed);
+        let (lo, hi) = stats::t_interval95(xs);
         Stats {
             n: xs.len(),
-            mean,
+            mean: stats::mean(xs),
             std: stats::std_dev(xs),
             median: stats::median(xs),
             min: xs.iter().cloned().fold(f64::INFINITY, f64::min),
@@ -185,6 +190,10 @@ pub struct Energy {
     pub min_window_repeats: Option<usize>,
     /// Meter warnings (short windows, zero readings...).
     pub warnings: Vec<String>,
+    /// Gross joules per pass over the repetitions (the figures above are the median repetition's).
+    pub energy_j_stats: Option<Stats>,
+    /// Gross joules per token over the repetitions.
+    pub j_per_token_stats: Option<Stats>,
 }
 
 /// One exited token in a trace.

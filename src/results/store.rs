@@ -4,7 +4,7 @@
 
 use super::record::CellRecord;
 use crate::error::{Error, Result};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// File name of the records inside a results directory.
@@ -31,20 +31,22 @@ pub fn append(path: &Path, rec: &CellRecord) -> Result<()> {
 /// Reads every record of a file or results directory.
 pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
     let path = records_path(p);
-    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let lines: Vec<String> = std::io::BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| Error::io(&path, e))?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    // A sweep killed mid-append leaves a last line without its newline, possibly cut inside a
+    // multi-byte character: that line alone is skipped; any other bad line is an error.
+    let ends_clean = bytes.is_empty() || bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let blank = |l: &[u8]| l.iter().all(u8::is_ascii_whitespace);
+    let last = lines.iter().rposition(|l| !blank(l));
     let mut out = Vec::with_capacity(lines.len());
-    let last = lines.iter().rposition(|l| !l.trim().is_empty());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    for (i, raw) in lines.iter().enumerate() {
+        if blank(raw) {
             continue;
         }
-        match serde_json::from_str::<CellRecord>(line) {
+        let parsed = std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<CellRecord>(l).map_err(|e| e.to_string()));
+        match parsed {
             Ok(r) => out.push(r),
-            Err(e) if Some(i) == last && e.is_eof() => {
+            Err(_) if Some(i) == last && !ends_clean => {
                 eprintln!("warning: {}: ignoring a torn last line {} (a sweep was killed while writing it)", path.display(), i + 1);
             }
             Err(e) => return Err(Error::file(&path, Some(i + 1), format!("not a result record: {e}"))),
@@ -60,5 +62,7 @@ pub fn repair_tail(path: &Path) -> Result<()> {
         return Ok(());
     }
     let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
-    std::fs::write(path, &bytes[..keep]).map_err(|e| Error::io(path, e))
+    // Truncate in place: rewriting the file would lose every record if killed in between.
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+    f.set_len(keep as u64).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
 }

@@ -244,7 +244,22 @@ fn list<T>(field: &str, v: &[String], parse: impl Fn(&str) -> Result<T>) -> Resu
     v.iter().map(|s| parse(s.trim())).collect()
 }
 
-/// Parses thresholds: numbers or `start:stop:step` ranges (inclusive, descending or ascending).
+/// The most thresholds one `start:stop:step` range may expand to.
+pub const MAX_RANGE_THRESHOLDS: usize = 10_000;
+
+/// Drops repeated values, keeping the first of each (a grid must not hold one cell twice).
+pub fn dedup_keep_order<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Parses thresholds: numbers or `start:stop:step` ranges (inclusive, descending or ascending);
+/// a value given twice counts once.
 pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for item in items {
@@ -258,10 +273,20 @@ pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
                 return Err(Error::setting("--thresholds", format!("`{item}` is not start:stop:step")));
             }
             let (a, b, step) = (num(parts[0])?, num(parts[1])?, num(parts[2])?.abs());
-            if step == 0.0 {
-                return Err(Error::setting("--thresholds", format!("`{item}` has a zero step")));
+            // Bounds before expansion: `0:1e9:1` must be an error, not billions of values.
+            for t in [a, b] {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(Error::setting("--thresholds", format!("{t} in `{item}` is outside [0, 1]")));
+                }
             }
-            let n = ((b - a).abs() / step + 1e-9).floor() as usize;
+            if !(step > 0.0) {
+                return Err(Error::setting("--thresholds", format!("`{item}` needs a positive step")));
+            }
+            let count = (b - a).abs() / step + 1e-9;
+            if count > MAX_RANGE_THRESHOLDS as f64 {
+                return Err(Error::setting("--thresholds", format!("`{item}` expands to {:.0} thresholds; at most {MAX_RANGE_THRESHOLDS} per range", count.floor() + 1.0)));
+            }
+            let n = count.floor() as usize;
             let dir = if b >= a { 1.0 } else { -1.0 };
             for i in 0..=n {
                 out.push(((a + dir * step * i as f64) * 1e9).round() / 1e9);
@@ -275,7 +300,7 @@ pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
             return Err(Error::setting("--thresholds", format!("{t} is outside [0, 1]")));
         }
     }
-    Ok(out)
+    Ok(dedup_keep_order(out))
 }
 
 impl Plan {
@@ -340,18 +365,29 @@ impl Plan {
         if repetitions == 0 {
             return Err(Error::setting("--repetitions", "must be at least 1"));
         }
+        // Repeated values (`--threads 1,1`, `--device cuda,cuda:0`) would run one cell twice.
+        let mut seen_models: Vec<PathBuf> = Vec::new();
+        let models: Vec<PlannedModel> = models
+            .into_iter()
+            .filter(|m| {
+                let canon = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
+                let fresh = !seen_models.contains(&canon);
+                seen_models.push(canon);
+                fresh
+            })
+            .collect();
         Ok(Plan {
             models,
-            backends,
-            devices,
-            dtypes,
-            threads: s.threads.clone(),
-            measures,
+            backends: dedup_keep_order(backends),
+            devices: dedup_keep_order(devices),
+            dtypes: dedup_keep_order(dtypes),
+            threads: s.threads.clone().map(dedup_keep_order),
+            measures: dedup_keep_order(measures),
             thresholds,
-            schedules,
-            min_exit_layers,
-            exit_intervals,
-            static_exits,
+            schedules: dedup_keep_order(schedules),
+            min_exit_layers: dedup_keep_order(min_exit_layers),
+            exit_intervals: dedup_keep_order(exit_intervals),
+            static_exits: dedup_keep_order(static_exits),
             oracle,
             dataset,
             examples,
@@ -389,8 +425,12 @@ mod tests {
 
     #[test]
     fn threshold_ranges_expand_inclusively() {
-        let t = parse_thresholds(&["0.9:0.5:0.1".into(), "0.95".into()]).unwrap();
-        assert_eq!(t, vec![0.9, 0.8, 0.7, 0.6, 0.5, 0.95]);
+        let t = parse_thresholds(&["0.9:0.5:0.1".into(), "0.95".into(), "0.7".into()]).unwrap();
+        assert_eq!(t, vec![0.9, 0.8, 0.7, 0.6, 0.5, 0.95], "0.7 twice counts once");
+        let e = parse_thresholds(&["0:1e9:1".into()]).unwrap_err().to_string();
+        assert!(e.contains("outside [0, 1]"), "{e}");
+        let e = parse_thresholds(&["0:1:1e-12".into()]).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
         assert!(parse_thresholds(&["1.2".into()]).unwrap_err().to_string().contains("outside [0, 1]"));
         assert!(parse_thresholds(&["0.1:0.5:0".into()]).is_err());
     }

@@ -82,15 +82,21 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     let mut meter = MeterCtx { window: &mut window, idle: &idle };
     let dataset_hash = hash_examples(plan);
     let mut todo = groups(plan);
+    let all_groups = todo.len();
     if let Some(s) = opts.shard {
         todo = s.select(todo);
+        if todo.is_empty() {
+            progress.warn(&format!("shard {}/{} has no configuration group to run (the grid has {all_groups}); it writes an empty results file", s.index, s.count));
+        }
     }
+    // An empty results file even when nothing runs here, so that merge and report take it.
+    std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
     let steps: usize = todo.iter().map(|g| g.modes.len() * (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions)).sum();
     progress.start(steps as u64);
     let mut written = Vec::new();
     for g in &todo {
         let ctx = GroupCtx { plan, group: g, hardware: &hardware, dataset_hash: &dataset_hash };
-        run_group(&ctx, &mut meter, &path, &done, progress, &mut written)?;
+        run_group(&ctx, &mut meter, &path, &mut done, progress, &mut written)?;
     }
     progress.finish();
     Ok(written)
@@ -110,7 +116,7 @@ impl GroupCtx<'_> {
             ExitMode::Full => ("-".into(), None, "-".into(), None, None, None),
             ExitMode::Static { layer } => ("-".into(), None, "-".into(), None, None, Some(*layer)),
             ExitMode::Oracle { min_exit_layer, exit_interval } => ("-".into(), None, "-".into(), Some(*min_exit_layer), Some(*exit_interval), None),
-            ExitMode::Dynamic(p) => (p.measure.name().to_string(), Some(p.threshold), p.schedule.name().to_string(), Some(p.min_exit_layer), Some(p.exit_interval), None),
+            ExitMode::Dynamic(p) => (p.measure.name().to_string(), Some(p.threshold), p.schedule.key_name(), Some(p.min_exit_layer), Some(p.exit_interval), None),
         };
         CellKey {
             model: g.model_dir.display().to_string(),
@@ -129,6 +135,7 @@ impl GroupCtx<'_> {
             baseline: mode.baseline().into(),
             static_layer,
             machine: self.hardware.machine_id.clone(),
+            max_new_tokens: self.plan.max_new_tokens,
         }
     }
 
@@ -175,7 +182,7 @@ struct MeterCtx<'a> {
     idle: &'a [(String, f64)],
 }
 
-fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
     let g = ctx.group;
     let plan = ctx.plan;
     let layers = plan.models[g.model].config.num_hidden_layers;
@@ -188,7 +195,7 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<S
             let wh = weights_hash(&g.model_dir, plan.random_weights)?;
             for mode in &g.modes {
                 let key = ctx.key(mode, &wh);
-                if !done.contains(&key.id()) {
+                if done.insert(key.id()) {
                     let rec = ctx.base_record(key, layers, "unsupported", Some(e.to_string()));
                     store::append(path, &rec)?;
                     written.push(rec);
@@ -206,7 +213,7 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<S
     let prompts = encode_prompts(plan, &m)?;
     for mode in &g.modes {
         let key = ctx.key(mode, &wh);
-        if done.contains(&key.id()) {
+        if !done.insert(key.id()) {
             (0..per_cell).for_each(|_| progress.tick());
             continue;
         }
@@ -216,7 +223,15 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &HashSet<S
                 (0..per_cell).for_each(|_| progress.tick());
                 ctx.base_record(key, layers, "unsupported", Some("the classifier measure needs exit classifiers; this model has none".into()))
             }
-            _ => run_cell(ctx, meter, &m, mode, &prompts, key, progress)?,
+            // A cell that fails at run time (an op or dtype the device lacks, memory) is a row
+            // with status `error` and the reason; the sweep goes on.
+            _ => match run_cell(ctx, meter, &m, mode, &prompts, key.clone(), progress) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    progress.warn(&format!("{}: failed: {e}", key.label()));
+                    ctx.base_record(key, layers, "error", Some(e.to_string()))
+                }
+            },
         };
         store::append(path, &rec)?;
         written.push(rec);
@@ -372,7 +387,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     rec.tokens_per_s = Stats::of(&tok_s, plan.seed);
     rec.duration_s = Stats::of(&dur, plan.seed);
     rec.time_split = split;
-    rec.energy = median_energy(energies);
+    rec.energy = median_energy(energies, plan.seed);
     rec.peak_mem_mb = peak;
     (rec.peak_device_mem_mb, rec.device_mem_scope) = gpu_mem.peak();
     rec.rouge = corpus(&scores, plan.seed);
@@ -533,14 +548,25 @@ fn energy_of(r: &crate::meter::WindowReading, idle: &[(String, f64)], w: &PassWo
         energy_dram_j: per(r.scope_j(Scope::Dram)),
         min_window_repeats: Some(w.passes),
         warnings,
+        energy_j_stats: None,
+        j_per_token_stats: None,
     }
 }
 
-/// The repetition with the median gross energy (all its figures kept together).
-fn median_energy(mut v: Vec<Energy>) -> Energy {
+/// The repetition with the median gross energy (all its figures kept together), with statistics
+/// over all repetitions attached.
+fn median_energy(mut v: Vec<Energy>, seed: u64) -> Energy {
     if v.is_empty() {
         return Energy { source: "none".into(), ..Default::default() };
     }
+    let over = |f: fn(&Energy) -> Option<f64>, v: &[Energy]| {
+        let xs: Vec<f64> = v.iter().filter_map(f).collect();
+        (!xs.is_empty()).then(|| Stats::of(&xs, seed))
+    };
+    let (energy_j_stats, j_per_token_stats) = (over(|e| e.energy_j, &v), over(|e| e.j_per_token, &v));
     v.sort_by(|a, b| a.energy_j.unwrap_or(0.0).total_cmp(&b.energy_j.unwrap_or(0.0)));
-    v.swap_remove((v.len() - 1) / 2)
+    let mut e = v.swap_remove((v.len() - 1) / 2);
+    e.energy_j_stats = energy_j_stats;
+    e.j_per_token_stats = j_per_token_stats;
+    e
 }
