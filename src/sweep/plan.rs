@@ -279,7 +279,7 @@ pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
                     return Err(Error::setting("--thresholds", format!("{t} in `{item}` is outside [0, 1]")));
                 }
             }
-            if !(step > 0.0) {
+            if step.is_nan() || step <= 0.0 {
                 return Err(Error::setting("--thresholds", format!("`{item}` needs a positive step")));
             }
             let count = (b - a).abs() / step + 1e-9;
