@@ -394,3 +394,40 @@ fn repeated_values_empty_shards_torn_lines_and_resume_without_out() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--resume") && err.contains("--out"), "{err}");
 }
+
+#[test]
+fn merged_machines_are_compared_side_by_side() {
+    let m = model();
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), 2);
+    let a_dir = d.path().join("a");
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), a_dir.to_str().unwrap(), &[("--samples", "2"), ("--measure", "softmax-diff"), ("--thresholds", "0.9")]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    // The same results as if from a second machine (another fingerprint, CPU and GPU).
+    let b_dir = d.path().join("b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let other: Vec<String> = lines(&a_dir.join("results.jsonl"))
+        .iter()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let old = r["key"]["machine"].as_str().unwrap().to_string();
+            r["key"]["machine"] = "othermachine01".into();
+            r["cell_id"] = r["cell_id"].as_str().unwrap().replace(&old, "othermachine01").into();
+            r["hardware"]["machine_id"] = "othermachine01".into();
+            r["hardware"]["cpu_model"] = "Example CPU | 96 cores".into();
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(b_dir.join("results.jsonl"), other.join("\n") + "\n").unwrap();
+    let merged = d.path().join("merged");
+    let (code, _, err) = run(&["merge", a_dir.to_str().unwrap(), b_dir.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(merged.join("summary.md")).unwrap();
+    let html = std::fs::read_to_string(merged.join("report.html")).unwrap();
+    assert!(md.contains("## Hardware") && md.contains("`othermachine01`") && md.contains("Example CPU \\| 96 cores"), "{md}");
+    assert!(html.contains("<h2>Hardware</h2>") && html.contains("<code>othermachine01</code>"), "missing hardware table in report.html");
+    // Each machine's full-depth speed sits in its row.
+    let row = md.lines().find(|l| l.contains("othermachine01")).unwrap();
+    assert!(row.contains("candle cpu f32 1t:"), "{row}");
+}

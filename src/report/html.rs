@@ -52,6 +52,21 @@ impl Exporter for HtmlExporter {
         let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
             R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
             Measured speedup = full depth's decode ms/token ÷ the setting's; theoretical = L ÷ average layers.</p>");
+        if let Some((header, machines)) = super::machines_table(records) {
+            s.push_str("<h2>Hardware</h2><table><tr>");
+            for h in header {
+                let _ = write!(s, "<th>{}</th>", esc(h));
+            }
+            s.push_str("</tr>");
+            for m in machines {
+                s.push_str("<tr>");
+                for (i, cell) in m.iter().enumerate() {
+                    let _ = if i == 0 { write!(s, "<td><code>{}</code></td>", esc(cell)) } else { write!(s, "<td>{}</td>", esc(cell)) };
+                }
+                s.push_str("</tr>");
+            }
+            s.push_str("</table>");
+        }
         let groups = super::group_order(rows);
         for g in groups {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();

@@ -73,29 +73,15 @@ impl Exporter for MarkdownExporter {
     }
 }
 
-/// With results from several machines, a side-by-side table of the hardware and of each
-/// machine's full-depth speed per configuration.
+/// With results from several machines, the hardware side by side ([`super::machines_table`]).
 fn write_machines(s: &mut String, records: &[CellRecord]) {
-    let mut machines: Vec<&crate::hardware::Hardware> = Vec::new();
-    for r in records {
-        if !machines.iter().any(|m| m.machine_id == r.hardware.machine_id) {
-            machines.push(&r.hardware);
-        }
-    }
-    if machines.len() < 2 {
-        return;
-    }
+    let Some((header, rows)) = super::machines_table(records) else { return };
     let _ = writeln!(s, "## Hardware\n");
-    let _ = writeln!(s, "| machine | CPU | logical CPUs | memory (MiB) | OS | kernel | exitbench | full depth ms/token (per dtype/threads) |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for m in machines {
-        let speeds: Vec<String> = records
-            .iter()
-            .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == "full" && r.status == "ok")
-            .map(|r| format!("{} {}t {}: {:.3}", r.key.dtype, r.key.threads, r.key.device, r.ms_per_token.median))
-            .collect();
-        let _ = writeln!(s, "| `{}` | {} | {} | {} | {} | {} | {} | {} |", m.machine_id, m.cpu_model, m.logical_cpus, m.memory_mib, m.os, m.kernel,
-            m.exitbench_version, speeds.join("; "));
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+    for r in rows {
+        let cells: Vec<String> = r[1..].iter().map(|c| c.replace('|', "\\|")).collect();
+        let _ = writeln!(s, "| `{}` | {} |", r[0], cells.join(" | "));
     }
     let _ = writeln!(s);
 }

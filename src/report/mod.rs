@@ -40,6 +40,35 @@ pub fn write_all(records: &[CellRecord], dir: &Path) -> Result<Vec<ReportRow>> {
     Ok(rows)
 }
 
+/// With results from more than one machine, the hardware side by side: a header and one row per
+/// machine (id, CPU, logical CPUs, memory, GPUs, OS, kernel, exitbench, and each machine's
+/// full-depth decode ms/token per configuration). `None` for a single machine.
+pub fn machines_table(records: &[CellRecord]) -> Option<(Vec<&'static str>, Vec<Vec<String>>)> {
+    let mut machines: Vec<&crate::hardware::Hardware> = Vec::new();
+    for r in records {
+        if !machines.iter().any(|m| m.machine_id == r.hardware.machine_id) {
+            machines.push(&r.hardware);
+        }
+    }
+    if machines.len() < 2 {
+        return None;
+    }
+    let header = vec!["machine", "CPU", "logical CPUs", "memory (MiB)", "GPUs", "OS", "kernel", "exitbench", "full depth ms/token (per configuration)"];
+    let rows = machines
+        .iter()
+        .map(|m| {
+            let speeds: Vec<String> = records
+                .iter()
+                .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == "full" && r.status == "ok")
+                .map(|r| format!("{} {} {} {}t: {:.3}", r.key.backend, r.key.device, r.key.dtype, r.key.threads, r.ms_per_token.median))
+                .collect();
+            let gpus = m.gpu.as_ref().map(|g| g.gpus.iter().map(|x| x.name.clone()).collect::<Vec<_>>().join(", ")).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into());
+            vec![m.machine_id.clone(), m.cpu_model.clone(), m.logical_cpus.to_string(), m.memory_mib.to_string(), gpus, m.os.clone(), m.kernel.clone(), m.exitbench_version.clone(), speeds.join("; ")]
+        })
+        .collect();
+    Some((header, rows))
+}
+
 /// Group ids in order of first appearance.
 pub fn group_order(rows: &[ReportRow]) -> Vec<&str> {
     let mut groups: Vec<&str> = Vec::new();
