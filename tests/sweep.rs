@@ -21,6 +21,13 @@ fn model() -> tempfile::TempDir {
     d
 }
 
+/// A tiny model, a temporary directory and an `n`-line dataset in it.
+fn fixture(n: usize) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let data = dataset(d.path(), n);
+    (model(), d, data)
+}
+
 fn dataset(dir: &Path, n: usize) -> PathBuf {
     let p = dir.join("data.jsonl");
     let lines: Vec<String> = (0..n)
@@ -107,9 +114,7 @@ fn golden(name: &str, got: &str) {
 
 #[test]
 fn golden_csv_and_markdown() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 4);
+    let (m, d, data) = fixture(4);
     let out = d.path().join("out");
     let args = sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
     let (code, stdout, err) = run(&args);
@@ -146,9 +151,7 @@ fn cell_ids(p: &Path) -> Vec<String> {
 
 #[test]
 fn sigkill_then_resume_keeps_every_cell_once() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 12);
+    let (m, d, data) = fixture(12);
     let out = d.path().join("out");
     let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(),
         &[("--samples", "12"), ("--max-new-tokens", "24"), ("--repetitions", "3")]);
@@ -185,9 +188,7 @@ fn sigkill_then_resume_keeps_every_cell_once() {
 
 #[test]
 fn shards_merged_equal_the_unsharded_sweep() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 3);
+    let (m, d, data) = fixture(3);
     let mp = m.path().to_str().unwrap().to_string();
     let dp = data.to_str().unwrap().to_string();
     let sweep = |out: &Path, shard: Option<&str>| {
@@ -234,9 +235,7 @@ fn sorted_csv(dir: &Path) -> String {
 
 #[test]
 fn check_passes_identical_and_fails_a_doctored_regression() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 3);
+    let (m, d, data) = fixture(3);
     let out = d.path().join("base");
     let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "3")]);
     let (code, _, err) = run(&a);
@@ -283,9 +282,7 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
 
 #[test]
 fn bad_settings_name_the_field_or_line() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 2);
+    let (m, d, data) = fixture(2);
     let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
     let out = d.path().join("o");
     let o = out.to_str().unwrap();
@@ -318,9 +315,7 @@ fn bad_settings_name_the_field_or_line() {
 
 #[test]
 fn generated_text_is_escaped_in_report_html() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 2);
+    let (m, d, data) = fixture(2);
     let out = d.path().join("o");
     let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "2")]);
     let (code, _, err) = run(&a);
@@ -355,9 +350,7 @@ fn generated_text_is_escaped_in_report_html() {
 
 #[test]
 fn repeated_values_empty_shards_torn_lines_and_resume_without_out() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 2);
+    let (m, d, data) = fixture(2);
     let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
     // A value given twice runs once: full, static@2, oracle and 2 measures × 2 thresholds.
     let out = d.path().join("out");
@@ -397,9 +390,7 @@ fn repeated_values_empty_shards_torn_lines_and_resume_without_out() {
 
 #[test]
 fn merged_machines_are_compared_side_by_side() {
-    let m = model();
-    let d = tempfile::tempdir().unwrap();
-    let data = dataset(d.path(), 2);
+    let (m, d, data) = fixture(2);
     let a_dir = d.path().join("a");
     let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), a_dir.to_str().unwrap(), &[("--samples", "2"), ("--measure", "softmax-diff"), ("--thresholds", "0.9")]);
     let (code, _, err) = run(&args);

@@ -53,7 +53,6 @@ pub fn median(xs: &[f64]) -> f64 {
     quantile(xs, 0.5)
 }
 
-/// Mean with a percentile-bootstrap 95% interval from `resamples` resamples (seeded).
 /// 95% Student-t interval of the mean, (lo, hi): mean ± t₀.₉₇₅,ₙ₋₁ · s / √n. Right for a few
 /// repetitions, where a percentile bootstrap is too narrow; a single value gives (x, x).
 pub fn t_interval95(xs: &[f64]) -> (f64, f64) {
@@ -68,6 +67,7 @@ pub fn t_interval95(xs: &[f64]) -> (f64, f64) {
     (m - half, m + half)
 }
 
+/// Mean with a percentile-bootstrap 95% interval from `resamples` resamples (seeded).
 pub fn bootstrap_mean(xs: &[f64], resamples: usize, seed: u64) -> Interval {
     let m = mean(xs);
     if xs.len() < 2 {

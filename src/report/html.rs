@@ -162,17 +162,7 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
 fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     // One line per measure and exit knobs (schedule, minimum exit layer, interval), so that
     // points of different knobs are never joined.
-    let line_of = |rec: &CellRecord| {
-        let k = &rec.key;
-        let mut name = k.measure.clone();
-        if k.schedule != "fixed" {
-            name.push_str(&format!(" {}", k.schedule));
-        }
-        if k.min_exit_layer.unwrap_or(1) != 1 || k.exit_interval.unwrap_or(1) != 1 {
-            name.push_str(&format!(" [min {} every {}]", k.min_exit_layer.unwrap_or(1), k.exit_interval.unwrap_or(1)));
-        }
-        name
-    };
+    let line_of = |rec: &CellRecord| format!("{}{}", rec.key.measure, rec.key.knobs());
     let mut lines: Vec<String> = Vec::new();
     for r in rows {
         let rec = &records[r.record];

@@ -79,17 +79,21 @@ impl CellKey {
             "full" => "full".into(),
             "static" => format!("static@{}", self.static_layer.unwrap_or(0)),
             "oracle" => "oracle".into(),
-            _ => {
-                let mut s = format!("{}@{}", self.measure, self.threshold.unwrap_or(0.0));
-                if self.schedule != "fixed" {
-                    s.push_str(&format!(" ({})", self.schedule));
-                }
-                if self.min_exit_layer.unwrap_or(1) != 1 || self.exit_interval.unwrap_or(1) != 1 {
-                    s.push_str(&format!(" [min {} every {}]", self.min_exit_layer.unwrap_or(1), self.exit_interval.unwrap_or(1)));
-                }
-                s
-            }
+            _ => format!("{}@{}{}", self.measure, self.threshold.unwrap_or(0.0), self.knobs()),
         }
+    }
+
+    /// The exit knobs that differ from the defaults, as a label suffix: ` (decaying(tau=4))`,
+    /// ` [min 2 every 1]`; empty for a fixed schedule from layer 1 at every layer.
+    pub fn knobs(&self) -> String {
+        let mut s = String::new();
+        if self.schedule != "fixed" {
+            s.push_str(&format!(" ({})", self.schedule));
+        }
+        if self.min_exit_layer.unwrap_or(1) != 1 || self.exit_interval.unwrap_or(1) != 1 {
+            s.push_str(&format!(" [min {} every {}]", self.min_exit_layer.unwrap_or(1), self.exit_interval.unwrap_or(1)));
+        }
+        s
     }
 }
 
@@ -115,9 +119,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Statistics of `xs`. (`_seed` is kept for callers; the interval is a Student-t one, which
-    /// does not resample.)
-    pub fn of(xs: &[f64], _seed: u64) -> Stats {
+    /// Statistics of `xs`, with a Student-t interval of the mean.
+    pub fn of(xs: &[f64]) -> Stats {
         if xs.is_empty() {
             return Stats::default();
         }

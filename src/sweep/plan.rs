@@ -248,14 +248,23 @@ fn list<T>(field: &str, v: &[String], parse: impl Fn(&str) -> Result<T>) -> Resu
 pub const MAX_RANGE_THRESHOLDS: usize = 10_000;
 
 /// Drops repeated values, keeping the first of each (a grid must not hold one cell twice).
-pub fn dedup_keep_order<T: PartialEq>(v: Vec<T>) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(v.len());
-    for x in v {
-        if !out.contains(&x) {
-            out.push(x);
-        }
-    }
-    out
+pub fn dedup_keep_order<T: PartialEq + Clone>(v: Vec<T>) -> Vec<T> {
+    dedup_by_key(v, T::clone)
+}
+
+/// Drops values whose `key` was seen before, keeping the first of each.
+pub fn dedup_by_key<T, K: PartialEq>(v: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut seen: Vec<K> = Vec::with_capacity(v.len());
+    v.into_iter()
+        .filter(|x| {
+            let k = key(x);
+            let fresh = !seen.contains(&k);
+            if fresh {
+                seen.push(k);
+            }
+            fresh
+        })
+        .collect()
 }
 
 /// Parses thresholds: numbers or `start:stop:step` ranges (inclusive, descending or ascending);
@@ -366,16 +375,7 @@ impl Plan {
             return Err(Error::setting("--repetitions", "must be at least 1"));
         }
         // Repeated values (`--threads 1,1`, `--device cuda,cuda:0`) would run one cell twice.
-        let mut seen_models: Vec<PathBuf> = Vec::new();
-        let models: Vec<PlannedModel> = models
-            .into_iter()
-            .filter(|m| {
-                let canon = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
-                let fresh = !seen_models.contains(&canon);
-                seen_models.push(canon);
-                fresh
-            })
-            .collect();
+        let models = dedup_by_key(models, |m| m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone()));
         Ok(Plan {
             models,
             backends: dedup_keep_order(backends),

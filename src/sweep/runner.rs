@@ -382,12 +382,12 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     rec.tokens = tokens as usize;
     rec.avg_layers = if tokens > 0 { hist.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / tokens as f64 } else { 0.0 };
     rec.exit_histogram = hist;
-    rec.prefill_s = Stats::of(&first.iter().map(|g| g.prefill_s).collect::<Vec<_>>(), plan.seed);
-    rec.ms_per_token = Stats::of(&ms_tok, plan.seed);
-    rec.tokens_per_s = Stats::of(&tok_s, plan.seed);
-    rec.duration_s = Stats::of(&dur, plan.seed);
+    rec.prefill_s = Stats::of(&first.iter().map(|g| g.prefill_s).collect::<Vec<_>>());
+    rec.ms_per_token = Stats::of(&ms_tok);
+    rec.tokens_per_s = Stats::of(&tok_s);
+    rec.duration_s = Stats::of(&dur);
     rec.time_split = split;
-    rec.energy = median_energy(energies, plan.seed);
+    rec.energy = median_energy(energies);
     rec.peak_mem_mb = peak;
     (rec.peak_device_mem_mb, rec.device_mem_scope) = gpu_mem.peak();
     rec.rouge = corpus(&scores, plan.seed);
@@ -555,13 +555,13 @@ fn energy_of(r: &crate::meter::WindowReading, idle: &[(String, f64)], w: &PassWo
 
 /// The repetition with the median gross energy (all its figures kept together), with statistics
 /// over all repetitions attached.
-fn median_energy(mut v: Vec<Energy>, seed: u64) -> Energy {
+fn median_energy(mut v: Vec<Energy>) -> Energy {
     if v.is_empty() {
         return Energy { source: "none".into(), ..Default::default() };
     }
     let over = |f: fn(&Energy) -> Option<f64>, v: &[Energy]| {
         let xs: Vec<f64> = v.iter().filter_map(f).collect();
-        (!xs.is_empty()).then(|| Stats::of(&xs, seed))
+        (!xs.is_empty()).then(|| Stats::of(&xs))
     };
     let (energy_j_stats, j_per_token_stats) = (over(|e| e.energy_j, &v), over(|e| e.j_per_token, &v));
     v.sort_by(|a, b| a.energy_j.unwrap_or(0.0).total_cmp(&b.energy_j.unwrap_or(0.0)));
