@@ -86,6 +86,9 @@ pub struct Calibration {
     /// Backend, device and precision of the figures, e.g. `candle cpu f32`.
     #[serde(default)]
     pub runtime: String,
+    /// The machine the figures were measured on (CPU model, logical CPUs, GPU when used).
+    #[serde(default)]
+    pub machine: String,
 }
 
 /// Runs the calibration; results land in `out/validation` and `out/test`.
@@ -200,7 +203,12 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         measures,
         threads: full.key.threads,
         runtime: format!("{} {} {}", full.key.backend, full.key.device, full.key.dtype),
+        machine: machine_of(&full.hardware),
     })
+}
+
+fn machine_of(h: &crate::hardware::Hardware) -> String {
+    format!("{} ({} logical CPUs, {} MiB)", h.cpu_model, h.logical_cpus, h.memory_mib)
 }
 
 /// Share of full-depth outputs stating each key fact (winner, score, top performer).
@@ -314,6 +322,7 @@ mod tests {
             measures: vec![chosen("softmax-diff", Some(0.04), Some(2.0)), chosen("saturation", Some(0.07), Some(2.0)), chosen("classifier", None, None), chosen("softmax-max", Some(0.01), Some(1.4))],
             threads: 1,
             runtime: "candle cpu f32".into(),
+            machine: String::new(),
         };
         let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();
         // ROUGE-L ≥ 0.75 yes; 0.80 < 0.60 + 0.25 no; facts yes; diff yes; saturation D no; classifier none; max too slow.

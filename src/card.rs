@@ -8,7 +8,7 @@ use crate::decode::{generate, GenerateOptions, Sampling};
 use crate::error::{Error, Result};
 use crate::exit::ExitMode;
 use crate::model::LoadedModel;
-use crate::train::{batch_of, calm_loss, encode_example, tokenizer::EOS_ID, LogLine, TrainOptions};
+use crate::train::{batch_of, calm_loss, checkpoint, encode_example, tokenizer::EOS_ID, LogLine, RunLine, TrainOptions};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -32,7 +32,8 @@ pub struct Reproduce {
 pub struct Card {
     /// Model name (directory name).
     pub name: String,
-    /// Synthetic generator version the model was trained on.
+    /// Synthetic generator version the model was trained on (from `checkpoint/state.json`, which
+    /// training writes; "unknown" for a model exitbench did not train).
     pub generator_version: String,
     /// Parameter count.
     pub parameters: usize,
@@ -47,6 +48,13 @@ pub struct Card {
     /// Where the logged learning rate went up after warm-up: (step, before, after).
     #[serde(default)]
     pub lr_raises: Vec<(usize, f64, f64)>,
+    /// Every training invocation recorded in `train_runs.jsonl` (kept since step 4,050 of the
+    /// embedded model; earlier ones show only as `lr_raises`).
+    #[serde(default)]
+    pub runs: Vec<RunLine>,
+    /// `exit_classifier.json`: what the exit classifiers were trained on, and their fits.
+    #[serde(default)]
+    pub classifier: Option<serde_json::Value>,
     /// Per-layer cross-entropy on 200 validation samples (summary tokens).
     pub validation_layer_losses: Vec<f32>,
     /// Calibration figures (validation → test), if run.
@@ -64,19 +72,20 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
     let warmup = training.as_ref().map(|t| t.warmup).unwrap_or(0);
     let lr_raises = lr_raises(&log, warmup);
     let last_log = log.last().cloned();
-    let steps_done = read("checkpoint/state.json")
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["step"].as_u64())
-        .map(|s| s as usize);
+    let state = checkpoint::read_state(dir)?;
+    let runs: Vec<RunLine> = read("train_runs.jsonl").map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
+    let classifier = read(crate::model::weights::CLASSIFIER_INFO_FILE).and_then(|t| serde_json::from_str(&t).ok());
     Ok(Card {
         name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        generator_version: synth::GENERATOR_VERSION.into(),
+        generator_version: state.as_ref().map(|s| s.generator_version.clone()).unwrap_or_else(|| "unknown".into()),
         parameters: m.config.param_count(),
         config: serde_json::to_value(&m.config).map_err(|e| Error::Internal(e.to_string()))?,
         training,
-        steps_done,
+        steps_done: state.map(|s| s.step),
         last_log,
         lr_raises,
+        runs,
+        classifier,
         validation_layer_losses: validation_losses(m, 200)?,
         calibration: calibration.map(|c| serde_json::to_value(c).unwrap_or_default()),
         reproduce: reproduce(m, 0, 64)?,
@@ -150,19 +159,26 @@ fn render(c: &Card) -> String {
         cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"],
         cfg["vocab_size"], cfg["max_position_embeddings"], c.parameters, c.parameters as f64 / 1e6
     ));
+    if let Ok(config) = serde_json::from_value::<crate::model::LlamaConfig>(cfg.clone()) {
+        s.push_str(&vocabulary_note(&config));
+    }
     if let Some(t) = &c.training {
         s.push_str(&format!(
-            "- Training: {} of {} steps of {} sequences (AdamW, peak lr {}, warm-up {}, cosine decay), seed {}; command: \
-             `scripts/train-default.sh` (= `exitbench train --model {} --layers {} --hidden {} --heads {} --kv-heads {} --intermediate {} \
-             --vocab {} --max-len {} --steps {} --batch {} --lr {} --warmup {}`), resumable from `checkpoint/`.\n",
-            c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.out.display(), t.layers, t.hidden, t.heads, t.kv_heads,
-            t.intermediate, t.vocab, t.max_len, t.steps, t.batch, t.lr, t.warmup
+            "- Training: {} of {} steps of {} sequences (AdamW, peak lr {}, warm-up {}, cosine decay), seed {}; final command: \
+             `scripts/train-default.sh` (= `{}`), resumable from `checkpoint/`. Rerunning it from scratch follows the final \
+             schedule only; the raises below are part of how this model was made.\n",
+            c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.command()
         ));
         for (step, from, to) in &c.lr_raises {
-            s.push_str(&format!(
-                "- The learning rate was raised at step {step} ({from:.2e} → {to:.2e}): the schedule was lengthened or Adam's moments re-warmed \
-                 after a lost optimizer file; `train_log.jsonl` has the whole curve.\n"
-            ));
+            let why = match c.runs.iter().find(|r| r.from_step > 0 && r.from_step < *step && *step <= r.from_step + 20) {
+                Some(r) => format!("the run resumed at step {} with --steps {}", r.from_step, r.options.steps),
+                None => "the schedule was lengthened (--steps raised on resuming) or Adam's moments re-warmed after a lost optimizer file".into(),
+            };
+            s.push_str(&format!("- The learning rate was raised at step {step} ({from:.2e} → {to:.2e}): {why}; `train_log.jsonl` has the whole curve.\n"));
+        }
+        if !c.runs.is_empty() {
+            let list = c.runs.iter().map(|r| format!("from step {} with --steps {} --lr {}", r.from_step, r.options.steps, r.options.lr)).collect::<Vec<_>>();
+            s.push_str(&format!("- Invocations recorded in `train_runs.jsonl`: {}.\n", list.join("; ")));
         }
         if c.steps_done.unwrap_or(0) < t.steps {
             s.push_str("- **Status: training in progress.** The weights are an intermediate checkpoint; figures below are for it.\n");
@@ -173,6 +189,16 @@ fn render(c: &Card) -> String {
     if let Some(l) = &c.last_log {
         s.push_str(&format!("- Last training batch (step {}): per-layer loss {}.\n", l.step, fmt(&l.layer_losses)));
     }
+    if let Some(info) = &c.classifier {
+        let acc = info["fits"].as_array().map(|f| f.iter().filter_map(|x| x["accuracy"].as_f64()).map(|a| format!("{a:.3}")).collect::<Vec<_>>().join(", "));
+        s.push_str(&format!(
+            "- Exit classifiers (one logistic regression per layer on the frozen model, label: the layer's argmax equals the last layer's): \
+             `exitbench train --classifier-only --model {} --samples {} --classifier-epochs {}` on the synthetic train split; \
+             training accuracy per layer {}.\n",
+            c.training.as_ref().map(|t| t.out.display().to_string()).unwrap_or_else(|| format!("models/{}", c.name)),
+            info["examples"], info["epochs"], acc.unwrap_or_default()
+        ));
+    }
     s.push_str("\n## Figures measured by the harness\n\n");
     match c.calibration.as_ref().and_then(|v| serde_json::from_value::<Calibration>(v.clone()).ok()) {
         Some(cal) => {
@@ -180,8 +206,9 @@ fn render(c: &Card) -> String {
             let command = if cal.command.is_empty() { format!("exitbench calibrate --samples {} --write-card", cal.samples) } else { cal.command.clone() };
             s.push_str(&format!(
                 "\nReproduce: `{command}` (validation picks each measure's cheapest threshold with D ≤ {}; the test split reports it). \
-                 Timings were measured on a shared 2-core machine; treat them as one run's medians.\n",
-                cal.max_d
+                 Timings were measured on {}; they are one run's medians, and a shared or different machine gives other times.\n",
+                cal.max_d,
+                if cal.machine.is_empty() { "an unrecorded machine" } else { &cal.machine }
             ));
             s.push_str("\n### The bar (greedy, candle, f32; figures above)\n\n");
             for (what, ok) in calibrate::bar(&cal) {
@@ -195,6 +222,23 @@ fn render(c: &Card) -> String {
         c.reproduce.dataset, c.reproduce.id, c.reproduce.max_new_tokens, c.reproduce.output
     ));
     s
+}
+
+/// Why the vocabulary is as small as it is: what one softmax exit check costs next to a layer.
+fn vocabulary_note(cfg: &crate::model::LlamaConfig) -> String {
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.kv_heads() * cfg.head_dim());
+    let layer = 2 * d * q + 2 * d * kv + 3 * d * cfg.intermediate_size;
+    format!(
+        "- Vocabulary: chosen small on purpose. A softmax-based exit check runs the LM head ({d} × {v} = {} multiply-adds per token) \
+         against {} in a layer's projections, so a check costs {:.2} of a layer (before attention over the cache); with a \
+         32,000-token vocabulary it would cost {:.1} layers and eat the savings. {v} pieces still hold the task's common words \
+         whole while names are spelled from sub-word pieces, which the model must copy.\n",
+        d * v,
+        layer,
+        (d * v) as f64 / layer as f64,
+        (d * 32_000) as f64 / layer as f64
+    )
 }
 
 #[cfg(test)]

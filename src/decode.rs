@@ -107,12 +107,14 @@ impl Generation {
         self.tokens.iter().map(|t| t.id).collect()
     }
 
-    /// Mean exit layer over generated tokens (0 when none).
+    /// Mean exit layer over the decoded tokens: every generated token after the first, which
+    /// the full prefill produced without an exit decision. The same tokens `decode_s` times, so
+    /// L ÷ this is the theoretical speedup of the decode time (0 when none were decoded).
     pub fn avg_layers(&self) -> f64 {
-        if self.tokens.is_empty() {
+        if self.tokens.len() < 2 {
             return 0.0;
         }
-        self.tokens.iter().map(|t| t.exit_layer as f64).sum::<f64>() / self.tokens.len() as f64
+        self.tokens.iter().skip(1).map(|t| t.exit_layer as f64).sum::<f64>() / (self.tokens.len() - 1) as f64
     }
 
     /// Decode seconds (every token after the first, which the prefill produced).

@@ -19,6 +19,18 @@ pub mod train;
 
 /// The embedded default model, relative to the repository root.
 pub const DEFAULT_MODEL: &str = "models/cricket-6l";
+
+/// Where the default model is: [`DEFAULT_MODEL`] when the working directory is the repository
+/// root (the usual case, and the name records keep), else the copy in the source tree this binary
+/// was built from, so `exitbench run` works from any directory on the machine that built it.
+pub fn default_model() -> String {
+    let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
+    if std::path::Path::new(DEFAULT_MODEL).is_dir() || !built_from.is_dir() {
+        DEFAULT_MODEL.to_string()
+    } else {
+        built_from.display().to_string()
+    }
+}
 pub mod testkit;
 pub mod hardware;
 pub mod meter;

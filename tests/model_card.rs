@@ -17,7 +17,17 @@ fn card() -> exitbench::card::Card {
 
 #[test]
 fn card_generator_version_matches_this_build() {
-    assert_eq!(card().generator_version, synth::GENERATOR_VERSION, "the shipped model was trained on another generator version");
+    // The version training recorded with the weights, not the one of whatever build wrote the card.
+    let state = exitbench::train::checkpoint::read_state(&model_dir()).unwrap().expect("the shipped model keeps checkpoint/state.json");
+    assert_eq!(card().generator_version, state.generator_version, "card.json and checkpoint/state.json disagree");
+    assert_eq!(state.generator_version, synth::GENERATOR_VERSION, "the shipped model was trained on another generator version");
+}
+
+#[test]
+fn shipped_classifiers_belong_to_the_shipped_weights() {
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("exit_classifier.json")).unwrap()).unwrap();
+    let now = exitbench::model::weights::decoder_fingerprint(&model_dir()).unwrap();
+    assert_eq!(info["decoder_fingerprint"].as_str(), Some(now.as_str()), "retrain with `exitbench train --classifier-only`");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
     /// Model directory.
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    #[arg(long, default_value_t = crate::default_model())]
     pub model: String,
     /// Measures.
     #[arg(long, value_delimiter = ',', default_value = "softmax-diff,softmax-max,saturation,classifier")]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Model directory (Hugging Face layout).
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    #[arg(long, default_value_os_t = PathBuf::from(crate::default_model()))]
     pub model: PathBuf,
     /// Runtime: candle.
     #[arg(long, default_value = "candle")]

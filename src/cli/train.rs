@@ -11,18 +11,19 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
     /// Model directory to write (or, with --classifier-only, to read and add classifiers to).
-    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    #[arg(long, default_value_os_t = PathBuf::from(crate::default_model()))]
     pub model: PathBuf,
     /// Only train per-layer exit classifiers on the frozen model.
     #[arg(long)]
     pub classifier_only: bool,
-    /// Dataset for --classifier-only (synth:train, synth:validation or a JSONL file).
-    #[arg(long, default_value = "synth:train")]
-    pub dataset: String,
+    /// Dataset for --classifier-only (synth:train, synth:validation or a JSONL file) [default:
+    /// synth:train]. The decoder itself always trains on the synthetic train split.
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Examples used for --classifier-only.
     #[arg(long, default_value_t = 400)]
     pub samples: usize,
-    /// Full-batch epochs of the classifiers.
+    /// Full-batch epochs of the classifiers (--classifier-only).
     #[arg(long, default_value_t = 300)]
     pub classifier_epochs: usize,
     /// Decoder layers.
@@ -82,7 +83,10 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> Result<()> {
     crate::backend::set_cpu_threads(a.threads);
     if a.classifier_only {
-        let ds = DatasetSpec::parse(&a.dataset)?;
+        if a.samples == 0 || a.classifier_epochs == 0 {
+            return Err(Error::setting("train", "--samples and --classifier-epochs must be positive"));
+        }
+        let ds = DatasetSpec::parse(a.dataset.as_deref().unwrap_or("synth:train"))?;
         let examples = ds.load(Some(a.samples))?;
         let m = LoadedModel::load(&a.model, &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
         let (path, fits) = classifier::train_classifiers(&m, &examples, a.classifier_epochs, 0.05)?;
@@ -92,8 +96,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         println!("wrote {}", path.display());
         return Ok(());
     }
-    if a.layers == 0 || a.hidden == 0 || a.steps == 0 || a.batch == 0 || a.log_every == 0 || a.checkpoint_every == 0 {
-        return Err(Error::setting("train", "--layers, --hidden, --steps, --batch, --log-every and --checkpoint-every must be positive"));
+    if let Some(d) = &a.dataset {
+        return Err(Error::setting(
+            "--dataset",
+            format!("`{d}` is only read with --classifier-only (the decoder trains on the synthetic train split); add --classifier-only to train exit classifiers on it"),
+        ));
     }
     let o = TrainOptions {
         out: a.model,

@@ -114,7 +114,7 @@ impl LlamaConfig {
             let field = if path == "." { "config.json".to_string() } else { path };
             Error::setting(field, format!("{what}: {inner}"))
         })?;
-        cfg.validate()?;
+        cfg.check()?;
         Ok(cfg)
     }
 
@@ -142,7 +142,8 @@ impl LlamaConfig {
         v * d + self.num_hidden_layers * layer + d + head
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the configuration describes a decoder this crate can build.
+    pub fn check(&self) -> Result<()> {
         let positive = [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),

@@ -13,6 +13,49 @@ use std::path::{Path, PathBuf};
 
 /// File holding the optional per-layer exit classifiers beside a checkpoint's own weights.
 pub const CLASSIFIER_FILE: &str = "exit_classifier.safetensors";
+/// What the classifiers were trained on, beside them: `decoder_fingerprint` (see
+/// [`decoder_fingerprint`]), dataset, examples and per-layer fits.
+pub const CLASSIFIER_INFO_FILE: &str = "exit_classifier.json";
+
+/// A cheap fingerprint of a model directory's decoder weights (not its classifiers): SHA-256 over
+/// each weight file's length and 16 evenly spaced 4 KiB windows, so that retrained weights are
+/// told apart without reading a multi-gigabyte checkpoint whole.
+pub fn decoder_fingerprint(dir: &Path) -> Result<String> {
+    use crate::hardware::hex;
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let paths = if single.is_file() { vec![single] } else { shard_paths(dir, &index)? };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4096];
+    for p in paths {
+        let mut f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+        let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
+        h.update(len.to_le_bytes());
+        for i in 0..16u64 {
+            f.seek(SeekFrom::Start(len.saturating_sub(4096) * i / 15)).map_err(|e| Error::io(&p, e))?;
+            let n = f.read(&mut buf).map_err(|e| Error::io(&p, e))?;
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(&h.finalize()[..8]))
+}
+
+/// Whether the classifiers in `dir` were trained on its current weights: `Err(reason)` when
+/// `exit_classifier.json` names another fingerprint; files without that record are trusted.
+fn classifier_matches(dir: &Path) -> std::result::Result<(), String> {
+    let info = dir.join(CLASSIFIER_INFO_FILE);
+    let Ok(text) = std::fs::read_to_string(&info) else { return Ok(()) };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", info.display()))?;
+    let Some(trained_on) = v.get("decoder_fingerprint").and_then(|f| f.as_str()) else { return Ok(()) };
+    let now = decoder_fingerprint(dir).map_err(|e| e.to_string())?;
+    if trained_on == now {
+        Ok(())
+    } else {
+        Err(format!("they were trained on other weights (fingerprint {trained_on}, the weights now are {now})"))
+    }
+}
 
 /// A source of named tensors.
 pub enum WeightSource {
@@ -50,7 +93,14 @@ impl SafetensorFiles {
         };
         let cls = dir.join(CLASSIFIER_FILE);
         if cls.is_file() {
-            paths.push(cls);
+            match classifier_matches(dir) {
+                Ok(()) => paths.push(cls),
+                Err(why) => eprintln!(
+                    "warning: {} not loaded: {why}; retrain them with `exitbench train --classifier-only --model {}`",
+                    cls.display(),
+                    dir.display()
+                ),
+            }
         }
         let mut files = Vec::new();
         let mut routing = HashMap::new();

@@ -221,7 +221,8 @@ pub struct SampleOutput {
     pub text: String,
     /// Generated tokens.
     pub tokens: usize,
-    /// Mean exit layer over this sample's tokens.
+    /// Mean exit layer over this sample's decoded tokens (all but the first, which the full
+    /// prefill produced without an exit decision).
     pub avg_layers: f64,
     /// ROUGE-L F against the reference.
     pub rouge_l: f64,
@@ -258,9 +259,10 @@ pub struct CellRecord {
     pub samples: usize,
     /// Generated tokens over all samples (one repetition).
     pub tokens: usize,
-    /// Mean exit layer over generated tokens.
+    /// Mean exit layer over decoded tokens (every generated token but each sample's first, which
+    /// the full prefill produced without an exit decision); the tokens `ms_per_token` times.
     pub avg_layers: f64,
-    /// Tokens that exited at each layer (index 0 = layer 1).
+    /// Decoded tokens that exited at each layer (index 0 = layer 1).
     pub exit_histogram: Vec<u64>,
     /// Prefill seconds per sample (time to first token), over samples of the first repetition.
     pub prefill_s: Stats,

@@ -107,7 +107,7 @@ impl RawSettings {
     /// f32, all four measures at 0.95 … 0.5, full depth and oracle.
     pub fn defaults() -> RawSettings {
         RawSettings {
-            model: Some(vec![crate::DEFAULT_MODEL.into()]),
+            model: Some(vec![crate::default_model()]),
             backend: Some(vec!["candle".into()]),
             device: Some(vec!["cpu".into()]),
             dtype: Some(vec!["f32".into()]),

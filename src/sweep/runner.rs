@@ -346,10 +346,9 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     let mut outputs = Vec::with_capacity(first.len());
     let mut scores = Vec::with_capacity(first.len());
     for (i, (g, ex)) in first.iter().zip(&plan.examples).enumerate() {
-        for t in &g.tokens {
-            hist[t.exit_layer - 1] += 1;
-        }
+        // The prefill's token had no exit decision; the histogram, like ms/token, counts decoded tokens.
         for t in g.tokens.iter().skip(1) {
+            hist[t.exit_layer - 1] += 1;
             split.layers_s += t.layers_s;
             split.exit_checks_s += t.exit_checks_s;
             split.propagation_s += t.propagation_s;
@@ -377,10 +376,10 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
             trace,
         });
     }
-    let tokens: u64 = hist.iter().sum();
+    let decoded: u64 = hist.iter().sum();
     rec.samples = first.len();
-    rec.tokens = tokens as usize;
-    rec.avg_layers = if tokens > 0 { hist.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / tokens as f64 } else { 0.0 };
+    rec.tokens = first.iter().map(|g| g.tokens.len()).sum();
+    rec.avg_layers = if decoded > 0 { hist.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / decoded as f64 } else { 0.0 };
     rec.exit_histogram = hist;
     rec.prefill_s = Stats::of(&first.iter().map(|g| g.prefill_s).collect::<Vec<_>>());
     rec.ms_per_token = Stats::of(&ms_tok);

@@ -8,7 +8,7 @@ use super::all_layer_states;
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::model::llama::CLASSIFIER_PREFIX;
-use crate::model::weights::CLASSIFIER_FILE;
+use crate::model::weights::{decoder_fingerprint, CLASSIFIER_FILE, CLASSIFIER_INFO_FILE};
 use crate::model::{LoadedModel, TextTokenizer};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
@@ -35,13 +35,17 @@ pub fn train_classifiers(m: &LoadedModel, examples: &[Example], epochs: usize, l
     };
     let model = &m.model;
     let layers = model.num_layers();
-    let eos = m.config.eos_ids().first().copied().unwrap_or(0);
+    let Some(&eos) = m.config.eos_ids().first() else {
+        return Err(Error::file(m.dir.join("config.json"), None, "names no eos_token_id: the classifiers' training targets end with it"));
+    };
     let mut feats: Vec<Vec<Tensor>> = vec![Vec::new(); layers];
     let mut labels: Vec<Vec<f32>> = vec![Vec::new(); layers];
+    let mut too_long = Vec::new();
     for ex in examples {
         let enc = super::encode_example(tok, &ex.prompt, &ex.reference, eos)?;
         let n = enc.ids.len() - 1;
         if n + 1 > m.config.max_position_embeddings {
+            too_long.push(ex.id.as_str());
             continue;
         }
         let inputs = Tensor::new(&enc.ids[..n], model.device())?.unsqueeze(0)?;
@@ -56,8 +60,17 @@ pub fn train_classifiers(m: &LoadedModel, examples: &[Example], epochs: usize, l
             feats[l].push(model.final_norm_f32(&r)?.to_device(&Device::Cpu)?);
         }
     }
+    if !too_long.is_empty() {
+        eprintln!(
+            "warning: skipped {} of {} examples longer than max_position_embeddings = {} (first: {})",
+            too_long.len(),
+            examples.len(),
+            m.config.max_position_embeddings,
+            too_long[0]
+        );
+    }
     if labels[0].is_empty() {
-        return Err(Error::Unsupported("no usable examples to train classifiers on".into()));
+        return Err(Error::Unsupported("no usable examples to train classifiers on (each was too long or had an empty summary)".into()));
     }
     let mut tensors = HashMap::new();
     let mut fits = Vec::new();
@@ -73,6 +86,14 @@ pub fn train_classifiers(m: &LoadedModel, examples: &[Example], epochs: usize, l
     }
     let out = m.dir.join(CLASSIFIER_FILE);
     candle_core::safetensors::save(&tensors, &out)?;
+    let info = serde_json::json!({
+        "decoder_fingerprint": decoder_fingerprint(&m.dir)?,
+        "examples": examples.len() - too_long.len(),
+        "epochs": epochs,
+        "fits": fits,
+    });
+    let info_path = m.dir.join(CLASSIFIER_INFO_FILE);
+    std::fs::write(&info_path, serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.to_string()))? + "\n").map_err(|e| Error::io(&info_path, e))?;
     Ok((out, fits))
 }
 

@@ -4,7 +4,9 @@
 //! per-layer exit classifiers on a frozen model (`classifier`).
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod classifier;
+pub mod guard;
 pub mod tokenizer;
 
 use crate::data::synth::{self, Split};
@@ -59,6 +61,18 @@ pub struct TrainOptions {
     pub tokenizer_samples: usize,
 }
 
+impl TrainOptions {
+    /// The `exitbench train` command line these options stand for (time limit left out).
+    pub fn command(&self) -> String {
+        format!(
+            "exitbench train --model {} --layers {} --hidden {} --heads {} --kv-heads {} --intermediate {} --vocab {} --max-len {} \
+             --steps {} --batch {} --lr {} --warmup {} --seed {} --tokenizer-samples {} --checkpoint-every {} --log-every {}",
+            self.out.display(), self.layers, self.hidden, self.heads, self.kv_heads, self.intermediate, self.vocab, self.max_len,
+            self.steps, self.batch, self.lr, self.warmup, self.seed, self.tokenizer_samples, self.checkpoint_every, self.log_every
+        )
+    }
+}
+
 /// Steps of learning-rate re-warm-up after resuming without optimizer moments.
 pub const MOMENT_REWARMUP: usize = 50;
 
@@ -79,10 +93,16 @@ pub struct LogLine {
     pub target_tokens: usize,
 }
 
+/// One line of `train_runs.jsonl`: every invocation of a training run, so the model card can
+/// show the schedule a resumed model actually followed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: usize,
-    generator_version: String,
+pub struct RunLine {
+    /// Unix seconds when the invocation started.
+    pub started_unix_s: u64,
+    /// Step it resumed from (0: from scratch).
+    pub from_step: usize,
+    /// Its options.
+    pub options: TrainOptions,
 }
 
 /// A tokenized training example: ids (BOS … EOS) and where the summary starts.
@@ -131,20 +151,23 @@ pub fn model_config(o: &TrainOptions) -> LlamaConfig {
 
 /// Runs (or resumes) training as described by `o`. Returns the number of steps done in total.
 pub fn train(o: &TrainOptions) -> Result<usize> {
+    guard::validate(o)?;
+    guard::check_model_dir(o)?;
     keep_freed_memory();
     std::fs::create_dir_all(o.out.join("checkpoint")).map_err(|e| Error::io(&o.out, e))?;
-    let tok = ensure_tokenizer(o)?;
+    checkpoint::recover(&o.out)?;
     let cfg = model_config(o);
-    if tok.get_vocab_size(true) > cfg.vocab_size {
-        return Err(Error::Internal("tokenizer larger than the configured vocabulary".into()));
-    }
-    write_json(&o.out.join("config.json"), &cfg)?;
-    write_json(&o.out.join("train_options.json"), o)?;
-
     let device = Device::Cpu;
     let names = param_shapes(&cfg);
     let ckpt = o.out.join("checkpoint");
     let (vars, start_step, optim_state) = init_or_resume(o, &names, &ckpt, &device)?;
+    let tok = ensure_tokenizer(o)?;
+    write_json(&o.out.join("config.json"), &cfg)?;
+    write_json(&o.out.join("train_options.json"), o)?;
+    let started_unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    append_line(&o.out.join("train_runs.jsonl"), &RunLine { started_unix_s, from_step: start_step, options: o.clone() })?;
+    let log_path = o.out.join("train_log.jsonl");
+    checkpoint::truncate_log(&log_path, start_step)?;
     let mut model = LlamaModel::load(&cfg, &TensorLoader::new(
         WeightSource::Memory(vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()),
         DType::F32,
@@ -159,7 +182,7 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
     if let Some(state) = optim_state {
         opt.load_state(&state, start_step)?;
     }
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(o.out.join("train_log.jsonl")).map_err(|e| Error::io(&o.out, e))?;
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     let started = Instant::now();
     let mut skipped = 0usize;
     let mut step = start_step;
@@ -169,6 +192,12 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
         let lr = lr_at(o, step) * rewarm;
         opt.params.lr = lr;
         let (loss, layer_losses) = calm_loss(&model, &batch)?;
+        if !layer_losses.iter().all(|l| l.is_finite()) {
+            return Err(Error::Internal(format!(
+                "the loss is not finite at step {} ({layer_losses:?}); the last checkpoint is kept. Resume with a lower --lr",
+                step + 1
+            )));
+        }
         let grads = loss.backward()?;
         opt.step(&grads)?;
         step += 1;
@@ -186,7 +215,7 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
         }
         let out_of_time = o.time_limit_s.is_some_and(|t| started.elapsed().as_secs_f64() >= t);
         if step % o.checkpoint_every == 0 || step == o.steps || out_of_time {
-            save_checkpoint(o, &vars, &opt, step)?;
+            checkpoint::save(&o.out, &vars, &opt, step)?;
         }
         if out_of_time {
             eprintln!("time limit reached at step {step}; resume with the same command");
@@ -255,9 +284,10 @@ type Resumed = (Vec<(String, Var)>, usize, Option<HashMap<String, Tensor>>);
 fn init_or_resume(o: &TrainOptions, names: &[(String, Vec<usize>)], ckpt: &Path, device: &Device) -> Result<Resumed> {
     let state_path = ckpt.join("state.json");
     let params_path = o.out.join("model.safetensors");
-    if state_path.is_file() && params_path.is_file() {
-        let state: CheckpointState = serde_json::from_str(&std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?)
-            .map_err(|e| Error::file(&state_path, None, e.to_string()))?;
+    if let Some(state) = checkpoint::read_state(&o.out)? {
+        if !params_path.is_file() {
+            return Err(Error::file(&state_path, None, format!("records step {}, but {} is missing", state.step, params_path.display())));
+        }
         if state.generator_version != synth::GENERATOR_VERSION {
             return Err(Error::file(&state_path, None, format!(
                 "checkpoint was trained on generator {}, this build has {}", state.generator_version, synth::GENERATOR_VERSION)));
@@ -296,23 +326,9 @@ fn init_or_resume(o: &TrainOptions, names: &[(String, Vec<usize>)], ckpt: &Path,
     Ok((vars, 0, None))
 }
 
-fn save_checkpoint(o: &TrainOptions, vars: &[(String, Var)], opt: &AdamW, step: usize) -> Result<()> {
-    let params: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-    let ckpt = o.out.join("checkpoint");
-    // Write to temporary names, then rename: a kill mid-save leaves the previous checkpoint intact.
-    let tmp_params = o.out.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&params, &tmp_params)?;
-    // Moments stay f32 so that a resumed run continues exactly as an uninterrupted one.
-    let optim: HashMap<String, Tensor> = opt.state_tensors();
-    let tmp_optim = ckpt.join("optim.safetensors.tmp");
-    candle_core::safetensors::save(&optim, &tmp_optim)?;
-    let state = CheckpointState { step, generator_version: synth::GENERATOR_VERSION.to_string() };
-    let tmp_state = ckpt.join("state.json.tmp");
-    write_json(&tmp_state, &state)?;
-    for (tmp, fin) in [(tmp_params, o.out.join("model.safetensors")), (tmp_optim, ckpt.join("optim.safetensors")), (tmp_state, ckpt.join("state.json"))] {
-        std::fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
-    }
-    Ok(())
+fn append_line<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{}", serde_json::to_string(v).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(path, e))
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {

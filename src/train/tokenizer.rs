@@ -55,6 +55,9 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize, out: &Path) -> Resul
             return Err(Error::Internal(format!("special token {t} did not get id {i}")));
         }
     }
+    if tokenizer.get_vocab_size(true) > vocab_size {
+        return Err(Error::setting("--vocab", format!("{vocab_size} is too small: the trained tokenizer has {} tokens", tokenizer.get_vocab_size(true))));
+    }
     tokenizer.save(out, true).map_err(|e| Error::io(out, std::io::Error::other(e.to_string())))?;
     Ok(tokenizer)
 }
