@@ -141,6 +141,45 @@ fn golden_csv_and_markdown() {
     golden("small.md", &mask_md(&std::fs::read_to_string(out.join("summary.md")).unwrap()));
 }
 
+/// Records written before average layers counted decoded tokens only (schema 1) read back as this
+/// build computes them: rewrite this run's records the old way and compare.
+#[test]
+fn schema_1_records_are_upgraded_exactly() {
+    let (m, d, data) = fixture(4);
+    let out = d.path().join("out");
+    let (code, _, err) = run(&sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap()));
+    assert_eq!(code, 0, "{err}");
+    let now = exitbench::results::store::read(&out).unwrap();
+    let old: Vec<String> = now
+        .iter()
+        .map(|r| {
+            let mut v = r.clone();
+            v.schema_version = 1;
+            let depth = if v.key.baseline == "static" { v.key.static_layer.unwrap() } else { v.num_layers };
+            v.exit_histogram[depth - 1] += v.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
+            let n: u64 = v.exit_histogram.iter().sum();
+            v.avg_layers = v.exit_histogram.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / n as f64;
+            for o in &mut v.outputs {
+                o.avg_layers = (o.avg_layers * (o.tokens - 1) as f64 + depth as f64) / o.tokens as f64;
+            }
+            serde_json::to_string(&v).unwrap()
+        })
+        .collect();
+    let v1 = d.path().join("v1.jsonl");
+    std::fs::write(&v1, old.join("\n") + "\n").unwrap();
+    let upgraded = exitbench::results::store::read(&v1).unwrap();
+    assert_eq!(upgraded.len(), now.len());
+    for (u, r) in upgraded.iter().zip(&now) {
+        assert_eq!(u.schema_version, r.schema_version);
+        assert_eq!(u.exit_histogram, r.exit_histogram, "{}", r.key.label());
+        assert!((u.avg_layers - r.avg_layers).abs() < 1e-12, "{}: {} vs {}", r.key.label(), u.avg_layers, r.avg_layers);
+        for (a, b) in u.outputs.iter().zip(&r.outputs) {
+            assert!((a.avg_layers - b.avg_layers).abs() < 1e-12);
+        }
+    }
+    assert!(now.iter().any(|r| r.key.baseline == "static") && now.iter().any(|r| r.avg_layers < r.num_layers as f64 - 0.5));
+}
+
 fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect()
 }

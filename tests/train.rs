@@ -125,6 +125,7 @@ fn training_refuses_bad_flags_and_directories_it_must_not_write() {
     let config = std::fs::read(own.path().join("config.json")).unwrap();
     refused(train_output(own.path(), 8, &["--layers", "3"]), &["config.json", "num_hidden_layers", "--layers 3"]);
     refused(train_output(own.path(), 8, &["--seed", "5"]), &["--seed", "differs"]);
+    refused(train_output(own.path(), 2, &[]), &["--steps", "below step 4"]);
     assert_eq!(std::fs::read(own.path().join("config.json")).unwrap(), config);
 }
 

@@ -229,7 +229,12 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
     println!("exit layers: {}", layers.join(" "));
     let l = m.model.num_layers();
     let avg = g.avg_layers();
-    println!("average layers: {avg:.2} of {l} (theoretical speedup {:.2}x), {} tokens, stop: {:?}", if avg > 0.0 { l as f64 / avg } else { 0.0 }, g.tokens.len(), g.stop);
+    let figures = if avg > 0.0 {
+        format!("{avg:.2} of {l} over the decoded tokens (theoretical speedup {:.2}x)", l as f64 / avg)
+    } else {
+        format!("n/a of {l} (no token after the prefill's)")
+    };
+    println!("average layers: {figures}, {} tokens, stop: {:?}", g.tokens.len(), g.stop);
     if m.random_weights.is_some() {
         eprintln!("warning: random weights: the text and quality figures are meaningless");
     }

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 /// Flags of `exitbench train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Model directory to write (or, with --classifier-only, to read and add classifiers to).
-    #[arg(long, default_value_os_t = PathBuf::from(crate::default_model()))]
+    /// Model directory to write (or, with --classifier-only, to read and add classifiers to);
+    /// relative to the working directory.
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Only train per-layer exit classifiers on the frozen model.
     #[arg(long)]
@@ -88,8 +89,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         let ds = DatasetSpec::parse(a.dataset.as_deref().unwrap_or("synth:train"))?;
         let examples = ds.load(Some(a.samples))?;
+        // Taken before loading, so that weights replaced meanwhile are noticed.
+        let fingerprint = crate::model::weights::decoder_fingerprint(&a.model);
         let m = LoadedModel::load(&a.model, &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
-        let (path, fits) = classifier::train_classifiers(&m, &examples, a.classifier_epochs, 0.05)?;
+        let (path, fits) = classifier::train_classifiers(&m, &fingerprint?, &examples, a.classifier_epochs, 0.05)?;
         for f in &fits {
             println!("layer {}: positive rate {:.3}, accuracy {:.3}, loss {:.4}", f.layer, f.positive_rate, f.accuracy, f.loss);
         }

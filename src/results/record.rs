@@ -9,7 +9,9 @@ use crate::metrics::stats;
 use serde::{Deserialize, Serialize};
 
 /// Version of this schema; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2: `avg_layers` and `exit_histogram` count decoded tokens only (version 1 counted each
+/// sample's first token, made by the prefill, too); version-1 records are upgraded on reading.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What identifies a cell. Two records with equal keys measure the same thing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,6 +238,32 @@ pub struct SampleOutput {
     pub decode_s: f64,
     /// Per-token exit trace (first `trace_samples` samples only).
     pub trace: Option<Vec<TraceToken>>,
+}
+
+impl CellRecord {
+    /// Upgrades a version-1 record exactly: each sample's first token (made by the prefill at L
+    /// layers, or at the static layer) leaves the histogram and the averages.
+    pub fn upgrade(&mut self) {
+        if self.schema_version != 1 {
+            return;
+        }
+        self.schema_version = SCHEMA_VERSION;
+        let depth = if self.key.baseline == "static" { self.key.static_layer.unwrap_or(self.num_layers) } else { self.num_layers };
+        if depth == 0 || depth > self.exit_histogram.len() {
+            return;
+        }
+        let firsts = self.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
+        self.exit_histogram[depth - 1] = self.exit_histogram[depth - 1].saturating_sub(firsts);
+        let decoded: u64 = self.exit_histogram.iter().sum();
+        self.avg_layers = if decoded > 0 {
+            self.exit_histogram.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / decoded as f64
+        } else {
+            0.0
+        };
+        for o in &mut self.outputs {
+            o.avg_layers = if o.tokens >= 2 { (o.avg_layers * o.tokens as f64 - depth as f64) / (o.tokens - 1) as f64 } else { 0.0 };
+        }
+    }
 }
 
 /// Everything measured for one cell.

@@ -45,7 +45,10 @@ pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
         }
         let parsed = std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<CellRecord>(l).map_err(|e| e.to_string()));
         match parsed {
-            Ok(r) => out.push(r),
+            Ok(mut r) => {
+                r.upgrade();
+                out.push(r)
+            }
             Err(_) if Some(i) == last && !ends_clean => {
                 eprintln!("warning: {}: ignoring a torn last line {} (a sweep was killed while writing it)", path.display(), i + 1);
             }

@@ -1,9 +1,11 @@
 //! Training checkpoints, saved as a small journal so that a kill at any moment leaves either the
 //! previous checkpoint or the new one, never a mix: the weights (`model.safetensors`), the Adam
 //! moments (`checkpoint/optim.safetensors`) and `checkpoint/state.json` are first written under
-//! `.tmp` names and synced; `state.json.tmp`, written last, commits the save; the renames follow.
-//! A run that finds `state.json.tmp` finishes the renames, one that finds only other `.tmp` files
-//! drops them (that save never committed).
+//! `.tmp` names and synced; the state is written as `state.json.part` and renamed to
+//! `state.json.tmp`, which commits the save (directories synced around it); the renames follow.
+//! A run that finds a readable `state.json.tmp` finishes the renames, one that finds anything
+//! less drops the temporary files (that save never committed). Saving also marks exit classifiers
+//! that carry no fingerprint as stale, since the weights under them change.
 
 use super::adamw::AdamW;
 use crate::data::synth;
@@ -45,7 +47,11 @@ pub fn read_state(out: &Path) -> Result<Option<CheckpointState>> {
 /// Completes or discards a save that a kill interrupted (see the module header).
 pub fn recover(out: &Path) -> Result<()> {
     let files = files(out);
-    let committed = files[2].0.is_file();
+    let committed = std::fs::read_to_string(&files[2].0).ok().is_some_and(|t| serde_json::from_str::<CheckpointState>(&t).is_ok());
+    let part = out.join("checkpoint/state.json.part");
+    if part.is_file() {
+        std::fs::remove_file(&part).map_err(|e| Error::io(&part, e))?;
+    }
     for (tmp, fin) in &files {
         if !tmp.is_file() {
             continue;
@@ -57,6 +63,8 @@ pub fn recover(out: &Path) -> Result<()> {
         }
     }
     if committed {
+        sync_dir(out)?;
+        sync_dir(&out.join("checkpoint"))?;
         eprintln!("finished the checkpoint save that was interrupted in {}", out.display());
     }
     Ok(())
@@ -73,13 +81,39 @@ pub fn save(out: &Path, vars: &[(String, Var)], opt: &AdamW, step: usize) -> Res
     sync(&tmp_optim)?;
     let state = CheckpointState { step, generator_version: synth::GENERATOR_VERSION.to_string() };
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Internal(e.to_string()))? + "\n";
-    std::fs::write(&tmp_state, text).map_err(|e| Error::io(&tmp_state, e))?;
-    sync(&tmp_state)?;
-    recover(out)
+    let part = out.join("checkpoint/state.json.part");
+    std::fs::write(&part, text).map_err(|e| Error::io(&part, e))?;
+    sync(&part)?;
+    sync_dir(out)?;
+    std::fs::rename(&part, &tmp_state).map_err(|e| Error::io(&tmp_state, e))?;
+    sync_dir(&out.join("checkpoint"))?;
+    recover(out)?;
+    mark_unfingerprinted_classifiers_stale(out)
+}
+
+/// Exit classifiers without `exit_classifier.json` (made before fingerprints) would keep loading
+/// over weights that have just changed: record that they belong to earlier weights.
+fn mark_unfingerprinted_classifiers_stale(out: &Path) -> Result<()> {
+    use crate::model::weights::{CLASSIFIER_FILE, CLASSIFIER_INFO_FILE};
+    let info = out.join(CLASSIFIER_INFO_FILE);
+    if out.join(CLASSIFIER_FILE).is_file() && !info.is_file() {
+        let text = "{\n  \"decoder_fingerprint\": \"earlier weights (no fingerprint recorded)\"\n}\n";
+        std::fs::write(&info, text).map_err(|e| Error::io(&info, e))?;
+    }
+    Ok(())
 }
 
 fn sync(path: &Path) -> Result<()> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Directory fsync makes the renames durable; not every platform allows opening a directory.
+    match std::fs::File::open(dir) {
+        Ok(f) => f.sync_all().or_else(|e| if cfg!(unix) { Err(e) } else { Ok(()) }).map_err(|e| Error::io(dir, e)),
+        Err(_) if !cfg!(unix) => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
 }
 
 /// Cuts `train_log.jsonl` back to the lines of steps ≤ `step` (a run killed between checkpoints
@@ -88,6 +122,10 @@ pub fn truncate_log(path: &Path, step: usize) -> Result<()> {
     let Ok(bytes) = std::fs::read(path) else { return Ok(()) };
     let mut keep = 0usize;
     for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if line.ends_with(b"\n") && line.iter().all(u8::is_ascii_whitespace) {
+            keep += line.len();
+            continue;
+        }
         let parsed = std::str::from_utf8(line).ok().and_then(|l| serde_json::from_str::<super::LogLine>(l).ok());
         match parsed {
             Some(l) if l.step <= step && line.ends_with(b"\n") => keep += line.len(),
@@ -130,13 +168,24 @@ mod tests {
         recover(out).unwrap();
         assert_eq!(std::fs::read_to_string(out.join("model.safetensors")).unwrap(), "old");
         assert!(!out.join("model.safetensors.tmp").exists());
+        // Killed while the state was being written: not committed either.
+        std::fs::write(out.join("model.safetensors.tmp"), "new").unwrap();
+        std::fs::write(out.join("checkpoint/state.json.tmp"), "").unwrap();
+        std::fs::write(out.join("checkpoint/state.json.part"), "{\"st").unwrap();
+        recover(out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("model.safetensors")).unwrap(), "old");
+        assert_eq!(std::fs::read_to_string(out.join("checkpoint/state.json")).unwrap(), "old");
+        for f in ["model.safetensors.tmp", "checkpoint/state.json.tmp", "checkpoint/state.json.part"] {
+            assert!(!out.join(f).exists(), "{f}");
+        }
         // Killed after the commit and the first rename: the rest is renamed.
         std::fs::write(out.join("model.safetensors"), "new").unwrap();
         std::fs::write(out.join("checkpoint/optim.safetensors.tmp"), "new").unwrap();
-        std::fs::write(out.join("checkpoint/state.json.tmp"), "new").unwrap();
+        let state = "{\"step\": 8, \"generator_version\": \"v\"}";
+        std::fs::write(out.join("checkpoint/state.json.tmp"), state).unwrap();
         recover(out).unwrap();
-        for f in ["model.safetensors", "checkpoint/optim.safetensors", "checkpoint/state.json"] {
-            assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), "new", "{f}");
+        for (f, want) in [("model.safetensors", "new"), ("checkpoint/optim.safetensors", "new"), ("checkpoint/state.json", state)] {
+            assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), want, "{f}");
         }
         assert!(!out.join("checkpoint/state.json.tmp").exists());
     }

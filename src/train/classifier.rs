@@ -28,8 +28,10 @@ pub struct LayerFit {
 }
 
 /// Trains classifiers for `model` on `examples` and writes `exit_classifier.safetensors` into
-/// the model directory. Returns per-layer fits.
-pub fn train_classifiers(m: &LoadedModel, examples: &[Example], epochs: usize, lr: f64) -> Result<(PathBuf, Vec<LayerFit>)> {
+/// the model directory, with `exit_classifier.json` naming `fingerprint`, the
+/// [`decoder_fingerprint`] of the weights taken before `m` was loaded (refused if the weights
+/// changed meanwhile). Returns per-layer fits.
+pub fn train_classifiers(m: &LoadedModel, fingerprint: &str, examples: &[Example], epochs: usize, lr: f64) -> Result<(PathBuf, Vec<LayerFit>)> {
     let TextTokenizer::Hf(tok) = &m.tokenizer else {
         return Err(Error::Unsupported("training classifiers needs the model's tokenizer.json".into()));
     };
@@ -84,10 +86,17 @@ pub fn train_classifiers(m: &LoadedModel, examples: &[Example], epochs: usize, l
         cls.push((w, b));
         fits.push(fit);
     }
+    let now = decoder_fingerprint(&m.dir)?;
+    if now != fingerprint {
+        return Err(Error::BadModel {
+            dir: m.dir.clone(),
+            message: format!("the weights changed while the classifiers trained (fingerprint {fingerprint}, now {now}); nothing was written"),
+        });
+    }
     let out = m.dir.join(CLASSIFIER_FILE);
     candle_core::safetensors::save(&tensors, &out)?;
     let info = serde_json::json!({
-        "decoder_fingerprint": decoder_fingerprint(&m.dir)?,
+        "decoder_fingerprint": fingerprint,
         "examples": examples.len() - too_long.len(),
         "epochs": epochs,
         "fits": fits,

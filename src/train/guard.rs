@@ -68,7 +68,8 @@ const FLAG_OF: [(&str, &str); 6] = [
 
 /// Refuses a model directory this run must not write into: weights without a training
 /// checkpoint (someone's model, which training from scratch would overwrite), a checkpoint whose
-/// configuration differs from the flags, or one made with another seed or tokenizer sample count.
+/// configuration differs from the flags or that is past `--steps`, or a checkpoint or tokenizer
+/// made with another seed or tokenizer sample count.
 pub fn check_model_dir(o: &TrainOptions) -> Result<()> {
     let dir = &o.out;
     if dir.exists() && !dir.is_dir() {
@@ -85,8 +86,13 @@ pub fn check_model_dir(o: &TrainOptions) -> Result<()> {
              name an empty --model directory",
         ));
     }
+    if let Some(state) = super::checkpoint::read_state(dir)? {
+        if o.steps < state.step {
+            return Err(Error::setting("--steps", format!("{} is below step {}, where the checkpoint in {} stands", o.steps, state.step, dir.display())));
+        }
+    }
     let config_path = dir.join("config.json");
-    if config_path.is_file() {
+    if resumable && config_path.is_file() {
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let have: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&config_path, None, e.to_string()))?;
         let want = serde_json::to_value(model_config(o)).map_err(|e| Error::Internal(e.to_string()))?;
@@ -105,16 +111,17 @@ pub fn check_model_dir(o: &TrainOptions) -> Result<()> {
         }
     }
     let options_path = dir.join("train_options.json");
-    if resumable && options_path.is_file() {
+    let tok_path = dir.join("tokenizer.json");
+    // The tokenizer (reused when present) was trained with the recorded seed and sample count.
+    if (resumable || tok_path.is_file()) && options_path.is_file() {
         let text = std::fs::read_to_string(&options_path).map_err(|e| Error::io(&options_path, e))?;
         let before: TrainOptions = serde_json::from_str(&text).map_err(|e| Error::file(&options_path, None, e.to_string()))?;
         for (flag, was, now) in [("--seed", before.seed, o.seed), ("--tokenizer-samples", before.tokenizer_samples as u64, o.tokenizer_samples as u64)] {
             if was != now {
-                return Err(Error::setting(flag, format!("{now} differs from {was}, which the checkpoint in {} was trained with", dir.display())));
+                return Err(Error::setting(flag, format!("{now} differs from {was}, which the checkpoint or tokenizer in {} was made with", dir.display())));
             }
         }
     }
-    let tok_path = dir.join("tokenizer.json");
     if tok_path.is_file() {
         let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::file(&tok_path, None, e.to_string()))?;
         if tok.get_vocab_size(true) > o.vocab {

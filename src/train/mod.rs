@@ -193,10 +193,10 @@ pub fn train(o: &TrainOptions) -> Result<usize> {
         opt.params.lr = lr;
         let (loss, layer_losses) = calm_loss(&model, &batch)?;
         if !layer_losses.iter().all(|l| l.is_finite()) {
-            return Err(Error::Internal(format!(
-                "the loss is not finite at step {} ({layer_losses:?}); the last checkpoint is kept. Resume with a lower --lr",
-                step + 1
-            )));
+            return Err(Error::setting(
+                "--lr",
+                format!("the loss is not finite at step {} ({layer_losses:?}); the last checkpoint is kept: resume with a lower --lr", step + 1),
+            ));
         }
         let grads = loss.backward()?;
         opt.step(&grads)?;
@@ -292,11 +292,12 @@ fn init_or_resume(o: &TrainOptions, names: &[(String, Vec<usize>)], ckpt: &Path,
             return Err(Error::file(&state_path, None, format!(
                 "checkpoint was trained on generator {}, this build has {}", state.generator_version, synth::GENERATOR_VERSION)));
         }
-        let params = candle_core::safetensors::load(&params_path, device)?;
+        let params = candle_core::safetensors::load(&params_path, device).map_err(|e| Error::file(&params_path, None, format!("unreadable checkpoint weights: {e}")))?;
         let optim_path = ckpt.join("optim.safetensors");
         let optim = if optim_path.is_file() {
             Some(
-                candle_core::safetensors::load(&optim_path, device)?
+                candle_core::safetensors::load(&optim_path, device)
+                    .map_err(|e| Error::file(&optim_path, None, format!("unreadable optimizer state: {e}")))?
                     .into_iter()
                     .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
                     .collect::<Result<HashMap<_, _>>>()?,
@@ -331,9 +332,12 @@ fn append_line<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(v).map_err(|e| Error::Internal(e.to_string()))?).map_err(|e| Error::io(path, e))
 }
 
+/// Writes `v` as pretty JSON through a temporary file and a rename (a kill leaves the old file).
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 fn lr_at(o: &TrainOptions, step: usize) -> f64 {
