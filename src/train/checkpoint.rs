@@ -44,8 +44,21 @@ pub fn read_state(out: &Path) -> Result<Option<CheckpointState>> {
     serde_json::from_str(&text).map(Some).map_err(|e| Error::file(&path, None, e.to_string()))
 }
 
-/// Completes or discards a save that a kill interrupted (see the module header).
+/// Completes or discards a save that a kill interrupted (see the module header); says so on
+/// stderr when there was one.
 pub fn recover(out: &Path) -> Result<()> {
+    let had_tmp = files(out).iter().any(|(tmp, _)| tmp.is_file());
+    let finished = finish(out)?;
+    match (had_tmp, finished) {
+        (true, true) => eprintln!("finished the checkpoint save that was interrupted in {}", out.display()),
+        (true, false) => eprintln!("dropped the uncommitted files of a checkpoint save that was interrupted in {}", out.display()),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Renames a committed save into place (true) or drops an uncommitted one's files (false).
+fn finish(out: &Path) -> Result<bool> {
     let files = files(out);
     let committed = std::fs::read_to_string(&files[2].0).ok().is_some_and(|t| serde_json::from_str::<CheckpointState>(&t).is_ok());
     let part = out.join("checkpoint/state.json.part");
@@ -65,9 +78,8 @@ pub fn recover(out: &Path) -> Result<()> {
     if committed {
         sync_dir(out)?;
         sync_dir(&out.join("checkpoint"))?;
-        eprintln!("finished the checkpoint save that was interrupted in {}", out.display());
     }
-    Ok(())
+    Ok(committed)
 }
 
 /// Saves weights, moments and the step of a run whose model directory is `out`.
@@ -87,7 +99,7 @@ pub fn save(out: &Path, vars: &[(String, Var)], opt: &AdamW, step: usize) -> Res
     sync_dir(out)?;
     std::fs::rename(&part, &tmp_state).map_err(|e| Error::io(&tmp_state, e))?;
     sync_dir(&out.join("checkpoint"))?;
-    recover(out)?;
+    finish(out)?;
     mark_unfingerprinted_classifiers_stale(out)
 }
 
