@@ -68,12 +68,15 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
     let dir = &m.dir;
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
     let training: Option<TrainOptions> = read("train_options.json").and_then(|t| serde_json::from_str(&t).ok());
-    let log: Vec<LogLine> = read("train_log.jsonl").map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
+    fn jsonl<T: serde::de::DeserializeOwned>(text: Option<String>) -> Vec<T> {
+        text.map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default()
+    }
+    let log: Vec<LogLine> = jsonl(read("train_log.jsonl"));
     let warmup = training.as_ref().map(|t| t.warmup).unwrap_or(0);
     let lr_raises = lr_raises(&log, warmup);
     let last_log = log.last().cloned();
     let state = checkpoint::read_state(dir)?;
-    let runs: Vec<RunLine> = read("train_runs.jsonl").map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
+    let runs: Vec<RunLine> = jsonl(read("train_runs.jsonl"));
     let classifier = read(crate::model::weights::CLASSIFIER_INFO_FILE).and_then(|t| serde_json::from_str(&t).ok());
     Ok(Card {
         name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -240,6 +240,15 @@ pub struct SampleOutput {
     pub trace: Option<Vec<TraceToken>>,
 }
 
+/// Mean exit layer of an exit histogram (index 0 = layer 1); 0 when it is empty.
+pub fn mean_exit_layer(histogram: &[u64]) -> f64 {
+    let n: u64 = histogram.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    histogram.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / n as f64
+}
+
 impl CellRecord {
     /// Upgrades a version-1 record exactly: each sample's first token (made by the prefill at L
     /// layers, or at the static layer) leaves the histogram and the averages.
@@ -254,12 +263,7 @@ impl CellRecord {
         }
         let firsts = self.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
         self.exit_histogram[depth - 1] = self.exit_histogram[depth - 1].saturating_sub(firsts);
-        let decoded: u64 = self.exit_histogram.iter().sum();
-        self.avg_layers = if decoded > 0 {
-            self.exit_histogram.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / decoded as f64
-        } else {
-            0.0
-        };
+        self.avg_layers = mean_exit_layer(&self.exit_histogram);
         for o in &mut self.outputs {
             o.avg_layers = if o.tokens >= 2 { (o.avg_layers * o.tokens as f64 - depth as f64) / (o.tokens - 1) as f64 } else { 0.0 };
         }

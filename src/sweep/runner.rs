@@ -376,10 +376,9 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
             trace,
         });
     }
-    let decoded: u64 = hist.iter().sum();
     rec.samples = first.len();
     rec.tokens = first.iter().map(|g| g.tokens.len()).sum();
-    rec.avg_layers = if decoded > 0 { hist.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / decoded as f64 } else { 0.0 };
+    rec.avg_layers = crate::results::record::mean_exit_layer(&hist);
     rec.exit_histogram = hist;
     rec.prefill_s = Stats::of(&first.iter().map(|g| g.prefill_s).collect::<Vec<_>>());
     rec.ms_per_token = Stats::of(&ms_tok);
