@@ -147,7 +147,8 @@ pub fn write(card: &Card, dir: &Path) -> Result<()> {
     std::fs::write(dir.join("README.md"), render(card)).map_err(|e| Error::io(dir, e))
 }
 
-fn render(c: &Card) -> String {
+/// The README.md of a card (everything in it comes from `card.json`, so it can be re-rendered).
+pub fn render(c: &Card) -> String {
     let cfg = &c.config;
     let mut s = format!("# {}: the embedded early-exit model\n\n", c.name);
     s.push_str(&format!(
@@ -172,15 +173,9 @@ fn render(c: &Card) -> String {
              schedule only; the raises below are part of how this model was made.\n",
             c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.command()
         ));
-        for (step, from, to) in &c.lr_raises {
-            let why = match c.runs.iter().find(|r| r.from_step > 0 && r.from_step < *step && *step <= r.from_step + 20) {
-                Some(r) => format!("the run resumed at step {} with --steps {}", r.from_step, r.options.steps),
-                None => "the schedule was lengthened (--steps raised on resuming) or Adam's moments re-warmed after a lost optimizer file".into(),
-            };
-            s.push_str(&format!("- The learning rate was raised at step {step} ({from:.2e} → {to:.2e}): {why}; `train_log.jsonl` has the whole curve.\n"));
-        }
+        s.push_str(&raises_line(c));
         if !c.runs.is_empty() {
-            let list = c.runs.iter().map(|r| format!("from step {} with --steps {} --lr {}", r.from_step, r.options.steps, r.options.lr)).collect::<Vec<_>>();
+            let list = c.runs.iter().map(|r| run_item(r, t)).collect::<Vec<_>>();
             s.push_str(&format!("- Invocations recorded in `train_runs.jsonl`: {}.\n", list.join("; ")));
         }
         if c.steps_done.unwrap_or(0) < t.steps {
@@ -225,6 +220,45 @@ fn render(c: &Card) -> String {
         c.reproduce.dataset, c.reproduce.id, c.reproduce.max_new_tokens, c.reproduce.output
     ));
     s
+}
+
+/// One bullet listing where the learning rate went up after warm-up, each with its cause when a
+/// recorded invocation explains it (empty when it never did).
+fn raises_line(c: &Card) -> String {
+    if c.lr_raises.is_empty() {
+        return String::new();
+    }
+    let mut unexplained = false;
+    let items = c.lr_raises.iter().map(|(step, from, to)| {
+        match c.runs.iter().find(|r| r.from_step > 0 && r.from_step < *step && *step <= r.from_step + 20) {
+            Some(r) => format!("step {step} ({from:.2e} → {to:.2e}; resumed at step {} with --steps {})", r.from_step, r.options.steps),
+            None => {
+                unexplained = true;
+                format!("step {step} ({from:.2e} → {to:.2e})†")
+            }
+        }
+    });
+    let items = items.collect::<Vec<_>>().join(", ");
+    let note = if unexplained {
+        " († before `train_runs.jsonl` was kept: the schedule was lengthened with --steps on resuming, or Adam's moments \
+         re-warmed after a lost optimizer file)"
+    } else {
+        ""
+    };
+    format!("- The learning rate was raised after warm-up at {items}{note}; `train_log.jsonl` has the whole curve.\n")
+}
+
+/// One recorded training invocation, naming its output directory and time limit when they differ
+/// from the final command's.
+fn run_item(r: &RunLine, last: &TrainOptions) -> String {
+    let mut item = format!("from step {} with --steps {} --lr {}", r.from_step, r.options.steps, r.options.lr);
+    if r.options.out != last.out {
+        item.push_str(&format!(" into `{}`", r.options.out.display()));
+    }
+    if let Some(limit) = r.options.time_limit_s {
+        item.push_str(&format!(" --time-limit {limit}"));
+    }
+    item
 }
 
 /// Why the vocabulary is as small as it is: what one softmax exit check costs next to a layer.

@@ -40,3 +40,24 @@ fn shipped_model_reproduces_the_card_output() {
     assert_eq!(got.token_ids, card.reproduce.token_ids);
     assert_eq!(got.output, card.reproduce.output);
 }
+
+#[test]
+fn card_describes_the_shipped_weights_and_classifiers() {
+    // A card written before more training or a classifier retrain would describe other weights.
+    let card = card();
+    let state = exitbench::train::checkpoint::read_state(&model_dir()).unwrap().unwrap();
+    assert_eq!(card.steps_done, Some(state.step), "card.json was written at another step: `exitbench calibrate ... --write-card`");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("exit_classifier.json")).unwrap()).unwrap();
+    assert_eq!(card.classifier.as_ref(), Some(&info), "card.json describes other exit classifiers: `exitbench calibrate ... --write-card`");
+}
+
+#[test]
+fn readme_is_the_rendered_card() {
+    let path = model_dir().join("README.md");
+    let rendered = exitbench::card::render(&card());
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(shipped, rendered, "README.md is not card.json rendered by this build (UPDATE_GOLDEN=1 rewrites it)");
+}
