@@ -54,11 +54,20 @@ pub struct Comparison {
     pub verdict: Verdict,
 }
 
-/// Key a cell is matched on across runs: everything but the machine id.
+/// Key a cell is matched on across runs: everything but the machine id, with the model and dataset
+/// paths cut to their last component (their content hashes stay in the key), so a baseline made
+/// with `models/cricket-6l` matches a run given `/home/me/exitbench/models/cricket-6l/`.
 fn match_key(r: &CellRecord) -> String {
     let mut k = r.key.clone();
     k.machine = String::new();
+    k.model = last_component(&k.model);
+    k.dataset = last_component(&k.dataset);
     k.id()
+}
+
+/// The last component of a path as given (`synth:test` and other non-paths unchanged).
+fn last_component(path: &str) -> String {
+    std::path::Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string())
 }
 
 /// Compares every cell of the baseline with the current run.

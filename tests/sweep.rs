@@ -297,6 +297,20 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     recs[1]["tokens"] = (recs[1]["tokens"].as_u64().unwrap() + 1).into();
     let doctored = d.path().join("doctored.jsonl");
     std::fs::write(&doctored, recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    // The same cells run with the model and dataset given by other paths (another machine, another
+    // working directory) match the baseline: the content hashes identify them.
+    let mut moved: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for r in &mut moved {
+        for field in ["model", "dataset"] {
+            let name = Path::new(r["key"][field].as_str().unwrap()).file_name().unwrap().to_str().unwrap().to_string();
+            r["key"][field] = format!("/elsewhere/./{name}/").into();
+        }
+    }
+    let moved_path = d.path().join("moved.jsonl");
+    std::fs::write(&moved_path, moved.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", moved_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(!stdout.contains("issing"), "{stdout}");
     let (code, stdout, _) = run(&["check", "--baseline", base, "--current", doctored.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("Changed"), "{stdout}");
