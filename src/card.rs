@@ -48,6 +48,13 @@ pub struct Card {
     /// Where the logged learning rate went up after warm-up: (step, before, after).
     #[serde(default)]
     pub lr_raises: Vec<(usize, f64, f64)>,
+    /// Wall seconds of training in `train_log.jsonl`, summed over invocations (each logs its time
+    /// since it started; work lost between a checkpoint and an interruption is not counted).
+    #[serde(default)]
+    pub training_wall_s: Option<f64>,
+    /// Median wall seconds per optimizer step over the log.
+    #[serde(default)]
+    pub median_step_s: Option<f64>,
     /// Every training invocation recorded in `train_runs.jsonl` (kept since step 4,050 of the
     /// embedded model; earlier ones show only as `lr_raises`).
     #[serde(default)]
@@ -74,6 +81,7 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
     let log: Vec<LogLine> = jsonl(read("train_log.jsonl"));
     let warmup = training.as_ref().map(|t| t.warmup).unwrap_or(0);
     let lr_raises = lr_raises(&log, warmup);
+    let (training_wall_s, median_step_s) = training_time(&log).unzip();
     let last_log = log.last().cloned();
     let state = checkpoint::read_state(dir)?;
     let runs: Vec<RunLine> = jsonl(read("train_runs.jsonl"));
@@ -87,12 +95,34 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
         steps_done: state.map(|s| s.step),
         last_log,
         lr_raises,
+        training_wall_s,
+        median_step_s,
         runs,
         classifier,
         validation_layer_losses: validation_losses(m, 200)?,
         calibration: calibration.map(|c| serde_json::to_value(c).unwrap_or_default()),
         reproduce: reproduce(m, 0, 64)?,
     })
+}
+
+/// Total logged training time and the median time per step: a line whose elapsed time is below
+/// its predecessor's starts a new invocation, counted from zero.
+fn training_time(log: &[LogLine]) -> Option<(f64, f64)> {
+    let first = log.first()?;
+    let mut total = first.elapsed_s;
+    let mut per_step = Vec::new();
+    for w in log.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if b.elapsed_s >= a.elapsed_s && b.step > a.step {
+            total += b.elapsed_s - a.elapsed_s;
+            per_step.push((b.elapsed_s - a.elapsed_s) / (b.step - a.step) as f64);
+        } else {
+            total += b.elapsed_s;
+        }
+    }
+    per_step.sort_by(f64::total_cmp);
+    let median = per_step.get(per_step.len() / 2).copied().unwrap_or(f64::NAN);
+    Some((total, median))
 }
 
 /// Runs of rising learning rate after warm-up in a training log, one `(first step, lr before,
@@ -173,6 +203,15 @@ pub fn render(c: &Card) -> String {
              schedule only; the raises below are part of how this model was made.\n",
             c.steps_done.unwrap_or(0), t.steps, t.batch, t.lr, t.warmup, t.seed, t.command()
         ));
+        if let (Some(wall), Some(step)) = (c.training_wall_s, c.median_step_s) {
+            s.push_str(&format!(
+                "- Training time logged in `train_log.jsonl`: {:.1} h of wall time over all invocations (median {step:.2} s per step; \
+                 {} steps at that pace take {:.1} h), on the machine(s) that trained it; work lost to interruptions is not counted.\n",
+                wall / 3600.0,
+                t.steps,
+                t.steps as f64 * step / 3600.0
+            ));
+        }
         s.push_str(&raises_line(c));
         if !c.runs.is_empty() {
             let list = c.runs.iter().map(|r| run_item(r, t)).collect::<Vec<_>>();
@@ -284,6 +323,19 @@ mod tests {
 
     fn line(step: usize, lr: f64) -> LogLine {
         LogLine { step, lr, loss: 1.0, layer_losses: vec![1.0], elapsed_s: 0.0, target_tokens: 1 }
+    }
+
+    #[test]
+    fn training_time_sums_invocations_and_takes_the_median_step() {
+        // Two invocations: steps 10-30 (90 s), then 40-50 resumed (25 s).
+        let log: Vec<LogLine> = [(10, 30.0), (20, 60.0), (30, 90.0), (40, 5.0), (50, 25.0)]
+            .iter()
+            .map(|&(s, e)| LogLine { elapsed_s: e, ..line(s, 1e-3) })
+            .collect();
+        let (total, median) = training_time(&log).unwrap();
+        assert_eq!(total, 90.0 + 25.0);
+        assert_eq!(median, 3.0); // per-step times 3, 3, 2
+        assert!(training_time(&[]).is_none());
     }
 
     #[test]
