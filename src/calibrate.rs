@@ -86,7 +86,7 @@ pub struct Calibration {
     /// Backend, device and precision of the figures, e.g. `candle cpu f32`.
     #[serde(default)]
     pub runtime: String,
-    /// The machine the figures were measured on (CPU model, logical CPUs, GPU when used).
+    /// The machine the figures were measured on (CPU model, logical CPUs, memory).
     #[serde(default)]
     pub machine: String,
 }
@@ -203,12 +203,8 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         measures,
         threads: full.key.threads,
         runtime: format!("{} {} {}", full.key.backend, full.key.device, full.key.dtype),
-        machine: machine_of(&full.hardware),
+        machine: full.hardware.summary(),
     })
-}
-
-fn machine_of(h: &crate::hardware::Hardware) -> String {
-    format!("{} ({} logical CPUs, {} MiB)", h.cpu_model, h.logical_cpus, h.memory_mib)
 }
 
 /// Share of full-depth outputs stating each key fact (winner, score, top performer).

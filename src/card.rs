@@ -85,7 +85,7 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
     let last_log = log.last().cloned();
     let state = checkpoint::read_state(dir)?;
     let runs: Vec<RunLine> = jsonl(read("train_runs.jsonl"));
-    let classifier = read(crate::model::weights::CLASSIFIER_INFO_FILE).and_then(|t| serde_json::from_str(&t).ok());
+    let classifier = crate::model::weights::read_classifier_info(dir).ok().flatten();
     Ok(Card {
         name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         generator_version: state.as_ref().map(|s| s.generator_version.clone()).unwrap_or_else(|| "unknown".into()),

@@ -81,6 +81,11 @@ pub struct GpuInfo {
 pub const CANDLE_VERSION: &str = "0.11.1";
 
 impl Hardware {
+    /// `CPU model (N logical CPUs, M MiB)`: how reports and the model card name the machine.
+    pub fn summary(&self) -> String {
+        format!("{} ({} logical CPUs, {} MiB)", self.cpu_model, self.logical_cpus, self.memory_mib)
+    }
+
     /// Probes this machine, GPUs included when NVML loads.
     pub fn probe() -> Hardware {
         let gpu = crate::meter::nvml::load().ok().and_then(|n| crate::meter::nvml::gpu_block(&n));

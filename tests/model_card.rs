@@ -15,6 +15,10 @@ fn card() -> exitbench::card::Card {
     serde_json::from_str(&text).unwrap()
 }
 
+fn classifier_info() -> serde_json::Value {
+    exitbench::model::weights::read_classifier_info(&model_dir()).unwrap().expect("the shipped model has exit_classifier.json")
+}
+
 #[test]
 fn card_generator_version_matches_this_build() {
     // The version training recorded with the weights, not the one of whatever build wrote the card.
@@ -25,7 +29,7 @@ fn card_generator_version_matches_this_build() {
 
 #[test]
 fn shipped_classifiers_belong_to_the_shipped_weights() {
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("exit_classifier.json")).unwrap()).unwrap();
+    let info = classifier_info();
     let now = exitbench::model::weights::decoder_fingerprint(&model_dir()).unwrap();
     assert_eq!(info["decoder_fingerprint"].as_str(), Some(now.as_str()), "retrain with `exitbench train --classifier-only`");
 }
@@ -47,7 +51,7 @@ fn card_describes_the_shipped_weights_and_classifiers() {
     let card = card();
     let state = exitbench::train::checkpoint::read_state(&model_dir()).unwrap().unwrap();
     assert_eq!(card.steps_done, Some(state.step), "card.json was written at another step: `exitbench calibrate ... --write-card`");
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("exit_classifier.json")).unwrap()).unwrap();
+    let info = classifier_info();
     assert_eq!(card.classifier.as_ref(), Some(&info), "card.json describes other exit classifiers: `exitbench calibrate ... --write-card`");
 }
 

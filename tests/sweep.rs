@@ -293,13 +293,14 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     assert!(v.as_array().unwrap().iter().all(|x| (x["unit"] == "ms/token" || x["unit"] == "J/token") && x["value"].as_f64().is_some()));
     // Doctor one deterministic figure: the gate must fail.
     let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
-    let mut recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let fresh = || -> Vec<serde_json::Value> { text.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let mut recs = fresh();
     recs[1]["tokens"] = (recs[1]["tokens"].as_u64().unwrap() + 1).into();
     let doctored = d.path().join("doctored.jsonl");
-    std::fs::write(&doctored, recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    write_jsonl(&doctored, &recs);
     // The same cells run with the model and dataset given by other paths (another machine, another
     // working directory) match the baseline: the content hashes identify them.
-    let mut moved: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut moved = fresh();
     for r in &mut moved {
         for field in ["model", "dataset"] {
             let name = Path::new(r["key"][field].as_str().unwrap()).file_name().unwrap().to_str().unwrap().to_string();
@@ -307,7 +308,7 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
         }
     }
     let moved_path = d.path().join("moved.jsonl");
-    std::fs::write(&moved_path, moved.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    write_jsonl(&moved_path, &moved);
     let (code, stdout, _) = run(&["check", "--baseline", base, "--current", moved_path.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
     assert!(!stdout.contains("issing"), "{stdout}");
@@ -315,7 +316,6 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("Changed"), "{stdout}");
     // A timing regression with repetitions: 3 values, tiny spread, twice as slow.
-    let fresh = || -> Vec<serde_json::Value> { text.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
     let (mut recs, mut recs2) = (fresh(), fresh());
     for (r, f) in [(&mut recs[..], 1.0), (&mut recs2[..], 2.0)] {
         for rec in r.iter_mut() {
@@ -323,14 +323,18 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
         }
     }
     let (b, c) = (d.path().join("b.jsonl"), d.path().join("c.jsonl"));
-    std::fs::write(&b, recs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
-    std::fs::write(&c, recs2.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    write_jsonl(&b, &recs);
+    write_jsonl(&c, &recs2);
     let (code, stdout, _) = run(&["check", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("Regressed"), "{stdout}");
     let (code, stdout, _) = run(&["check", "--baseline", c.to_str().unwrap(), "--current", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("Improved"), "{stdout}");
+}
+
+fn write_jsonl(path: &Path, records: &[serde_json::Value]) {
+    std::fs::write(path, records.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
 }
 
 #[test]

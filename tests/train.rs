@@ -85,7 +85,7 @@ fn classifiers_train_on_a_jsonl_dataset_and_go_stale_with_new_weights() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("layer 1:") && stdout.contains("layer 2:"), "{stdout}");
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.path().join("exit_classifier.json")).unwrap()).unwrap();
+    let info = exitbench::model::weights::read_classifier_info(a.path()).unwrap().expect("exit_classifier.json written");
     assert_eq!(info["examples"], 12);
     assert_eq!(info["fits"].as_array().unwrap().len(), 2);
     let generate = || exitbench(&["generate", "--model", dir, "--prompt", "The Hawks", "--max-new-tokens", "4", "--measure", "classifier", "--threshold", "0.5"]);

@@ -24,12 +24,9 @@ pub fn decoder_fingerprint(dir: &Path) -> Result<String> {
     use crate::hardware::hex;
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let paths = if single.is_file() { vec![single] } else { shard_paths(dir, &index)? };
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 4096];
-    for p in paths {
+    for p in decoder_weight_paths(dir)? {
         let mut f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
         let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
         h.update(len.to_le_bytes());
@@ -42,12 +39,17 @@ pub fn decoder_fingerprint(dir: &Path) -> Result<String> {
     Ok(hex::encode(&h.finalize()[..8]))
 }
 
+/// `exit_classifier.json` of `dir`, parsed; `None` when there is none.
+pub fn read_classifier_info(dir: &Path) -> Result<Option<serde_json::Value>> {
+    let info = dir.join(CLASSIFIER_INFO_FILE);
+    let Ok(text) = std::fs::read_to_string(&info) else { return Ok(None) };
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::file(&info, Some(e.line()), format!("malformed JSON: {e}")))
+}
+
 /// Whether the classifiers in `dir` were trained on its current weights: `Err(reason)` when
 /// `exit_classifier.json` names another fingerprint; files without that record are trusted.
 fn classifier_matches(dir: &Path) -> std::result::Result<(), String> {
-    let info = dir.join(CLASSIFIER_INFO_FILE);
-    let Ok(text) = std::fs::read_to_string(&info) else { return Ok(()) };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", info.display()))?;
+    let Some(v) = read_classifier_info(dir).map_err(|e| e.to_string())? else { return Ok(()) };
     let Some(trained_on) = v.get("decoder_fingerprint").and_then(|f| f.as_str()) else { return Ok(()) };
     let now = decoder_fingerprint(dir).map_err(|e| e.to_string())?;
     if trained_on == now {
@@ -77,20 +79,7 @@ impl SafetensorFiles {
     /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json`, plus
     /// `exit_classifier.safetensors` when present.
     pub fn open(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let mut paths = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            shard_paths(dir, &index)?
-        } else {
-            return Err(Error::BadModel {
-                dir: dir.to_path_buf(),
-                message: "no weights: neither model.safetensors nor model.safetensors.index.json exists \
-                          (use --random-weights SEED to build random weights from config.json)"
-                    .into(),
-            });
-        };
+        let mut paths = decoder_weight_paths(dir)?;
         let cls = dir.join(CLASSIFIER_FILE);
         if cls.is_file() {
             match classifier_matches(dir) {
@@ -119,6 +108,25 @@ impl SafetensorFiles {
     /// Paths of the opened files.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.files.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// The decoder's weight files: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists.
+fn decoder_weight_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        Ok(vec![single])
+    } else if index.is_file() {
+        shard_paths(dir, &index)
+    } else {
+        Err(Error::BadModel {
+            dir: dir.to_path_buf(),
+            message: "no weights: neither model.safetensors nor model.safetensors.index.json exists \
+                      (use --random-weights SEED to build random weights from config.json)"
+                .into(),
+        })
     }
 }
 

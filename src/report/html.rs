@@ -82,8 +82,8 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     let k = &first.key;
     let h = &first.hardware;
     let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {} threads</h2>", esc(&k.model), esc(&k.dataset), esc(&k.backend), esc(&k.device), esc(&k.dtype), k.threads);
-    let _ = write!(s, "<p>Machine <code>{}</code>: {} ({} logical CPUs, {} MiB), {}; {} samples; energy source: <b>{}</b>.</p>",
-        esc(&k.machine), esc(&h.cpu_model), h.logical_cpus, h.memory_mib, esc(&h.os), first.samples, esc(&first.energy.source));
+    let _ = write!(s, "<p>Machine <code>{}</code>: {}, {}; {} samples; energy source: <b>{}</b>.</p>",
+        esc(&k.machine), esc(&h.summary()), esc(&h.os), first.samples, esc(&first.energy.source));
     if first.random_weights {
         s.push_str("<p class=\"warn\">Random weights: quality figures are meaningless.</p>");
     }

@@ -32,8 +32,8 @@ impl Exporter for MarkdownExporter {
             let k = &first.key;
             let _ = writeln!(s, "## {} · {} · {} · {} · {} threads · {}\n", k.model, k.dataset, k.backend, k.device, k.threads, k.dtype);
             let h = &first.hardware;
-            let _ = writeln!(s, "Machine `{}`: {} ({} logical CPUs, {} MiB), {}. {} samples, energy source: {}.{}\n",
-                k.machine, h.cpu_model, h.logical_cpus, h.memory_mib, h.os, first.samples, first.energy.source,
+            let _ = writeln!(s, "Machine `{}`: {}, {}. {} samples, energy source: {}.{}\n",
+                k.machine, h.summary(), h.os, first.samples, first.energy.source,
                 if first.random_weights { " **Random weights: quality figures are meaningless.**" } else { "" });
             if first.energy.estimate {
                 let _ = writeln!(s, "**Energy is an estimate**: these joules are modelled from process CPU time × a per-core share of the CPU's TDP, not measured; they add nothing beyond the timings.\n");
