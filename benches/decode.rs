@@ -9,7 +9,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use exitbench::backend::candle::CandleBackend;
-use exitbench::backend::{set_cpu_threads, Backend};
+use exitbench::backend::candle::set_cpu_threads;
+use exitbench::backend::Backend;
 use exitbench::decode::{decode_token, GenerateOptions, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
 use exitbench::model::{LoadOptions, LoadedModel, Precision};
@@ -25,7 +26,7 @@ fn setup() -> (tempfile::TempDir, LoadedModel) {
     (dir, m)
 }
 
-fn prefilled(m: &LoadedModel) -> CandleBackend<'_> {
+fn prefilled(m: &LoadedModel) -> CandleBackend {
     let mut b = CandleBackend::new(&m.model);
     let prompt: Vec<u32> = (0..200u32).map(|i| 3 + (i * 7) % 250).collect();
     let mut h = b.embed(&prompt).unwrap();

@@ -145,7 +145,7 @@ fn sweep(plan: &Plan, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
 /// Only the cells of this plan's model and settings: a reused directory may hold an earlier
 /// calibration of other weights.
 fn current(plan: &Plan, records: Vec<CellRecord>) -> Result<Vec<CellRecord>> {
-    let wh = runner::weights_hash(&plan.models[0].dir, plan.random_weights)?;
+    let wh = crate::model::weights_hash(&plan.models[0].dir, plan.random_weights)?;
     Ok(records.into_iter().filter(|r| r.key.weights_hash == wh && r.key.max_new_tokens == plan.max_new_tokens).collect())
 }
 

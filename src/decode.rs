@@ -2,9 +2,9 @@
 //! layer by layer, asking the exit policy at each exit point, propagating the exited state into
 //! the skipped layers' caches, and timing layers / exit checks / propagation separately.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, HeadSummary};
 use crate::error::{Error, Result};
-use crate::exit::measure::{argmax, softmax_confidence};
+use crate::exit::measure::argmax;
 use crate::exit::{ExitMode, Measure};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -67,6 +67,14 @@ pub struct TokenTrace {
     pub exit_checks_s: f64,
     /// Seconds spent propagating the exited state into skipped layers.
     pub propagation_s: f64,
+    /// Top-1 minus top-2 logit of the exit head that chose the token (None when sampled): below
+    /// ~1e-5 two runtimes may pick different tokens without either being wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top2_gap: Option<f32>,
+    /// Smallest |confidence − threshold| over this token's exit checks (None without checks):
+    /// below ~1e-5 two runtimes may decide differently without either being wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_margin: Option<f32>,
 }
 
 impl TokenTrace {
@@ -147,11 +155,10 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
     for l in 1..=depth {
         h = backend.layer(l, &h)?;
     }
-    let logits = backend.exit_logits(&h)?;
+    let (first, gap) = choose(backend, &h, None, &opts.sampling, &mut rng)?;
     backend.sync()?;
     let prefill_s = start.elapsed().as_secs_f64();
-    let first = select(&logits, &opts.sampling, &mut rng);
-    let mut tokens = vec![TokenTrace { id: first, exit_layer: depth, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0 }];
+    let mut tokens = vec![TokenTrace { id: first, exit_layer: depth, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0, top2_gap: gap, min_margin: None }];
 
     let stop = loop {
         let last = tokens.last().map(|t| t.id).unwrap_or(first);
@@ -206,20 +213,15 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
     let t0 = Instant::now();
     let mut h = backend.embed(&[token])?;
     clock.layers += t0.elapsed().as_secs_f64();
-    let (id, exit_layer, confidence) = match &opts.mode {
-        ExitMode::Full => {
-            h = timed_layers(backend, &h, 1..=layers, &mut clock)?;
+    let mut margin: Option<f32> = None;
+    let (id, exit_layer, confidence, gap) = match &opts.mode {
+        ExitMode::Full | ExitMode::Static { .. } => {
+            let depth = opts.mode.depth(layers);
+            h = timed_layers(backend, &h, 1..=depth, &mut clock)?;
             let t = Instant::now();
-            let logits = backend.exit_logits(&h)?;
+            let (id, gap) = choose(backend, &h, None, &opts.sampling, rng)?;
             clock.checks += t.elapsed().as_secs_f64();
-            (select(&logits, &opts.sampling, rng), layers, None)
-        }
-        ExitMode::Static { layer } => {
-            h = timed_layers(backend, &h, 1..=*layer, &mut clock)?;
-            let t = Instant::now();
-            let logits = backend.exit_logits(&h)?;
-            clock.checks += t.elapsed().as_secs_f64();
-            (select(&logits, &opts.sampling, rng), *layer, None)
+            (id, depth, None, gap)
         }
         ExitMode::Oracle { min_exit_layer, exit_interval } => {
             let mut argmaxes = Vec::new();
@@ -227,16 +229,16 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
                 h = timed_layers(backend, &h, l..=l, &mut clock)?;
                 if ExitMode::oracle_point(l, layers, *min_exit_layer, *exit_interval) {
                     let t = Instant::now();
-                    argmaxes.push((l, argmax(&backend.exit_logits(&h)?)));
+                    argmaxes.push((l, backend.head(&h)?.argmax));
                     clock.checks += t.elapsed().as_secs_f64();
                 }
             }
             let t = Instant::now();
-            let logits = backend.exit_logits(&h)?;
+            let last = backend.head(&h)?;
+            let (id, gap) = choose(backend, &h, Some(last), &opts.sampling, rng)?;
             clock.checks += t.elapsed().as_secs_f64();
-            let final_argmax = argmax(&logits);
-            let credited = argmaxes.iter().find(|(_, a)| *a == final_argmax).map(|(l, _)| *l).unwrap_or(layers);
-            (select(&logits, &opts.sampling, rng), credited, None)
+            let credited = argmaxes.iter().find(|(_, a)| *a == last.argmax).map(|(l, _)| *l).unwrap_or(layers);
+            (id, credited, None, gap)
         }
         ExitMode::Dynamic(policy) => {
             let lambda = policy.schedule.threshold(policy.threshold, step, opts.max_new_tokens);
@@ -246,26 +248,19 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
                 let cur = timed_layers(backend, &h, l..=l, &mut clock)?;
                 if policy.is_exit_point(l, layers) {
                     let t = Instant::now();
-                    let (conf, logits) = confidence(backend, policy.measure, l, &prev, &cur)?;
-                    let exit = conf as f64 >= lambda;
-                    let chosen = if exit {
-                        let logits = match logits {
-                            Some(lg) => lg,
-                            None => backend.exit_logits(&cur)?,
-                        };
-                        Some(select(&logits, &opts.sampling, rng))
-                    } else {
-                        None
-                    };
+                    let (conf, summary) = confidence(backend, policy.measure, l, &prev, &cur)?;
+                    let m = (conf as f64 - lambda).abs() as f32;
+                    margin = Some(margin.map_or(m, |x| x.min(m)));
+                    let chosen = if conf as f64 >= lambda { Some(choose(backend, &cur, summary, &opts.sampling, rng)?) } else { None };
                     clock.checks += t.elapsed().as_secs_f64();
-                    if let Some(id) = chosen {
+                    if let Some((id, gap)) = chosen {
                         let t = Instant::now();
                         for skipped in l + 1..=layers {
                             backend.propagate(skipped, &cur)?;
                         }
                         backend.sync()?;
                         clock.prop += t.elapsed().as_secs_f64();
-                        exited = Some((id, l, Some(conf)));
+                        exited = Some((id, l, Some(conf), gap));
                         break;
                     }
                 }
@@ -276,14 +271,28 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
                 Some(e) => e,
                 None => {
                     let t = Instant::now();
-                    let logits = backend.exit_logits(&h)?;
+                    let (id, gap) = choose(backend, &h, None, &opts.sampling, rng)?;
                     clock.checks += t.elapsed().as_secs_f64();
-                    (select(&logits, &opts.sampling, rng), layers, None)
+                    (id, layers, None, gap)
                 }
             }
         }
     };
-    Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop })
+    Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop, top2_gap: gap, min_margin: margin })
+}
+
+/// The token the exit head picks at `h`: the device-side argmax when greedy (reusing `summary`
+/// when the measure already computed it), else full logits to the host for sampling. Returns the
+/// top-2 logit gap when greedy.
+fn choose<B: Backend>(backend: &mut B, h: &B::Hidden, summary: Option<HeadSummary>, s: &Sampling, rng: &mut rand::rngs::StdRng) -> Result<(u32, Option<f32>)> {
+    if s.temperature == 0.0 {
+        let sm = match summary {
+            Some(sm) => sm,
+            None => backend.head(h)?,
+        };
+        return Ok((sm.argmax, Some(sm.logit_gap)));
+    }
+    Ok((select(&backend.exit_logits(h)?, s, rng), None))
 }
 
 fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::RangeInclusive<usize>, clock: &mut Clock) -> Result<B::Hidden> {
@@ -297,12 +306,12 @@ fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::Ran
     Ok(h)
 }
 
-/// The measure's confidence at layer `l` (and the logits when the measure computed them).
-fn confidence<B: Backend>(backend: &mut B, measure: Measure, l: usize, prev: &B::Hidden, cur: &B::Hidden) -> Result<(f32, Option<Vec<f32>>)> {
+/// The measure's confidence at layer `l` (and the exit head's summary when the measure computed it).
+fn confidence<B: Backend>(backend: &mut B, measure: Measure, l: usize, prev: &B::Hidden, cur: &B::Hidden) -> Result<(f32, Option<HeadSummary>)> {
     match measure {
         Measure::SoftmaxDiff | Measure::SoftmaxMax => {
-            let logits = backend.exit_logits(cur)?;
-            Ok((softmax_confidence(measure, &logits), Some(logits)))
+            let sm = backend.head(cur)?;
+            Ok((if measure == Measure::SoftmaxMax { sm.p1 } else { sm.p1 - sm.p2 }, Some(sm)))
         }
         Measure::Saturation => Ok((backend.cosine(prev, cur)?, None)),
         Measure::Classifier => Ok((backend.classifier(l, cur)?, None)),

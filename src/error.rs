@@ -21,9 +21,9 @@ pub enum Error {
     /// A request the model cannot serve (prompt too long, no exit classifier...).
     #[error("{0}")]
     Unsupported(String),
-    /// A failure inside the tensor library that is not attributable to user input.
-    #[error("tensor backend: {0}")]
-    Tensor(#[from] candle_core::Error),
+    /// A failure inside a runtime (candle, ONNX Runtime) that is not attributable to user input.
+    #[error("{backend}: {message}")]
+    Backend { backend: &'static str, message: String },
     /// Any other internal failure.
     #[error("{0}")]
     Internal(String),

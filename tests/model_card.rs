@@ -37,7 +37,7 @@ fn shipped_classifiers_belong_to_the_shipped_weights() {
 #[test]
 fn shipped_model_reproduces_the_card_output() {
     let card = card();
-    exitbench::backend::set_cpu_threads(1);
+    exitbench::backend::candle::set_cpu_threads(1);
     let m = LoadedModel::load(&model_dir(), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None }).unwrap();
     let index: usize = card.reproduce.id.trim_start_matches("test-").parse().unwrap();
     let got = exitbench::card::reproduce(&m, index, card.reproduce.max_new_tokens).unwrap();

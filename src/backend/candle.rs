@@ -1,24 +1,65 @@
 //! The candle backend: runs `LlamaModel` layer by layer on a candle device with one KV cache per
-//! layer.
+//! layer. Exit-head reductions run on the device; on the CPU the device is the host, so they are
+//! one pass over the logits there.
 
-use super::Backend;
-use crate::error::Result;
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot};
+use crate::error::{Error, Result};
 use crate::model::llama::{LayerCache, LlamaModel};
-use candle_core::{DType, Tensor};
+use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
+use candle_core::{DType, Device, Tensor};
 
-/// candle runtime over a loaded model.
-#[derive(Clone)]
-pub struct CandleBackend<'m> {
-    model: &'m LlamaModel,
-    caches: Vec<LayerCache>,
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Backend { backend: "candle", message: e.to_string() }
+    }
 }
 
-impl<'m> CandleBackend<'m> {
-    /// A backend with empty caches.
-    pub fn new(model: &'m LlamaModel) -> Self {
+/// The candle device for `device` (an error when CUDA is not compiled in or not present).
+pub fn candle_device(device: DeviceKind) -> Result<Device> {
+    match device {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::Unsupported("CUDA is not available: this exitbench was built without the `cuda` feature".into()));
+            }
+            Device::new_cuda(n).map_err(|e| Error::Unsupported(format!("CUDA device {n}: {e}")))
+        }
+    }
+}
+
+/// Sets the number of CPU threads candle's kernels use. candle has no per-call knob: its matmuls
+/// read `RAYON_NUM_THREADS` on every call and its pool `CANDLE_NUM_THREADS` at first use, so this
+/// must run before the process's first tensor op for the pool to take it. Called by
+/// [`CandleBackend::open`] (and by training, which uses candle directly).
+pub fn set_cpu_threads(n: usize) {
+    let n = n.max(1).to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &n);
+    std::env::set_var("CANDLE_NUM_THREADS", &n);
+}
+
+/// candle runtime over a loaded model (it owns a cheap clone: candle tensors are shared).
+#[derive(Clone)]
+pub struct CandleBackend {
+    model: LlamaModel,
+    caches: Vec<LayerCache>,
+    /// `-inf` of the vocabulary's length, for the on-device top-2 (non-CPU devices only).
+    neg_inf: Option<Tensor>,
+}
+
+impl CandleBackend {
+    /// A backend with empty caches over `model`.
+    pub fn new(model: &LlamaModel) -> Self {
         let n = model.config().max_position_embeddings.min(4096);
         let caches = (0..model.num_layers()).map(|_| LayerCache::new(n)).collect();
-        Self { model, caches }
+        Self { model: model.clone(), caches, neg_inf: None }
+    }
+
+    /// Sets candle's threads, builds the model from `files` on `device` in `precision`.
+    pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize) -> Result<Self> {
+        set_cpu_threads(threads);
+        let device = candle_device(device)?;
+        let m = LoadedModel::build(files.clone(), &LoadOptions { precision, device, random_weights: files.random_weights })?;
+        Ok(Self::new(&m.model))
     }
 
     /// The cache of `layer` (1-based), for inspection.
@@ -28,11 +69,33 @@ impl<'m> CandleBackend<'m> {
 
     /// The model.
     pub fn model(&self) -> &LlamaModel {
-        self.model
+        &self.model
+    }
+
+    fn last(x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        Ok(x.narrow(1, t - 1, 1)?)
     }
 }
 
-impl Backend for CandleBackend<'_> {
+/// The exit-head reductions with candle ops, leaving only four f32 scalars to copy (argmax,
+/// max, second max, normaliser): what a non-CPU device runs. `logits` is `[V]` f32.
+pub fn head_summary_on_device(logits: &Tensor, neg_inf: &Tensor) -> Result<HeadSummary> {
+    let v = logits.dim(0)?;
+    let m = logits.max_keepdim(0)?;
+    let idx = logits.argmax_keepdim(0)?;
+    let z = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(0)?;
+    let ar = Tensor::arange(0u32, v as u32, logits.device())?;
+    let masked = ar.broadcast_eq(&idx)?.where_cond(neg_inf, logits)?;
+    let m2 = masked.max_keepdim(0)?;
+    // Indices below 2^24 are exact in f32 (vocabularies are far smaller).
+    let s = Tensor::cat(&[idx.to_dtype(DType::F32)?, m, m2, z], 0)?.to_vec1::<f32>()?;
+    let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
+    let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
+    Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 })
+}
+
+impl Backend for CandleBackend {
     type Hidden = Tensor;
 
     fn num_layers(&self) -> usize {
@@ -70,9 +133,18 @@ impl Backend for CandleBackend<'_> {
 
     fn propagate(&mut self, layer: usize, h: &Tensor) -> Result<()> {
         let pos = self.caches[layer - 1].len();
-        let t = h.dim(1)?;
-        let last = h.narrow(1, t - 1, 1)?;
-        self.model.propagate(layer, &last, pos, &mut self.caches[layer - 1])
+        self.model.propagate(layer, &Self::last(h)?, pos, &mut self.caches[layer - 1])
+    }
+
+    fn head(&mut self, h: &Tensor) -> Result<HeadSummary> {
+        if self.model.device().is_cpu() {
+            return Ok(HeadSummary::of_logits(&self.model.head_last(h)?));
+        }
+        let logits = self.model.head(&Self::last(h)?)?.flatten_all()?;
+        if self.neg_inf.is_none() {
+            self.neg_inf = Some(Tensor::full(f32::NEG_INFINITY, logits.dim(0)?, logits.device())?);
+        }
+        head_summary_on_device(&logits, self.neg_inf.as_ref().expect("set above"))
     }
 
     fn exit_logits(&mut self, h: &Tensor) -> Result<Vec<f32>> {
@@ -80,12 +152,12 @@ impl Backend for CandleBackend<'_> {
     }
 
     fn cosine(&mut self, a: &Tensor, b: &Tensor) -> Result<f32> {
-        let last = |x: &Tensor| -> Result<Tensor> {
-            let t = x.dim(1)?;
-            Ok(x.narrow(1, t - 1, 1)?.flatten_all()?.to_dtype(DType::F32)?)
-        };
-        let (a, b) = (last(a)?.to_vec1::<f32>()?, last(b)?.to_vec1::<f32>()?);
-        Ok(crate::exit::measure::cosine(&a, &b))
+        let (a, b) = (Self::last(a)?.flatten_all()?.to_dtype(DType::F32)?, Self::last(b)?.flatten_all()?.to_dtype(DType::F32)?);
+        if self.model.device().is_cpu() {
+            return Ok(crate::exit::measure::cosine(&a.to_vec1::<f32>()?, &b.to_vec1::<f32>()?));
+        }
+        let s = Tensor::stack(&[(&a * &b)?.sum_all()?, a.sqr()?.sum_all()?, b.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
+        Ok(if s[1] == 0.0 || s[2] == 0.0 { 0.0 } else { s[0] / (s[1].sqrt() * s[2].sqrt()) })
     }
 
     fn classifier(&mut self, layer: usize, h: &Tensor) -> Result<f32> {
@@ -94,5 +166,41 @@ impl Backend for CandleBackend<'_> {
 
     fn sync(&self) -> Result<()> {
         Ok(self.model.device().synchronize()?)
+    }
+
+    fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
+        Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
+        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
+        let len = k.dim(2)?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_reductions_equal_host_reductions() {
+        let logits = vec![0.5f32, 3.0, -1.0, 2.5, 3.0 - 1e-3, -7.0];
+        let host = HeadSummary::of_logits(&logits);
+        let t = Tensor::new(logits.as_slice(), &Device::Cpu).unwrap();
+        let neg = Tensor::full(f32::NEG_INFINITY, logits.len(), &Device::Cpu).unwrap();
+        let dev = head_summary_on_device(&t, &neg).unwrap();
+        assert_eq!(host.argmax, 1);
+        assert_eq!(dev.argmax, host.argmax);
+        assert!((dev.p1 - host.p1).abs() < 1e-6 && (dev.p2 - host.p2).abs() < 1e-6, "{dev:?} vs {host:?}");
+        assert!((dev.logit_gap - 1e-3).abs() < 1e-6 && (host.logit_gap - 1e-3).abs() < 1e-6);
+        // An exact tie: the first index wins, p2 = p1, gap 0, on both paths.
+        let tie = [1.0f32, 2.0, 2.0];
+        let h = HeadSummary::of_logits(&tie);
+        let d = head_summary_on_device(&Tensor::new(&tie, &Device::Cpu).unwrap(), &Tensor::full(f32::NEG_INFINITY, 3, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!((h.argmax, h.logit_gap), (1, 0.0));
+        assert_eq!((d.argmax, d.logit_gap), (1, 0.0));
+        assert_eq!(h.p1, h.p2);
     }
 }

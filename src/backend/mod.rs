@@ -1,10 +1,14 @@
-//! The backend trait: what a runtime must do for the decode loop (embed, run one layer, propagate
-//! a state into a skipped layer, apply the exit head, compute the cheap confidence measures). The
-//! decode loop, exit policies and timing are written once against this trait.
+//! The backend seam: what a runtime must do for the decode loop (embed, run one layer, propagate
+//! a state into a skipped layer, apply the exit head and reduce it on its device, compute the
+//! cheap confidence measures). The decode loop, exit policies and timing are written once
+//! against [`Backend`]; [`open`] builds a runtime from backend-neutral [`ModelFiles`], and the
+//! caller dispatches once per configuration group (see [`with_backend!`]) into generic code, so
+//! the per-token loop keeps static dispatch.
 
 pub mod candle;
 
 use crate::error::{Error, Result};
+use crate::model::{ModelFiles, Precision};
 
 /// Which runtime executes the layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -62,34 +66,11 @@ impl DeviceKind {
             DeviceKind::Cuda(n) => format!("cuda:{n}"),
         }
     }
-
-    /// The candle device (an error when CUDA is not compiled in or not present).
-    pub fn candle_device(self) -> Result<candle_core::Device> {
-        match self {
-            DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
-            DeviceKind::Cuda(n) => {
-                if !candle_core::utils::cuda_is_available() {
-                    return Err(Error::Unsupported(
-                        "CUDA is not available: this exitbench was built without the `cuda` feature".into(),
-                    ));
-                }
-                candle_core::Device::new_cuda(n).map_err(|e| Error::Unsupported(format!("CUDA device {n}: {e}")))
-            }
-        }
-    }
 }
 
-/// Sets the number of CPU threads candle's kernels use. Must run before the first tensor op of the
-/// process for the thread pool to take it; later calls still change the matmul parallelism.
-pub fn set_cpu_threads(n: usize) {
-    let n = n.max(1).to_string();
-    // Both variables are read by candle (RAYON_NUM_THREADS per matmul, CANDLE_NUM_THREADS for its pool).
-    std::env::set_var("RAYON_NUM_THREADS", &n);
-    std::env::set_var("CANDLE_NUM_THREADS", &n);
-}
-
-/// A sensible thread count for single-token decoding of a model of this width: small models are
-/// dominated by the thread pool's dispatch cost (~30 µs per op on 2 cores), so they run on one.
+/// A sensible thread count for single-token decoding of a model of this width, the same rule for
+/// every backend: small models are dominated by the thread pool's dispatch cost (~30 µs per op on
+/// 2 cores), so they run on one.
 pub fn default_threads(hidden_size: usize) -> usize {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if hidden_size < 1024 {
@@ -99,10 +80,57 @@ pub fn default_threads(hidden_size: usize) -> usize {
     }
 }
 
+/// What the exit head (final norm + LM head) says about the last position, reduced on the
+/// backend's device so that only these scalars cross to the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadSummary {
+    /// Index of the largest logit (the first on ties).
+    pub argmax: u32,
+    /// Top-1 softmax probability.
+    pub p1: f32,
+    /// Top-2 softmax probability (equal to `p1` on an exact tie).
+    pub p2: f32,
+    /// Top-1 minus top-2 logit: how close the argmax was to changing (near-ties).
+    pub logit_gap: f32,
+}
+
+impl HeadSummary {
+    /// The reductions on host logits (one pass for top-2, one for the normaliser).
+    pub fn of_logits(logits: &[f32]) -> Self {
+        let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for (i, &v) in logits.iter().enumerate() {
+            if v > v1 {
+                v2 = v1;
+                v1 = v;
+                i1 = i;
+            } else if v > v2 {
+                v2 = v;
+            }
+        }
+        let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
+        let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
+        HeadSummary { argmax: i1 as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 }
+    }
+}
+
+/// A layer's cached keys and values copied to the host, for conformance tests and analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvSnapshot {
+    /// Keys, row-major `[kv_heads, len, head_dim]`, f32.
+    pub k: Vec<f32>,
+    /// Values, same layout.
+    pub v: Vec<f32>,
+    /// Cached positions.
+    pub len: usize,
+}
+
 /// A runtime that runs one decoder layer at a time with per-layer KV caches.
 ///
 /// Layers are numbered 1..=L. Every call that appends to a cache uses that layer's current
-/// cache length as the position of the first new token.
+/// cache length as the position of the first new token. Hidden states stay on the backend's
+/// device; exit checks return scalars ([`HeadSummary`], cosine, classifier probability) and full
+/// logits cross to the host only through [`Backend::exit_logits`], which the decode loop calls
+/// only when sampling needs them.
 pub trait Backend {
     /// A hidden state `[1, t, d]` living on the backend's device.
     type Hidden: Clone;
@@ -126,12 +154,56 @@ pub trait Backend {
     /// State propagation: `layer`'s own norm + k/v projections of the exited state `h` (last
     /// position), appended to its cache.
     fn propagate(&mut self, layer: usize, h: &Self::Hidden) -> Result<()>;
-    /// The exit head on the last position: final norm + LM head, f32 logits on the host.
+    /// The exit head on the last position (final norm + LM head), reduced on the device.
+    fn head(&mut self, h: &Self::Hidden) -> Result<HeadSummary>;
+    /// The exit head's f32 logits of the last position on the host (for sampling and tests).
     fn exit_logits(&mut self, h: &Self::Hidden) -> Result<Vec<f32>>;
-    /// Cosine similarity of the last positions of two states, computed in f32.
+    /// Cosine similarity of the last positions of two states, computed in f32 or better.
     fn cosine(&mut self, a: &Self::Hidden, b: &Self::Hidden) -> Result<f32>;
     /// Exit-classifier probability of `layer` for the last position of `h`.
     fn classifier(&mut self, layer: usize, h: &Self::Hidden) -> Result<f32>;
     /// Waits for queued device work (no-op on the CPU); called at timing edges.
     fn sync(&self) -> Result<()>;
+    /// A copy of `h` on the host, f32 row-major `[t, d]` (tests and analysis, never timed).
+    fn hidden_to_host(&self, h: &Self::Hidden) -> Result<Vec<f32>>;
+    /// A copy of `layer`'s cache on the host (`None` while it is empty).
+    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>>;
+}
+
+/// A backend built by [`open`]: one variant per runtime. Match it once (e.g. with
+/// [`with_backend!`]) and hand the inner backend to generic code.
+pub enum OpenBackend {
+    /// candle.
+    Candle(candle::CandleBackend),
+}
+
+impl OpenBackend {
+    /// The runtime.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            OpenBackend::Candle(_) => BackendKind::Candle,
+        }
+    }
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend inside an [`OpenBackend`] (static
+/// dispatch from there on).
+#[macro_export]
+macro_rules! with_backend {
+    ($open:expr, $b:ident => $body:expr) => {
+        match $open {
+            $crate::backend::OpenBackend::Candle($b) => $body,
+        }
+    };
+}
+
+/// Builds `kind`'s runtime for `model` on `device` in `precision` with `threads` CPU threads.
+/// A device or precision the runtime cannot serve is `Error::Unsupported` with its reason.
+pub fn open(kind: BackendKind, model: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize) -> Result<OpenBackend> {
+    if threads == 0 {
+        return Err(Error::setting("--threads", "must be at least 1"));
+    }
+    match kind {
+        BackendKind::Candle => Ok(OpenBackend::Candle(candle::CandleBackend::open(model, device, precision, threads)?)),
+    }
 }

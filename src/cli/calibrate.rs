@@ -64,7 +64,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     calibrate::write(&cal, &a.out)?;
     println!("{}", calibrate::markdown(&cal));
     if a.write_card {
-        crate::backend::set_cpu_threads(cal.threads);
+        crate::backend::candle::set_cpu_threads(cal.threads);
         let m = LoadedModel::load(std::path::Path::new(&a.model), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
         let card = crate::card::build(&m, Some(&cal))?;
         crate::card::write(&card, &m.dir)?;

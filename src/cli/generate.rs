@@ -1,13 +1,12 @@
 //! `exitbench generate`: one prompt through the early-exit decoder; prints the text, each token's
 //! exit layer and the average, or one JSON document with `--json`.
 
-use crate::backend::candle::CandleBackend;
-use crate::backend::{default_threads, set_cpu_threads, BackendKind, DeviceKind};
+use crate::backend::{default_threads, BackendKind, DeviceKind, OpenBackend};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::{Error, Result};
 use crate::exit::schedule::DEFAULT_TAU;
 use crate::exit::{ExitMode, ExitPolicy, Measure, Schedule};
-use crate::model::{LoadOptions, LoadedModel, Precision};
+use crate::model::{ModelFiles, Precision};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -115,38 +114,32 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-/// A model ready to run, with the settings it was loaded with.
+/// A model ready to run, with the settings it was opened with.
 pub struct Prepared {
-    /// The model.
-    pub loaded: LoadedModel,
+    /// Config, tokenizer and weight files.
+    pub files: ModelFiles,
+    /// The runtime built from them.
+    pub backend: OpenBackend,
     /// CPU threads in use.
     pub threads: usize,
     /// Precision.
     pub precision: Precision,
     /// Device.
     pub device: DeviceKind,
-    /// Backend.
-    pub backend: BackendKind,
 }
 
-/// Validates model flags, sets threads and loads the model.
+/// Validates model flags and opens the model on the chosen runtime.
 pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
-    let backend = BackendKind::parse(&a.backend)?;
+    let kind = BackendKind::parse(&a.backend)?;
     let device = DeviceKind::parse(&a.device)?;
     let precision = Precision::parse(&a.dtype)?;
     if a.threads == Some(0) {
         return Err(Error::setting("--threads", "must be at least 1"));
     }
-    // Threads must be set before the first tensor op; the config tells the model size.
-    let cfg = crate::model::LlamaConfig::from_file(&a.model.join("config.json")).map_err(|e| match e {
-        Error::Io { .. } if !a.model.is_dir() => Error::Io { path: a.model.clone(), message: "model directory not found".into() },
-        Error::Io { path, .. } => Error::BadModel { dir: a.model.clone(), message: format!("{} is missing", path.display()) },
-        other => other,
-    })?;
-    let threads = a.threads.unwrap_or_else(|| default_threads(cfg.hidden_size));
-    set_cpu_threads(threads);
-    let loaded = LoadedModel::load(&a.model, &LoadOptions { precision, device: device.candle_device()?, random_weights: a.random_weights })?;
-    Ok(Prepared { loaded, threads, precision, device, backend })
+    let files = ModelFiles::open(&a.model, a.random_weights)?;
+    let threads = a.threads.unwrap_or_else(|| default_threads(files.config.hidden_size));
+    let backend = crate::backend::open(kind, &files, device, precision, threads)?;
+    Ok(Prepared { files, backend, threads, precision, device })
 }
 
 #[derive(Serialize)]
@@ -181,18 +174,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mode = a.exit.mode()?;
     let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate()?;
-    let p = prepare(&a.model)?;
-    let m = &p.loaded;
-    mode.validate(m.model.num_layers())?;
+    let mut p = prepare(&a.model)?;
+    let m = &p.files;
+    mode.validate(m.config.num_hidden_layers)?;
     let prompt = m.tokenizer.encode(&a.prompt)?;
     let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids() };
-    let mut backend = CandleBackend::new(&m.model);
-    let g = generate(&mut backend, &prompt, &opts)?;
+    let g = crate::with_backend!(&mut p.backend, b => generate(b, &prompt, &opts))?;
     print_generation(&p, &g, &opts, a.json)
 }
 
 fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: bool) -> Result<()> {
-    let m = &p.loaded;
+    let m = &p.files;
     let ids = g.ids();
     let pieces = m.tokenizer.pieces(&ids)?;
     let text = m.tokenizer.decode(&ids)?;
@@ -211,7 +203,7 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
                 propagation_ms: ms(t.propagation_s),
             }).collect(),
             avg_layers: g.avg_layers(),
-            num_layers: m.model.num_layers(),
+            num_layers: m.config.num_hidden_layers,
             prompt_tokens: g.prompt_tokens,
             prefill_ms: ms(g.prefill_s),
             stop: g.stop,
@@ -227,7 +219,7 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
     println!();
     let layers: Vec<String> = g.tokens.iter().map(|t| t.exit_layer.to_string()).collect();
     println!("exit layers: {}", layers.join(" "));
-    let l = m.model.num_layers();
+    let l = m.config.num_hidden_layers;
     let avg = g.avg_layers();
     let figures = if avg > 0.0 {
         format!("{avg:.2} of {l} over the decoded tokens (theoretical speedup {:.2}x)", l as f64 / avg)

@@ -82,7 +82,7 @@ pub struct TrainArgs {
 
 /// Runs `exitbench train`.
 pub fn run(a: TrainArgs) -> Result<()> {
-    crate::backend::set_cpu_threads(a.threads);
+    crate::backend::candle::set_cpu_threads(a.threads);
     if a.classifier_only {
         if a.samples == 0 || a.classifier_epochs == 0 {
             return Err(Error::setting("train", "--samples and --classifier-epochs must be positive"));

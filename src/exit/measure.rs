@@ -51,31 +51,13 @@ impl Measure {
     }
 }
 
-/// Top-1 and top-2 softmax probabilities of `logits` (f32, numerically stable).
-pub fn top2_probs(logits: &[f32]) -> (f32, f32) {
-    let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for (i, &v) in logits.iter().enumerate() {
-        if v > v1 {
-            v2 = v1;
-            v1 = v;
-            i1 = i;
-        } else if v > v2 {
-            v2 = v;
-        }
-    }
-    let _ = i1;
-    let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
-    let p1 = 1.0 / z;
-    let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
-    (p1, p2)
-}
-
-/// Softmax confidence of `logits` for a logits-based measure.
+/// Softmax confidence of host `logits` for a logits-based measure (backends reduce on their
+/// device with the same formulas: [`crate::backend::HeadSummary`]).
 pub fn softmax_confidence(measure: Measure, logits: &[f32]) -> f32 {
-    let (p1, p2) = top2_probs(logits);
+    let s = crate::backend::HeadSummary::of_logits(logits);
     match measure {
-        Measure::SoftmaxMax => p1,
-        _ => p1 - p2,
+        Measure::SoftmaxMax => s.p1,
+        _ => s.p1 - s.p2,
     }
 }
 

@@ -57,7 +57,7 @@ impl Precision {
     }
 }
 
-/// How to load a model directory.
+/// How candle builds a model directory.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Precision of weights and activations.
@@ -68,25 +68,27 @@ pub struct LoadOptions {
     pub random_weights: Option<u64>,
 }
 
-/// A loaded model with its tokenizer and provenance.
-pub struct LoadedModel {
+/// What every runtime starts from, whatever it builds: a model directory's configuration,
+/// tokenizer, weight files and their provenance. Opening it checks `config.json`, the tokenizer
+/// and that the weight files exist; no tensor is read.
+#[derive(Clone)]
+pub struct ModelFiles {
     /// The directory it came from.
     pub dir: PathBuf,
     /// Its configuration.
     pub config: LlamaConfig,
-    /// The decoder.
-    pub model: LlamaModel,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
     /// Seed of random weights, when the weights are random (quality figures are meaningless).
     pub random_weights: Option<u64>,
-    /// Weight files read (empty for random weights).
+    /// Decoder weight files (empty for random weights; the exit classifiers are not listed).
     pub weight_files: Vec<PathBuf>,
 }
 
-impl LoadedModel {
-    /// Loads `dir` with the given options.
-    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+impl ModelFiles {
+    /// Opens `dir`: its config, tokenizer and weight file names (`random_weights` builds
+    /// seeded random weights of config.json's shape instead of reading weights).
+    pub fn open(dir: &Path, random_weights: Option<u64>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() });
         }
@@ -96,21 +98,84 @@ impl LoadedModel {
         }
         let config = LlamaConfig::from_file(&cfg_path)?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = if opts.random_weights.is_some() && !tok_path.exists() {
+        let tokenizer = if random_weights.is_some() && !tok_path.exists() {
             TextTokenizer::Bytes { vocab_size: config.vocab_size }
         } else {
             TextTokenizer::from_file(&tok_path, config.vocab_size)?
         };
-        let (source, weight_files) = match opts.random_weights {
-            Some(seed) => (WeightSource::Random { seed }, Vec::new()),
-            None => {
-                let files = SafetensorFiles::open(dir)?;
-                let paths = files.paths();
-                (WeightSource::Files(files), paths)
-            }
+        let weight_files = match random_weights {
+            Some(_) => Vec::new(),
+            None => weights::decoder_weight_paths(dir)?,
         };
-        let loader = TensorLoader::new(source, opts.precision.dtype(), opts.device.clone(), dir);
-        let model = LlamaModel::load(&config, &loader)?;
-        Ok(Self { dir: dir.to_path_buf(), config, model, tokenizer, random_weights: opts.random_weights, weight_files })
+        Ok(Self { dir: dir.to_path_buf(), config, tokenizer, random_weights, weight_files })
+    }
+
+    /// SHA-256 (first 16 hex digits) of every `*.safetensors` file of the directory (decoder
+    /// weights and exit classifiers), in name order; `random:SEED` for random weights. Records
+    /// and `check` match cells on it.
+    pub fn weights_hash(&self) -> Result<String> {
+        weights_hash(&self.dir, self.random_weights)
+    }
+}
+
+/// See [`ModelFiles::weights_hash`].
+pub fn weights_hash(dir: &Path, random: Option<u64>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    if let Some(seed) = random {
+        return Ok(format!("random:{seed}"));
+    }
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io(&f, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(crate::hardware::hex::encode(&h.finalize()[..8]))
+}
+
+/// A model directory built as candle's `LlamaModel` (the candle backend, training, the card).
+/// Its backend-neutral part is reachable through `Deref` (`m.config`, `m.tokenizer`, ...).
+pub struct LoadedModel {
+    /// Config, tokenizer and weight files.
+    pub files: ModelFiles,
+    /// The decoder.
+    pub model: LlamaModel,
+}
+
+impl std::ops::Deref for LoadedModel {
+    type Target = ModelFiles;
+    fn deref(&self) -> &ModelFiles {
+        &self.files
+    }
+}
+
+impl LoadedModel {
+    /// Opens and builds `dir` with the given options.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::build(ModelFiles::open(dir, opts.random_weights)?, opts)
+    }
+
+    /// Builds opened files (`opts.random_weights` must be the files' own).
+    pub fn build(files: ModelFiles, opts: &LoadOptions) -> Result<Self> {
+        let source = match files.random_weights {
+            Some(seed) => WeightSource::Random { seed },
+            None => WeightSource::Files(SafetensorFiles::open(&files.dir)?),
+        };
+        let loader = TensorLoader::new(source, opts.precision.dtype(), opts.device.clone(), &files.dir);
+        let model = LlamaModel::load(&files.config, &loader)?;
+        Ok(Self { files, model })
     }
 }

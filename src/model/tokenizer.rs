@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// The tokenizer of a model.
+#[derive(Clone)]
 pub enum TextTokenizer {
     /// A Hugging Face `tokenizer.json`.
     Hf(Box<tokenizers::Tokenizer>),

@@ -113,7 +113,7 @@ impl SafetensorFiles {
 
 /// The decoder's weight files: `model.safetensors`, or the shards that
 /// `model.safetensors.index.json` lists.
-fn decoder_weight_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn decoder_weight_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if single.is_file() {

@@ -3,19 +3,17 @@
 
 use super::grid::{groups, Group, Shard};
 use super::plan::Plan;
-use crate::backend::candle::CandleBackend;
-use crate::backend::{set_cpu_threads, Backend};
+use crate::backend::Backend;
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::{Error, Result};
 use crate::exit::{ExitMode, Measure};
 use crate::hardware::{hex, Hardware};
 use crate::metrics::rouge::{corpus, Rouge};
-use crate::model::{LoadOptions, LoadedModel};
+use crate::model::ModelFiles;
 use crate::results::record::{CellKey, CellRecord, Energy, SampleOutput, Stats, TimeSplit, TraceToken};
 use crate::results::{store, SCHEMA_VERSION};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -186,13 +184,13 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashS
     let g = ctx.group;
     let plan = ctx.plan;
     let layers = plan.models[g.model].config.num_hidden_layers;
-    set_cpu_threads(g.threads);
     let per_cell = (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions) as u64;
-    let device = match g.device.candle_device() {
-        Ok(d) => d,
-        Err(e) => {
+    let files = ModelFiles::open(&g.model_dir, plan.random_weights)?;
+    let wh = files.weights_hash()?;
+    let mut backend = match crate::backend::open(g.backend, &files, g.device, g.dtype, g.threads) {
+        Ok(b) => b,
+        Err(e @ Error::Unsupported(_)) => {
             // The whole group cannot run here: one `unsupported` row per cell, never a crash.
-            let wh = weights_hash(&g.model_dir, plan.random_weights)?;
             for mode in &g.modes {
                 let key = ctx.key(mode, &wh);
                 if done.insert(key.id()) {
@@ -204,42 +202,60 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashS
             }
             return Ok(());
         }
+        Err(e) => return Err(e),
     };
-    let m = LoadedModel::load(&g.model_dir, &LoadOptions { precision: g.dtype, device, random_weights: plan.random_weights })?;
     if let crate::backend::DeviceKind::Cuda(index) = g.device {
         warn_if_gpu_shared(index as u32, progress);
     }
-    let wh = weights_hash(&g.model_dir, plan.random_weights)?;
-    let prompts = encode_prompts(plan, &m)?;
-    for mode in &g.modes {
-        let key = ctx.key(mode, &wh);
-        if !done.insert(key.id()) {
-            (0..per_cell).for_each(|_| progress.tick());
-            continue;
-        }
-        progress.cell(&key.label());
-        let rec = match mode {
-            ExitMode::Dynamic(p) if p.measure == Measure::Classifier && !m.model.has_classifiers() => {
-                (0..per_cell).for_each(|_| progress.tick());
-                ctx.base_record(key, layers, "unsupported", Some("the classifier measure needs exit classifiers; this model has none".into()))
+    let prompts = encode_prompts(plan, &files)?;
+    let group = GroupRun { ctx, files: &files, weights_hash: &wh, prompts: &prompts, path, per_cell };
+    crate::with_backend!(&mut backend, b => group.run(b, meter, done, progress, written))
+}
+
+/// One configuration group's shared state while its cells run on one backend.
+struct GroupRun<'a> {
+    ctx: &'a GroupCtx<'a>,
+    files: &'a ModelFiles,
+    weights_hash: &'a str,
+    prompts: &'a [Vec<u32>],
+    path: &'a Path,
+    per_cell: u64,
+}
+
+impl GroupRun<'_> {
+    fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+        let (ctx, plan) = (self.ctx, self.ctx.plan);
+        let layers = backend.num_layers();
+        for mode in &ctx.group.modes {
+            let key = ctx.key(mode, self.weights_hash);
+            if !done.insert(key.id()) {
+                (0..self.per_cell).for_each(|_| progress.tick());
+                continue;
             }
-            // A cell that fails at run time (an op or dtype the device lacks, memory) is a row
-            // with status `error` and the reason; the sweep goes on.
-            _ => match run_cell(ctx, meter, &m, mode, &prompts, key.clone(), progress) {
-                Ok(rec) => rec,
-                Err(e) => {
-                    progress.warn(&format!("{}: failed: {e}", key.label()));
-                    ctx.base_record(key, layers, "error", Some(e.to_string()))
+            progress.cell(&key.label());
+            let rec = match mode {
+                ExitMode::Dynamic(p) if p.measure == Measure::Classifier && !backend.has_classifier() => {
+                    (0..self.per_cell).for_each(|_| progress.tick());
+                    ctx.base_record(key, layers, "unsupported", Some("the classifier measure needs exit classifiers; this model has none".into()))
                 }
-            },
-        };
-        store::append(path, &rec)?;
-        written.push(rec);
-        if plan.cooldown_s > 0.0 {
-            std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
+                // A cell that fails at run time (an op or dtype the device lacks, memory) is a row
+                // with status `error` and the reason; the sweep goes on.
+                _ => match run_cell(ctx, meter, backend, self.files, mode, self.prompts, key.clone(), progress) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        progress.warn(&format!("{}: failed: {e}", key.label()));
+                        ctx.base_record(key, layers, "error", Some(e.to_string()))
+                    }
+                },
+            };
+            store::append(self.path, &rec)?;
+            written.push(rec);
+            if plan.cooldown_s > 0.0 {
+                std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Warns when other processes use the GPU: their work would pollute the energy reading.
@@ -252,7 +268,7 @@ fn warn_if_gpu_shared(index: u32, progress: &mut dyn Progress) {
     }
 }
 
-fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
+fn encode_prompts(plan: &Plan, m: &ModelFiles) -> Result<Vec<Vec<u32>>> {
     let max = m.config.max_position_embeddings;
     plan.examples
         .iter()
@@ -269,12 +285,12 @@ fn encode_prompts(plan: &Plan, m: &LoadedModel) -> Result<Vec<Vec<u32>>> {
         .collect()
 }
 
-fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
+#[allow(clippy::too_many_arguments)]
+fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m: &ModelFiles, mode: &ExitMode, prompts: &[Vec<u32>], key: CellKey, progress: &mut dyn Progress) -> Result<CellRecord> {
     let cell_start = Instant::now();
     let mut generate_s = 0.0;
     let plan = ctx.plan;
-    let layers = m.model.num_layers();
-    let mut backend = CandleBackend::new(&m.model);
+    let layers = backend.num_layers();
     let opts = |i: usize| GenerateOptions {
         mode: *mode,
         max_new_tokens: plan.max_new_tokens,
@@ -283,7 +299,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
     };
     for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
         let t = Instant::now();
-        generate(&mut backend, p, &opts(i))?;
+        generate(backend, p, &opts(i))?;
         generate_s += t.elapsed().as_secs_f64();
         progress.tick();
     }
@@ -302,7 +318,7 @@ fn run_cell(ctx: &GroupCtx, meter: &mut MeterCtx, m: &LoadedModel, mode: &ExitMo
         loop {
             for (i, p) in prompts.iter().enumerate() {
                 let t = Instant::now();
-                let g = generate(&mut backend, p, &opts(i))?;
+                let g = generate(backend, p, &opts(i))?;
                 generate_s += t.elapsed().as_secs_f64();
                 gpu_mem.sample();
                 decode_s += g.decode_s();
@@ -460,33 +476,6 @@ fn hash_examples(plan: &Plan) -> String {
         h.update([0]);
     }
     hex::encode(&h.finalize()[..8])
-}
-
-/// SHA-256 (first 16 hex digits) of a model's weight files, in name order; `random:SEED` for
-/// random weights.
-pub fn weights_hash(dir: &Path, random: Option<u64>) -> Result<String> {
-    if let Some(seed) = random {
-        return Ok(format!("random:{seed}"));
-    }
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files {
-        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
-        loop {
-            let n = file.read(&mut buf).map_err(|e| Error::io(&f, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(hex::encode(&h.finalize()[..8]))
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op).
