@@ -31,6 +31,25 @@ pub fn tiny_config(layers: usize, vocab: usize) -> LlamaConfig {
     }
 }
 
+/// A tiny config exercising the shape options real checkpoints use: tied embeddings (Llama 3.2,
+/// Qwen2), `head_dim` ≠ hidden ÷ heads (24 vs 16) and llama3 `rope_scaling` with an original
+/// context short enough (32) that the test prompts reach the scaled frequencies.
+pub fn tiny_variant_config(layers: usize, vocab: usize) -> LlamaConfig {
+    LlamaConfig {
+        head_dim: Some(24),
+        tie_word_embeddings: true,
+        rope_theta: 500000.0,
+        rope_scaling: Some(crate::model::config::RopeScaling {
+            rope_type: "llama3".into(),
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 32,
+        }),
+        ..tiny_config(layers, vocab)
+    }
+}
+
 /// Sentences the tiny tokenizer is trained on.
 pub const TINY_CORPUS: &[&str] = &[
     "The Hawks beat the Foxes by 47 runs at Kelmarsh Oval.",

@@ -2,11 +2,12 @@
 
 use candle_core::{Device, Tensor};
 use exitbench::backend::candle::CandleBackend;
-use exitbench::backend::Backend;
+use exitbench::backend::{Backend, BackendKind, DeviceKind, OpenBackend};
 use exitbench::decode::{generate, GenerateOptions, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
-use exitbench::model::{LoadOptions, LoadedModel, Precision};
-use exitbench::testkit::{tiny_config, write_tiny_model};
+use exitbench::model::{LlamaConfig, LoadOptions, LoadedModel, ModelFiles, Precision};
+use exitbench::testkit::{tiny_config, tiny_variant_config, write_tiny_model};
+use exitbench::with_backend;
 use std::path::Path;
 
 const PROMPT: &str = "The Hawks beat the Foxes by 47 runs at Kelmarsh Oval.";
@@ -43,54 +44,84 @@ fn recompute(m: &LoadedModel, ids: &[u32]) -> Vec<f32> {
     m.model.head_last(&h).unwrap()
 }
 
-#[test]
-fn kv_cached_decoding_matches_recomputation() {
-    let (_d, m) = tiny(4, 7);
-    let mut ids = m.tokenizer.encode(PROMPT).unwrap();
-    let mut b = CandleBackend::new(&m.model);
-    let mut h = b.embed(&ids).unwrap();
-    for l in 1..=4 {
+// ---- The conformance suite: properties every backend must have, on two model shapes ----
+
+/// Builds a backend under test for a model directory.
+type Opener = fn(&Path) -> OpenBackend;
+
+fn open_candle(dir: &Path) -> OpenBackend {
+    let files = ModelFiles::open(dir, None).unwrap();
+    exitbench::backend::open(BackendKind::Candle, &files, DeviceKind::Cpu, Precision::F32, 1).unwrap()
+}
+
+/// A tiny model of either shape in a temp dir: `variant` = tied embeddings, head_dim ≠ d/heads,
+/// llama3 rope scaling.
+fn model_dir(variant: bool, layers: usize, seed: u64) -> (tempfile::TempDir, LlamaConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = if variant { tiny_variant_config(layers, 300) } else { tiny_config(layers, 300) };
+    let cfg = write_tiny_model(dir.path(), &cfg, seed).unwrap();
+    (dir, cfg)
+}
+
+fn prompt_of(dir: &Path) -> Vec<u32> {
+    ModelFiles::open(dir, None).unwrap().tokenizer.encode(PROMPT).unwrap()
+}
+
+/// Full-depth logits of the last position of `ids`, from empty caches in one prefill.
+fn prefill_logits<B: Backend>(b: &mut B, ids: &[u32]) -> Vec<f32> {
+    b.reset();
+    let mut h = b.embed(ids).unwrap();
+    for l in 1..=b.num_layers() {
         h = b.layer(l, &h).unwrap();
     }
-    let mut logits = b.exit_logits(&h).unwrap();
-    let mut worst = 0f32;
-    for _ in 0..12 {
-        worst = worst.max(max_abs_diff(&logits, &recompute(&m, &ids)));
-        let next = exitbench::exit::measure::argmax(&logits);
-        ids.push(next);
-        let mut h = b.embed(&[next]).unwrap();
-        for l in 1..=4 {
-            h = b.layer(l, &h).unwrap();
+    b.exit_logits(&h).unwrap()
+}
+
+fn cached_decoding_matches_recomputation(open: Opener, variant: bool) {
+    let (dir, _) = model_dir(variant, 4, 7);
+    let mut ids = prompt_of(dir.path());
+    let (mut inc, mut fresh) = (open(dir.path()), open(dir.path()));
+    with_backend!(&mut inc, b => with_backend!(&mut fresh, r => {
+        let mut logits = prefill_logits(b, &ids);
+        let mut worst = 0f32;
+        for _ in 0..12 {
+            worst = worst.max(max_abs_diff(&logits, &prefill_logits(r, &ids)));
+            let next = exitbench::exit::measure::argmax(&logits);
+            ids.push(next);
+            let mut h = b.embed(&[next]).unwrap();
+            for l in 1..=4 {
+                h = b.layer(l, &h).unwrap();
+            }
+            logits = b.exit_logits(&h).unwrap();
+            // The device-side reductions agree with the host logits.
+            let s = b.head(&h).unwrap();
+            assert_eq!(s.argmax, exitbench::exit::measure::argmax(&logits));
         }
-        logits = b.exit_logits(&h).unwrap();
-    }
-    assert!(worst <= 1e-4, "cached vs recomputed logits differ by {worst}");
-    let range = logits.iter().cloned().fold(f32::MIN, f32::max) - logits.iter().cloned().fold(f32::MAX, f32::min);
-    assert!(range > 0.1, "logits are degenerate (range {range}); the test would prove nothing");
+        assert!(worst <= 1e-4, "cached vs recomputed logits differ by {worst}");
+        let range = logits.iter().cloned().fold(f32::MIN, f32::max) - logits.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(range > 0.1, "logits are degenerate (range {range}); the test would prove nothing");
+    }));
 }
 
-#[test]
-fn unreachable_threshold_reproduces_full_depth_tokens() {
-    let (_d, m) = tiny(4, 11);
-    let prompt = m.tokenizer.encode(PROMPT).unwrap();
-    let mut b = CandleBackend::new(&m.model);
-    let full = generate(&mut b, &prompt, &opts(ExitMode::Full, 20)).unwrap();
-    assert_eq!(full.tokens.len(), 20);
-    for measure in [Measure::SoftmaxDiff, Measure::SoftmaxMax, Measure::Saturation] {
-        let g = generate(&mut b, &prompt, &opts(dynamic(measure, 1.0), 20)).unwrap();
-        assert_eq!(g.ids(), full.ids(), "{measure:?}");
-        assert!(g.tokens.iter().all(|t| t.exit_layer == 4));
-    }
-    // And a threshold of 0 exits every decoded token at the first layer.
-    let g = generate(&mut b, &prompt, &opts(dynamic(Measure::SoftmaxDiff, 0.0), 20)).unwrap();
-    assert!(g.tokens.iter().skip(1).all(|t| t.exit_layer == 1));
+fn unreachable_threshold_reproduces_full_depth_tokens(open: Opener, variant: bool) {
+    let (dir, _) = model_dir(variant, 4, 11);
+    let prompt = prompt_of(dir.path());
+    with_backend!(&mut open(dir.path()), b => {
+        let full = generate(b, &prompt, &opts(ExitMode::Full, 20)).unwrap();
+        assert_eq!(full.tokens.len(), 20);
+        for measure in [Measure::SoftmaxDiff, Measure::SoftmaxMax, Measure::Saturation] {
+            let g = generate(b, &prompt, &opts(dynamic(measure, 1.0), 20)).unwrap();
+            assert_eq!(g.ids(), full.ids(), "{measure:?}");
+            assert!(g.tokens.iter().all(|t| t.exit_layer == 4));
+        }
+        // And a threshold of 0 exits every decoded token at the first layer.
+        let g = generate(b, &prompt, &opts(dynamic(Measure::SoftmaxDiff, 0.0), 20)).unwrap();
+        assert!(g.tokens.iter().skip(1).all(|t| t.exit_layer == 1));
+    });
 }
 
-#[test]
-fn static_exit_equals_truncated_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_tiny_model(dir.path(), &tiny_config(4, 300), 5).unwrap();
-    let m = load(dir.path(), Precision::F32);
+fn static_exit_equals_truncated_model(open: Opener, variant: bool) {
+    let (dir, cfg) = model_dir(variant, 4, 5);
     // The same weights with only the first 2 layers.
     let trunc = tempfile::tempdir().unwrap();
     let mut tcfg = cfg.clone();
@@ -98,48 +129,130 @@ fn static_exit_equals_truncated_model() {
     std::fs::write(trunc.path().join("config.json"), serde_json::to_string(&tcfg).unwrap()).unwrap();
     std::fs::copy(dir.path().join("tokenizer.json"), trunc.path().join("tokenizer.json")).unwrap();
     std::fs::copy(dir.path().join("model.safetensors"), trunc.path().join("model.safetensors")).unwrap();
-    let t = load(trunc.path(), Precision::F32);
-    let prompt = m.tokenizer.encode(PROMPT).unwrap();
-    let s = generate(&mut CandleBackend::new(&m.model), &prompt, &opts(ExitMode::Static { layer: 2 }, 16)).unwrap();
-    let f = generate(&mut CandleBackend::new(&t.model), &prompt, &opts(ExitMode::Full, 16)).unwrap();
-    assert_eq!(s.ids(), f.ids());
-    assert!(s.tokens.iter().all(|t| t.exit_layer == 2));
-    // Layers above k are never run: their caches stay empty.
-    let mut b = CandleBackend::new(&m.model);
-    generate(&mut b, &prompt, &opts(ExitMode::Static { layer: 2 }, 5)).unwrap();
-    assert_eq!(b.cache_len(3), 0);
-    assert_eq!(b.cache_len(4), 0);
-    assert!(b.cache_len(2) > 0);
+    let prompt = prompt_of(dir.path());
+    with_backend!(&mut open(dir.path()), b => with_backend!(&mut open(trunc.path()), t => {
+        let s = generate(b, &prompt, &opts(ExitMode::Static { layer: 2 }, 16)).unwrap();
+        let f = generate(t, &prompt, &opts(ExitMode::Full, 16)).unwrap();
+        assert_eq!(s.ids(), f.ids());
+        assert!(s.tokens.iter().all(|t| t.exit_layer == 2));
+        // Layers above k are never run: their caches stay empty.
+        generate(b, &prompt, &opts(ExitMode::Static { layer: 2 }, 5)).unwrap();
+        assert_eq!(b.cache_len(3), 0);
+        assert_eq!(b.cache_len(4), 0);
+        assert!(b.cache_len(2) > 0);
+    }));
 }
 
-#[test]
-fn propagation_fills_every_skipped_layer_with_its_own_projection() {
-    let (_d, m) = tiny(4, 3);
-    let prompt = m.tokenizer.encode(PROMPT).unwrap();
-    let mut b = CandleBackend::new(&m.model);
-    let g = generate(&mut b, &prompt, &opts(dynamic(Measure::SoftmaxMax, 0.0), 10)).unwrap();
-    assert!(g.tokens.iter().skip(1).all(|t| t.exit_layer == 1));
-    // Every layer's cache has the same length: prompt + all generated tokens but the last.
-    let want = prompt.len() + g.tokens.len() - 1;
-    for l in 1..=4 {
-        assert_eq!(b.cache_len(l), want, "layer {l}");
-    }
-    // Layer 1 is computed for every position, so its outputs over the whole sequence are the
-    // exited states; propagated entries must equal each layer's own norm + k/v projection of them.
-    let seq: Vec<u32> = prompt.iter().copied().chain(g.ids()[..g.tokens.len() - 1].iter().copied()).collect();
-    let h1 = m.model.layer_forward(1, &m.model.embed(&seq).unwrap(), 0, None).unwrap();
-    for l in 2..=4 {
-        let (k, v) = b.cache(l).kv().unwrap().unwrap();
-        for p in prompt.len()..seq.len() {
-            let state = h1.narrow(1, p, 1).unwrap();
-            let (pk, pv) = m.model.project_kv(l, &state, p).unwrap();
-            let ck = k.narrow(2, p, 1).unwrap();
-            let cv = v.narrow(2, p, 1).unwrap();
-            let dk = (pk - ck).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let dv = (pv - cv).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(dk < 1e-4 && dv < 1e-4, "layer {l} position {p}: |Δk| {dk}, |Δv| {dv}");
+fn propagation_fills_every_skipped_layer_with_its_own_projection(open: Opener, variant: bool) {
+    let (dir, cfg) = model_dir(variant, 4, 3);
+    let prompt = prompt_of(dir.path());
+    // The reference: candle's own layer 1 and k/v projections, computed without any cache.
+    let m = load(dir.path(), Precision::F32);
+    let (kvh, hd) = (cfg.kv_heads(), cfg.head_dim());
+    with_backend!(&mut open(dir.path()), b => {
+        let g = generate(b, &prompt, &opts(dynamic(Measure::SoftmaxMax, 0.0), 10)).unwrap();
+        assert!(g.tokens.iter().skip(1).all(|t| t.exit_layer == 1));
+        // Every layer's cache has the same length: prompt + all generated tokens but the last.
+        let want = prompt.len() + g.tokens.len() - 1;
+        for l in 1..=4 {
+            assert_eq!(b.cache_len(l), want, "layer {l}");
         }
-    }
+        // Layer 1 is computed for every position, so its outputs over the whole sequence are the
+        // exited states; propagated entries must equal each layer's own norm + k/v projection of them.
+        let seq: Vec<u32> = prompt.iter().copied().chain(g.ids()[..g.tokens.len() - 1].iter().copied()).collect();
+        let h1 = m.model.layer_forward(1, &m.model.embed(&seq).unwrap(), 0, None).unwrap();
+        for l in 2..=4 {
+            let kv = b.cached_kv(l).unwrap().unwrap();
+            assert_eq!(kv.len, want);
+            for p in prompt.len()..seq.len() {
+                let (pk, pv) = m.model.project_kv(l, &h1.narrow(1, p, 1).unwrap(), p).unwrap();
+                let (pk, pv) = (pk.flatten_all().unwrap().to_vec1::<f32>().unwrap(), pv.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                let at = |x: &[f32], h: usize| x[(h * kv.len + p) * hd..(h * kv.len + p + 1) * hd].to_vec();
+                for h in 0..kvh {
+                    let dk = max_abs_diff(&at(&kv.k, h), &pk[h * hd..(h + 1) * hd]);
+                    let dv = max_abs_diff(&at(&kv.v, h), &pv[h * hd..(h + 1) * hd]);
+                    assert!(dk < 1e-4 && dv < 1e-4, "layer {l} position {p} head {h}: |Δk| {dk}, |Δv| {dv}");
+                }
+            }
+        }
+    });
+}
+
+fn seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens(open: Opener, variant: bool) {
+    let (dir, _) = model_dir(variant, 4, 13);
+    let prompt = prompt_of(dir.path());
+    with_backend!(&mut open(dir.path()), b => {
+        let mut o = opts(ExitMode::Full, 12);
+        o.sampling = Sampling { temperature: 1.0, top_p: 0.9, seed: 42 };
+        let a = generate(b, &prompt, &o).unwrap();
+        let c = generate(b, &prompt, &o).unwrap();
+        assert_eq!(a.ids(), c.ids());
+        let full = generate(b, &prompt, &opts(ExitMode::Full, 12)).unwrap();
+        let oracle = generate(b, &prompt, &opts(ExitMode::Oracle { min_exit_layer: 1, exit_interval: 1 }, 12)).unwrap();
+        assert_eq!(oracle.ids(), full.ids());
+        assert_eq!(oracle.tokens.len(), 12);
+        let avg = oracle.avg_layers();
+        assert!((1.0..=4.0).contains(&avg), "{avg}");
+        let by_hand = oracle.tokens[1..].iter().map(|t| t.exit_layer as f64).sum::<f64>() / 11.0;
+        assert_eq!(avg, by_hand, "the prefill's token is not averaged");
+    });
+}
+
+/// Instantiates every conformance property for one backend on both model shapes.
+macro_rules! conformance {
+    ($name:ident, $open:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cached_decoding_matches_recomputation() {
+                for v in [false, true] {
+                    super::cached_decoding_matches_recomputation($open, v);
+                }
+            }
+            #[test]
+            fn unreachable_threshold_reproduces_full_depth_tokens() {
+                for v in [false, true] {
+                    super::unreachable_threshold_reproduces_full_depth_tokens($open, v);
+                }
+            }
+            #[test]
+            fn static_exit_equals_truncated_model() {
+                for v in [false, true] {
+                    super::static_exit_equals_truncated_model($open, v);
+                }
+            }
+            #[test]
+            fn propagation_fills_every_skipped_layer_with_its_own_projection() {
+                for v in [false, true] {
+                    super::propagation_fills_every_skipped_layer_with_its_own_projection($open, v);
+                }
+            }
+            #[test]
+            fn seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens() {
+                for v in [false, true] {
+                    super::seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens($open, v);
+                }
+            }
+        }
+    };
+}
+
+conformance!(candle, open_candle);
+
+#[test]
+fn the_variant_shape_is_what_it_claims() {
+    // Guards the suite's second shape: if these options stopped mattering, the suite would
+    // silently test the plain shape twice.
+    let (dir, cfg) = model_dir(true, 2, 21);
+    assert!(cfg.tie_word_embeddings && cfg.head_dim() != cfg.hidden_size / cfg.num_attention_heads && cfg.rope_scaling.is_some());
+    let names: Vec<String> = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap().into_keys().collect();
+    assert!(!names.iter().any(|n| n == "lm_head.weight"), "tied: no separate LM head");
+    let scaled = prompt_logits(&load(dir.path(), Precision::F32));
+    let mut plain = cfg.clone();
+    plain.rope_scaling = None;
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&plain).unwrap()).unwrap();
+    let unscaled = prompt_logits(&load(dir.path(), Precision::F32));
+    assert!(max_abs_diff(&scaled, &unscaled) > 1e-4, "rope scaling had no effect on the test prompt");
 }
 
 #[test]
@@ -165,27 +278,6 @@ fn half_precision_logits_stay_close_to_f32() {
         let d = max_abs_diff(&l, &base);
         assert!(d <= tol * range, "{p:?}: max |Δ| {d} > {tol} × range {range}");
     }
-}
-
-#[test]
-fn seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens() {
-    let (_d, m) = tiny(4, 13);
-    let prompt = m.tokenizer.encode(PROMPT).unwrap();
-    let mut b = CandleBackend::new(&m.model);
-    let mut o = opts(ExitMode::Full, 12);
-    o.sampling = Sampling { temperature: 1.0, top_p: 0.9, seed: 42 };
-    let a = generate(&mut b, &prompt, &o).unwrap();
-    let c = generate(&mut b, &prompt, &o).unwrap();
-    assert_eq!(a.ids(), c.ids());
-    let full = generate(&mut b, &prompt, &opts(ExitMode::Full, 12)).unwrap();
-    let oracle = generate(&mut b, &prompt, &opts(ExitMode::Oracle { min_exit_layer: 1, exit_interval: 1 }, 12)).unwrap();
-    assert_eq!(oracle.ids(), full.ids());
-    assert_eq!(oracle.tokens.len(), 12);
-    let avg = oracle.avg_layers();
-    assert!((1.0..=4.0).contains(&avg), "{avg}");
-    let by_hand = oracle.tokens[1..].iter().map(|t| t.exit_layer as f64).sum::<f64>() / 11.0;
-    assert_eq!(avg, by_hand, "the prefill's token is not averaged");
-    let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu).unwrap();
 }
 
 /// Logits of the prompt's last position at full depth.
