@@ -6,6 +6,7 @@
 //! the per-token loop keeps static dispatch.
 
 pub mod candle;
+pub mod ort;
 
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
@@ -16,6 +17,8 @@ use crate::model::{ModelFiles, Precision};
 pub enum BackendKind {
     /// candle (CPU, or CUDA with the `cuda` feature).
     Candle,
+    /// ONNX Runtime through `ort` (CPU provider, or CUDA when its provider is installed).
+    Ort,
 }
 
 impl BackendKind {
@@ -23,8 +26,8 @@ impl BackendKind {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "candle" => Ok(BackendKind::Candle),
-            "ort" | "onnxruntime" => Err(Error::setting("--backend", "the ONNX Runtime backend (`ort`) is not built yet")),
-            other => Err(Error::setting("--backend", format!("unknown backend `{other}` (expected candle)"))),
+            "ort" | "onnxruntime" => Ok(BackendKind::Ort),
+            other => Err(Error::setting("--backend", format!("unknown backend `{other}` (expected candle or ort)"))),
         }
     }
 
@@ -32,6 +35,7 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Candle => "candle",
+            BackendKind::Ort => "ort",
         }
     }
 }
@@ -175,6 +179,8 @@ pub trait Backend {
 pub enum OpenBackend {
     /// candle.
     Candle(candle::CandleBackend),
+    /// ONNX Runtime.
+    Ort(Box<ort::OrtBackend>),
 }
 
 impl OpenBackend {
@@ -182,6 +188,7 @@ impl OpenBackend {
     pub fn kind(&self) -> BackendKind {
         match self {
             OpenBackend::Candle(_) => BackendKind::Candle,
+            OpenBackend::Ort(_) => BackendKind::Ort,
         }
     }
 }
@@ -193,6 +200,10 @@ macro_rules! with_backend {
     ($open:expr, $b:ident => $body:expr) => {
         match $open {
             $crate::backend::OpenBackend::Candle($b) => $body,
+            $crate::backend::OpenBackend::Ort($b) => {
+                let $b = &mut **$b;
+                $body
+            }
         }
     };
 }
@@ -205,5 +216,6 @@ pub fn open(kind: BackendKind, model: &ModelFiles, device: DeviceKind, precision
     }
     match kind {
         BackendKind::Candle => Ok(OpenBackend::Candle(candle::CandleBackend::open(model, device, precision, threads)?)),
+        BackendKind::Ort => Ok(OpenBackend::Ort(Box::new(ort::OrtBackend::open(model, device, precision, threads)?))),
     }
 }

@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod check;
 pub mod data;
+pub mod export_onnx;
 pub mod generate;
 pub mod info;
 pub mod merge;
@@ -51,6 +52,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Energy of a command (or of S seconds), per meter, like `perf stat` for joules.
     Meter(meter::MeterArgs),
+    /// Write the model's ONNX graphs (for the `ort` backend) with a manifest.
+    ExportOnnx(export_onnx::ExportArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code for a completed command (1 when
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Check(a) => check::run(a).map(|passed| if passed { 0 } else { 1 }),
         Command::Info(a) => done(info::run(a)),
         Command::Meter(a) => meter::run(a),
+        Command::ExportOnnx(a) => done(export_onnx::run(a)),
     }
 }

@@ -1,0 +1,424 @@
+//! The ONNX graphs of the early-exit decoder, shaped like candle's computation (see
+//! `model/llama.rs`): RMSNorm in f32, RoPE (rotate-half) from positions, grouped-query attention
+//! with an additive causal mask and an f32 softmax, SwiGLU, Qwen2-style q/k/v biases when present.
+//! Standard ONNX ops only (opset 21).
+//!
+//! Graph interfaces (`t` new positions, `P` cached positions; `dtype` the export's precision):
+//! - `embed`: `ids` i64 `[t]` → `hidden` `[1, t, d]`
+//! - `layer_i`: `hidden`, `past_k`/`past_v` `[1, kv, P, hd]`, `positions` i64 `[t]` →
+//!   `hidden_out`, `present_k`/`present_v` `[1, kv, P + t, hd]` (one graph for prefill and decode)
+//! - `propagate_i`: the last position of `hidden`, `past_k`/`past_v`, `positions` i64 `[1]` →
+//!   `present_k`/`present_v` (the layer's input norm + k/v projections only)
+//! - `head`: `hidden` → `summary` f32 `[4]` = (argmax, top-1 logit, top-2 logit, Σ exp(logit −
+//!   top-1)) and `logits` f32 `[V]` of the last position
+//! - `classifier`: `hidden`, `layer` i64 `[1]` (0-based) → `prob` f32 `[1]`
+//! - `cosine`: `a`, `b` → `cosine` f32 `[1]` of their last positions
+//! - `full`: `ids`, `positions`, `past_k_i`/`past_v_i` → `summary`, `logits`, `present_k_i`/`present_v_i`
+
+use super::onnx::{dt, Attr, Dim, Graph};
+use crate::error::{Error, Result};
+use crate::model::{LlamaConfig, Precision};
+use candle_core::{DType, Tensor};
+use std::collections::HashMap;
+
+/// The ONNX element type of a precision.
+pub fn elem(p: Precision) -> i32 {
+    match p {
+        Precision::F32 => dt::FLOAT,
+        Precision::F16 => dt::FLOAT16,
+        Precision::Bf16 => dt::BFLOAT16,
+    }
+}
+
+/// Little-endian bytes of a candle tensor (f32, f16, bf16), row-major.
+pub fn raw_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        other => return Err(Error::Internal(format!("cannot export a {other:?} tensor"))),
+    })
+}
+
+/// The model's tensors by Hugging Face name, in the export's precision (norms and classifiers
+/// in f32), as candle loaded them.
+pub struct Weights<'a> {
+    /// Shape and constants.
+    pub cfg: &'a LlamaConfig,
+    /// Tensors by name.
+    pub t: HashMap<String, Tensor>,
+    /// Precision of matrices and activations.
+    pub p: Precision,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str) -> Result<&Tensor> {
+        self.t.get(name).ok_or_else(|| Error::Internal(format!("export: tensor `{name}` missing")))
+    }
+
+    /// An initializer holding tensor `name` as stored.
+    fn init(&self, g: &mut Graph, name: &str) -> Result<String> {
+        let t = self.get(name)?;
+        let el = match t.dtype() {
+            DType::F32 => dt::FLOAT,
+            DType::F16 => dt::FLOAT16,
+            DType::BF16 => dt::BFLOAT16,
+            other => return Err(Error::Internal(format!("cannot export a {other:?} tensor"))),
+        };
+        let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+        Ok(g.init("w", el, &dims, raw_bytes(t)?))
+    }
+
+    /// An initializer holding the transpose `[in, out]` of the `[out, in]` matrix `name`.
+    fn init_t(&self, g: &mut Graph, name: &str) -> Result<String> {
+        let t = self.get(name)?.t()?.contiguous()?;
+        let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+        Ok(g.init("wt", elem(self.p), &dims, raw_bytes(&t)?))
+    }
+
+    /// A scalar constant in the export's precision.
+    fn scalar(&self, g: &mut Graph, v: f32) -> String {
+        let raw = match self.p {
+            Precision::F32 => v.to_le_bytes().to_vec(),
+            Precision::F16 => half::f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+            Precision::Bf16 => half::bf16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+        };
+        g.init("s", elem(self.p), &[], raw)
+    }
+
+    fn cast_to(&self, g: &mut Graph, x: &str, to: i32) -> String {
+        g.node("Cast", &[x], &[("to", Attr::Int(to as i64))])
+    }
+
+    /// `x` in the export dtype → f32 (no node at f32).
+    fn to_f32(&self, g: &mut Graph, x: &str) -> String {
+        if self.p == Precision::F32 {
+            x.to_string()
+        } else {
+            self.cast_to(g, x, dt::FLOAT)
+        }
+    }
+
+    /// f32 `x` → the export dtype (no node at f32).
+    fn from_f32(&self, g: &mut Graph, x: &str) -> String {
+        if self.p == Precision::F32 {
+            x.to_string()
+        } else {
+            self.cast_to(g, x, elem(self.p))
+        }
+    }
+
+    /// RMSNorm over the last axis, computed in f32 like candle: x / sqrt(mean(x²) + eps) · w;
+    /// the output has the export dtype.
+    fn rms_norm(&self, g: &mut Graph, x: &str, weight: &str) -> Result<String> {
+        let w = self.init(g, weight)?;
+        let xf = self.to_f32(g, x);
+        let sq = g.node("Mul", &[&xf, &xf], &[]);
+        let axes = g.ints(&[-1]);
+        let ms = g.node("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
+        let eps = g.float_const(&[self.cfg.rms_norm_eps as f32], true);
+        let ms = g.node("Add", &[&ms, &eps], &[]);
+        let r = g.node("Sqrt", &[&ms], &[]);
+        let y = g.node("Div", &[&xf, &r], &[]);
+        let y = g.node("Mul", &[&y, &w], &[]);
+        Ok(self.from_f32(g, &y))
+    }
+
+    /// `x W^T (+ b)` for the `[out, in]` matrix `prefix.weight`.
+    fn linear(&self, g: &mut Graph, x: &str, prefix: &str) -> Result<String> {
+        let w = self.init_t(g, &format!("{prefix}.weight"))?;
+        let y = g.node("MatMul", &[x, &w], &[]);
+        let b = format!("{prefix}.bias");
+        if self.t.contains_key(&b) {
+            let b = self.init(g, &b)?;
+            return Ok(g.node("Add", &[&y, &b], &[]));
+        }
+        Ok(y)
+    }
+
+    /// The last position of `[1, t, d]`, as `[1, 1, d]`.
+    fn last(&self, g: &mut Graph, x: &str) -> String {
+        let (s, e, a) = (g.ints(&[-1]), g.ints(&[i64::MAX]), g.ints(&[1]));
+        g.node("Slice", &[x, &s, &e, &a], &[])
+    }
+}
+
+/// cos and sin `[t, hd/2]` (export dtype) of the positions i64 `[t]`, from the config's inverse
+/// frequencies (llama3 scaling included): angle = position · inv_freq in f32, as candle's tables.
+pub fn emit_rope(w: &Weights, g: &mut Graph, positions: &str) -> (String, String) {
+    let inv = g.float_const(&w.cfg.rope_inv_freq(), false);
+    let p = g.node("Cast", &[positions], &[("to", Attr::Int(dt::FLOAT as i64))]);
+    let ax = g.ints(&[1]);
+    let p = g.node("Unsqueeze", &[&p, &ax], &[]);
+    let ang = g.node("Mul", &[&p, &inv], &[]);
+    let cos = g.node("Cos", &[&ang], &[]);
+    let sin = g.node("Sin", &[&ang], &[]);
+    (w.from_f32(g, &cos), w.from_f32(g, &sin))
+}
+
+/// Rotate-half RoPE of `[1, h, t, hd]`: (x1·cos − x2·sin, x2·cos + x1·sin).
+fn rope(w: &Weights, g: &mut Graph, x: &str, cos: &str, sin: &str) -> String {
+    let half = (w.cfg.head_dim() / 2) as i64;
+    let (z, hf, end, ax) = (g.ints(&[0]), g.ints(&[half]), g.ints(&[i64::MAX]), g.ints(&[-1]));
+    let x1 = g.node("Slice", &[x, &z, &hf, &ax], &[]);
+    let x2 = g.node("Slice", &[x, &hf, &end, &ax], &[]);
+    let a = g.node("Mul", &[&x1, cos], &[]);
+    let b = g.node("Mul", &[&x2, sin], &[]);
+    let lo = g.node("Sub", &[&a, &b], &[]);
+    let c = g.node("Mul", &[&x2, cos], &[]);
+    let d = g.node("Mul", &[&x1, sin], &[]);
+    let hi = g.node("Add", &[&c, &d], &[]);
+    g.node("Concat", &[&lo, &hi], &[("axis", Attr::Int(-1))])
+}
+
+/// `[1, t, heads·hd]` → `[1, heads, t, hd]`.
+fn split_heads(g: &mut Graph, x: &str, heads: usize, hd: usize) -> String {
+    let shape = g.ints(&[1, -1, heads as i64, hd as i64]);
+    let r = g.node("Reshape", &[x, &shape], &[]);
+    g.node("Transpose", &[&r], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))])
+}
+
+/// Keys (rotated) and values of the normed `h` for this layer: `[1, kv, t, hd]` each.
+fn kv_of_normed(w: &Weights, g: &mut Graph, i: usize, h: &str, cos: &str, sin: &str) -> Result<(String, String)> {
+    let (kvh, hd) = (w.cfg.kv_heads(), w.cfg.head_dim());
+    let p = format!("model.layers.{i}.self_attn");
+    let k = w.linear(g, h, &format!("{p}.k_proj"))?;
+    let k = split_heads(g, &k, kvh, hd);
+    let k = rope(w, g, &k, cos, sin);
+    let v = w.linear(g, h, &format!("{p}.v_proj"))?;
+    Ok((k, split_heads(g, &v, kvh, hd)))
+}
+
+/// One decoder layer (0-based `i`) on `x`; returns (output, present_k, present_v).
+pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &str), positions: &str, rope_cs: (&str, &str)) -> Result<(String, String, String)> {
+    let cfg = w.cfg;
+    let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+    let rep = nh / kvh;
+    let (cos, sin) = rope_cs;
+    let p = format!("model.layers.{i}");
+    let h = w.rms_norm(g, x, &format!("{p}.input_layernorm.weight"))?;
+    let q = w.linear(g, &h, &format!("{p}.self_attn.q_proj"))?;
+    let q = split_heads(g, &q, nh, hd);
+    let q = rope(w, g, &q, cos, sin);
+    let (k, v) = kv_of_normed(w, g, i, &h, cos, sin)?;
+    let pk = g.node("Concat", &[past.0, &k], &[("axis", Attr::Int(2))]);
+    let pv = g.node("Concat", &[past.1, &v], &[("axis", Attr::Int(2))]);
+    // Fold each group's query heads into rows, as candle does: [1, kv, rep·t, hd].
+    let fold = g.ints(&[1, kvh as i64, -1, hd as i64]);
+    let qg = g.node("Reshape", &[&q, &fold], &[]);
+    let kt = g.node("Transpose", &[&pk], &[("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+    let s = g.node("MatMul", &[&qg, &kt], &[]);
+    let scale = w.scalar(g, (1.0 / (hd as f64).sqrt()) as f32);
+    let s = g.node("Mul", &[&s, &scale], &[]);
+    let s = w.to_f32(g, &s);
+    // Causal mask [rep·t, T] (row r·t + i is the query at positions[i], which sees keys
+    // 0..=positions[i]), as candle's.
+    let total = g.node("Shape", &[&pk], &[("start", Attr::Int(2)), ("end", Attr::Int(3))]);
+    let ax0 = g.ints(&[0]);
+    let total = g.node("Squeeze", &[&total, &ax0], &[]);
+    let zero = g.init("i", dt::INT64, &[], 0i64.to_le_bytes().to_vec());
+    let one = g.init("i", dt::INT64, &[], 1i64.to_le_bytes().to_vec());
+    let keys = g.node("Range", &[&zero, &total, &one], &[]);
+    let ax1 = g.ints(&[1]);
+    let qpos = g.node("Unsqueeze", &[positions, &ax1], &[]);
+    let future = g.node("Greater", &[&keys, &qpos], &[]);
+    let (ninf, fzero) = (g.float_const(&[f32::NEG_INFINITY], true), g.float_const(&[0.0], true));
+    let mask = g.node("Where", &[&future, &ninf, &fzero], &[]);
+    let reps = g.ints(&[rep as i64, 1]);
+    let mask = g.node("Tile", &[&mask, &reps], &[]);
+    let s = g.node("Add", &[&s, &mask], &[]);
+    let pr = g.node("Softmax", &[&s], &[("axis", Attr::Int(-1))]);
+    let pr = w.from_f32(g, &pr);
+    let att = g.node("MatMul", &[&pr, &pv], &[]);
+    let heads = g.ints(&[1, nh as i64, -1, hd as i64]);
+    let att = g.node("Reshape", &[&att, &heads], &[]);
+    let att = g.node("Transpose", &[&att], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+    let flat = g.ints(&[1, -1, (nh * hd) as i64]);
+    let att = g.node("Reshape", &[&att, &flat], &[]);
+    let o = w.linear(g, &att, &format!("{p}.self_attn.o_proj"))?;
+    let x = g.node("Add", &[x, &o], &[]);
+    let h = w.rms_norm(g, &x, &format!("{p}.post_attention_layernorm.weight"))?;
+    let gate = w.linear(g, &h, &format!("{p}.mlp.gate_proj"))?;
+    let sg = g.node("Sigmoid", &[&gate], &[]);
+    let gate = g.node("Mul", &[&gate, &sg], &[]);
+    let up = w.linear(g, &h, &format!("{p}.mlp.up_proj"))?;
+    let m = g.node("Mul", &[&gate, &up], &[]);
+    let down = w.linear(g, &m, &format!("{p}.mlp.down_proj"))?;
+    let out = g.node("Add", &[&x, &down], &[]);
+    Ok((out, pk, pv))
+}
+
+/// The exit head on the last position: (summary, logits).
+pub fn emit_head(w: &Weights, g: &mut Graph, x: &str) -> Result<(String, String)> {
+    let last = w.last(g, x);
+    let h = w.rms_norm(g, &last, "model.norm.weight")?;
+    let lm = if w.t.contains_key("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
+    let wt = w.init_t(g, lm)?;
+    let logits = g.node("MatMul", &[&h, &wt], &[]);
+    let logits = w.to_f32(g, &logits);
+    let flat = g.ints(&[-1]);
+    let logits = g.node("Reshape", &[&logits, &flat], &[]);
+    let k = g.ints(&[2]);
+    let tk = g.node_n("TopK", &[&logits, &k], 2, &[("axis", Attr::Int(-1)), ("largest", Attr::Int(1)), ("sorted", Attr::Int(1))]);
+    let (s0, s1, ax) = (g.ints(&[0]), g.ints(&[1]), g.ints(&[0]));
+    let top1 = g.node("Slice", &[&tk[0], &s0, &s1, &ax], &[]);
+    let shifted = g.node("Sub", &[&logits, &top1], &[]);
+    let e = g.node("Exp", &[&shifted], &[]);
+    let z = g.node("ReduceSum", &[&e, &ax], &[("keepdims", Attr::Int(1))]);
+    let idx = g.node("Slice", &[&tk[1], &s0, &s1, &ax], &[]);
+    let idx = g.node("Cast", &[&idx], &[("to", Attr::Int(dt::FLOAT as i64))]);
+    let summary = g.node("Concat", &[&idx, &tk[0], &z], &[("axis", Attr::Int(0))]);
+    Ok((summary, logits))
+}
+
+fn hidden_dims() -> [Dim; 3] {
+    [Dim::Fixed(1), Dim::Named("t"), Dim::Named("d")]
+}
+
+fn kv_dims(w: &Weights, len: &'static str) -> [Dim; 4] {
+    [Dim::Fixed(1), Dim::Fixed(w.cfg.kv_heads() as i64), Dim::Named(len), Dim::Fixed(w.cfg.head_dim() as i64)]
+}
+
+/// `embed`.
+pub fn embed_graph(w: &Weights) -> Result<Graph> {
+    let mut g = Graph::new("embed");
+    let ids = g.input("ids", dt::INT64, &[Dim::Named("t")]);
+    let e = w.init(&mut g, "model.embed_tokens.weight")?;
+    let rows = g.node("Gather", &[&e, &ids], &[("axis", Attr::Int(0))]);
+    let ax = g.ints(&[0]);
+    let h = g.node("Unsqueeze", &[&rows, &ax], &[]);
+    g.output(&h, "hidden", elem(w.p), &hidden_dims());
+    Ok(g)
+}
+
+/// `layer_i` (0-based `i`).
+pub fn layer_graph(w: &Weights, i: usize) -> Result<Graph> {
+    let mut g = Graph::new(&format!("layer_{}", i + 1));
+    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
+    let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
+    let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
+    let (c, s) = emit_rope(w, &mut g, &pos);
+    let (out, k, v) = emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?;
+    g.output(&out, "hidden_out", elem(w.p), &hidden_dims());
+    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
+    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
+    Ok(g)
+}
+
+/// `propagate_i` (0-based `i`): the layer's input norm + k/v projections of the last position.
+pub fn propagate_graph(w: &Weights, i: usize) -> Result<Graph> {
+    let mut g = Graph::new(&format!("propagate_{}", i + 1));
+    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
+    let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
+    let pos = g.input("positions", dt::INT64, &[Dim::Fixed(1)]);
+    let last = w.last(&mut g, &x);
+    let (c, s) = emit_rope(w, &mut g, &pos);
+    let h = w.rms_norm(&mut g, &last, &format!("model.layers.{i}.input_layernorm.weight"))?;
+    let (k, v) = kv_of_normed(w, &mut g, i, &h, &c, &s)?;
+    let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
+    let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
+    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
+    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
+    Ok(g)
+}
+
+/// `head`.
+pub fn head_graph(w: &Weights) -> Result<Graph> {
+    let mut g = Graph::new("head");
+    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let (summary, logits) = emit_head(w, &mut g, &x)?;
+    g.output(&summary, "summary", dt::FLOAT, &[Dim::Fixed(4)]);
+    g.output(&logits, "logits", dt::FLOAT, &[Dim::Fixed(w.cfg.vocab_size as i64)]);
+    Ok(g)
+}
+
+/// `classifier`: sigmoid(w_l · finalnorm(x) + b_l), the final norm's output rounded to the
+/// export dtype as candle's is. `None` when the model has no classifiers.
+pub fn classifier_graph(w: &Weights) -> Result<Option<Graph>> {
+    let prefix = crate::model::llama::CLASSIFIER_PREFIX;
+    let l = w.cfg.num_hidden_layers;
+    if !w.t.contains_key(&format!("{prefix}.0.weight")) {
+        return Ok(None);
+    }
+    let d = w.cfg.hidden_size;
+    let mut ws = Vec::with_capacity(l * d * 4);
+    let mut bs = Vec::with_capacity(l * 4);
+    for i in 0..l {
+        ws.extend(raw_bytes(w.get(&format!("{prefix}.{i}.weight"))?)?);
+        bs.extend(raw_bytes(w.get(&format!("{prefix}.{i}.bias"))?)?);
+    }
+    let mut g = Graph::new("classifier");
+    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let layer = g.input("layer", dt::INT64, &[Dim::Fixed(1)]);
+    let wm = g.init("cls_w", dt::FLOAT, &[l as i64, d as i64], ws);
+    let bm = g.init("cls_b", dt::FLOAT, &[l as i64], bs);
+    let last = w.last(&mut g, &x);
+    let h = w.rms_norm(&mut g, &last, "model.norm.weight")?;
+    let h = w.to_f32(&mut g, &h);
+    let flat = g.ints(&[-1]);
+    let h = g.node("Reshape", &[&h, &flat], &[]);
+    let wl = g.node("Gather", &[&wm, &layer], &[("axis", Attr::Int(0))]);
+    let wl = g.node("Reshape", &[&wl, &flat], &[]);
+    let bl = g.node("Gather", &[&bm, &layer], &[("axis", Attr::Int(0))]);
+    let prod = g.node("Mul", &[&h, &wl], &[]);
+    let ax = g.ints(&[0]);
+    let z = g.node("ReduceSum", &[&prod, &ax], &[("keepdims", Attr::Int(1))]);
+    let z = g.node("Add", &[&z, &bl], &[]);
+    let p = g.node("Sigmoid", &[&z], &[]);
+    g.output(&p, "prob", dt::FLOAT, &[Dim::Fixed(1)]);
+    Ok(Some(g))
+}
+
+/// `cosine` of the last positions of two states, in f32 (devices other than the CPU).
+pub fn cosine_graph(w: &Weights) -> Result<Graph> {
+    let mut g = Graph::new("cosine");
+    let a = g.input("a", elem(w.p), &hidden_dims());
+    let b = g.input("b", elem(w.p), &hidden_dims());
+    let (a, b) = (w.last(&mut g, &a), w.last(&mut g, &b));
+    let (a, b) = (w.to_f32(&mut g, &a), w.to_f32(&mut g, &b));
+    let ab = g.node("Mul", &[&a, &b], &[]);
+    let aa = g.node("Mul", &[&a, &a], &[]);
+    let bb = g.node("Mul", &[&b, &b], &[]);
+    let ax = g.ints(&[0, 1, 2]);
+    let kd = [("keepdims", Attr::Int(0))];
+    let (ab, aa, bb) = (g.node("ReduceSum", &[&ab, &ax], &kd), g.node("ReduceSum", &[&aa, &ax], &kd), g.node("ReduceSum", &[&bb, &ax], &kd));
+    let n = g.node("Mul", &[&aa, &bb], &[]);
+    let n = g.node("Sqrt", &[&n], &[]);
+    let c = g.node("Div", &[&ab, &n], &[]);
+    let one = g.ints(&[1]);
+    let c = g.node("Reshape", &[&c, &one], &[]);
+    g.output(&c, "cosine", dt::FLOAT, &[Dim::Fixed(1)]);
+    Ok(g)
+}
+
+/// `full`: embedding, every layer and the head in one graph (to measure what layer-by-layer
+/// dispatch costs).
+pub fn full_graph(w: &Weights) -> Result<Graph> {
+    let mut g = Graph::new("full");
+    let ids = g.input("ids", dt::INT64, &[Dim::Named("t")]);
+    let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
+    let e = w.init(&mut g, "model.embed_tokens.weight")?;
+    let rows = g.node("Gather", &[&e, &ids], &[("axis", Attr::Int(0))]);
+    let ax = g.ints(&[0]);
+    let mut h = g.node("Unsqueeze", &[&rows, &ax], &[]);
+    let (c, s) = emit_rope(w, &mut g, &pos);
+    let mut presents = Vec::new();
+    for i in 0..w.cfg.num_hidden_layers {
+        let pk = g.input(&format!("past_k_{}", i + 1), elem(w.p), &kv_dims(w, "past"));
+        let pv = g.input(&format!("past_v_{}", i + 1), elem(w.p), &kv_dims(w, "past"));
+        let (out, k, v) = emit_layer(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?;
+        presents.push((k, v));
+        h = out;
+    }
+    let (summary, logits) = emit_head(w, &mut g, &h)?;
+    g.output(&summary, "summary", dt::FLOAT, &[Dim::Fixed(4)]);
+    g.output(&logits, "logits", dt::FLOAT, &[Dim::Fixed(w.cfg.vocab_size as i64)]);
+    for (i, (k, v)) in presents.iter().enumerate() {
+        g.output(k, &format!("present_k_{}", i + 1), elem(w.p), &kv_dims(w, "total"));
+        g.output(v, &format!("present_v_{}", i + 1), elem(w.p), &kv_dims(w, "total"));
+    }
+    Ok(g)
+}

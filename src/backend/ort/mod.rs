@@ -1,0 +1,387 @@
+//! The ONNX Runtime backend (`ort`, loaded at run time): the graphs of `graphs.rs`, exported
+//! from the same weights candle loads, one session per graph. Hidden states and KV caches stay
+//! ORT values on the session's device (IO binding; outputs are bound to the device), exit checks
+//! return scalars (the head graph reduces on the device), and full logits are fetched only when
+//! sampling asks for them.
+
+pub mod export;
+pub mod graphs;
+pub mod onnx;
+pub mod runtime;
+
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot};
+use crate::error::{Error, Result};
+use crate::model::{ModelFiles, Precision};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Maps an `ort` error into the library's.
+pub(crate) fn oe(e: impl std::fmt::Display) -> Error {
+    Error::Backend { backend: "ort", message: e.to_string() }
+}
+
+/// What opening an ORT backend cost and ran, for the record (never inside ms/token).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OrtSetup {
+    /// ONNX Runtime version loaded.
+    pub version: String,
+    /// Library file loaded.
+    pub library: String,
+    /// The export's directory.
+    pub export_dir: String,
+    /// The export's own hash (over its files).
+    pub export_hash: String,
+    /// Seconds spent exporting (0 when the cache was reused).
+    pub export_s: f64,
+    /// Seconds spent creating the sessions.
+    pub session_s: f64,
+    /// The precision the optimized layer graph computes its matrix products in, read from the
+    /// optimized model ONNX Runtime wrote (e.g. `f32` for an f16 export on the CPU provider).
+    pub compute_dtype: String,
+    /// Intra-op threads.
+    pub threads: usize,
+    /// Whether intra-op threads spin while waiting.
+    pub spinning: bool,
+    /// The execution provider (`cpu`, `cuda:N`).
+    pub provider: String,
+}
+
+/// One session with its IO binding (inputs rebound per call, outputs bound to the device).
+struct Graph {
+    session: Session,
+    binding: ort::session::IoBinding,
+    outputs: Vec<String>,
+    mem: MemoryInfo<'static>,
+}
+
+impl Graph {
+    fn run(&mut self, inputs: &[(&str, &DynValue)]) -> Result<ort::session::SessionOutputs<'_>> {
+        for (name, v) in inputs {
+            self.binding.bind_input(*name, *v).map_err(oe)?;
+        }
+        // Fresh device outputs every call (a bound output would be reused with its old shape).
+        for o in &self.outputs {
+            self.binding.bind_output_to_device(o, &self.mem).map_err(oe)?;
+        }
+        self.session.run_binding(&self.binding).map_err(oe)
+    }
+}
+
+/// A layer's cache: present keys and values from the last call, and their length.
+struct Cache {
+    k: DynValue,
+    v: DynValue,
+    len: usize,
+}
+
+/// ONNX Runtime over one export.
+pub struct OrtBackend {
+    cfg: crate::model::LlamaConfig,
+    on_cpu: bool,
+    embed: Graph,
+    layers: Vec<Graph>,
+    props: Vec<Graph>,
+    head: Graph,
+    classifier: Option<Graph>,
+    cosine: Graph,
+    caches: Vec<Option<Cache>>,
+    /// `[1, kv, 0, hd]` in the export dtype: the past of an empty cache.
+    empty: DynValue,
+    /// Set-up facts for the record.
+    pub setup: OrtSetup,
+}
+
+/// A hidden state: an ORT value on the session's device.
+pub type Hidden = Rc<DynValue>;
+
+fn session_builder(rt: &runtime::Runtime, device: DeviceKind, threads: usize, spinning: bool) -> Result<ort::session::builder::SessionBuilder> {
+    let b = Session::builder(&rt.env).map_err(oe)?;
+    let b = b.with_optimization_level(ort::session::builder::GraphOptimizationLevel::All).map_err(oe)?;
+    let b = b.with_intra_threads(threads).map_err(oe)?;
+    let b = b.with_inter_threads(1).map_err(oe)?;
+    let b = b.with_intra_op_spinning(spinning).map_err(oe)?;
+    match device {
+        DeviceKind::Cpu => Ok(b),
+        DeviceKind::Cuda(n) => {
+            let ep = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
+            let b = b.with_execution_providers([ep]).map_err(|e| Error::Unsupported(format!("ONNX Runtime's CUDA provider for cuda:{n}: {e}")))?;
+            b.with_disable_cpu_fallback().map_err(oe)
+        }
+    }
+}
+
+fn mem_info(device: DeviceKind) -> Result<MemoryInfo<'static>> {
+    match device {
+        DeviceKind::Cpu => MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(oe),
+        DeviceKind::Cuda(n) => MemoryInfo::new(AllocationDevice::CUDA, n as i32, AllocatorType::Device, MemoryType::Default).map_err(oe),
+    }
+}
+
+/// A session creation failure: a precision or provider the runtime cannot serve is
+/// `Unsupported` with the runtime's own message.
+fn creation_error(file: &Path, p: Precision, device: DeviceKind, e: impl std::fmt::Display) -> Error {
+    let msg = e.to_string();
+    if msg.contains("NOT_IMPLEMENTED") || msg.contains("Could not find an implementation") || device != DeviceKind::Cpu {
+        Error::Unsupported(format!("ONNX Runtime cannot run {} in {} on {}: {msg}", file.display(), p.name(), device.name()))
+    } else {
+        Error::Backend { backend: "ort", message: format!("{}: {msg}", file.display()) }
+    }
+}
+
+impl OrtBackend {
+    /// Exports (or reuses the cached export of) `files` in `precision` and creates the sessions
+    /// on `device` with `threads` intra-op threads.
+    pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize) -> Result<Self> {
+        let rt = runtime::runtime()?;
+        let mut warn = |m: &str| eprintln!("warning: {m}");
+        let ex = export::ensure(files, precision, &mut warn)?;
+        let t = Instant::now();
+        let spinning = false;
+        let make = |name: &str, with_optimized: Option<&Path>| -> Result<Graph> {
+            let path = ex.dir.join(name);
+            let mut b = session_builder(rt, device, threads, spinning)?;
+            if let Some(o) = with_optimized {
+                b = b.with_optimized_model_path(o).map_err(oe)?;
+            }
+            let session = b.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
+            let binding = session.create_binding().map_err(oe)?;
+            let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+            Ok(Graph { session, binding, outputs, mem: mem_info(device)? })
+        };
+        let optimized = std::env::temp_dir().join(format!("exitbench-opt-{}-{}.onnx", std::process::id(), precision.name()));
+        let l = files.config.num_hidden_layers;
+        let mut layers = Vec::with_capacity(l);
+        for i in 1..=l {
+            layers.push(make(&format!("layer_{i}.onnx"), (i == 1).then_some(optimized.as_path()))?);
+        }
+        let compute_dtype = compute_dtype_of(&optimized);
+        let _ = std::fs::remove_file(&optimized);
+        let props = (1..=l).map(|i| make(&format!("propagate_{i}.onnx"), None)).collect::<Result<Vec<_>>>()?;
+        let embed = make("embed.onnx", None)?;
+        let head = make("head.onnx", None)?;
+        let cosine = make("cosine.onnx", None)?;
+        let classifier = if ex.manifest.has_classifier { Some(make("classifier.onnx", None)?) } else { None };
+        let (kvh, hd) = (files.config.kv_heads(), files.config.head_dim());
+        let empty = empty_tensor(precision, [1, kvh, 0, hd])?;
+        let setup = OrtSetup {
+            version: rt.version.clone(),
+            library: rt.path.display().to_string(),
+            export_dir: ex.dir.display().to_string(),
+            export_hash: ex.manifest.export_hash.clone(),
+            export_s: ex.export_s,
+            session_s: t.elapsed().as_secs_f64(),
+            compute_dtype,
+            threads,
+            spinning,
+            provider: device.name(),
+        };
+        Ok(Self {
+            cfg: files.config.clone(),
+            on_cpu: device == DeviceKind::Cpu,
+            embed,
+            layers,
+            props,
+            head,
+            classifier,
+            cosine,
+            caches: (0..l).map(|_| None).collect(),
+            empty,
+            setup,
+        })
+    }
+
+    fn positions(start: usize, n: usize) -> Result<DynValue> {
+        let v: Vec<i64> = (start..start + n).map(|p| p as i64).collect();
+        Ok(Tensor::from_array(([n], v)).map_err(oe)?.into_dyn())
+    }
+
+    fn t_of(h: &DynValue) -> Result<usize> {
+        let shape = h.shape();
+        shape.get(1).map(|&t| t as usize).ok_or_else(|| Error::Internal("ort: hidden state without a time axis".into()))
+    }
+
+    fn take(out: &mut ort::session::SessionOutputs<'_>, name: &str) -> Result<DynValue> {
+        out.remove(name).ok_or_else(|| Error::Internal(format!("ort: output `{name}` missing")))
+    }
+
+    fn summary(&mut self, h: &DynValue) -> Result<HeadSummary> {
+        let mut out = self.head.run(&[("hidden", h)])?;
+        let s = Self::take(&mut out, "summary")?;
+        let s = to_host_f32(&s)?;
+        let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
+        let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
+        Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 })
+    }
+}
+
+/// `[shape]` with no elements, in `p`.
+fn empty_tensor(p: Precision, shape: [usize; 4]) -> Result<DynValue> {
+    Ok(match p {
+        Precision::F32 => Tensor::<f32>::from_array((shape, Vec::<f32>::new())).map_err(oe)?.into_dyn(),
+        Precision::F16 => Tensor::<half::f16>::from_array((shape, Vec::<half::f16>::new())).map_err(oe)?.into_dyn(),
+        Precision::Bf16 => Tensor::<half::bf16>::from_array((shape, Vec::<half::bf16>::new())).map_err(oe)?.into_dyn(),
+    })
+}
+
+/// A value's elements as host f32 (copied to the CPU first when it lives elsewhere).
+fn to_host_f32(v: &DynValue) -> Result<Vec<f32>> {
+    let t = v.view().downcast::<ort::value::DynTensorValueType>().map_err(oe)?;
+    if t.memory_info().is_cpu_accessible() {
+        return host_f32(&t);
+    }
+    host_f32(&t.to(AllocationDevice::CPU, 0).map_err(oe)?)
+}
+
+fn host_f32(t: &ort::value::DynTensor) -> Result<Vec<f32>> {
+    use ort::value::TensorElementType as E;
+    Ok(match t.data_type() {
+        E::Float32 => t.try_extract_tensor::<f32>().map_err(oe)?.1.to_vec(),
+        E::Float16 => t.try_extract_tensor::<half::f16>().map_err(oe)?.1.iter().map(|x| x.to_f32()).collect(),
+        E::Bfloat16 => t.try_extract_tensor::<half::bf16>().map_err(oe)?.1.iter().map(|x| x.to_f32()).collect(),
+        other => return Err(Error::Internal(format!("ort: unexpected element type {other:?}"))),
+    })
+}
+
+/// The element type ONNX Runtime's optimized layer graph multiplies matrices in (`f32`, `f16`,
+/// `bf16`), or `unknown` when the optimized model could not be read.
+pub fn compute_dtype_of(optimized: &Path) -> String {
+    use prost::Message;
+    let Ok(bytes) = std::fs::read(optimized) else { return "unknown".into() };
+    let Ok(m) = onnx::ModelProto::decode(bytes.as_slice()) else { return "unknown".into() };
+    let types = onnx::value_types(&m);
+    let mut seen: Vec<i32> = Vec::new();
+    for n in m.graph.iter().flat_map(|g| &g.node) {
+        if n.op_type.contains("MatMul") || n.op_type == "Gemm" {
+            if let Some(t) = n.input.iter().filter_map(|i| types.get(i)).next() {
+                seen.push(*t);
+            }
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    let name = |t: i32| match t {
+        onnx::dt::FLOAT => "f32",
+        onnx::dt::FLOAT16 => "f16",
+        onnx::dt::BFLOAT16 => "bf16",
+        _ => "other",
+    };
+    match seen.as_slice() {
+        [] => "unknown".into(),
+        v => v.iter().map(|&t| name(t)).collect::<Vec<_>>().join("+"),
+    }
+}
+
+impl Backend for OrtBackend {
+    type Hidden = Hidden;
+
+    fn num_layers(&self) -> usize {
+        self.cfg.num_hidden_layers
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.caches.iter_mut().for_each(|c| *c = None);
+    }
+
+    fn cache_len(&self, layer: usize) -> usize {
+        self.caches[layer - 1].as_ref().map_or(0, |c| c.len)
+    }
+
+    fn embed(&mut self, tokens: &[u32]) -> Result<Hidden> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::from_array(([ids.len()], ids)).map_err(oe)?.into_dyn();
+        let mut out = self.embed.run(&[("ids", &ids)])?;
+        Ok(Rc::new(Self::take(&mut out, "hidden")?))
+    }
+
+    fn layer(&mut self, layer: usize, h: &Hidden) -> Result<Hidden> {
+        let t = Self::t_of(h)?;
+        let pos = self.cache_len(layer);
+        let positions = Self::positions(pos, t)?;
+        let (pk, pv) = match &self.caches[layer - 1] {
+            Some(c) => (&c.k, &c.v),
+            None => (&self.empty, &self.empty),
+        };
+        let mut out = self.layers[layer - 1].run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
+        let hidden = Self::take(&mut out, "hidden_out")?;
+        let k = Self::take(&mut out, "present_k")?;
+        let v = Self::take(&mut out, "present_v")?;
+        drop(out);
+        self.caches[layer - 1] = Some(Cache { k, v, len: pos + t });
+        Ok(Rc::new(hidden))
+    }
+
+    fn propagate(&mut self, layer: usize, h: &Hidden) -> Result<()> {
+        let pos = self.cache_len(layer);
+        let positions = Self::positions(pos, 1)?;
+        let (pk, pv) = match &self.caches[layer - 1] {
+            Some(c) => (&c.k, &c.v),
+            None => (&self.empty, &self.empty),
+        };
+        let mut out = self.props[layer - 1].run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
+        let k = Self::take(&mut out, "present_k")?;
+        let v = Self::take(&mut out, "present_v")?;
+        drop(out);
+        self.caches[layer - 1] = Some(Cache { k, v, len: pos + 1 });
+        Ok(())
+    }
+
+    fn head(&mut self, h: &Hidden) -> Result<HeadSummary> {
+        self.summary(h)
+    }
+
+    fn exit_logits(&mut self, h: &Hidden) -> Result<Vec<f32>> {
+        let mut out = self.head.run(&[("hidden", h)])?;
+        let l = Self::take(&mut out, "logits")?;
+        to_host_f32(&l)
+    }
+
+    fn cosine(&mut self, a: &Hidden, b: &Hidden) -> Result<f32> {
+        if self.on_cpu {
+            // The CPU provider's values are host memory: the same f64 computation as candle's.
+            let d = self.cfg.hidden_size;
+            let (a, b) = (to_host_f32(a)?, to_host_f32(b)?);
+            return Ok(crate::exit::measure::cosine(&a[a.len() - d..], &b[b.len() - d..]));
+        }
+        let mut out = self.cosine.run(&[("a", a), ("b", b)])?;
+        Ok(to_host_f32(&Self::take(&mut out, "cosine")?)?[0])
+    }
+
+    fn classifier(&mut self, layer: usize, h: &Hidden) -> Result<f32> {
+        let Some(c) = self.classifier.as_mut() else {
+            return Err(Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none (train them with `exitbench train --classifier-only`)".into()));
+        };
+        let l = Tensor::from_array(([1usize], vec![(layer - 1) as i64])).map_err(oe)?.into_dyn();
+        let mut out = c.run(&[("hidden", h), ("layer", &l)])?;
+        Ok(to_host_f32(&Self::take(&mut out, "prob")?)?[0])
+    }
+
+    fn sync(&self) -> Result<()> {
+        // run_binding returns when the outputs are ready (ORT synchronizes bound outputs).
+        Ok(())
+    }
+
+    fn hidden_to_host(&self, h: &Hidden) -> Result<Vec<f32>> {
+        to_host_f32(h)
+    }
+
+    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
+        let Some(c) = &self.caches[layer - 1] else { return Ok(None) };
+        Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))
+    }
+}
