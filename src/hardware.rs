@@ -36,9 +36,12 @@ pub struct Hardware {
     /// NVIDIA GPUs (None without the driver or without GPUs).
     #[serde(default)]
     pub gpu: Option<GpuBlock>,
-    /// ONNX Runtime version, once it is a backend (None until then).
+    /// ONNX Runtime version loaded, when a cell ran on it (not part of the machine id).
     #[serde(default)]
     pub onnxruntime_version: Option<String>,
+    /// ONNX Runtime library file loaded, when a cell ran on it (not part of the machine id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime_library: Option<String>,
 }
 
 /// The GPUs NVML sees.
@@ -119,6 +122,7 @@ impl Hardware {
             git_commit: option_env!("EXITBENCH_GIT_COMMIT").map(str::to_string),
             gpu,
             onnxruntime_version: None,
+            onnxruntime_library: None,
         }
     }
 }

@@ -237,7 +237,14 @@ macro_rules! conformance {
     };
 }
 
+fn open_ort(dir: &Path) -> OpenBackend {
+    let files = ModelFiles::open(dir, None).unwrap();
+    // A test that cannot find ONNX Runtime fails (CI installs it with scripts/setup-venv.sh).
+    exitbench::backend::open(BackendKind::Ort, &files, DeviceKind::Cpu, Precision::F32, 1).unwrap_or_else(|e| panic!("ONNX Runtime backend: {e}"))
+}
+
 conformance!(candle, open_candle);
+conformance!(ort, open_ort);
 
 #[test]
 fn the_variant_shape_is_what_it_claims() {

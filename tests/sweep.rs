@@ -48,7 +48,7 @@ fn sweep_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
 fn sweep_args_with<'a>(model: &'a str, data: &'a str, out: &'a str, over: &[(&'a str, &'a str)]) -> Vec<&'a str> {
     let mut flags: Vec<(&str, &str)> = vec![("--model", model), ("--dataset", data), ("--out", out), ("--measure", "softmax-diff,saturation"),
         ("--thresholds", "0.9,0.3"), ("--static-exit", "2"), ("--samples", "4"), ("--max-new-tokens", "8"), ("--warmup", "0"),
-        ("--min-window", "0"), ("--idle-seconds", "0"), ("--powercap-root", "/nonexistent/powercap")];
+        ("--min-window", "0"), ("--idle-seconds", "0"), ("--powercap-root", "/nonexistent/powercap"), ("--backend", "candle")];
     for (k, v) in over {
         match flags.iter_mut().find(|(f, _)| f == k) {
             Some(slot) => slot.1 = v,
@@ -116,7 +116,9 @@ fn golden(name: &str, got: &str) {
 fn golden_csv_and_markdown() {
     let (m, d, data) = fixture(4);
     let out = d.path().join("out");
-    let args = sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    // Both runtimes: the golden deterministic columns (tokens, layers, ROUGE, D) of the ORT rows
+    // equal candle's.
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--backend", "candle,ort")]);
     let (code, stdout, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("faster than full depth") || stdout.contains("slower than full depth"), "{stdout}");

@@ -2,7 +2,7 @@
 //! layer. Exit-head reductions run on the device; on the CPU the device is the host, so they are
 //! one pass over the logits there.
 
-use super::{Backend, DeviceKind, HeadSummary, KvSnapshot};
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo};
 use crate::error::{Error, Result};
 use crate::model::llama::{LayerCache, LlamaModel};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
@@ -41,6 +41,7 @@ pub fn set_cpu_threads(n: usize) {
 #[derive(Clone)]
 pub struct CandleBackend {
     model: LlamaModel,
+    threads: usize,
     caches: Vec<LayerCache>,
     /// `-inf` of the vocabulary's length, for the on-device top-2 (non-CPU devices only).
     neg_inf: Option<Tensor>,
@@ -51,7 +52,8 @@ impl CandleBackend {
     pub fn new(model: &LlamaModel) -> Self {
         let n = model.config().max_position_embeddings.min(4096);
         let caches = (0..model.num_layers()).map(|_| LayerCache::new(n)).collect();
-        Self { model: model.clone(), caches, neg_inf: None }
+        let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+        Self { model: model.clone(), threads, caches, neg_inf: None }
     }
 
     /// Sets candle's threads, builds the model from `files` on `device` in `precision`.
@@ -59,7 +61,9 @@ impl CandleBackend {
         set_cpu_threads(threads);
         let device = candle_device(device)?;
         let m = LoadedModel::build(files.clone(), &LoadOptions { precision, device, random_weights: files.random_weights })?;
-        Ok(Self::new(&m.model))
+        let mut b = Self::new(&m.model);
+        b.threads = threads;
+        Ok(b)
     }
 
     /// The cache of `layer` (1-based), for inspection.
@@ -170,6 +174,15 @@ impl Backend for CandleBackend {
 
     fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
         Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn runtime_info(&self) -> RuntimeInfo {
+        let compute_dtype = match self.model.dtype() {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        };
+        RuntimeInfo { version: crate::hardware::CANDLE_VERSION.to_string(), compute_dtype: compute_dtype.into(), threads: self.threads, ..Default::default() }
     }
 
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {

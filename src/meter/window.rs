@@ -73,6 +73,12 @@ impl EnergyWindow {
         &self.meters
     }
 
+    /// True when a meter reads a coarse hardware counter that needs windows of a minimum length
+    /// (NVML, RAPL); the estimate is derived from process CPU time and needs none.
+    pub fn needs_min_window(&self) -> bool {
+        self.meters.iter().any(|m| m.source() != super::Source::Estimate)
+    }
+
     /// Opens a window on every meter. Synchronize GPU work before calling. If one meter fails,
     /// the ones already begun are closed again and its error is returned.
     pub fn begin(&mut self) -> Result<()> {

@@ -331,6 +331,13 @@ pub struct CellRecord {
     /// Seconds spent inside `generate` in the cell (warm-up and every repetition).
     #[serde(default)]
     pub generate_s: f64,
+    /// The precision the runtime really computed matrix products in (the key's `dtype` is the
+    /// requested one); None in records older than the field and where the backend never opened.
+    #[serde(default)]
+    pub compute_dtype: Option<String>,
+    /// The runtime and what building it cost (export, session creation; never in ms/token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::backend::RuntimeInfo>,
     /// Per-sample outputs.
     pub outputs: Vec<SampleOutput>,
     /// True when weights are random (quality figures meaningless).

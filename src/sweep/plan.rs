@@ -108,7 +108,7 @@ impl RawSettings {
     pub fn defaults() -> RawSettings {
         RawSettings {
             model: Some(vec![crate::default_model()]),
-            backend: Some(vec!["candle".into()]),
+            backend: Some(vec!["candle".into(), "ort".into()]),
             device: Some(vec!["cpu".into()]),
             dtype: Some(vec!["f32".into()]),
             threads: None,

@@ -71,7 +71,9 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     let hardware = Hardware::probe();
     let detected = crate::meter::detect(&plan.energy.meters);
     let mut window = detected.into_window();
-    let idle = if plan.energy.idle_seconds > 0.0 {
+    // The estimate is derived from CPU time: an idle baseline (≈ 0 CPU time) and minimum windows
+    // would only cost time.
+    let idle = if plan.energy.idle_seconds > 0.0 && window.needs_min_window() {
         progress.cell("idle baseline");
         window.idle_power(plan.energy.idle_seconds)?
     } else {
@@ -163,6 +165,8 @@ impl GroupCtx<'_> {
             key_facts_exact: None,
             bookkeeping_s: 0.0,
             generate_s: 0.0,
+            compute_dtype: None,
+            runtime: None,
             outputs: Vec::new(),
             random_weights: self.plan.random_weights.is_some(),
             batch_size: 1,
@@ -226,6 +230,7 @@ impl GroupRun<'_> {
     fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
+        let info = backend.runtime_info();
         for mode in &ctx.group.modes {
             let key = ctx.key(mode, self.weights_hash);
             if !done.insert(key.id()) {
@@ -248,6 +253,13 @@ impl GroupRun<'_> {
                     }
                 },
             };
+            let mut rec = rec;
+            rec.compute_dtype = Some(info.compute_dtype.clone());
+            if ctx.group.backend == crate::backend::BackendKind::Ort {
+                rec.hardware.onnxruntime_version = Some(info.version.clone());
+                rec.hardware.onnxruntime_library = info.library.clone();
+            }
+            rec.runtime = Some(info.clone());
             store::append(self.path, &rec)?;
             written.push(rec);
             if plan.cooldown_s > 0.0 {
@@ -308,7 +320,7 @@ fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m
     let mut first: Vec<Generation> = Vec::new();
     let (mut ms_tok, mut tok_s, mut dur) = (Vec::new(), Vec::new(), Vec::new());
     let mut energies = Vec::new();
-    let min_window = plan.energy.min_window;
+    let min_window = if meter.window.needs_min_window() { plan.energy.min_window } else { 0.0 };
     for rep in 0..plan.repetitions {
         backend.sync()?;
         meter.window.begin()?;

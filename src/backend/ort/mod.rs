@@ -9,7 +9,7 @@ pub mod graphs;
 pub mod onnx;
 pub mod runtime;
 
-use super::{Backend, DeviceKind, HeadSummary, KvSnapshot};
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo};
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -22,32 +22,6 @@ use std::time::Instant;
 /// Maps an `ort` error into the library's.
 pub(crate) fn oe(e: impl std::fmt::Display) -> Error {
     Error::Backend { backend: "ort", message: e.to_string() }
-}
-
-/// What opening an ORT backend cost and ran, for the record (never inside ms/token).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct OrtSetup {
-    /// ONNX Runtime version loaded.
-    pub version: String,
-    /// Library file loaded.
-    pub library: String,
-    /// The export's directory.
-    pub export_dir: String,
-    /// The export's own hash (over its files).
-    pub export_hash: String,
-    /// Seconds spent exporting (0 when the cache was reused).
-    pub export_s: f64,
-    /// Seconds spent creating the sessions.
-    pub session_s: f64,
-    /// The precision the optimized layer graph computes its matrix products in, read from the
-    /// optimized model ONNX Runtime wrote (e.g. `f32` for an f16 export on the CPU provider).
-    pub compute_dtype: String,
-    /// Intra-op threads.
-    pub threads: usize,
-    /// Whether intra-op threads spin while waiting.
-    pub spinning: bool,
-    /// The execution provider (`cpu`, `cuda:N`).
-    pub provider: String,
 }
 
 /// One session with its IO binding (inputs rebound per call, outputs bound to the device).
@@ -92,7 +66,7 @@ pub struct OrtBackend {
     /// `[1, kv, 0, hd]` in the export dtype: the past of an empty cache.
     empty: DynValue,
     /// Set-up facts for the record.
-    pub setup: OrtSetup,
+    pub setup: RuntimeInfo,
 }
 
 /// A hidden state: an ORT value on the session's device.
@@ -167,17 +141,16 @@ impl OrtBackend {
         let classifier = if ex.manifest.has_classifier { Some(make("classifier.onnx", None)?) } else { None };
         let (kvh, hd) = (files.config.kv_heads(), files.config.head_dim());
         let empty = empty_tensor(precision, [1, kvh, 0, hd])?;
-        let setup = OrtSetup {
+        let setup = RuntimeInfo {
             version: rt.version.clone(),
-            library: rt.path.display().to_string(),
-            export_dir: ex.dir.display().to_string(),
-            export_hash: ex.manifest.export_hash.clone(),
-            export_s: ex.export_s,
-            session_s: t.elapsed().as_secs_f64(),
+            library: Some(rt.path.display().to_string()),
+            export_dir: Some(ex.dir.display().to_string()),
+            export_hash: Some(ex.manifest.export_hash.clone()),
+            export_s: Some(ex.export_s),
+            session_s: Some(t.elapsed().as_secs_f64()),
             compute_dtype,
             threads,
-            spinning,
-            provider: device.name(),
+            spinning: Some(spinning),
         };
         Ok(Self {
             cfg: files.config.clone(),
@@ -378,6 +351,10 @@ impl Backend for OrtBackend {
 
     fn hidden_to_host(&self, h: &Hidden) -> Result<Vec<f32>> {
         to_host_f32(h)
+    }
+
+    fn runtime_info(&self) -> RuntimeInfo {
+        self.setup.clone()
     }
 
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {

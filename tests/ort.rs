@@ -1,0 +1,211 @@
+//! The ONNX Runtime backend against candle: the same weights give the same hidden states, logits,
+//! tokens and exit decisions; bad libraries, caches and devices are errors, never panics. These
+//! tests need ONNX Runtime (`bash scripts/setup-venv.sh`); without it they fail.
+
+use exitbench::backend::{self, Backend, BackendKind, DeviceKind, OpenBackend};
+use exitbench::decode::{generate, GenerateOptions, Generation, Sampling};
+use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
+use exitbench::model::{ModelFiles, Precision};
+use exitbench::testkit::{tiny_config, tiny_variant_config, write_random_classifiers, write_tiny_model};
+use exitbench::with_backend;
+use std::path::Path;
+use std::process::Command;
+
+fn open(kind: BackendKind, dir: &Path, p: Precision) -> OpenBackend {
+    let files = ModelFiles::open(dir, None).unwrap();
+    backend::open(kind, &files, DeviceKind::Cpu, p, 1).unwrap_or_else(|e| panic!("{kind:?} {p:?}: {e}"))
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    num / den
+}
+
+/// Per-layer hidden states (prefill, then decode steps) and every exit-head's logits.
+fn trace<B: Backend>(b: &mut B, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    b.reset();
+    let (mut hs, mut logits) = (Vec::new(), Vec::new());
+    let mut ids = prompt.to_vec();
+    for step in 0..=steps {
+        let mut h = b.embed(if step == 0 { &ids } else { &ids[ids.len() - 1..] }).unwrap();
+        for l in 1..=b.num_layers() {
+            h = b.layer(l, &h).unwrap();
+            hs.push(b.hidden_to_host(&h).unwrap());
+            logits.push(b.exit_logits(&h).unwrap());
+        }
+        ids.push(exitbench::exit::measure::argmax(logits.last().unwrap()));
+    }
+    (hs, logits)
+}
+
+#[test]
+fn hidden_states_and_logits_agree_per_layer() {
+    for variant in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = if variant { tiny_variant_config(4, 300) } else { tiny_config(4, 300) };
+        write_tiny_model(dir.path(), &cfg, 31).unwrap();
+        let prompt = ModelFiles::open(dir.path(), None).unwrap().tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
+        let (c, o) = (open(BackendKind::Candle, dir.path(), Precision::F32), open(BackendKind::Ort, dir.path(), Precision::F32));
+        let (ch, cl) = with_backend!(&mut { c }, b => trace(b, &prompt, 6));
+        let (oh, ol) = with_backend!(&mut { o }, b => trace(b, &prompt, 6));
+        let worst_h = ch.iter().zip(&oh).map(|(a, b)| rel(b, a)).fold(0.0, f64::max);
+        let worst_l = cl.iter().zip(&ol).map(|(a, b)| rel(b, a)).fold(0.0, f64::max);
+        println!("variant={variant}: worst ‖ort − candle‖/‖candle‖: hidden {worst_h:.2e}, logits {worst_l:.2e}");
+        assert!(worst_h <= 1e-4, "hidden states differ by {worst_h:e} (variant {variant})");
+        assert!(worst_l <= 1e-4, "exit-head logits differ by {worst_l:e} (variant {variant})");
+        assert!(worst_h > 0.0 || worst_l > 0.0 || ch.len() > 1, "nothing compared");
+    }
+}
+
+fn mode(measure: Measure, threshold: f64) -> ExitMode {
+    ExitMode::Dynamic(ExitPolicy { measure, threshold, schedule: Schedule::Fixed, min_exit_layer: 1, exit_interval: 1 })
+}
+
+/// True when the two generations may differ without either being wrong: an exit decision within
+/// 1e-5 of the threshold, or a token chosen by an argmax gap below 1e-5 (in either run).
+fn near_tie(a: &Generation, b: &Generation) -> bool {
+    a.tokens.iter().chain(&b.tokens).any(|t| t.min_margin.is_some_and(|m| m < 1e-5) || t.top2_gap.is_some_and(|g| g < 1e-5))
+}
+
+#[test]
+fn default_model_tokens_and_exit_layers_match_candle() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(exitbench::DEFAULT_MODEL);
+    let files = ModelFiles::open(&dir, None).unwrap();
+    let examples = exitbench::data::synth::generate(exitbench::data::synth::Split::Test, exitbench::data::synth::DEFAULT_SEED, 20);
+    let prompts: Vec<Vec<u32>> = examples.iter().map(|e| files.tokenizer.encode(&e.prompt).unwrap()).collect();
+    let (mut c, mut o) = (open(BackendKind::Candle, &dir, Precision::F32), open(BackendKind::Ort, &dir, Precision::F32));
+    let mut compared = 0;
+    for measure in Measure::ALL {
+        for threshold in [0.9, 0.7, 0.5] {
+            let opts = GenerateOptions { mode: mode(measure, threshold), max_new_tokens: 64, sampling: Sampling::default(), eos_ids: files.config.eos_ids() };
+            let (mut ties, mut differ) = (0, Vec::new());
+            for (i, p) in prompts.iter().enumerate() {
+                let a = with_backend!(&mut c, b => generate(b, p, &opts)).unwrap();
+                let b = with_backend!(&mut o, b => generate(b, p, &opts)).unwrap();
+                let same = a.ids() == b.ids() && a.tokens.iter().map(|t| t.exit_layer).eq(b.tokens.iter().map(|t| t.exit_layer));
+                compared += 1;
+                if !same {
+                    if near_tie(&a, &b) {
+                        ties += 1;
+                    } else {
+                        differ.push(i);
+                    }
+                }
+            }
+            println!("{}@{threshold}: {ties} sample(s) differ at a near-tie", measure.name());
+            assert!(differ.is_empty(), "{}@{threshold}: samples {differ:?} differ without a near-tie", measure.name());
+            assert!(ties <= 1, "{}@{threshold}: {ties} samples differ at near-ties (at most one allowed)", measure.name());
+        }
+    }
+    assert_eq!(compared, 4 * 3 * 20);
+}
+
+#[test]
+fn f16_runs_finite_and_reports_its_agreement_and_bf16_is_unsupported_on_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model(dir.path(), &tiny_config(4, 300), 41).unwrap();
+    write_random_classifiers(dir.path(), &cfg, 3).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let prompt = files.tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 16, sampling: Sampling::default(), eos_ids: vec![] };
+    let g32 = with_backend!(&mut open(BackendKind::Ort, dir.path(), Precision::F32), b => generate(b, &prompt, &opts)).unwrap();
+    let mut o16 = open(BackendKind::Ort, dir.path(), Precision::F16);
+    let info = with_backend!(&mut o16, b => b.runtime_info());
+    // The CPU provider has no f16 MatMul: the optimized graph computes in f32 and says so.
+    assert_eq!(info.compute_dtype, "f32", "{info:?}");
+    let (g16, logits) = with_backend!(&mut o16, b => {
+        let g = generate(b, &prompt, &opts).unwrap();
+        let mut h = b.embed(&prompt).unwrap();
+        for l in 1..=4 { h = b.layer(l, &h).unwrap(); }
+        (g, b.exit_logits(&h).unwrap())
+    });
+    assert!(logits.iter().all(|x| x.is_finite()), "f16 logits not finite");
+    let agree = g16.ids().iter().zip(g32.ids()).filter(|(a, b)| **a == *b).count();
+    println!("ort f16 vs f32: {agree}/{} tokens agree (compute dtype {})", g32.tokens.len(), info.compute_dtype);
+    // bf16: the CPU provider has no bf16 MatMul; the runtime's own message comes back.
+    let err = backend::open(BackendKind::Ort, &files, DeviceKind::Cpu, Precision::Bf16, 1).err().expect("bf16 on the CPU provider should be refused");
+    assert!(matches!(err, exitbench::Error::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("MatMul"), "{err}");
+}
+
+fn exitbench(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exitbench"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn gen(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["generate", "--backend", "ort", "--model", &dir.display().to_string(), "--prompt", "The Hawks", "--max-new-tokens", "3"].iter().map(|s| s.to_string()).collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn refused(args: &[String], env: &[(&str, &str)], needles: &[&str]) {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = exitbench(&a, env);
+    assert_eq!(code, 2, "{args:?}: exit {code}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "error does not mention `{n}`: {err}");
+    }
+}
+
+/// A shared library exporting `OrtGetApiBase` whose version is `version` (built with cc).
+fn fake_library(dir: &Path, version: &str) -> std::path::PathBuf {
+    let src = dir.join("fake.c");
+    std::fs::write(
+        &src,
+        format!(
+            "typedef struct {{ const void* (*GetApi)(unsigned); const char* (*GetVersionString)(void); }} Base;\n\
+             static const void* get_api(unsigned v) {{ (void)v; return 0; }}\n\
+             static const char* ver(void) {{ return \"{version}\"; }}\n\
+             static Base base = {{ get_api, ver }};\n\
+             const Base* OrtGetApiBase(void) {{ return &base; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join(format!("libfake-{version}.so"));
+    let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status().expect("cc is needed to build the fake library");
+    assert!(st.success());
+    lib
+}
+
+#[test]
+fn bad_libraries_caches_and_devices_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_config(2, 300), 5).unwrap();
+    // The library missing: unsupported, with the install command.
+    refused(&gen(dir.path(), &[]), &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")], &["ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"]);
+    // Not a library at all.
+    let junk = dir.path().join("libjunk.so");
+    std::fs::write(&junk, b"not an ELF file").unwrap();
+    refused(&gen(dir.path(), &[]), &[("ORT_DYLIB_PATH", junk.to_str().unwrap())], &["not a loadable ONNX Runtime library", "setup-venv.sh"]);
+    // A library of an unsupported version.
+    let old = fake_library(dir.path(), "1.10.0");
+    refused(&gen(dir.path(), &[]), &[("ORT_DYLIB_PATH", old.to_str().unwrap())], &["ONNX Runtime 1.10.0 is not supported", "1.30"]);
+    // CUDA asked where it is absent: unsupported with the runtime's reason, never the CPU.
+    refused(&gen(dir.path(), &["--device", "cuda:0"]), &[], &["CUDA"]);
+    // A corrupt and a truncated graph in the cache: re-exported with a warning, then it runs.
+    let ok = gen(dir.path(), &["--json"]);
+    let okr: Vec<&str> = ok.iter().map(String::as_str).collect();
+    let (code, first, err) = exitbench(&okr, &[]);
+    assert_eq!(code, 0, "{err}");
+    let cache = std::fs::read_dir(dir.path().join(".exitbench-onnx")).unwrap().next().unwrap().unwrap().path();
+    for damage in ["corrupt", "truncate"] {
+        let f = cache.join("layer_1.onnx");
+        let bytes = std::fs::read(&f).unwrap();
+        let new = if damage == "corrupt" { bytes.iter().map(|b| b ^ 0x5a).collect() } else { bytes[..bytes.len() / 2].to_vec() };
+        std::fs::write(&f, new).unwrap();
+        let (code, out, err) = exitbench(&okr, &[]);
+        assert_eq!(code, 0, "{damage}: {err}");
+        assert!(err.contains("does not match its manifest") && err.contains("exporting again"), "{damage}: {err}");
+        let ids = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["token_ids"].clone();
+        assert_eq!(ids(&out), ids(&first), "{damage}: the re-export gives other tokens");
+    }
+}
