@@ -69,17 +69,33 @@ pub fn t_interval95(xs: &[f64]) -> (f64, f64) {
 
 /// Mean with a percentile-bootstrap 95% interval from `resamples` resamples (seeded).
 pub fn bootstrap_mean(xs: &[f64], resamples: usize, seed: u64) -> Interval {
-    let m = mean(xs);
+    bootstrap(xs, resamples, seed, |v| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Median with a percentile-bootstrap 95% interval (the point estimate is in `mean`).
+pub fn bootstrap_median(xs: &[f64], resamples: usize, seed: u64) -> Interval {
+    bootstrap(xs, resamples, seed, median)
+}
+
+fn bootstrap(xs: &[f64], resamples: usize, seed: u64, stat: impl Fn(&[f64]) -> f64) -> Interval {
+    if xs.is_empty() {
+        return Interval { mean: f64::NAN, lo: f64::NAN, hi: f64::NAN };
+    }
+    let m = stat(xs);
     if xs.len() < 2 {
         return Interval { mean: m, lo: m, hi: m };
     }
     // A fast non-cryptographic generator: reports bootstrap thousands of intervals.
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let n = xs.len();
-    let means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| xs[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+    let mut sample = vec![0.0; n];
+    let stats: Vec<f64> = (0..resamples)
+        .map(|_| {
+            sample.iter_mut().for_each(|x| *x = xs[rng.random_range(0..n)]);
+            stat(&sample)
+        })
         .collect();
-    Interval { mean: m, lo: quantile(&means, 0.025), hi: quantile(&means, 0.975) }
+    Interval { mean: m, lo: quantile(&stats, 0.025), hi: quantile(&stats, 0.975) }
 }
 
 #[cfg(test)]
@@ -100,6 +116,9 @@ mod tests {
         let a = bootstrap_mean(&xs, 1000, 1);
         assert!(a.lo < a.mean && a.mean < a.hi);
         assert_eq!(a, bootstrap_mean(&xs, 1000, 1));
+        let md = bootstrap_median(&[1.0, 2.0, 10.0, 3.0, 2.5], 500, 2);
+        assert_eq!(md.mean, 2.5);
+        assert!(md.lo <= 2.0 && md.hi >= 3.0 && md.hi <= 10.0, "{md:?}");
         let c = bootstrap_mean(&[0.4; 10], 100, 3);
         assert!((c.lo - 0.4).abs() < 1e-12 && (c.hi - 0.4).abs() < 1e-12);
     }

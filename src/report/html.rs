@@ -67,6 +67,33 @@ impl Exporter for HtmlExporter {
             }
             s.push_str("</table>");
         }
+        let cmp = super::compare::compare(records);
+        if !cmp.is_empty() {
+            let scopes: Vec<&str> = cmp.iter().map(|c| c.scope.as_str()).fold(Vec::new(), |mut v, x| {
+                if !v.contains(&x) {
+                    v.push(x);
+                }
+                v
+            });
+            s.push_str("<h2>Across runtimes and precisions</h2><p>Each group against the reference group, setting by setting. ms/token ratio: this group's decode ms/token ÷ the reference's, per sample (paired), median with a 95% bootstrap interval; below 1 is faster. D(Y, Y_ref) = 1 − ROUGE-L F of this group's outputs against the reference's.</p>");
+            for scope in scopes {
+                let members: Vec<_> = cmp.iter().filter(|c| c.scope == scope).cloned().collect();
+                let (header, table) = super::compare::table(&members);
+                let _ = write!(s, "<h3>{}</h3><table><tr>", esc(scope));
+                for h in header {
+                    let _ = write!(s, "<th>{}</th>", esc(h));
+                }
+                s.push_str("</tr>");
+                for r in table {
+                    s.push_str("<tr>");
+                    for c in r {
+                        let _ = write!(s, "<td>{}</td>", esc(&c));
+                    }
+                    s.push_str("</tr>");
+                }
+                s.push_str("</table>");
+            }
+        }
         let groups = super::group_order(rows);
         for g in groups {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();

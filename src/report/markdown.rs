@@ -25,6 +25,7 @@ impl Exporter for MarkdownExporter {
             R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
             interval in brackets). Measured speedup = full depth's decode ms/token ÷ the setting's (medians); theoretical = L ÷ average layers.\n");
         write_machines(&mut s, records);
+        write_comparison(&mut s, records);
         let groups = super::group_order(rows);
         for g in groups {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
@@ -70,6 +71,35 @@ impl Exporter for MarkdownExporter {
             }
         }
         Ok(s)
+    }
+}
+
+/// With two or more configuration groups of one model, each against the reference group
+/// ([`super::compare`]).
+fn write_comparison(s: &mut String, records: &[CellRecord]) {
+    let cmp = super::compare::compare(records);
+    if cmp.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Across runtimes and precisions\n");
+    let _ = writeln!(s, "Each group against the reference group, setting by setting. ms/token ratio: this group's decode ms/token ÷ the reference's, \
+        per sample (paired), median with a 95% bootstrap interval; below 1 is faster. D(Y, Y_ref) = 1 − ROUGE-L F of this group's outputs against the reference's.\n");
+    let mut scopes: Vec<&str> = Vec::new();
+    for c in &cmp {
+        if !scopes.contains(&c.scope.as_str()) {
+            scopes.push(&c.scope);
+        }
+    }
+    for scope in scopes {
+        let members: Vec<_> = cmp.iter().filter(|c| c.scope == scope).cloned().collect();
+        let (header, rows) = super::compare::table(&members);
+        let _ = writeln!(s, "### {scope}\n");
+        let _ = writeln!(s, "| {} |", header.join(" | "));
+        let _ = writeln!(s, "|{}", "---|".repeat(header.len()));
+        for r in rows {
+            let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        let _ = writeln!(s);
     }
 }
 

@@ -238,6 +238,10 @@ pub struct SampleOutput {
     pub decode_s: f64,
     /// Per-token exit trace (first `trace_samples` samples only).
     pub trace: Option<Vec<TraceToken>>,
+    /// Generated token ids (for token agreement across runtimes and precisions); empty in
+    /// records older than the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_ids: Vec<u32>,
 }
 
 /// Mean exit layer of an exit histogram (index 0 = layer 1); 0 when it is empty.

@@ -402,6 +402,7 @@ fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m
             prefill_s: g.prefill_s,
             decode_s: g.decode_s(),
             trace,
+            token_ids: ids.clone(),
         });
     }
     rec.samples = first.len();
