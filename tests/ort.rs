@@ -130,6 +130,46 @@ fn f16_runs_finite_and_reports_its_agreement_and_bf16_is_unsupported_on_cpu() {
     assert!(err.to_string().contains("MatMul"), "{err}");
 }
 
+#[test]
+fn full_depth_graph_with_external_data_matches_layer_by_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_variant_config(3, 300), 51).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let out = dir.path().join("export-external");
+    let m = exitbench::backend::ort::export::write_export(&files, &files.weights_hash().unwrap(), Precision::F32, &out, true).unwrap();
+    assert!(m.files.iter().any(|f| f.name == "full.onnx.data" && f.bytes > 0), "{m:?}");
+    assert!(std::fs::metadata(out.join("full.onnx")).unwrap().len() < 64 * 1024, "weights stayed inside the protobuf");
+    let mut full = exitbench::backend::ort::FullDepth::open_file(&out.join("full.onnx"), &files, DeviceKind::Cpu, Precision::F32, 1, false).unwrap();
+    let prompt = files.tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 12, sampling: Sampling::default(), eos_ids: vec![] };
+    let lbl = with_backend!(&mut open(BackendKind::Ort, dir.path(), Precision::F32), b => generate(b, &prompt, &opts)).unwrap();
+    let mut ids = vec![full.step(&prompt).unwrap().argmax];
+    while ids.len() < 12 {
+        ids.push(full.step(&[*ids.last().unwrap()]).unwrap().argmax);
+    }
+    assert_eq!(ids, lbl.ids());
+}
+
+#[test]
+fn export_onnx_writes_a_verified_cache_and_refuses_an_existing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_config(2, 300), 61).unwrap();
+    let d = dir.path().display().to_string();
+    let (code, out, err) = exitbench(&["export-onnx", "--model", &d], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("files") && out.contains("dtype f32"), "{out}");
+    let (code, _, err) = exitbench(&["export-onnx", "--model", &d], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("up to date"), "{err}");
+    let target = dir.path().join("mine");
+    let t = target.display().to_string();
+    assert_eq!(exitbench(&["export-onnx", "--model", &d, "--out", &t, "--dtype", "f16"], &[]).0, 0);
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(target.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["dtype"], "f16");
+    refused(&["export-onnx".into(), "--model".into(), d.clone(), "--out".into(), t.clone()], &[], &["--out", "already exists"]);
+    refused(&["export-onnx".into(), "--model".into(), d, "--dtype".into(), "f8".into()], &[], &["--dtype"]);
+}
+
 fn exitbench(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_exitbench"));
     c.args(args);

@@ -14,6 +14,9 @@ pub struct CalibrateArgs {
     /// Model directory.
     #[arg(long, default_value_t = crate::default_model())]
     pub model: String,
+    /// Runtime the figures are measured on: candle or ort (one).
+    #[arg(long, default_value = "candle")]
+    pub backend: String,
     /// Measures.
     #[arg(long, value_delimiter = ',', default_value = "softmax-diff,softmax-max,saturation,classifier")]
     pub measure: Vec<String>,
@@ -50,6 +53,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     }
     let base = RawSettings {
         model: Some(vec![a.model.clone()]),
+        backend: Some(vec![crate::backend::BackendKind::parse(&a.backend)?.name().to_string()]),
         measure: Some(a.measure.clone()),
         thresholds: Some(a.thresholds.clone()),
         samples: Some(a.samples),

@@ -69,6 +69,11 @@ pub struct OrtBackend {
     pub setup: RuntimeInfo,
 }
 
+/// Whether intra-op threads spin while waiting for work. With one thread (the default for
+/// models narrower than 1024) there is no pool to spin; see the README's ORT figures for the
+/// two-thread measurement behind this choice.
+pub const DEFAULT_SPINNING: bool = false;
+
 /// A hidden state: an ORT value on the session's device.
 pub type Hidden = Rc<DynValue>;
 
@@ -108,13 +113,17 @@ fn creation_error(file: &Path, p: Precision, device: DeviceKind, e: impl std::fm
 
 impl OrtBackend {
     /// Exports (or reuses the cached export of) `files` in `precision` and creates the sessions
-    /// on `device` with `threads` intra-op threads.
+    /// on `device` with `threads` intra-op threads (spinning off: see [`DEFAULT_SPINNING`]).
     pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize) -> Result<Self> {
+        Self::open_with(files, device, precision, threads, DEFAULT_SPINNING)
+    }
+
+    /// [`OrtBackend::open`] with the intra-op spinning policy chosen (benches compare both).
+    pub fn open_with(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
         let rt = runtime::runtime()?;
         let mut warn = |m: &str| eprintln!("warning: {m}");
         let ex = export::ensure(files, precision, &mut warn)?;
         let t = Instant::now();
-        let spinning = false;
         let make = |name: &str, with_optimized: Option<&Path>| -> Result<Graph> {
             let path = ex.dir.join(name);
             let mut b = session_builder(rt, device, threads, spinning)?;
@@ -188,6 +197,66 @@ impl OrtBackend {
         let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
         let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
         Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 })
+    }
+}
+
+/// The export's full-depth graph (embedding, every layer, head) as one session with its own KV
+/// caches: what layer-by-layer dispatch is compared against (benches).
+pub struct FullDepth {
+    graph: Graph,
+    caches: Vec<(DynValue, DynValue)>,
+    len: usize,
+    layers: usize,
+    empty: DynValue,
+}
+
+impl FullDepth {
+    /// Opens `full.onnx` of the export of `files` in `precision`.
+    pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
+        let ex = export::ensure(files, precision, &mut |m: &str| eprintln!("warning: {m}"))?;
+        Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning)
+    }
+
+    /// Opens a full-depth graph file of `files` (e.g. one written with external data).
+    pub fn open_file(path: &Path, files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
+        let rt = runtime::runtime()?;
+        let path = path.to_path_buf();
+        let session = session_builder(rt, device, threads, spinning)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
+        let binding = session.create_binding().map_err(oe)?;
+        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let empty = empty_tensor(precision, [1, files.config.kv_heads(), 0, files.config.head_dim()])?;
+        Ok(FullDepth { graph: Graph { session, binding, outputs, mem: mem_info(device)? }, caches: Vec::new(), len: 0, layers: files.config.num_hidden_layers, empty })
+    }
+
+    /// Clears the caches.
+    pub fn reset(&mut self) {
+        self.caches.clear();
+        self.len = 0;
+    }
+
+    /// Runs `tokens` through every layer and the head, appending to the caches.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<HeadSummary> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::from_array(([ids.len()], ids)).map_err(oe)?.into_dyn();
+        let positions = OrtBackend::positions(self.len, tokens.len())?;
+        let names: Vec<(String, String)> = (1..=self.layers).map(|i| (format!("past_k_{i}"), format!("past_v_{i}"))).collect();
+        let mut inputs: Vec<(&str, &DynValue)> = vec![("ids", &ids), ("positions", &positions)];
+        for (i, (k, v)) in names.iter().enumerate() {
+            let (pk, pv) = self.caches.get(i).map(|(a, b)| (a, b)).unwrap_or((&self.empty, &self.empty));
+            inputs.push((k.as_str(), pk));
+            inputs.push((v.as_str(), pv));
+        }
+        let mut out = self.graph.run(&inputs)?;
+        let s = to_host_f32(&OrtBackend::take(&mut out, "summary")?)?;
+        let mut caches = Vec::with_capacity(self.layers);
+        for i in 1..=self.layers {
+            caches.push((OrtBackend::take(&mut out, &format!("present_k_{i}"))?, OrtBackend::take(&mut out, &format!("present_v_{i}"))?));
+        }
+        drop(out);
+        self.caches = caches;
+        self.len += tokens.len();
+        let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
+        Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2: if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 }, logit_gap: v1 - v2 })
     }
 }
 
