@@ -69,7 +69,7 @@ fn mask_csv(text: &str) -> String {
     let masked = ["model", "dataset", "machine", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
         "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token",
         "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j", "energy_cpu_j", "energy_dram_j",
-        "energy_warnings"];
+        "energy_warnings", "runtime_version", "export_s", "session_s"];
     let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
     for rec in rd.records() {
         let rec = rec.unwrap();
