@@ -125,7 +125,7 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
             s.measure = Some(vec![m.clone()]);
             s.thresholds = Some(vec![format!("{t}")]);
             s.oracle = Some(false);
-            runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true }, progress)?;
+            runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true, extend: true }, progress)?;
         }
     }
     let records = current(&test_plan, store::read(&test_dir)?)?;
@@ -136,7 +136,8 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
 
 fn sweep(plan: &Plan, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
     let resume = plan.out.join(store::RESULTS_FILE).exists();
-    runner::run(plan, RunOptions { shard: None, resume }, progress)?;
+    // A reused calibration directory may hold cells of other settings: add to it.
+    runner::run(plan, RunOptions { shard: None, resume, extend: resume }, progress)?;
     let records = current(plan, store::read(&plan.out)?)?;
     crate::report::write_all(&records, &plan.out)?;
     Ok(records)

@@ -96,6 +96,17 @@ pub enum StopReason {
     MaxPositions,
 }
 
+impl StopReason {
+    /// The name records and JSON use (`eos`, `max-new-tokens`, `max-positions`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::MaxNewTokens => "max-new-tokens",
+            StopReason::MaxPositions => "max-positions",
+        }
+    }
+}
+
 /// The result of one generation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Generation {

@@ -72,9 +72,16 @@ fn missing_model_dir_and_config() {
 fn malformed_config_json() {
     let d = model_dir();
     std::fs::write(d.path().join("config.json"), "{\"hidden_size\": 64,").unwrap();
-    run_gen(d.path(), &[], &["config.json", "malformed"]);
-    std::fs::write(d.path().join("config.json"), "{\"hidden_size\": \"wide\"}").unwrap();
-    run_gen(d.path(), &[], &["config.json", "hidden_size"]);
+    run_gen(d.path(), &[], &["config.json, line 1: malformed JSON"]);
+    std::fs::write(d.path().join("config.json"), "{\n  \"hidden_size\": \"wide\"\n}").unwrap();
+    run_gen(d.path(), &[], &["config.json, line 2: field `hidden_size`: invalid type: string \"wide\""]);
+    // A missing field is named plainly (not `field `config.json`: bad value: ...`).
+    let mut v: serde_json::Value = serde_json::to_value(tiny_config(2, 300)).unwrap();
+    v.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(d.path().join("config.json"), serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    run_gen(d.path(), &[], &["config.json", "required field `hidden_size` is missing"]);
+    let (_, _, err) = exitbench(&gen_args(d.path()).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!err.contains("`?`") && !err.contains("bad value"), "{err}");
 }
 
 #[test]
@@ -146,4 +153,17 @@ fn broken_rouge_line_is_named() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert!((v["rougeL"]["fmeasure"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn generate_threshold_without_measure_is_refused_and_text_mode_says_what_ran() {
+    let d = model_dir();
+    run_gen(d.path(), &["--threshold", "0.5"], &["--threshold", "needs --measure"]);
+    let a = gen_args(d.path());
+    let (code, out, err) = exitbench(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.contains("stop: eos") || last.contains("stop: max-new-tokens"), "{last}");
+    assert!(!last.contains("Eos") && !last.contains("MaxNewTokens") && !last.contains("1 tokens"), "{last}");
+    assert!(last.contains("prefill") && (last.contains("ms/token") || last.contains("1 token,")), "{last}");
 }

@@ -125,7 +125,8 @@ fn golden_csv_and_markdown() {
     let out = d.path().join("out");
     // Both runtimes: the golden deterministic columns (tokens, layers, ROUGE, D) of the ORT rows
     // equal candle's.
-    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--backend", "candle,ort")]);
+    let mut args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--backend", "candle,ort")]);
+    args.retain(|a| *a != "--quiet");
     let (code, stdout, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("faster than full depth") || stdout.contains("slower than full depth"), "{stdout}");
@@ -428,7 +429,8 @@ fn repeated_values_empty_shards_torn_lines_and_resume_without_out() {
     assert_eq!((ids.len(), unique.len()), (7, 7), "{ids:?}");
     // A shard with no group (one group, two shards) writes an empty results file, and merges.
     let empty = d.path().join("empty");
-    let a = sweep_args_with(mp, dp, empty.to_str().unwrap(), &[("--samples", "2"), ("--shard", "2/2")]);
+    let mut a = sweep_args_with(mp, dp, empty.to_str().unwrap(), &[("--samples", "2"), ("--shard", "2/2")]);
+    a.retain(|x| *x != "--quiet");
     let (code, _, err) = run(&a);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("has no configuration group"), "{err}");
@@ -487,4 +489,109 @@ fn merged_machines_are_compared_side_by_side() {
     // Each machine's full-depth speed sits in its row.
     let row = md.lines().find(|l| l.contains("othermachine01")).unwrap();
     assert!(row.contains("candle cpu f32 1t:"), "{row}");
+}
+
+#[test]
+fn resume_refuses_another_plan_extend_adds_cells_and_resume_counts_skips() {
+    let (m, d, data) = fixture(2);
+    let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("out");
+    let o = out.to_str().unwrap();
+    let base = sweep_args_with(mp, dp, o, &[("--samples", "2"), ("--thresholds", "0.9")]);
+    let (code, _, err) = run(&base);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.join("plan.json").is_file());
+    let before = cell_ids(&out.join("results.jsonl"));
+    // Other --samples: refused, naming what differs, and nothing appended.
+    let mut other = sweep_args_with(mp, dp, o, &[("--samples", "1"), ("--thresholds", "0.9")]);
+    other.push("--resume");
+    let (code, _, err) = run(&other);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("samples: 2 → 1") && err.contains("--extend"), "{err}");
+    assert_eq!(cell_ids(&out.join("results.jsonl")), before);
+    // The same plan resumes, saying how many cells it skipped.
+    let mut same = base.clone();
+    same.retain(|a| *a != "--quiet");
+    same.push("--resume");
+    let (code, _, err) = run(&same);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("{n} of this plan's {n} cells were already done and skipped", n = before.len())), "{err}");
+    // --extend adds the new plan's cells (another threshold) beside the old ones.
+    let mut ext = sweep_args_with(mp, dp, o, &[("--samples", "2"), ("--thresholds", "0.3")]);
+    ext.push("--extend");
+    let (code, _, err) = run(&ext);
+    assert_eq!(code, 0, "{err}");
+    let after = cell_ids(&out.join("results.jsonl"));
+    assert_eq!(after.len(), before.len() + 2, "two measures at the new threshold: {after:?}");
+    let plans: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(plans["plans"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_damaged_model_is_refused_before_anything_is_written() {
+    let (m, d, data) = fixture(2);
+    let w = m.path().join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    // Classifiers whose fingerprint no longer matches: their warning must not come first.
+    exitbench::testkit::write_random_classifiers(m.path(), &tiny_config(4, 300), 3).unwrap();
+    std::fs::write(m.path().join("exit_classifier.json"), r#"{"decoder_fingerprint": "0000000000000000"}"#).unwrap();
+    let out = d.path().join("out");
+    let args = sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("Error:") && err.contains("model.safetensors") && !err.contains("warning"), "{err}");
+    assert!(!out.exists(), "a run that cannot start wrote {:?}", std::fs::read_dir(&out).map(|r| r.count()));
+    // A tensor of the wrong shape is named from the headers alone, too.
+    write_tiny_model(m.path(), &tiny_config(4, 300), 21).unwrap();
+    let mut cfg = tiny_config(4, 300);
+    cfg.intermediate_size = 96;
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(m.path().join("config.json")).unwrap()).unwrap();
+    v["intermediate_size"] = cfg.intermediate_size.into();
+    std::fs::write(m.path().join("config.json"), v.to_string()).unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("gate_proj.weight") && err.contains("[96, 64]"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn quiet_prints_errors_only_and_summaries_are_labelled_by_group() {
+    let (m, d, data) = fixture(2);
+    let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
+    let out = d.path().join("q");
+    let a = sweep_args_with(mp, dp, out.to_str().unwrap(), &[("--samples", "50")]);
+    let (code, stdout, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.is_empty() && err.is_empty(), "-q printed: {stdout}{err}");
+    let out2 = d.path().join("loud");
+    let mut b = sweep_args_with(mp, dp, out2.to_str().unwrap(), &[("--samples", "50"), ("--dtype", "f32,bf16")]);
+    b.retain(|x| *x != "--quiet");
+    let (code, stdout, err) = run(&b);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--samples 50:") && err.contains("has only 2 examples; running 2"), "{err}");
+    assert!(stdout.contains("candle · cpu · f32 · 1 thread · ") && stdout.contains("candle · cpu · bf16 · 1 thread · "), "{stdout}");
+    let md = std::fs::read_to_string(out2.join("summary.md")).unwrap();
+    assert!(md.contains("· 1 thread ·") && !md.contains("1 threads"), "{md}");
+}
+
+#[test]
+fn report_defaults_its_out_and_writes_results_that_check_reads() {
+    let (m, d, data) = fixture(2);
+    let out = d.path().join("out");
+    let (code, _, err) = run(&sweep_args(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap()));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["report", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rep = out.join("report");
+    for f in ["results.jsonl", "results.csv", "summary.md", "report.html"] {
+        assert!(rep.join(f).is_file(), "report/ lacks {f}");
+    }
+    assert_eq!(cell_ids(&rep.join("results.jsonl")), cell_ids(&out.join("results.jsonl")));
+    let (code, stdout, err) = run(&["check", "--baseline", out.to_str().unwrap(), "--current", rep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    // Several inputs need a named --out.
+    let (code, _, err) = run(&["report", out.to_str().unwrap(), rep.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--out"), "{err}");
 }

@@ -33,15 +33,18 @@ pub struct ModelArgs {
     pub random_weights: Option<u64>,
 }
 
+/// The threshold `generate` uses when --measure is given without --threshold.
+pub const DEFAULT_THRESHOLD: f64 = 0.9;
+
 /// Flags choosing the exit mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExitArgs {
     /// Confidence measure: softmax-diff, softmax-max, saturation, classifier (none: full depth).
     #[arg(long)]
     pub measure: Option<String>,
-    /// Threshold λ in [0, 1].
-    #[arg(long, default_value_t = 0.9)]
-    pub threshold: f64,
+    /// Threshold λ in [0, 1] (with --measure; default 0.9).
+    #[arg(long)]
+    pub threshold: Option<f64>,
     /// fixed or decaying.
     #[arg(long, default_value = "fixed")]
     pub schedule: String,
@@ -66,6 +69,9 @@ impl ExitArgs {
     /// The exit mode these flags describe (validated against the model later).
     pub fn mode(&self) -> Result<ExitMode> {
         let schedule = Schedule::parse(&self.schedule, self.tau)?;
+        if self.threshold.is_some() && self.measure.is_none() {
+            return Err(Error::setting("--threshold", "needs --measure (softmax-diff, softmax-max, saturation or classifier); without a measure every token runs at full depth"));
+        }
         if let Some(layer) = self.static_exit {
             return Ok(ExitMode::Static { layer });
         }
@@ -76,7 +82,7 @@ impl ExitArgs {
             None => Ok(ExitMode::Full),
             Some(m) => Ok(ExitMode::Dynamic(ExitPolicy {
                 measure: Measure::parse(m)?,
-                threshold: self.threshold,
+                threshold: self.threshold.unwrap_or(DEFAULT_THRESHOLD),
                 schedule,
                 min_exit_layer: self.min_exit_layer,
                 exit_interval: self.exit_interval,
@@ -226,7 +232,9 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
     } else {
         format!("n/a of {l} (no token after the prefill's)")
     };
-    println!("average layers: {figures}, {} tokens, stop: {:?}", g.tokens.len(), g.stop);
+    let decoded = g.tokens.len().saturating_sub(1);
+    let speed = if decoded > 0 { format!(", {:.3} ms/token over the decoded tokens", g.decode_s() * 1e3 / decoded as f64) } else { String::new() };
+    println!("average layers: {figures}, {}{speed}, prefill {:.3} ms, stop: {}", crate::report::plural(g.tokens.len(), "token"), g.prefill_s * 1e3, g.stop.name());
     if m.random_weights.is_some() {
         eprintln!("warning: random weights: the text and quality figures are meaningless");
     }

@@ -1,4 +1,5 @@
-//! `exitbench report RESULTS... --out DIR`: reports from one or more results dirs or files.
+//! `exitbench report RESULTS... [--out DIR]`: reports from one or more results dirs or files,
+//! with the merged `results.jsonl` beside them (so `check` and `report` take the directory).
 
 use crate::error::{Error, Result};
 use crate::report;
@@ -11,9 +12,10 @@ pub struct ReportArgs {
     /// Results directories or results.jsonl files.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Directory the reports are written to.
+    /// Directory the reports and the merged results.jsonl are written to (default: `report/`
+    /// inside the one input directory, or beside the one input file).
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 }
 
 /// Runs `exitbench report`.
@@ -30,9 +32,23 @@ pub fn run(a: ReportArgs) -> Result<()> {
     if records.is_empty() {
         return Err(Error::setting("inputs", "no result records found"));
     }
-    let rows = report::write_all(&records, &a.out)?;
+    let out = match (&a.out, a.inputs.as_slice()) {
+        (Some(o), _) => o.clone(),
+        (None, [one]) if one.is_dir() => one.join("report"),
+        (None, [one]) => one.parent().unwrap_or(std::path::Path::new(".")).join("report"),
+        (None, _) => return Err(Error::setting("--out", "several inputs: name the directory the merged report goes to")),
+    };
+    let rows = report::write_all(&records, &out)?;
+    // The merged records beside the reports, unless that file is one of the inputs.
+    let merged = out.join(store::RESULTS_FILE);
+    let canon = |p: &std::path::Path| std::fs::canonicalize(store::records_path(p)).ok();
+    let is_input = canon(&out).is_some() && a.inputs.iter().any(|i| canon(i) == canon(&out));
+    if !is_input {
+        store::write_records(&merged, &records)?;
+    }
     for line in report::terminal::summary_lines(&rows, &records) {
         println!("{line}");
     }
+    eprintln!("reports: {}/ (results.jsonl, results.csv, summary.md, report.html)", out.display());
     Ok(())
 }

@@ -106,9 +106,13 @@ pub struct RunArgs {
     /// Seconds to sleep between cells.
     #[arg(long)]
     pub cooldown: Option<f64>,
-    /// Continue a sweep in --out, skipping finished cells.
+    /// Continue a sweep in --out, skipping finished cells (refused when the settings differ from
+    /// the ones recorded in its plan.json).
     #[arg(long)]
     pub resume: bool,
+    /// Add this plan's cells to an existing --out (other settings than the sweep there).
+    #[arg(long, conflicts_with = "resume")]
+    pub extend: bool,
     /// Run a deterministic 1/N of the configuration groups: I/N.
     #[arg(long)]
     pub shard: Option<String>,
@@ -173,6 +177,17 @@ impl Progress for Bar {
     }
 }
 
+/// The local time as a sortable, readable directory name part: `2026-12-01_10-15-44`.
+pub fn local_timestamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as libc::time_t).unwrap_or(0);
+    // SAFETY: localtime_r writes into the tm we own; a zeroed tm is a valid initial value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return now.to_string();
+    }
+    format!("{:04}-{:02}-{:02}_{:02}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
 /// Runs `exitbench run`; the exit code is 1 when a cell of this run failed (its row says why).
 pub fn run(a: RunArgs) -> Result<i32> {
     let file = match &a.config {
@@ -181,17 +196,21 @@ pub fn run(a: RunArgs) -> Result<i32> {
     };
     let out_given = file.out.is_some() || a.out.is_some();
     let mut settings = RawSettings::defaults().overridden_by(file).overridden_by(a.flags());
-    if a.resume && !out_given {
+    if (a.resume || a.extend) && !out_given {
         return Err(Error::setting("--resume", "needs --out DIR (the sweep to continue): without --out every run starts a fresh results/run-<time>"));
     }
     if !out_given {
         // Without --out every run gets its own directory, so the main command can be rerun.
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        settings.out = Some(format!("results/run-{secs}"));
+        settings.out = Some(format!("results/run-{}", local_timestamp()));
     }
     let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
     let plan = Plan::from_settings(settings)?;
-    let mut progress: Box<dyn Progress> = if a.quiet || !std::io::stderr().is_terminal() {
+    if !a.quiet {
+        plan.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    }
+    let mut progress: Box<dyn Progress> = if a.quiet {
+        Box::new(runner::Silent)
+    } else if !std::io::stderr().is_terminal() {
         Box::new(Quiet)
     } else {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -201,16 +220,19 @@ pub fn run(a: RunArgs) -> Result<i32> {
         );
         Box::new(Bar(bar))
     };
-    let written = runner::run(&plan, RunOptions { shard, resume: a.resume }, progress.as_mut())?;
+    let written = runner::run(&plan, RunOptions { shard, resume: a.resume, extend: a.extend }, progress.as_mut())?;
     let records = crate::results::store::read(&plan.out)?;
     let rows = report::write_all(&records, &plan.out)?;
-    for line in report::terminal::summary_lines(&rows, &records) {
-        println!("{line}");
+    // -q: errors only.
+    if !a.quiet {
+        for line in report::terminal::summary_lines(&rows, &records) {
+            println!("{line}");
+        }
+        if let Some(line) = report::terminal::bookkeeping_line(&written) {
+            eprintln!("{line}");
+        }
+        eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     }
-    if let Some(line) = report::terminal::bookkeeping_line(&written) {
-        eprintln!("{line}");
-    }
-    eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     let failed = written.iter().filter(|r| r.status == "error").count();
     if failed > 0 {
         eprintln!("error: {failed} cell(s) failed; their rows in results.csv have status `error` and the reason");

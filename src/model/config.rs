@@ -96,26 +96,48 @@ impl LlamaConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(&text).map_err(|e| match e {
-            Error::BadSetting { field, message } => {
-                Error::file(path, None, format!("field `{field}`: {message}"))
-            }
+        let cfg = Self::deserialize(&text).map_err(|(line, message)| Error::file(path, line, message))?;
+        cfg.check().map_err(|e| match e {
+            Error::BadSetting { field, message } => Error::file(path, None, format!("field `{field}`: {message}")),
             other => other,
-        })
+        })?;
+        Ok(cfg)
     }
 
     /// Parses and validates a config from JSON text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let cfg: LlamaConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let what = if inner.is_syntax() || inner.is_eof() { "malformed JSON" } else { "bad value" };
-            let field = if path == "." { "config.json".to_string() } else { path };
-            Error::setting(field, format!("{what}: {inner}"))
+        let cfg = Self::deserialize(text).map_err(|(line, message)| {
+            Error::setting("config.json", match line {
+                Some(l) => format!("line {l}: {message}"),
+                None => message,
+            })
         })?;
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Deserializes without checking; an error is (line, plain message naming the field).
+    fn deserialize(text: &str) -> std::result::Result<Self, (Option<usize>, String)> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let line = (inner.line() > 0).then_some(inner.line());
+            // serde_json appends " at line L column C"; the line is reported separately.
+            let full = inner.to_string();
+            let msg = full.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(full);
+            let message = if inner.is_syntax() || inner.is_eof() {
+                format!("malformed JSON: {msg}")
+            } else if let Some(missing) = msg.strip_prefix("missing field ") {
+                let missing = if field == "." { missing.to_string() } else { format!("`{field}.{}`", missing.trim_matches('`')) };
+                format!("required field {missing} is missing")
+            } else if field == "." {
+                msg
+            } else {
+                format!("field `{field}`: {msg}")
+            };
+            (line, message)
+        })
     }
 
     /// Number of key/value heads.

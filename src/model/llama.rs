@@ -458,6 +458,30 @@ impl LlamaModel {
     }
 }
 
+/// Every decoder tensor a config needs, with its shape and whether it is required (biases are
+/// optional; the LM head is optional with tied embeddings): what `LlamaModel::load` reads.
+pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>, bool)> {
+    let (v, d, hd) = (cfg.vocab_size, cfg.hidden_size, cfg.head_dim());
+    let (nh, nkv, f) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.intermediate_size);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], true)];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d], true));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], true));
+        for (n, rows) in [("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)] {
+            out.push((format!("{p}.self_attn.{n}.weight"), vec![rows, d], true));
+            out.push((format!("{p}.self_attn.{n}.bias"), vec![rows], false));
+        }
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, nh * hd], true));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], true));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], true));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], true));
+    }
+    out.push(("model.norm.weight".to_string(), vec![d], true));
+    out.push(("lm_head.weight".to_string(), vec![v, d], !cfg.tie_word_embeddings));
+    out
+}
+
 fn load_classifiers(w: &TensorLoader, cfg: &LlamaConfig) -> Result<Option<Vec<(Tensor, Tensor)>>> {
     let d = cfg.hidden_size;
     let mut out = Vec::new();

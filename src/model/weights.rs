@@ -79,11 +79,18 @@ impl SafetensorFiles {
     /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json`, plus
     /// `exit_classifier.safetensors` when present.
     pub fn open(dir: &Path) -> Result<Self> {
-        let mut paths = decoder_weight_paths(dir)?;
+        // The decoder's own files first: a damaged weights file is the error to report, before
+        // any verdict on the classifiers (whose fingerprint check reads those files).
+        let mut s = Self::open_paths(&decoder_weight_paths(dir)?)?;
         let cls = dir.join(CLASSIFIER_FILE);
         if cls.is_file() {
             match classifier_matches(dir) {
-                Ok(()) => paths.push(cls),
+                Ok(()) => {
+                    let c = Self::open_paths(&[cls])?;
+                    let base = s.files.len();
+                    s.routing.extend(c.routing.into_iter().map(|(n, i)| (n, i + base)));
+                    s.files.extend(c.files);
+                }
                 Err(why) => eprintln!(
                     "warning: {} not loaded: {why}; retrain them with `exitbench train --classifier-only --model {}`",
                     cls.display(),
@@ -91,18 +98,43 @@ impl SafetensorFiles {
                 ),
             }
         }
+        Ok(s)
+    }
+
+    fn open_paths(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         let mut routing = HashMap::new();
-        for (i, p) in paths.into_iter().enumerate() {
+        for (i, p) in paths.iter().enumerate() {
             // SAFETY: the file is mapped read-only; exitbench never writes weights it has mapped.
-            let st = unsafe { MmapedSafetensors::new(&p) }
-                .map_err(|e| Error::file(&p, None, format!("not a valid safetensors file: {e}")))?;
+            let st = unsafe { MmapedSafetensors::new(p) }
+                .map_err(|e| Error::file(p, None, format!("not a valid safetensors file: {e}")))?;
             for (name, _) in st.tensors() {
                 routing.insert(name, i);
             }
-            files.push((p, st));
+            files.push((p.clone(), st));
         }
         Ok(Self { files, routing })
+    }
+
+    /// Checks, from the headers alone, that the decoder files of `dir` hold every tensor `cfg`
+    /// needs with its shape (safetensors checks each tensor's byte length against its header),
+    /// so a sweep refuses a damaged model before it writes anything.
+    pub fn check_headers(dir: &Path, cfg: &super::LlamaConfig) -> Result<()> {
+        let s = Self::open_paths(&decoder_weight_paths(dir)?)?;
+        for (name, shape, required) in super::llama::expected_tensors(cfg) {
+            let Some(&i) = s.routing.get(&name) else {
+                if required {
+                    return Err(Error::BadModel { dir: dir.to_path_buf(), message: format!("tensor `{name}` is missing from the weights") });
+                }
+                continue;
+            };
+            let (path, st) = &s.files[i];
+            let view = st.get(&name).map_err(|e| Error::file(path, None, format!("tensor `{name}`: {e}")))?;
+            if view.shape() != shape.as_slice() {
+                return Err(Error::file(path, None, format!("tensor `{name}` has shape {:?}, the config needs {shape:?}", view.shape())));
+            }
+        }
+        Ok(())
     }
 
     /// Paths of the opened files.

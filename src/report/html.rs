@@ -108,7 +108,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     let first = &records[rows[0].record];
     let k = &first.key;
     let h = &first.hardware;
-    let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {} threads</h2>", esc(&k.model), esc(&k.dataset), esc(&k.backend), esc(&k.device), esc(&k.dtype), k.threads);
+    let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {}</h2>", esc(&k.model), esc(&k.dataset), esc(&k.backend), esc(&k.device), esc(&k.dtype), super::plural(k.threads, "thread"));
     let _ = write!(s, "<p>Machine <code>{}</code>: {}, {}; {} samples; energy source: <b>{}</b>.</p>",
         esc(&k.machine), esc(&h.summary()), esc(&h.os), first.samples, esc(&first.energy.source));
     if first.random_weights {

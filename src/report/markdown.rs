@@ -31,7 +31,7 @@ impl Exporter for MarkdownExporter {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
             let first = &records[members[0].record];
             let k = &first.key;
-            let _ = writeln!(s, "## {} · {} · {} · {} · {} threads · {}\n", k.model, k.dataset, k.backend, k.device, k.threads, k.dtype);
+            let _ = writeln!(s, "## {} · {} · {} · {} · {} · {}\n", k.model, k.dataset, k.backend, k.device, super::plural(k.threads, "thread"), k.dtype);
             let h = &first.hardware;
             let _ = writeln!(s, "Machine `{}`: {}, {}. {} samples, energy source: {}.{}\n",
                 k.machine, h.summary(), h.os, first.samples, first.energy.source,

@@ -70,6 +70,15 @@ pub fn machines_table(records: &[CellRecord]) -> Option<(Vec<&'static str>, Vec<
     Some((header, rows))
 }
 
+/// `1 thread`, `2 threads`: a count with its noun in the right number.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Group ids in order of first appearance.
 pub fn group_order(rows: &[ReportRow]) -> Vec<&str> {
     let mut groups: Vec<&str> = Vec::new();

@@ -4,13 +4,20 @@
 use super::ReportRow;
 use crate::results::CellRecord;
 
-/// Summary lines for every early-exit or static cell that has a full-depth baseline.
+/// Summary lines for every early-exit or static cell that has a full-depth baseline, under a
+/// heading line per configuration group (`candle · cpu · f32 · 1 thread · models/cricket-6l:`).
 pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> {
     let mut out = Vec::new();
+    let mut group: Option<&str> = None;
     for r in rows {
         let rec = &records[r.record];
         if rec.status != "ok" || rec.key.baseline == "full" {
             continue;
+        }
+        if group != Some(r.group.as_str()) {
+            group = Some(&r.group);
+            let k = &rec.key;
+            out.push(format!("{} · {} · {} · {} · {}:", k.backend, k.device, k.dtype, super::plural(k.threads, "thread"), k.model));
         }
         let d = r.d_full.map(|x| format!("D = {:.3}", x.mean)).unwrap_or_else(|| "D = n/a".into());
         let pm = |e: Option<f64>| e.map(|e| format!(" ± {e:.2}")).unwrap_or_default();
@@ -19,7 +26,7 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
             (Some(s), e) => format!("{} ran {:.2}{} × slower than full depth, {d}, avg layers {:.2}/{}", r.label, 1.0 / s, pm(e.map(|e| e / (s * s))), r.avg_layers, r.num_layers),
             _ => format!("{}: avg layers {:.2}/{} (theoretical {:.2}×), {d}", r.label, r.avg_layers, r.num_layers, r.speedup_theoretical.unwrap_or(0.0)),
         };
-        out.push(line);
+        out.push(format!("  {line}"));
     }
     out
 }

@@ -28,6 +28,19 @@ pub fn append(path: &Path, rec: &CellRecord) -> Result<()> {
     f.sync_data().map_err(|e| Error::io(path, e))
 }
 
+/// Writes `records` as the whole of `path` (a temporary file synced, then renamed over it).
+pub fn write_records(path: &Path, records: &[CellRecord]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).map_err(|e| Error::Internal(e.to_string()))?);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 /// Reads every record of a file or results directory.
 pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
     let path = records_path(p);

@@ -11,33 +11,98 @@ use crate::model::{LlamaConfig, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// TOML list keys written the ways the command line takes them: `thresholds = [0.9, 0.5]`,
+/// `thresholds = "0.9:0.5:0.1"`, `thresholds = 0.9`, `measure = "softmax-diff,saturation"`,
+/// `threads = 2` or `threads = [1, 2]`.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Int(i64),
+        Float(f64),
+        Str(String),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Scalar),
+        Many(Vec<Scalar>),
+    }
+
+    fn text(s: Scalar) -> Vec<String> {
+        match s {
+            Scalar::Int(i) => vec![i.to_string()],
+            Scalar::Float(f) => vec![format!("{f}")],
+            Scalar::Str(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        }
+    }
+
+    /// A string (comma-separated), a number, or a list of strings and numbers.
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        let v = Option::<OneOrMany>::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, a number or a list of them"))?;
+        Ok(v.map(|v| match v {
+            OneOrMany::One(s) => text(s),
+            OneOrMany::Many(v) => v.into_iter().flat_map(text).collect(),
+        }))
+    }
+
+    /// A non-negative integer or a list of them.
+    pub fn counts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
+        let v = Option::<OneOrMany>::deserialize(d).map_err(|_| serde::de::Error::custom("expected a whole number or a list of them"))?;
+        let one = |s: Scalar| match s {
+            Scalar::Int(i) if i >= 0 => Ok(i as usize),
+            Scalar::Str(t) => t.trim().parse::<usize>().map_err(|_| serde::de::Error::custom(format!("`{t}` is not a whole number"))),
+            _ => Err(serde::de::Error::custom("expected a whole number ≥ 0")),
+        };
+        match v {
+            None => Ok(None),
+            Some(OneOrMany::One(s)) => Ok(Some(vec![one(s)?])),
+            Some(OneOrMany::Many(v)) => v.into_iter().map(one).collect::<Result<Vec<_>, _>>().map(Some),
+        }
+    }
+}
+
 /// Raw sweep settings: every field optional, from a TOML file or flags (flags win).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawSettings {
     /// Model directories.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub model: Option<Vec<String>>,
     /// Backends.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub backend: Option<Vec<String>>,
     /// Devices.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub device: Option<Vec<String>>,
     /// Precisions.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub dtype: Option<Vec<String>>,
     /// CPU thread counts.
+    #[serde(default, deserialize_with = "lenient::counts")]
     pub threads: Option<Vec<usize>>,
     /// Confidence measures.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub measure: Option<Vec<String>>,
     /// Thresholds: numbers, or "start:stop:step" strings.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub thresholds: Option<Vec<String>>,
     /// Threshold schedules.
+    #[serde(default, deserialize_with = "lenient::strings")]
     pub schedule: Option<Vec<String>>,
     /// τ of the decaying schedule.
     pub tau: Option<f64>,
     /// Minimum exit layers.
+    #[serde(default, deserialize_with = "lenient::counts")]
     pub min_exit_layer: Option<Vec<usize>>,
     /// Exit intervals.
+    #[serde(default, deserialize_with = "lenient::counts")]
     pub exit_interval: Option<Vec<usize>>,
     /// Static exit layers (baselines).
+    #[serde(default, deserialize_with = "lenient::counts")]
     pub static_exit: Option<Vec<usize>>,
     /// Include the oracle analysis.
     pub oracle: Option<bool>,
@@ -198,6 +263,8 @@ pub struct Plan {
     pub energy: EnergySettings,
     /// Seconds of cooldown between cells.
     pub cooldown_s: f64,
+    /// What the user should know before the sweep starts (e.g. fewer examples than --samples).
+    pub warnings: Vec<String>,
     /// The resolved settings (recorded with every result).
     pub resolved: RawSettings,
 }
@@ -345,7 +412,7 @@ impl Plan {
         }
         let static_exits = s.static_exit.clone().unwrap_or_default();
         let oracle = s.oracle.unwrap_or(false);
-        let models = list("--model", &req(&s.model, "--model")?, |m| plan_model(Path::new(m)))?;
+        let models = list("--model", &req(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights.is_some()))?;
         for m in &models {
             let l = m.config.num_hidden_layers;
             for &k in &min_exit_layers {
@@ -365,6 +432,10 @@ impl Plan {
             return Err(Error::setting("--samples", "must be at least 1"));
         }
         let examples = dataset.load(Some(samples))?;
+        let mut warnings = Vec::new();
+        if examples.len() < samples {
+            warnings.push(format!("--samples {samples}: {} has only {} examples; running {}", dataset.name(), examples.len(), examples.len()));
+        }
         let max_new_tokens = s.max_new_tokens.unwrap_or(64);
         if max_new_tokens == 0 {
             return Err(Error::setting("--max-new-tokens", "must be at least 1"));
@@ -403,12 +474,15 @@ impl Plan {
                 c if c.is_finite() && c >= 0.0 => c,
                 c => return Err(Error::setting("--cooldown", format!("{c} must be a number ≥ 0"))),
             },
+            warnings,
             resolved: s,
         })
     }
 }
 
-fn plan_model(dir: &Path) -> Result<PlannedModel> {
+/// A model directory's config, and (unless the weights are random) its weight files checked from
+/// their headers: a damaged model is refused before anything is written.
+fn plan_model(dir: &Path, random_weights: bool) -> Result<PlannedModel> {
     if !dir.is_dir() {
         return Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() });
     }
@@ -416,7 +490,11 @@ fn plan_model(dir: &Path) -> Result<PlannedModel> {
     if !cfg.is_file() {
         return Err(Error::BadModel { dir: dir.to_path_buf(), message: "config.json is missing".into() });
     }
-    Ok(PlannedModel { dir: dir.to_path_buf(), config: LlamaConfig::from_file(&cfg)? })
+    let config = LlamaConfig::from_file(&cfg)?;
+    if !random_weights {
+        crate::model::weights::SafetensorFiles::check_headers(dir, &config)?;
+    }
+    Ok(PlannedModel { dir: dir.to_path_buf(), config })
 }
 
 #[cfg(test)]
@@ -451,5 +529,24 @@ mod tests {
         std::fs::write(&p, "samples = 3\nthreshold = [0.5]\n").unwrap();
         let e = RawSettings::from_toml_file(&p).unwrap_err().to_string();
         assert!(e.contains("sweep.toml") && e.contains("threshold") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn toml_lists_take_numbers_strings_and_ranges_as_flags_do() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sweep.toml");
+        std::fs::write(&p, "thresholds = [0.9, 0.5, \"0.3\"]\nmeasure = \"softmax-diff, saturation\"\nthreads = 2\nstatic-exit = [1, 3]\n").unwrap();
+        let r = RawSettings::from_toml_file(&p).unwrap();
+        assert_eq!(r.thresholds, Some(vec!["0.9".to_string(), "0.5".into(), "0.3".into()]));
+        assert_eq!(r.measure, Some(vec!["softmax-diff".to_string(), "saturation".into()]));
+        assert_eq!((r.threads, r.static_exit), (Some(vec![2]), Some(vec![1, 3])));
+        std::fs::write(&p, "thresholds = \"0.9:0.5:0.2\"\n").unwrap();
+        let r = RawSettings::from_toml_file(&p).unwrap();
+        assert_eq!(r.thresholds, Some(vec!["0.9:0.5:0.2".to_string()]));
+        std::fs::write(&p, "thresholds = 0.7\n").unwrap();
+        assert_eq!(RawSettings::from_toml_file(&p).unwrap().thresholds, Some(vec!["0.7".to_string()]));
+        std::fs::write(&p, "samples = 3\nthreads = [-1]\n").unwrap();
+        let e = RawSettings::from_toml_file(&p).unwrap_err().to_string();
+        assert!(e.contains("threads") && e.contains("line 2"), "{e}");
     }
 }

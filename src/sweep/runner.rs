@@ -31,6 +31,17 @@ pub trait Progress {
     fn finish(&mut self);
 }
 
+/// Progress that prints nothing at all (`run -q`: errors only).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: u64) {}
+    fn cell(&mut self, _: &str) {}
+    fn tick(&mut self) {}
+    fn warn(&mut self, _: &str) {}
+    fn finish(&mut self) {}
+}
+
 /// Progress that prints only warnings.
 pub struct Quiet;
 
@@ -49,8 +60,61 @@ impl Progress for Quiet {
 pub struct RunOptions {
     /// Run only this shard of the groups.
     pub shard: Option<Shard>,
-    /// Skip cells already in the results file.
+    /// Skip cells already in the results file (the plan must be the one recorded there).
     pub resume: bool,
+    /// Like `resume`, but the plan may differ: its new cells are added to the directory.
+    pub extend: bool,
+}
+
+/// The plans run into a results directory, oldest first (`plan.json`).
+pub const PLAN_FILE: &str = "plan.json";
+
+/// The settings that define a sweep's grid, as recorded in `plan.json` (`out` left out).
+fn plan_settings(plan: &Plan) -> serde_json::Value {
+    let mut v = serde_json::to_value(&plan.resolved).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("out");
+    }
+    v
+}
+
+/// Refuses a resume whose plan differs from the last one recorded in `dir` (naming what
+/// differs); with `extend`, or without a record, records this plan.
+fn check_and_record_plan(plan: &Plan, dir: &Path, resume: bool, extend: bool) -> Result<()> {
+    let path = dir.join(PLAN_FILE);
+    let now = plan_settings(plan);
+    let mut plans: Vec<serde_json::Value> = match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str::<serde_json::Value>(&t)
+            .ok()
+            .and_then(|v| v.get("plans").and_then(|p| p.as_array()).cloned())
+            .ok_or_else(|| Error::file(&path, None, "not a plan record (expected {\"plans\": [...]})"))?,
+        Err(_) => Vec::new(),
+    };
+    if let Some(last) = plans.last() {
+        if *last == now {
+            return Ok(());
+        }
+        if resume && !extend {
+            let (a, b) = (last.as_object(), now.as_object());
+            let mut keys: Vec<String> = a.into_iter().chain(b).flat_map(|m| m.keys().cloned()).collect();
+            keys.sort();
+            keys.dedup();
+            let diffs: Vec<String> = keys
+                .iter()
+                .filter(|k| last.get(k.as_str()) != now.get(k.as_str()))
+                .map(|k| format!("{k}: {} → {}", last.get(k.as_str()).unwrap_or(&serde_json::Value::Null), now.get(k.as_str()).unwrap_or(&serde_json::Value::Null)))
+                .collect();
+            return Err(Error::setting(
+                "--resume",
+                format!("{} was made by another plan ({}); resume it with the same settings, or pass --extend to add this plan's cells to it", dir.display(), diffs.join("; ")),
+            ));
+        }
+    }
+    plans.push(now);
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "plans": plans })).map_err(|e| Error::Internal(e.to_string()))?;
+    let tmp = dir.join(".plan.json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
 /// Runs the plan, appending to `plan.out/results.jsonl`. Returns the records of this run.
@@ -59,14 +123,17 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     let path = plan.out.join(store::RESULTS_FILE);
     let mut done = HashSet::new();
     if path.exists() {
-        if !opts.resume {
+        if !opts.resume && !opts.extend {
             return Err(Error::setting(
                 "--out",
-                format!("{} already holds results: pass --resume to continue that sweep, or choose another --out", path.display()),
+                format!("{} already holds results: pass --resume to continue that sweep (or --extend to add other cells to it), or choose another --out", path.display()),
             ));
         }
+        check_and_record_plan(plan, &plan.out, opts.resume, opts.extend)?;
         store::repair_tail(&path)?;
         done.extend(store::read(&path)?.into_iter().map(|r| r.cell_id));
+    } else {
+        check_and_record_plan(plan, &plan.out, false, true)?;
     }
     let hardware = Hardware::probe();
     let detected = crate::meter::detect(&plan.energy.meters);
@@ -92,6 +159,7 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     // An empty results file even when nothing runs here, so that merge and report take it.
     std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
     let steps: usize = todo.iter().map(|g| g.modes.len() * (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions)).sum();
+    let cells: usize = todo.iter().map(|g| g.modes.len()).sum();
     progress.start(steps as u64);
     let mut written = Vec::new();
     for g in &todo {
@@ -99,6 +167,10 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
         run_group(&ctx, &mut meter, &path, &mut done, progress, &mut written)?;
     }
     progress.finish();
+    if opts.resume || opts.extend {
+        let skipped = cells.saturating_sub(written.len());
+        progress.warn(&format!("resumed {}: {skipped} of this plan's {cells} cells were already done and skipped", plan.out.display()));
+    }
     Ok(written)
 }
 
