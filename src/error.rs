@@ -24,6 +24,12 @@ pub enum Error {
     /// A failure inside a runtime (candle, ONNX Runtime) that is not attributable to user input.
     #[error("{backend}: {message}")]
     Backend { backend: &'static str, message: String },
+    /// The user (Ctrl-C) or the scheduler (SIGTERM) asked the run to stop.
+    #[error("interrupted")]
+    Interrupted,
+    /// A sweep stopped on request with `done` of its `total` cells finished and written.
+    #[error("interrupted: {done} of {total} cells done")]
+    Stopped { done: usize, total: usize },
     /// Any other internal failure.
     #[error("{0}")]
     Internal(String),
@@ -40,6 +46,15 @@ impl Error {
                 | Error::BadSetting { .. }
                 | Error::Unsupported(_)
         )
+    }
+
+    /// The process exit code for this error: 2 for bad input, 130 when interrupted, else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Interrupted | Error::Stopped { .. } => 130,
+            e if e.is_bad_input() => 2,
+            _ => 1,
+        }
     }
 
     /// Shorthand for a bad setting.

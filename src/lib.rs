@@ -33,6 +33,7 @@ pub fn default_model() -> String {
 }
 pub mod testkit;
 pub mod hardware;
+pub mod interrupt;
 pub mod meter;
 pub mod report;
 pub mod results;

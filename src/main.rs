@@ -1,4 +1,5 @@
-//! The exitbench binary: parse, run, map errors to exit codes (2 for bad input, 1 otherwise).
+//! The exitbench binary: parse, run, map errors to exit codes (2 for bad input, 130 when
+//! interrupted, 1 otherwise).
 
 use clap::Parser;
 
@@ -7,7 +8,7 @@ fn main() {
     match exitbench::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let code = if e.is_bad_input() { 2 } else { 1 };
+            let code = e.exit_code();
             let err = anyhow::Error::new(e);
             eprintln!("Error: {err:#}");
             std::process::exit(code);

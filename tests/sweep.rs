@@ -595,3 +595,42 @@ fn report_defaults_its_out_and_writes_results_that_check_reads() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--out"), "{err}");
 }
+
+/// Ctrl-C (SIGINT) and SIGTERM: the cell in flight is dropped, reports cover what is done, the
+/// exact resume command is printed, exit 130; that command finishes the sweep with every cell once.
+#[test]
+fn sigint_and_sigterm_stop_cleanly_and_print_the_resume_command() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let (m, d, data) = fixture(12);
+        let out = d.path().join("out");
+        let mut args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(),
+            &[("--samples", "12"), ("--max-new-tokens", "24"), ("--repetitions", "3")]);
+        args.retain(|a| *a != "--quiet");
+        let results = out.join("results.jsonl");
+        let child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let start = Instant::now();
+        while lines(&results).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(120), "no records appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(130), "signal {sig}: {err}");
+        let done = lines(&results);
+        assert!(done.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "a torn record");
+        assert!(err.contains(&format!("interrupted: {} of 7 cells done", done.len())), "{err}");
+        assert!(out.join("summary.md").is_file() && out.join("report.html").is_file());
+        let cmd = err.lines().find_map(|l| l.strip_prefix("continue with: exitbench ")).unwrap_or_else(|| panic!("no resume command: {err}"));
+        let resume: Vec<&str> = cmd.split(' ').collect();
+        assert!(resume.contains(&"--resume"), "{cmd}");
+        let (code, _, err) = run(&resume);
+        assert_eq!(code, 0, "{err}");
+        let ids = cell_ids(&results);
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!((ids.len(), unique.len()), (7, 7), "{ids:?}");
+    }
+}

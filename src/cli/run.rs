@@ -177,6 +177,26 @@ impl Progress for Bar {
     }
 }
 
+/// After Ctrl-C or SIGTERM: the reports of what is done (even when nothing is), how many cells
+/// are done, and the exact command that continues the sweep; exit code 130.
+fn interrupted(out: &std::path::Path, done: usize, total: usize, out_given: bool) -> Result<i32> {
+    let records = crate::results::store::read(out).unwrap_or_default();
+    let reports = report::write_all(&records, out).map(|_| " (summary.md and report.html cover them)").unwrap_or("");
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--extend").collect();
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    if !out_given {
+        args.push("--out".into());
+        args.push(out.display().to_string());
+    }
+    let quote = |a: &String| if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c)) { a.clone() } else { format!("'{}'", a.replace('\'', "'\\''")) };
+    let cmd: Vec<String> = std::iter::once("exitbench".to_string()).chain(args.iter().map(quote)).collect();
+    eprintln!("interrupted: {done} of {total} cells done, in {}{reports}; the cell in flight was dropped", out.display());
+    eprintln!("continue with: {}", cmd.join(" "));
+    Ok(130)
+}
+
 /// The local time as a sortable, readable directory name part: `2026-12-01_10-15-44`.
 pub fn local_timestamp() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as libc::time_t).unwrap_or(0);
@@ -220,7 +240,11 @@ pub fn run(a: RunArgs) -> Result<i32> {
         );
         Box::new(Bar(bar))
     };
-    let written = runner::run(&plan, RunOptions { shard, resume: a.resume, extend: a.extend }, progress.as_mut())?;
+    crate::interrupt::install();
+    let written = match runner::run(&plan, RunOptions { shard, resume: a.resume, extend: a.extend }, progress.as_mut()) {
+        Err(Error::Stopped { done, total }) => return interrupted(&plan.out, done, total, out_given),
+        other => other?,
+    };
     let records = crate::results::store::read(&plan.out)?;
     let rows = report::write_all(&records, &plan.out)?;
     // -q: errors only.

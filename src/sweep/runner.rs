@@ -161,17 +161,22 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     let steps: usize = todo.iter().map(|g| g.modes.len() * (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions)).sum();
     let cells: usize = todo.iter().map(|g| g.modes.len()).sum();
     progress.start(steps as u64);
-    let mut written = Vec::new();
+    let mut tally = Tally::default();
     for g in &todo {
         let ctx = GroupCtx { plan, group: g, hardware: &hardware, dataset_hash: &dataset_hash };
-        run_group(&ctx, &mut meter, &path, &mut done, progress, &mut written)?;
+        match run_group(&ctx, &mut meter, &path, &mut done, progress, &mut tally) {
+            Err(Error::Interrupted) => {
+                progress.finish();
+                return Err(Error::Stopped { done: tally.written.len() + tally.skipped, total: cells });
+            }
+            other => other?,
+        }
     }
     progress.finish();
     if opts.resume || opts.extend {
-        let skipped = cells.saturating_sub(written.len());
-        progress.warn(&format!("resumed {}: {skipped} of this plan's {cells} cells were already done and skipped", plan.out.display()));
+        progress.warn(&format!("resumed {}: {} of this plan's {cells} cells were already done and skipped", plan.out.display(), tally.skipped));
     }
-    Ok(written)
+    Ok(tally.written)
 }
 
 struct GroupCtx<'a> {
@@ -250,13 +255,21 @@ impl GroupCtx<'_> {
     }
 }
 
+/// What the run did so far: records written, cells skipped as already done.
+#[derive(Default)]
+struct Tally {
+    written: Vec<CellRecord>,
+    skipped: usize,
+}
+
 /// The energy window and the idle baseline shared by every cell.
 struct MeterCtx<'a> {
     window: &'a mut crate::meter::EnergyWindow,
     idle: &'a [(String, f64)],
 }
 
-fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashSet<String>, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
+    crate::interrupt::check()?;
     let g = ctx.group;
     let plan = ctx.plan;
     let layers = plan.models[g.model].config.num_hidden_layers;
@@ -272,7 +285,9 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashS
                 if done.insert(key.id()) {
                     let rec = ctx.base_record(key, layers, "unsupported", Some(e.to_string()));
                     store::append(path, &rec)?;
-                    written.push(rec);
+                    tally.written.push(rec);
+                } else {
+                    tally.skipped += 1;
                 }
                 (0..per_cell).for_each(|_| progress.tick());
             }
@@ -285,7 +300,7 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, path: &Path, done: &mut HashS
     }
     let prompts = encode_prompts(plan, &files)?;
     let group = GroupRun { ctx, files: &files, weights_hash: &wh, prompts: &prompts, path, per_cell };
-    crate::with_backend!(&mut backend, b => group.run(b, meter, done, progress, written))
+    crate::with_backend!(&mut backend, b => group.run(b, meter, done, progress, tally))
 }
 
 /// One configuration group's shared state while its cells run on one backend.
@@ -299,16 +314,18 @@ struct GroupRun<'a> {
 }
 
 impl GroupRun<'_> {
-    fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, progress: &mut dyn Progress, written: &mut Vec<CellRecord>) -> Result<()> {
+    fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
         let info = backend.runtime_info();
         for mode in &ctx.group.modes {
             let key = ctx.key(mode, self.weights_hash);
             if !done.insert(key.id()) {
+                tally.skipped += 1;
                 (0..self.per_cell).for_each(|_| progress.tick());
                 continue;
             }
+            crate::interrupt::check()?;
             progress.cell(&key.label());
             let rec = match mode {
                 ExitMode::Dynamic(p) if p.measure == Measure::Classifier && !backend.has_classifier() => {
@@ -319,6 +336,8 @@ impl GroupRun<'_> {
                 // with status `error` and the reason; the sweep goes on.
                 _ => match run_cell(ctx, meter, backend, self.files, mode, self.prompts, key.clone(), progress) {
                     Ok(rec) => rec,
+                    // The cell in flight is dropped: nothing of it is written.
+                    Err(Error::Interrupted) => return Err(Error::Interrupted),
                     Err(e) => {
                         progress.warn(&format!("{}: failed: {e}", key.label()));
                         ctx.base_record(key, layers, "error", Some(e.to_string()))
@@ -333,7 +352,7 @@ impl GroupRun<'_> {
             }
             rec.runtime = Some(info.clone());
             store::append(self.path, &rec)?;
-            written.push(rec);
+            tally.written.push(rec);
             if plan.cooldown_s > 0.0 {
                 std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
             }
@@ -382,6 +401,7 @@ fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m
         eos_ids: m.config.eos_ids(),
     };
     for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
+        crate::interrupt::check()?;
         let t = Instant::now();
         generate(backend, p, &opts(i))?;
         generate_s += t.elapsed().as_secs_f64();
@@ -401,6 +421,7 @@ fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m
         // Repeat the samples inside one window until it lasts --min-window (coarse meters).
         loop {
             for (i, p) in prompts.iter().enumerate() {
+                crate::interrupt::check()?;
                 let t = Instant::now();
                 let g = generate(backend, p, &opts(i))?;
                 generate_s += t.elapsed().as_secs_f64();
