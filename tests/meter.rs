@@ -464,3 +464,39 @@ fn meter_command_on_fake_rapl_reports_rapl() {
     assert_eq!(v["window"]["total_j"], 0.0);
     assert_eq!(v["estimate"], false);
 }
+
+/// The two powercap layouts: sub-zones nested in their package's folder only
+/// (/sys/devices/virtual/powercap/intel-rapl), flat entries only, and a tree with both (as
+/// /sys/class/powercap is): DRAM is found in each, and no zone is counted twice.
+#[test]
+fn rapl_reads_nested_flat_and_mixed_layouts_counting_each_zone_once() {
+    let names = |root: &Path| -> Vec<String> {
+        let (meters, _) = rapl::detect(&opts(root));
+        let mut v: Vec<String> = meters.iter().map(|m| m.name()).collect();
+        v.sort();
+        v
+    };
+    let want = vec!["rapl:package-0".to_string(), "rapl:package-0/dram".into(), "rapl:package-1".into()];
+    // Nested only.
+    let nested = tempfile::tempdir().unwrap();
+    let r = nested.path();
+    zone(r, "intel-rapl:0", "package-0", 1_000_000, RANGE);
+    zone(r, "intel-rapl:0/intel-rapl:0:0", "core", 500_000, RANGE);
+    zone(r, "intel-rapl:0/intel-rapl:0:1", "dram", 2_000_000, RANGE);
+    zone(r, "intel-rapl:1", "package-1", 3_000_000, RANGE);
+    assert_eq!(names(r), want, "nested layout");
+    // Flat only.
+    assert_eq!(names(two_packages().path()), want, "flat layout");
+    // Both: the nested copies of the flat sub-zones are the same zones.
+    let mixed = two_packages();
+    let r = mixed.path();
+    zone(r, "intel-rapl:0/intel-rapl:0:0", "core", 500_000, RANGE);
+    zone(r, "intel-rapl:0/intel-rapl:0:1", "dram", 2_000_000, RANGE);
+    assert_eq!(names(r), want, "both layouts");
+    // And the joules of the nested DRAM are read from its nested folder.
+    let mut w = rapl_window(nested.path());
+    w.begin().unwrap();
+    set(nested.path(), "intel-rapl:0/intel-rapl:0:1", 2_000_000 + 3_000_000);
+    let reading = w.end().unwrap();
+    assert!((joules(&reading, "rapl:package-0/dram") - 3.0).abs() < 1e-9, "{reading:?}");
+}

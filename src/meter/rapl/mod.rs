@@ -112,17 +112,35 @@ pub fn list_zones(root: &Path) -> Result<Vec<Zone>> {
              if it is mounted elsewhere, pass --powercap-root or set EXITBENCH_POWERCAP_ROOT"
         ),
     })?;
-    let mut found: Vec<((u32, Option<u32>), String)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let id = e.file_name().to_string_lossy().to_string();
-            zone_index(&id).map(|ix| (ix, id))
-        })
-        .collect();
+    // Both layouts: flat entries beside each other (/sys/class/powercap: intel-rapl:0,
+    // intel-rapl:0:0, ...) and sub-zones nested in their package's folder
+    // (/sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0); a zone seen in both
+    // places (the class tree has both) is counted once.
+    let mut found: Vec<((u32, Option<u32>), String, PathBuf)> = Vec::new();
+    let mut add = |ix: (u32, Option<u32>), id: String, path: PathBuf, found: &mut Vec<((u32, Option<u32>), String, PathBuf)>| {
+        if !found.iter().any(|(_, f, _)| *f == id) {
+            found.push((ix, id, path));
+        }
+    };
+    let top: Vec<(String, PathBuf)> = entries.filter_map(|e| e.ok()).map(|e| (e.file_name().to_string_lossy().to_string(), e.path())).collect();
+    for (id, path) in &top {
+        if let Some(ix) = zone_index(id) {
+            add(ix, id.clone(), path.clone(), &mut found);
+        }
+    }
+    for (id, path) in &top {
+        if zone_index(id).is_some_and(|(_, m)| m.is_none()) {
+            for e in std::fs::read_dir(path).into_iter().flatten().filter_map(|e| e.ok()) {
+                let sub = e.file_name().to_string_lossy().to_string();
+                if let Some(ix) = zone_index(&sub).filter(|(n, m)| m.is_some() && Some(*n) == zone_index(id).map(|z| z.0)) {
+                    add(ix, sub, e.path(), &mut found);
+                }
+            }
+        }
+    }
     found.sort();
     let mut zones: Vec<Zone> = Vec::new();
-    for ((n, m), id) in found {
-        let path = root.join(&id);
+    for ((n, m), id, path) in found {
         let name = read_trimmed(&path.join("name"))?;
         let range_path = path.join("max_energy_range_uj");
         let range = read_trimmed(&range_path)?;
