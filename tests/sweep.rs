@@ -634,3 +634,20 @@ fn sigint_and_sigterm_stop_cleanly_and_print_the_resume_command() {
         assert_eq!((ids.len(), unique.len()), (7, 7), "{ids:?}");
     }
 }
+
+/// report.html: time-split bars are the table's ms/token (one source, also when --min-window
+/// repeats samples), and the oracle is in the J/token vs ROUGE-L scatter; on the committed sample.
+#[test]
+fn html_time_split_matches_the_table_and_the_scatter_shows_the_oracle() {
+    use exitbench::report::Exporter;
+    let records = exitbench::results::store::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/default")).unwrap();
+    let rows = exitbench::report::derive(&records);
+    let ok: Vec<&exitbench::report::ReportRow> = rows.iter().filter(|r| records[r.record].status == "ok").collect();
+    for (r, (_, parts)) in ok.iter().zip(exitbench::report::html::time_split_bars(&ok, &records)) {
+        let table = records[r.record].ms_per_token.median;
+        assert!((parts.iter().sum::<f64>() - table).abs() < 1e-9 * table.max(1.0), "{}: bar {} vs table {table}", r.label, parts.iter().sum::<f64>());
+    }
+    let html = exitbench::report::html::HtmlExporter.render(&rows, &records).unwrap();
+    assert!(html.contains("oracle (all layers run)"), "the oracle is missing from the scatter");
+    assert!(html.contains("Across runtimes and precisions"));
+}

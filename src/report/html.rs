@@ -92,6 +92,15 @@ impl Exporter for HtmlExporter {
                     s.push_str("</tr>");
                 }
                 s.push_str("</table>");
+                let one_group = members.iter().all(|c| c.group == members[0].group);
+                let label = |c: &super::compare::Comparison| if one_group { c.setting.clone() } else { format!("{} · {}", c.group, c.setting) };
+                let bars: Vec<(String, Vec<f64>)> = members.iter().filter_map(|c| Some((label(c), vec![c.ms_ratio?.mean]))).collect();
+                let title = if one_group { format!("{} decode ms/token ÷ {}'s", members[0].group, members[0].reference) } else { format!("decode ms/token ÷ {}'s", members[0].reference) };
+                if !bars.is_empty() {
+                    s.push_str("<div class=\"plots\">");
+                    s.push_str(&stacked_bars(&title, "×", &bars, &[("ms/token ratio (1 = as fast)", PALETTE[0])]));
+                    s.push_str("</div>");
+                }
             }
         }
         let groups = super::group_order(rows);
@@ -162,18 +171,20 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     let energy = rows.iter().all(|r| r.j_per_token.is_some());
     let cost = |r: &ReportRow| if energy { r.j_per_token.unwrap_or(f64::NAN) } else { records[r.record].ms_per_token.median };
     let mut series: Vec<Series> = Vec::new();
-    for r in rows.iter().filter(|r| records[r.record].key.baseline != "oracle") {
-        let name = series_key(&records[r.record]);
+    for r in rows.iter() {
+        let oracle = records[r.record].key.baseline == "oracle";
+        let name = if oracle { "oracle (all layers run)".to_string() } else { series_key(&records[r.record]) };
         let idx = match series.iter().position(|s| s.label == name) {
             Some(i) => i,
             None => {
-                series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, hollow: false, color: PALETTE[series.len() % PALETTE.len()].into() });
+                series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, hollow: oracle, color: PALETTE[series.len() % PALETTE.len()].into() });
                 series.len() - 1
             }
         };
         series[idx].points.push((cost(r), r.rouge_l_ref.mean, format!("{}: {:.4}, ROUGE-L {:.3}", r.label, cost(r), r.rouge_l_ref.mean)));
     }
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
+    // The oracle is an analysis (its cost is full depth's): plotted, never on the frontier.
+    let pts: Vec<(f64, f64)> = series.iter().filter(|s| !s.hollow).flat_map(|s| s.points.iter().map(|p| (p.0, p.1))).collect();
     let front = pareto(&pts);
     // Drawn first so that the settings' own markers stay visible on top of it.
     series.insert(0, Series { label: "Pareto frontier".into(), points: front.iter().map(|p| (p.0, p.1, "frontier".into())).collect(), line: true, dashed: true, hollow: true, color: "#555".into() });
@@ -210,17 +221,24 @@ fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     Chart { title: "Speedup vs threshold".into(), x_label: "threshold λ".into(), y_label: "speedup over full depth (×)".into(), series }.render()
 }
 
-fn time_split_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
-    let data: Vec<(String, Vec<f64>)> = rows
-        .iter()
+/// Bars of the table's own decode ms/token (median), split in the shares the per-token traces
+/// measured: the bar's length and the table always agree, also when --min-window repeats samples.
+pub fn time_split_bars(rows: &[&ReportRow], records: &[CellRecord]) -> Vec<(String, Vec<f64>)> {
+    rows.iter()
         .map(|r| {
             let rec = &records[r.record];
-            let n = (rec.tokens.saturating_sub(rec.samples)).max(1) as f64;
             let t = rec.time_split;
-            (r.label.clone(), vec![t.layers_s * 1e3 / n, t.exit_checks_s * 1e3 / n, t.propagation_s * 1e3 / n])
+            let total = t.layers_s + t.exit_checks_s + t.propagation_s;
+            let ms = rec.ms_per_token.median;
+            let part = |x: f64| if total > 0.0 { ms * x / total } else { 0.0 };
+            (r.label.clone(), vec![part(t.layers_s), part(t.exit_checks_s), part(t.propagation_s)])
         })
-        .collect();
-    stacked_bars("Time split per decoded token", "ms", &data, &[("layers", PALETTE[0]), ("exit checks", PALETTE[1]), ("propagation", PALETTE[2])])
+        .collect()
+}
+
+fn time_split_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let data = time_split_bars(rows, records);
+    stacked_bars("Time split per decoded token (the table's ms/token, in the traced shares)", "ms", &data, &[("layers", PALETTE[0]), ("exit checks", PALETTE[1]), ("propagation", PALETTE[2])])
 }
 
 fn samples_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {

@@ -71,7 +71,8 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     if hi - lo < 1e-12 {
         return (lo - 0.5, hi + 0.5);
     }
-    let pad = (hi - lo) * 0.05;
+    // Room for markers (3.5 px) and their outline at both ends of a ~270 px axis.
+    let pad = (hi - lo) * 0.08;
     (lo - pad, hi + pad)
 }
 

@@ -117,7 +117,7 @@ pub fn list_zones(root: &Path) -> Result<Vec<Zone>> {
     // (/sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0); a zone seen in both
     // places (the class tree has both) is counted once.
     let mut found: Vec<((u32, Option<u32>), String, PathBuf)> = Vec::new();
-    let mut add = |ix: (u32, Option<u32>), id: String, path: PathBuf, found: &mut Vec<((u32, Option<u32>), String, PathBuf)>| {
+    let add = |ix: (u32, Option<u32>), id: String, path: PathBuf, found: &mut Vec<((u32, Option<u32>), String, PathBuf)>| {
         if !found.iter().any(|(_, f, _)| *f == id) {
             found.push((ix, id, path));
         }
