@@ -122,7 +122,7 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     for (m, pick) in &chosen {
         if let Some((t, _)) = pick {
             let mut s = base.clone();
-            s.measure = Some(vec![m.clone()]);
+            s.measure = Some(vec![crate::exit::Measure::parse(m)?]);
             s.thresholds = Some(vec![format!("{t}")]);
             s.oracle = Some(false);
             runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true, extend: true }, progress)?;

@@ -101,7 +101,7 @@ pub fn build(m: &LoadedModel, calibration: Option<&Calibration>) -> Result<Card>
         classifier,
         validation_layer_losses: validation_losses(m, 200)?,
         calibration: calibration.map(|c| serde_json::to_value(c).unwrap_or_default()),
-        reproduce: reproduce(m, 0, 64)?,
+        reproduce: reproduce(m, 0, crate::sweep::plan::DEFAULT_MAX_NEW_TOKENS)?,
     })
 }
 

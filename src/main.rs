@@ -1,10 +1,8 @@
 //! The exitbench binary: parse, run, map errors to exit codes (2 for bad input, 130 when
 //! interrupted, 1 otherwise).
 
-use clap::Parser;
-
 fn main() {
-    let cli = exitbench::cli::Cli::parse();
+    let cli = exitbench::cli::parse();
     match exitbench::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

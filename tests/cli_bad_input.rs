@@ -167,3 +167,29 @@ fn generate_threshold_without_measure_is_refused_and_text_mode_says_what_ran() {
     assert!(!last.contains("Eos") && !last.contains("MaxNewTokens") && !last.contains("1 tokens"), "{last}");
     assert!(last.contains("prefill") && (last.contains("ms/token") || last.contains("1 token,")), "{last}");
 }
+
+#[test]
+fn help_shows_defaults_value_names_and_aliases() {
+    let (code, out, _) = exitbench(&["run", "--help"]);
+    assert_eq!(code, 0);
+    for want in ["--samples <SAMPLES>", "[default: 100]", "[default: 64]", "[default: 0.95,0.9,0.8,0.7,0.6,0.5]", "[default: candle,ort]",
+        "[alias: --measures]", "[alias: --threshold]", "softmax-diff", "saturation", "bf16", "[possible values: fixed, decaying]", "fp32"] {
+        assert!(out.contains(want), "run --help lacks `{want}`");
+    }
+    let (code, out, _) = exitbench(&["generate", "--help"]);
+    assert_eq!(code, 0);
+    for want in ["[default: 64]", "[default: candle]", "[default: f32]", "softmax-max"] {
+        assert!(out.contains(want), "generate --help lacks `{want}`");
+    }
+    let (code, out, _) = exitbench(&["calibrate", "--help"]);
+    assert_eq!(code, 0);
+    for want in ["--min-window", "--cpu-tdp-watts", "--backend", "--dtype"] {
+        assert!(out.contains(want), "calibrate --help lacks `{want}` (the shared model and energy flags)");
+    }
+    // Aliases work, and an unknown name is exit 2 naming the flag and the choices.
+    let d = model_dir();
+    let mut a = gen_args(d.path());
+    a.extend(["--dtype".into(), "fp32".into()]);
+    assert_eq!(exitbench(&a.iter().map(String::as_str).collect::<Vec<_>>()).0, 0);
+    run_gen(d.path(), &["--measure", "entropy"], &["--measure", "softmax-diff"]);
+}

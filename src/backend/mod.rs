@@ -12,13 +12,21 @@ use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 
 /// Which runtime executes the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// candle (CPU, or CUDA with the `cuda` feature).
     Candle,
     /// ONNX Runtime through `ort` (CPU provider, or CUDA when its provider is installed).
+    #[value(alias = "onnxruntime")]
     Ort,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        BackendKind::parse(s.trim())
+    }
 }
 
 impl BackendKind {
@@ -40,9 +48,8 @@ impl BackendKind {
     }
 }
 
-/// Where the computation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Where the computation runs (written and read as `cpu`, `cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
     /// The host CPU.
     Cpu,
@@ -69,6 +76,26 @@ impl DeviceKind {
             DeviceKind::Cpu => "cpu".into(),
             DeviceKind::Cuda(n) => format!("cuda:{n}"),
         }
+    }
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        DeviceKind::parse(s.trim())
+    }
+}
+
+impl serde::Serialize for DeviceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DeviceKind::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -11,15 +11,12 @@ use std::path::PathBuf;
 /// Flags of `exitbench calibrate`.
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
-    /// Model directory.
-    #[arg(long, default_value_t = crate::default_model())]
-    pub model: String,
-    /// Runtime the figures are measured on: candle or ort (one).
-    #[arg(long, default_value = "candle")]
-    pub backend: String,
+    /// The model and the runtime the figures are measured on.
+    #[command(flatten)]
+    pub model: crate::cli::generate::ModelArgs,
     /// Measures.
-    #[arg(long, value_delimiter = ',', default_value = "softmax-diff,softmax-max,saturation,classifier")]
-    pub measure: Vec<String>,
+    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum, default_value = "softmax-diff,softmax-max,saturation,classifier")]
+    pub measure: Vec<crate::exit::Measure>,
     /// Thresholds tried on validation.
     #[arg(long, value_delimiter = ',', default_value = "0.99,0.98,0.95,0.9,0.85,0.8,0.7,0.6,0.5,0.4,0.3")]
     pub thresholds: Vec<String>,
@@ -30,11 +27,8 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = 200)]
     pub samples: usize,
     /// Maximum new tokens.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = crate::sweep::plan::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
-    /// CPU threads.
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Measured repetitions per cell.
     #[arg(long, default_value_t = 1)]
     pub repetitions: usize,
@@ -44,6 +38,9 @@ pub struct CalibrateArgs {
     /// Also write card.json and README.md into the model directory.
     #[arg(long)]
     pub write_card: bool,
+    /// How energy is measured (the same flags as `run`).
+    #[command(flatten)]
+    pub energy: crate::sweep::plan::EnergyArgs,
 }
 
 /// Runs `exitbench calibrate`.
@@ -51,17 +48,22 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.max_d) {
         return Err(Error::setting("--max-d", format!("{} is outside [0, 1]", a.max_d)));
     }
-    let base = RawSettings {
-        model: Some(vec![a.model.clone()]),
-        backend: Some(vec![crate::backend::BackendKind::parse(&a.backend)?.name().to_string()]),
+    let m = &a.model;
+    let base = RawSettings::defaults().overridden_by(RawSettings {
+        model: Some(vec![m.model.display().to_string()]),
+        backend: Some(vec![m.backend]),
+        device: Some(vec![m.device]),
+        dtype: Some(vec![m.dtype]),
+        threads: m.threads.map(|t| vec![t]),
+        random_weights: m.random_weights,
         measure: Some(a.measure.clone()),
         thresholds: Some(a.thresholds.clone()),
         samples: Some(a.samples),
         max_new_tokens: Some(a.max_new_tokens),
-        threads: a.threads.map(|t| vec![t]),
         repetitions: Some(a.repetitions),
-        ..RawSettings::defaults()
-    };
+        energy: a.energy.clone(),
+        ..RawSettings::default()
+    });
     let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone() };
     let mut cal = calibrate::calibrate(&o, &mut Quiet)?;
     cal.command = std::iter::once("exitbench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
@@ -69,7 +71,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     println!("{}", calibrate::markdown(&cal));
     if a.write_card {
         crate::backend::candle::set_cpu_threads(cal.threads);
-        let m = LoadedModel::load(std::path::Path::new(&a.model), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
+        let m = LoadedModel::load(&a.model.model, &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None })?;
         let card = crate::card::build(&m, Some(&cal))?;
         crate::card::write(&card, &m.dir)?;
         eprintln!("wrote {}/card.json and README.md", m.dir.display());

@@ -16,15 +16,15 @@ pub struct ModelArgs {
     /// Model directory (Hugging Face layout).
     #[arg(long, default_value_os_t = PathBuf::from(crate::default_model()))]
     pub model: PathBuf,
-    /// Runtime: candle.
-    #[arg(long, default_value = "candle")]
-    pub backend: String,
+    /// Runtime.
+    #[arg(long, value_enum, default_value = "candle")]
+    pub backend: BackendKind,
     /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, value_parser = |s: &str| DeviceKind::parse(s).map_err(|e| e.to_string()), default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Precision of weights and activations (fp32, float32, fp16, float16 and bfloat16 work too).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
     /// CPU threads (default: 1 below hidden size 1024, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -39,14 +39,14 @@ pub const DEFAULT_THRESHOLD: f64 = 0.9;
 /// Flags choosing the exit mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExitArgs {
-    /// Confidence measure: softmax-diff, softmax-max, saturation, classifier (none: full depth).
-    #[arg(long)]
-    pub measure: Option<String>,
+    /// Confidence measure (none: full depth).
+    #[arg(long, value_enum)]
+    pub measure: Option<Measure>,
     /// Threshold λ in [0, 1] (with --measure; default 0.9).
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// fixed or decaying.
-    #[arg(long, default_value = "fixed")]
+    /// Threshold schedule.
+    #[arg(long, value_parser = ["fixed", "decaying"], default_value = "fixed")]
     pub schedule: String,
     /// τ of the decaying schedule.
     #[arg(long, default_value_t = DEFAULT_TAU)]
@@ -81,7 +81,7 @@ impl ExitArgs {
         match &self.measure {
             None => Ok(ExitMode::Full),
             Some(m) => Ok(ExitMode::Dynamic(ExitPolicy {
-                measure: Measure::parse(m)?,
+                measure: *m,
                 threshold: self.threshold.unwrap_or(DEFAULT_THRESHOLD),
                 schedule,
                 min_exit_layer: self.min_exit_layer,
@@ -104,7 +104,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub prompt: String,
     /// Maximum new tokens.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = crate::sweep::plan::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
@@ -136,9 +136,7 @@ pub struct Prepared {
 
 /// Validates model flags and opens the model on the chosen runtime.
 pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
-    let kind = BackendKind::parse(&a.backend)?;
-    let device = DeviceKind::parse(&a.device)?;
-    let precision = Precision::parse(&a.dtype)?;
+    let (kind, device, precision) = (a.backend, a.device, a.dtype);
     if a.threads == Some(0) {
         return Err(Error::setting("--threads", "must be at least 1"));
     }

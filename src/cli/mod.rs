@@ -56,6 +56,32 @@ pub enum Command {
     ExportOnnx(export_onnx::ExportArgs),
 }
 
+/// The command line definition, with `run`'s defaults (from [`crate::sweep::RawSettings::defaults`],
+/// their one home) appended to each flag's help.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let defaults = crate::sweep::RawSettings::help_defaults();
+    Cli::command().mut_subcommand("run", |mut c| {
+        for (id, value) in defaults {
+            if c.get_arguments().any(|a| a.get_id() == id.as_str()) {
+                c = c.mut_arg(id.as_str(), |a| {
+                    let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    let shown = if value.is_empty() { "none".to_string() } else { value.clone() };
+                    a.help(format!("{help} [default: {shown}]"))
+                });
+            }
+        }
+        c
+    })
+}
+
+/// Parses the process's arguments with [`command`] (clap errors exit with code 2).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Runs a parsed command line; returns the process exit code for a completed command (1 when
 /// `check` finds a regression, the command's own code for `meter -- COMMAND`, else 0).
 pub fn run(cli: Cli) -> Result<i32> {

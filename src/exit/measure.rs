@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 
 /// A confidence measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Measure {
     /// Top-1 minus top-2 softmax probability (CALM's "softmax response").
@@ -15,6 +15,13 @@ pub enum Measure {
     Saturation,
     /// A learned per-layer linear + sigmoid classifier on the hidden state.
     Classifier,
+}
+
+impl std::str::FromStr for Measure {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Measure::parse(s.trim())
+    }
 }
 
 impl Measure {

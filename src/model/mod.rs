@@ -16,15 +16,25 @@ pub use tokenizer::TextTokenizer;
 use weights::{SafetensorFiles, TensorLoader, WeightSource};
 
 /// Floating-point precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// 32-bit float.
+    #[value(name = "f32", alias = "fp32", alias = "float32")]
     F32,
     /// IEEE half precision.
+    #[value(name = "f16", alias = "fp16", alias = "float16")]
     F16,
     /// bfloat16.
+    #[value(name = "bf16", alias = "bfloat16")]
     Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::parse(s.trim())
+    }
 }
 
 impl Precision {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// TOML list keys written the ways the command line takes them: `thresholds = [0.9, 0.5]`,
 /// `thresholds = "0.9:0.5:0.1"`, `thresholds = 0.9`, `measure = "softmax-diff,saturation"`,
-/// `threads = 2` or `threads = [1, 2]`.
+/// `threads = 2` or `threads = [1, 2]`; typed values are parsed with the flags' own parser.
 mod lenient {
     use serde::{Deserialize, Deserializer};
 
@@ -40,13 +40,28 @@ mod lenient {
         }
     }
 
-    /// A string (comma-separated), a number, or a list of strings and numbers.
-    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    fn items<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
         let v = Option::<OneOrMany>::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, a number or a list of them"))?;
         Ok(v.map(|v| match v {
             OneOrMany::One(s) => text(s),
             OneOrMany::Many(v) => v.into_iter().flat_map(text).collect(),
         }))
+    }
+
+    /// A string (comma-separated), a number, or a list of strings and numbers.
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        items(d)
+    }
+
+    /// Like [`strings`], each item parsed as the flag parses it (measures, dtypes, backends...).
+    pub fn list<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> Result<Option<Vec<T>>, D::Error>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match items(d)? {
+            None => Ok(None),
+            Some(v) => v.iter().map(|x| x.parse::<T>().map_err(serde::de::Error::custom)).collect::<Result<Vec<T>, _>>().map(Some),
+        }
     }
 
     /// A non-negative integer or a list of them.
@@ -65,107 +80,191 @@ mod lenient {
     }
 }
 
-/// Raw sweep settings: every field optional, from a TOML file or flags (flags win).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+fn parse_device(s: &str) -> std::result::Result<DeviceKind, String> {
+    DeviceKind::parse(s).map_err(|e| e.to_string())
+}
+
+/// The sweep's settings, one definition for the command line (clap), the TOML file (serde, the
+/// same keys in kebab-case) and the record of what ran: every field optional, layered defaults ←
+/// file ← flags ([`RawSettings::overridden_by`]); each default lives in
+/// [`RawSettings::defaults`], which `--help` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case")]
 pub struct RawSettings {
-    /// Model directories.
+    /// Model directories (Hugging Face layout).
+    #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::strings")]
     pub model: Option<Vec<String>>,
-    /// Backends.
-    #[serde(default, deserialize_with = "lenient::strings")]
-    pub backend: Option<Vec<String>>,
-    /// Devices.
-    #[serde(default, deserialize_with = "lenient::strings")]
-    pub device: Option<Vec<String>>,
-    /// Precisions.
-    #[serde(default, deserialize_with = "lenient::strings")]
-    pub dtype: Option<Vec<String>>,
-    /// CPU thread counts.
+    /// Runtimes.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub backend: Option<Vec<BackendKind>>,
+    /// Devices: cpu, cuda or cuda:N.
+    #[arg(long, value_delimiter = ',', value_parser = parse_device)]
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub device: Option<Vec<DeviceKind>>,
+    /// Precisions of weights and activations (fp32, float32, fp16, float16 and bfloat16 work too).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub dtype: Option<Vec<Precision>>,
+    /// CPU thread counts [default: 1 below hidden size 1024, else all cores].
+    #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::counts")]
     pub threads: Option<Vec<usize>>,
     /// Confidence measures.
-    #[serde(default, deserialize_with = "lenient::strings")]
-    pub measure: Option<Vec<String>>,
-    /// Thresholds: numbers, or "start:stop:step" strings.
+    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum)]
+    #[serde(default, deserialize_with = "lenient::list")]
+    pub measure: Option<Vec<Measure>>,
+    /// Thresholds: numbers or start:stop:step ranges (inclusive).
+    #[arg(long, visible_alias = "threshold", value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::strings")]
     pub thresholds: Option<Vec<String>>,
-    /// Threshold schedules.
+    /// Threshold schedules: fixed, or decaying (CALM's Eq. 5 with --tau).
+    #[arg(long, value_delimiter = ',', value_parser = ["fixed", "decaying"])]
     #[serde(default, deserialize_with = "lenient::strings")]
     pub schedule: Option<Vec<String>>,
     /// τ of the decaying schedule.
+    #[arg(long)]
     pub tau: Option<f64>,
-    /// Minimum exit layers.
+    /// Minimum exit layers (1-based).
+    #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::counts")]
     pub min_exit_layer: Option<Vec<usize>>,
-    /// Exit intervals.
+    /// Exit intervals (check every k-th layer).
+    #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::counts")]
     pub exit_interval: Option<Vec<usize>>,
-    /// Static exit layers (baselines).
+    /// Static exit layers to add as baselines.
+    #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::counts")]
     pub static_exit: Option<Vec<usize>>,
-    /// Include the oracle analysis.
+    /// Include the oracle analysis (`--oracle false` or `--no-oracle` leaves it out).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub oracle: Option<bool>,
-    /// Dataset: synth:test, synth:validation, synth:train or a JSONL path.
+    /// Leave out the oracle analysis.
+    #[arg(long, conflicts_with = "oracle")]
+    #[serde(skip)]
+    pub no_oracle: bool,
+    /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
+    #[arg(long)]
     pub dataset: Option<String>,
-    /// Samples taken from the dataset.
+    /// Samples taken from the dataset (its first N).
+    #[arg(long)]
     pub samples: Option<usize>,
     /// Maximum new tokens per sample.
+    #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Unmeasured warm-up samples per cell.
+    #[arg(long)]
     pub warmup: Option<usize>,
     /// Measured repetitions of every cell.
+    #[arg(long)]
     pub repetitions: Option<usize>,
     /// Seed (sampling, bootstrap).
+    #[arg(long)]
     pub seed: Option<u64>,
-    /// Output directory.
+    /// Output directory [default: results/run-<local time>].
+    #[arg(long)]
     pub out: Option<String>,
     /// Per-token exit traces kept for the first N samples of every cell.
+    #[arg(long)]
     pub trace_samples: Option<usize>,
-    /// Random weights seed (speed/energy of a shape; quality meaningless).
+    /// Random weights of config.json's shape with this seed (speed only; quality meaningless).
+    #[arg(long)]
     pub random_weights: Option<u64>,
-    /// Seconds of idle power measured before the sweep (0 skips).
+    /// How energy is measured.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub energy: EnergyArgs,
+}
+
+/// Energy-measurement settings, shared by `run` and `calibrate` (flags and TOML keys).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case")]
+pub struct EnergyArgs {
+    /// Seconds of idle power measured before the sweep (0 skips; hardware counters only).
+    #[arg(long)]
     pub idle_seconds: Option<f64>,
-    /// A repetition repeats its samples inside one energy window until it lasts this long (0 disables).
+    /// Repeat a repetition's samples inside one energy window until it lasts this long, then
+    /// divide (coarse hardware counters; 0 disables; the estimate needs none).
+    #[arg(long)]
     pub min_window: Option<f64>,
-    /// Grid carbon intensity: g CO2e per kWh, or a country code of the built-in table.
+    /// Grid carbon intensity: g CO2e per kWh, or a country code of the built-in table
+    /// [default: CodeCarbon's world figure, 475].
+    #[arg(long)]
     pub carbon_intensity: Option<String>,
     /// Power usage effectiveness of the site.
+    #[arg(long)]
     pub pue: Option<f64>,
-    /// CPU TDP in watts for the estimate meter.
+    /// CPU TDP in watts for the estimate meter [default: from the CPU model table].
+    #[arg(long)]
     pub cpu_tdp_watts: Option<f64>,
-    /// Powercap root for RAPL.
+    /// Powercap root for RAPL [default: /sys/class/powercap or $EXITBENCH_POWERCAP_ROOT].
+    #[arg(long)]
     pub powercap_root: Option<String>,
     /// Seconds to sleep between cells (lets temperature and clocks settle).
+    #[arg(long)]
     pub cooldown: Option<f64>,
 }
 
+/// Maximum new tokens per sample, for `run`, `generate`, `calibrate` and the model card.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 64;
+
 impl RawSettings {
-    /// Reads a TOML settings file; unknown keys and bad types name the key.
+    /// Reads a TOML settings file; unknown keys and bad types name the key and its line.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let line_of = |key: &str| text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))).map(|i| i + 1);
+        // Unknown keys (flattened sub-tables rule out serde's deny_unknown_fields).
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            Error::file(path, line, e.message().to_string())
+        })?;
+        let known = Self::keys();
+        if let Some(k) = table.keys().find(|k| !known.contains(k)) {
+            let hint = known.iter().find(|c| c.trim_end_matches('s') == k.trim_end_matches('s')).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            return Err(Error::file(path, line_of(k), format!("key `{k}`: unknown key{hint}")));
+        }
         let de = toml::Deserializer::new(&text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             // The key's own line when the path names one, else the parser's span.
             let leaf = key.rsplit('.').next().unwrap_or("").to_string();
-            let line = text
-                .lines()
-                .position(|l| l.trim_start().strip_prefix(leaf.as_str()).is_some_and(|r| r.trim_start().starts_with('=')))
-                .filter(|_| !leaf.is_empty())
-                .map(|i| i + 1)
-                .or_else(|| inner.span().map(|s| text[..s.start].lines().count().max(1)));
+            let line = line_of(&leaf).filter(|_| !leaf.is_empty()).or_else(|| inner.span().map(|s| text[..s.start].lines().count().max(1)));
             Error::file(path, line, format!("key `{key}`: {}", inner.message()))
         })
     }
 
-    /// `self` with every field that `over` sets replaced.
+    /// Every TOML key, kebab-case.
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(RawSettings::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `self` with every field that `over` sets replaced (`--no-oracle` folded into `oracle`).
     pub fn overridden_by(self, over: RawSettings) -> RawSettings {
-        macro_rules! pick { ($($f:ident),*) => { RawSettings { $($f: over.$f.or(self.$f)),* } } }
-        pick!(model, backend, device, dtype, threads, measure, thresholds, schedule, tau, min_exit_layer, exit_interval,
-              static_exit, oracle, dataset, samples, max_new_tokens, warmup, repetitions, seed, out, trace_samples, random_weights,
-              idle_seconds, min_window, carbon_intensity, pue, cpu_tdp_watts, powercap_root, cooldown)
+        let (mut a, b) = (self.normalized().to_json(), over.normalized().to_json());
+        if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+            for (k, v) in b.iter().filter(|(_, v)| !v.is_null()) {
+                a.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(a).expect("settings serialized by this build read back")
+    }
+
+    fn normalized(mut self) -> RawSettings {
+        if self.no_oracle {
+            self.oracle = Some(false);
+            self.no_oracle = false;
+        }
+        self
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("settings serialize")
     }
 
     /// The default grid: the shipped model on synth:test, 100 samples, every backend on CPU in
@@ -173,11 +272,11 @@ impl RawSettings {
     pub fn defaults() -> RawSettings {
         RawSettings {
             model: Some(vec![crate::default_model()]),
-            backend: Some(vec!["candle".into(), "ort".into()]),
-            device: Some(vec!["cpu".into()]),
-            dtype: Some(vec!["f32".into()]),
+            backend: Some(vec![BackendKind::Candle, BackendKind::Ort]),
+            device: Some(vec![DeviceKind::Cpu]),
+            dtype: Some(vec![Precision::F32]),
             threads: None,
-            measure: Some(Measure::ALL.iter().map(|m| m.name().to_string()).collect()),
+            measure: Some(Measure::ALL.to_vec()),
             thresholds: Some(["0.95", "0.9", "0.8", "0.7", "0.6", "0.5"].iter().map(|s| s.to_string()).collect()),
             schedule: Some(vec!["fixed".into()]),
             tau: Some(DEFAULT_TAU),
@@ -185,23 +284,39 @@ impl RawSettings {
             exit_interval: Some(vec![1]),
             static_exit: Some(vec![]),
             oracle: Some(true),
+            no_oracle: false,
             dataset: Some("synth:test".into()),
             samples: Some(100),
-            max_new_tokens: Some(64),
+            max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),
             warmup: Some(1),
             repetitions: Some(1),
             seed: Some(0),
-            out: Some("results".into()),
+            out: None,
             trace_samples: Some(20),
             random_weights: None,
-            idle_seconds: Some(5.0),
-            min_window: Some(5.0),
-            carbon_intensity: None,
-            pue: Some(1.0),
-            cpu_tdp_watts: None,
-            powercap_root: None,
-            cooldown: Some(0.0),
+            energy: EnergyArgs {
+                idle_seconds: Some(5.0),
+                min_window: Some(5.0),
+                carbon_intensity: None,
+                pue: Some(1.0),
+                cpu_tdp_watts: None,
+                powercap_root: None,
+                cooldown: Some(0.0),
+            },
         }
+    }
+
+    /// `(flag id, default shown in --help)` for every setting with a default.
+    pub fn help_defaults() -> Vec<(String, String)> {
+        let v = Self::defaults().to_json();
+        let show = |x: &serde_json::Value| match x {
+            serde_json::Value::Array(a) => a.iter().map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(","),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        v.as_object()
+            .map(|m| m.iter().filter(|(_, x)| !x.is_null()).map(|(k, x)| (k.replace('-', "_"), show(x))).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -284,24 +399,48 @@ pub struct EnergySettings {
     pub pue: f64,
 }
 
-fn energy_settings(s: &RawSettings) -> Result<EnergySettings> {
-    let nonneg = |v: Option<f64>, d: f64, f: &str| -> Result<f64> {
-        let v = v.unwrap_or(d);
+fn energy_settings(e: &EnergyArgs) -> Result<EnergySettings> {
+    let nonneg = |v: Option<f64>, f: &str| -> Result<f64> {
+        let v = need(v, f)?;
         if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(Error::setting(f, format!("{v} must be a number ≥ 0"))) }
     };
     let mut meters = crate::meter::MeterOptions::default();
-    if let Some(r) = &s.powercap_root {
+    if let Some(r) = &e.powercap_root {
         meters.powercap_root = PathBuf::from(r);
     }
-    meters.cpu_tdp_watts = s.cpu_tdp_watts;
+    meters.cpu_tdp_watts = e.cpu_tdp_watts;
     meters.validate()?;
     Ok(EnergySettings {
         meters,
-        idle_seconds: nonneg(s.idle_seconds, 5.0, "--idle-seconds")?,
-        min_window: nonneg(s.min_window, 5.0, "--min-window")?,
-        carbon: crate::meter::carbon::resolve(s.carbon_intensity.as_deref())?,
-        pue: crate::meter::carbon::check_pue(s.pue.unwrap_or(1.0))?,
+        idle_seconds: nonneg(e.idle_seconds, "--idle-seconds")?,
+        min_window: nonneg(e.min_window, "--min-window")?,
+        carbon: crate::meter::carbon::resolve(e.carbon_intensity.as_deref())?,
+        pue: crate::meter::carbon::check_pue(need(e.pue, "--pue")?)?,
     })
+}
+
+/// A setting that [`RawSettings::defaults`] always fills (missing only if a caller bypassed it).
+fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.ok_or_else(|| Error::setting(flag, "missing (no default)"))
+}
+
+/// A non-empty list.
+fn nonempty<T: Clone>(v: &Option<Vec<T>>, flag: &str) -> Result<Vec<T>> {
+    match v {
+        Some(v) if !v.is_empty() => Ok(v.clone()),
+        _ => Err(Error::setting(flag, "the list is empty")),
+    }
+}
+
+/// The local time as a sortable, readable directory name part: `2026-12-01_10-15-44`.
+pub fn local_timestamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as libc::time_t).unwrap_or(0);
+    // SAFETY: localtime_r writes into the tm we own; a zeroed tm is a valid initial value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return now.to_string();
+    }
+    format!("{:04}-{:02}-{:02}_{:02}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
 }
 
 fn list<T>(field: &str, v: &[String], parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
@@ -382,23 +521,17 @@ pub fn parse_thresholds(items: &[String]) -> Result<Vec<f64>> {
 impl Plan {
     /// Validates resolved settings (defaults ← file ← flags).
     pub fn from_settings(s: RawSettings) -> Result<Plan> {
-        let req = |o: &Option<Vec<String>>, f: &str| o.clone().ok_or_else(|| Error::setting(f, "missing"));
-        let backends = list("--backend", &req(&s.backend, "--backend")?, BackendKind::parse)?;
-        let devices = list("--device", &req(&s.device, "--device")?, DeviceKind::parse)?;
-        let dtypes = list("--dtype", &req(&s.dtype, "--dtype")?, Precision::parse)?;
-        let measures = match &s.measure {
-            Some(v) if v.is_empty() => Vec::new(),
-            Some(v) => list("--measure", v, Measure::parse)?,
-            None => Vec::new(),
-        };
+        // Whatever the caller layered, the defaults fill the rest: each lives in one place.
+        let s = RawSettings::defaults().overridden_by(s);
+        let backends = nonempty(&s.backend, "--backend")?;
+        let devices = nonempty(&s.device, "--device")?;
+        let dtypes = nonempty(&s.dtype, "--dtype")?;
+        let measures = s.measure.clone().unwrap_or_default();
         let thresholds = parse_thresholds(s.thresholds.as_deref().unwrap_or(&[]))?;
-        let tau = s.tau.unwrap_or(DEFAULT_TAU);
-        let schedules = list("--schedule", &req(&s.schedule, "--schedule")?, |x| Schedule::parse(x, tau))?;
-        let min_exit_layers = s.min_exit_layer.clone().unwrap_or_else(|| vec![1]);
-        let exit_intervals = s.exit_interval.clone().unwrap_or_else(|| vec![1]);
-        if min_exit_layers.is_empty() || exit_intervals.is_empty() {
-            return Err(Error::setting("--min-exit-layer/--exit-interval", "the list is empty"));
-        }
+        let tau = need(s.tau, "--tau")?;
+        let schedules = list("--schedule", &nonempty(&s.schedule, "--schedule")?, |x| Schedule::parse(x, tau))?;
+        let min_exit_layers = nonempty(&s.min_exit_layer, "--min-exit-layer")?;
+        let exit_intervals = nonempty(&s.exit_interval, "--exit-interval")?;
         if let Some(&0) = exit_intervals.iter().find(|&&k| k == 0) {
             return Err(Error::setting("--exit-interval", "must be at least 1"));
         }
@@ -411,8 +544,8 @@ impl Plan {
             }
         }
         let static_exits = s.static_exit.clone().unwrap_or_default();
-        let oracle = s.oracle.unwrap_or(false);
-        let models = list("--model", &req(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights.is_some()))?;
+        let oracle = need(s.oracle, "--oracle")?;
+        let models = list("--model", &nonempty(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights.is_some()))?;
         for m in &models {
             let l = m.config.num_hidden_layers;
             for &k in &min_exit_layers {
@@ -426,8 +559,8 @@ impl Plan {
                 }
             }
         }
-        let dataset = DatasetSpec::parse(s.dataset.as_deref().unwrap_or("synth:test"))?;
-        let samples = s.samples.unwrap_or(100);
+        let dataset = DatasetSpec::parse(&need(s.dataset.clone(), "--dataset")?)?;
+        let samples = need(s.samples, "--samples")?;
         if samples == 0 {
             return Err(Error::setting("--samples", "must be at least 1"));
         }
@@ -436,12 +569,12 @@ impl Plan {
         if examples.len() < samples {
             warnings.push(format!("--samples {samples}: {} has only {} examples; running {}", dataset.name(), examples.len(), examples.len()));
         }
-        let max_new_tokens = s.max_new_tokens.unwrap_or(64);
+        let max_new_tokens = need(s.max_new_tokens, "--max-new-tokens")?;
         if max_new_tokens == 0 {
             return Err(Error::setting("--max-new-tokens", "must be at least 1"));
         }
-        let energy = energy_settings(&s)?;
-        let repetitions = s.repetitions.unwrap_or(1);
+        let energy = energy_settings(&s.energy)?;
+        let repetitions = need(s.repetitions, "--repetitions")?;
         if repetitions == 0 {
             return Err(Error::setting("--repetitions", "must be at least 1"));
         }
@@ -463,14 +596,14 @@ impl Plan {
             dataset,
             examples,
             max_new_tokens,
-            warmup: s.warmup.unwrap_or(1),
+            warmup: need(s.warmup, "--warmup")?,
             repetitions,
-            seed: s.seed.unwrap_or(0),
-            out: PathBuf::from(s.out.clone().unwrap_or_else(|| "results".into())),
-            trace_samples: s.trace_samples.unwrap_or(20),
+            seed: need(s.seed, "--seed")?,
+            out: PathBuf::from(s.out.clone().unwrap_or_else(|| format!("results/run-{}", local_timestamp()))),
+            trace_samples: need(s.trace_samples, "--trace-samples")?,
             random_weights: s.random_weights,
             energy,
-            cooldown_s: match s.cooldown.unwrap_or(0.0) {
+            cooldown_s: match need(s.energy.cooldown, "--cooldown")? {
                 c if c.is_finite() && c >= 0.0 => c,
                 c => return Err(Error::setting("--cooldown", format!("{c} must be a number ≥ 0"))),
             },
@@ -538,7 +671,7 @@ mod tests {
         std::fs::write(&p, "thresholds = [0.9, 0.5, \"0.3\"]\nmeasure = \"softmax-diff, saturation\"\nthreads = 2\nstatic-exit = [1, 3]\n").unwrap();
         let r = RawSettings::from_toml_file(&p).unwrap();
         assert_eq!(r.thresholds, Some(vec!["0.9".to_string(), "0.5".into(), "0.3".into()]));
-        assert_eq!(r.measure, Some(vec!["softmax-diff".to_string(), "saturation".into()]));
+        assert_eq!(r.measure, Some(vec![Measure::SoftmaxDiff, Measure::Saturation]));
         assert_eq!((r.threads, r.static_exit), (Some(vec![2]), Some(vec![1, 3])));
         std::fs::write(&p, "thresholds = \"0.9:0.5:0.2\"\n").unwrap();
         let r = RawSettings::from_toml_file(&p).unwrap();
