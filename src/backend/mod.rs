@@ -237,6 +237,7 @@ pub trait Backend {
 
 /// A backend built by [`open`]: one variant per runtime. Match it once (e.g. with
 /// [`with_backend!`]) and hand the inner backend to generic code.
+#[allow(clippy::large_enum_variant)] // one per group, matched once: its size does not matter
 pub enum OpenBackend {
     /// candle.
     Candle(candle::CandleBackend),

@@ -47,7 +47,7 @@ fn check_exit_points(min_exit_layer: usize, exit_interval: usize, layers: usize)
 }
 
 fn is_exit_point(l: usize, layers: usize, min: usize, interval: usize) -> bool {
-    l >= min && l < layers && (l - min) % interval == 0
+    l >= min && l < layers && (l - min).is_multiple_of(interval)
 }
 
 /// How deep each token goes.

@@ -180,19 +180,19 @@ impl LlamaConfig {
             }
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(Error::setting(
                 "num_key_value_heads",
                 format!("{kv} does not divide num_attention_heads = {}", self.num_attention_heads),
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::setting(
                 "num_attention_heads",
                 format!("{} does not divide hidden_size = {}", self.num_attention_heads, self.hidden_size),
             ));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return Err(Error::setting("head_dim", format!("{} must be even and positive (RoPE)", self.head_dim())));
         }
         // Negated comparisons on purpose: NaN fails them too.

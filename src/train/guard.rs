@@ -27,13 +27,13 @@ pub fn validate(o: &TrainOptions) -> Result<()> {
             return Err(Error::setting(flag, "must be greater than 0"));
         }
     }
-    if o.heads % o.kv_heads != 0 {
+    if !o.heads.is_multiple_of(o.kv_heads) {
         return Err(Error::setting("--kv-heads", format!("{} does not divide --heads {} (grouped-query attention)", o.kv_heads, o.heads)));
     }
-    if o.hidden % o.heads != 0 {
+    if !o.hidden.is_multiple_of(o.heads) {
         return Err(Error::setting("--heads", format!("{} does not divide --hidden {}", o.heads, o.hidden)));
     }
-    if (o.hidden / o.heads) % 2 != 0 {
+    if !(o.hidden / o.heads).is_multiple_of(2) {
         return Err(Error::setting("--heads", format!("the head width --hidden / --heads = {} must be even (RoPE rotates pairs)", o.hidden / o.heads)));
     }
     if o.vocab < MIN_VOCAB {

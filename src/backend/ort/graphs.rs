@@ -101,7 +101,7 @@ impl Weights<'_> {
     }
 
     /// f32 `x` → the export dtype (no node at f32).
-    fn from_f32(&self, g: &mut Graph, x: &str) -> String {
+    fn f32_to_dtype(&self, g: &mut Graph, x: &str) -> String {
         if self.p == Precision::F32 {
             x.to_string()
         } else {
@@ -122,7 +122,7 @@ impl Weights<'_> {
         let r = g.node("Sqrt", &[&ms], &[]);
         let y = g.node("Div", &[&xf, &r], &[]);
         let y = g.node("Mul", &[&y, &w], &[]);
-        Ok(self.from_f32(g, &y))
+        Ok(self.f32_to_dtype(g, &y))
     }
 
     /// `x W^T (+ b)` for the `[out, in]` matrix `prefix.weight`.
@@ -154,7 +154,7 @@ pub fn emit_rope(w: &Weights, g: &mut Graph, positions: &str) -> (String, String
     let ang = g.node("Mul", &[&p, &inv], &[]);
     let cos = g.node("Cos", &[&ang], &[]);
     let sin = g.node("Sin", &[&ang], &[]);
-    (w.from_f32(g, &cos), w.from_f32(g, &sin))
+    (w.f32_to_dtype(g, &cos), w.f32_to_dtype(g, &sin))
 }
 
 /// Rotate-half RoPE of `[1, h, t, hd]`: (x1·cos − x2·sin, x2·cos + x1·sin).
@@ -229,7 +229,7 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
     let mask = g.node("Tile", &[&mask, &reps], &[]);
     let s = g.node("Add", &[&s, &mask], &[]);
     let pr = g.node("Softmax", &[&s], &[("axis", Attr::Int(-1))]);
-    let pr = w.from_f32(g, &pr);
+    let pr = w.f32_to_dtype(g, &pr);
     let att = g.node("MatMul", &[&pr, &pv], &[]);
     let heads = g.ints(&[1, nh as i64, -1, hd as i64]);
     let att = g.node("Reshape", &[&att, &heads], &[]);

@@ -116,8 +116,9 @@ pub fn list_zones(root: &Path) -> Result<Vec<Zone>> {
     // intel-rapl:0:0, ...) and sub-zones nested in their package's folder
     // (/sys/devices/virtual/powercap/intel-rapl/intel-rapl:0/intel-rapl:0:0); a zone seen in both
     // places (the class tree has both) is counted once.
-    let mut found: Vec<((u32, Option<u32>), String, PathBuf)> = Vec::new();
-    let add = |ix: (u32, Option<u32>), id: String, path: PathBuf, found: &mut Vec<((u32, Option<u32>), String, PathBuf)>| {
+    type Found = Vec<((u32, Option<u32>), String, PathBuf)>;
+    let mut found: Found = Vec::new();
+    let add = |ix: (u32, Option<u32>), id: String, path: PathBuf, found: &mut Found| {
         if !found.iter().any(|(_, f, _)| *f == id) {
             found.push((ix, id, path));
         }
