@@ -292,36 +292,42 @@ pub fn embed_graph(w: &Weights) -> Result<Graph> {
     Ok(g)
 }
 
-/// `layer_i` (0-based `i`).
-pub fn layer_graph(w: &Weights, i: usize) -> Result<Graph> {
-    let mut g = Graph::new(&format!("layer_{}", i + 1));
+/// The inputs a cached graph takes: `hidden`, `past_k`, `past_v`, `positions` (`t` of them).
+fn cached_inputs(w: &Weights, g: &mut Graph, t: Dim) -> (String, String, String, String) {
     let x = g.input("hidden", elem(w.p), &hidden_dims());
     let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
     let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
-    let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
+    let pos = g.input("positions", dt::INT64, &[t]);
+    (x, pk, pv, pos)
+}
+
+fn present_outputs(w: &Weights, g: &mut Graph, k: &str, v: &str) {
+    g.output(k, "present_k", elem(w.p), &kv_dims(w, "total"));
+    g.output(v, "present_v", elem(w.p), &kv_dims(w, "total"));
+}
+
+/// `layer_i` (0-based `i`).
+pub fn layer_graph(w: &Weights, i: usize) -> Result<Graph> {
+    let mut g = Graph::new(&format!("layer_{}", i + 1));
+    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Named("t"));
     let (c, s) = emit_rope(w, &mut g, &pos);
     let (out, k, v) = emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?;
     g.output(&out, "hidden_out", elem(w.p), &hidden_dims());
-    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
-    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
+    present_outputs(w, &mut g, &k, &v);
     Ok(g)
 }
 
 /// `propagate_i` (0-based `i`): the layer's input norm + k/v projections of the last position.
 pub fn propagate_graph(w: &Weights, i: usize) -> Result<Graph> {
     let mut g = Graph::new(&format!("propagate_{}", i + 1));
-    let x = g.input("hidden", elem(w.p), &hidden_dims());
-    let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
-    let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
-    let pos = g.input("positions", dt::INT64, &[Dim::Fixed(1)]);
+    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Fixed(1));
     let last = w.last(&mut g, &x);
     let (c, s) = emit_rope(w, &mut g, &pos);
     let h = w.rms_norm(&mut g, &last, &format!("model.layers.{i}.input_layernorm.weight"))?;
     let (k, v) = kv_of_normed(w, &mut g, i, &h, &c, &s)?;
     let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
     let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
-    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
-    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
+    present_outputs(w, &mut g, &k, &v);
     Ok(g)
 }
 

@@ -190,6 +190,25 @@ impl OrtBackend {
         out.remove(name).ok_or_else(|| Error::Internal(format!("ort: output `{name}` missing")))
     }
 
+    /// Runs `layer`'s layer graph (or its propagation graph) on `t` new positions against its
+    /// cache, which the graph's present keys/values replace; returns `hidden_out` of a layer.
+    fn run_cached(&mut self, layer: usize, h: &DynValue, t: usize, propagate: bool) -> Result<Option<DynValue>> {
+        let pos = self.cache_len(layer);
+        let positions = Self::positions(pos, t)?;
+        let (pk, pv) = match &self.caches[layer - 1] {
+            Some(c) => (&c.k, &c.v),
+            None => (&self.empty, &self.empty),
+        };
+        let graph = if propagate { &mut self.props[layer - 1] } else { &mut self.layers[layer - 1] };
+        let mut out = graph.run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
+        let hidden = if propagate { None } else { Some(Self::take(&mut out, "hidden_out")?) };
+        let k = Self::take(&mut out, "present_k")?;
+        let v = Self::take(&mut out, "present_v")?;
+        drop(out);
+        self.caches[layer - 1] = Some(Cache { k, v, len: pos + t });
+        Ok(hidden)
+    }
+
     fn summary(&mut self, h: &DynValue) -> Result<HeadSummary> {
         let mut out = self.head.run(&[("hidden", h)])?;
         let s = Self::take(&mut out, "summary")?;
@@ -353,34 +372,12 @@ impl Backend for OrtBackend {
 
     fn layer(&mut self, layer: usize, h: &Hidden) -> Result<Hidden> {
         let t = Self::t_of(h)?;
-        let pos = self.cache_len(layer);
-        let positions = Self::positions(pos, t)?;
-        let (pk, pv) = match &self.caches[layer - 1] {
-            Some(c) => (&c.k, &c.v),
-            None => (&self.empty, &self.empty),
-        };
-        let mut out = self.layers[layer - 1].run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
-        let hidden = Self::take(&mut out, "hidden_out")?;
-        let k = Self::take(&mut out, "present_k")?;
-        let v = Self::take(&mut out, "present_v")?;
-        drop(out);
-        self.caches[layer - 1] = Some(Cache { k, v, len: pos + t });
-        Ok(Rc::new(hidden))
+        let hidden = self.run_cached(layer, h, t, false)?;
+        Ok(Rc::new(hidden.ok_or_else(|| Error::Internal("ort: layer graph without hidden_out".into()))?))
     }
 
     fn propagate(&mut self, layer: usize, h: &Hidden) -> Result<()> {
-        let pos = self.cache_len(layer);
-        let positions = Self::positions(pos, 1)?;
-        let (pk, pv) = match &self.caches[layer - 1] {
-            Some(c) => (&c.k, &c.v),
-            None => (&self.empty, &self.empty),
-        };
-        let mut out = self.props[layer - 1].run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
-        let k = Self::take(&mut out, "present_k")?;
-        let v = Self::take(&mut out, "present_v")?;
-        drop(out);
-        self.caches[layer - 1] = Some(Cache { k, v, len: pos + 1 });
-        Ok(())
+        self.run_cached(layer, h, 1, true).map(|_| ())
     }
 
     fn head(&mut self, h: &Hidden) -> Result<HeadSummary> {
