@@ -651,3 +651,21 @@ fn html_time_split_matches_the_table_and_the_scatter_shows_the_oracle() {
     assert!(html.contains("oracle (all layers run)"), "the oracle is missing from the scatter");
     assert!(html.contains("Across runtimes and precisions"));
 }
+
+#[test]
+fn without_out_a_run_gets_a_readable_sortable_directory() {
+    let (m, d, data) = fixture(1);
+    let mut a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), "unused", &[("--samples", "1")]);
+    let i = a.iter().position(|x| *x == "--out").unwrap();
+    a.drain(i..i + 2);
+    let out = bin().args(&a).current_dir(d.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let names: Vec<String> = std::fs::read_dir(d.path().join("results")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    // run-YYYY-MM-DD_HH-MM-SS (local time)
+    let n = &names[0];
+    let digits: String = n.chars().filter(|c| c.is_ascii_digit()).collect();
+    assert!(n.starts_with("run-20") && n.len() == "run-2026-12-01_10-15-44".len() && digits.len() == 14, "{n}");
+    assert_eq!(&n[8..9], "-");
+    assert_eq!(&n[14..15], "_");
+}
