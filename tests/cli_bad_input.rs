@@ -193,3 +193,30 @@ fn help_shows_defaults_value_names_and_aliases() {
     assert_eq!(exitbench(&a.iter().map(String::as_str).collect::<Vec<_>>()).0, 0);
     run_gen(d.path(), &["--measure", "entropy"], &["--measure", "softmax-diff"]);
 }
+
+#[test]
+fn random_model_writes_the_weights_random_weights_builds() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), serde_json::to_string(&tiny_config(3, 300)).unwrap()).unwrap();
+    let cfg = d.path().join("config.json").display().to_string();
+    let out = d.path().join("m").display().to_string();
+    let (code, _, err) = exitbench(&["random-model", "--config", &cfg, "--seed", "9", "--out", &out]);
+    assert_eq!(code, 0, "{err}");
+    let gen = |extra: &[&str]| {
+        let mut a = vec!["generate", "--prompt", "Kelmarsh Oval, héllo", "--max-new-tokens", "12", "--json"];
+        a.extend_from_slice(extra);
+        let (code, o, err) = exitbench(&a);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+        (v["token_ids"].clone(), v["prompt_tokens"].clone())
+    };
+    let files = gen(&["--model", &out]);
+    let random = gen(&["--model", d.path().to_str().unwrap(), "--random-weights", "9"]);
+    assert_eq!(files, random, "the written model is not the one --random-weights builds");
+    assert_eq!(files.1, serde_json::json!("Kelmarsh Oval, héllo".len()), "the tokenizer is not one id per byte");
+    // A non-empty --out and a vocabulary too small for bytes are refused.
+    assert_bad_input(&["random-model", "--config", &cfg, "--seed", "9", "--out", &out], &["--out", "not empty"]);
+    std::fs::write(d.path().join("config.json"), serde_json::to_string(&tiny_config(3, 200)).unwrap()).unwrap();
+    let fresh = d.path().join("n").display().to_string();
+    assert_bad_input(&["random-model", "--config", &cfg, "--seed", "9", "--out", &fresh], &["vocab_size 200", "256"]);
+}

@@ -8,6 +8,7 @@ pub mod export_onnx;
 pub mod generate;
 pub mod info;
 pub mod merge;
+pub mod random_model;
 pub mod meter;
 pub mod report;
 pub mod run;
@@ -54,6 +55,8 @@ pub enum Command {
     Meter(meter::MeterArgs),
     /// Write the model's ONNX graphs (for the `ort` backend) with a manifest.
     ExportOnnx(export_onnx::ExportArgs),
+    /// Write the random-weight model of a config as real files (safetensors, byte tokenizer).
+    RandomModel(random_model::RandomModelArgs),
 }
 
 /// The command line definition, with `run`'s defaults (from [`crate::sweep::RawSettings::defaults`],
@@ -99,5 +102,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Info(a) => done(info::run(a)),
         Command::Meter(a) => meter::run(a),
         Command::ExportOnnx(a) => done(export_onnx::run(a)),
+        Command::RandomModel(a) => done(random_model::run(a)),
     }
 }
