@@ -42,6 +42,13 @@ pub struct Hardware {
     /// ONNX Runtime library file loaded, when a cell ran on it (not part of the machine id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnxruntime_library: Option<String>,
+    /// Memory bandwidth on one thread, GB/s, measured once per run (STREAM-like triad; not part
+    /// of the machine id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_bandwidth_gb_s: Option<f64>,
+    /// Memory bandwidth on all threads, GB/s (as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_bandwidth_all_gb_s: Option<f64>,
 }
 
 /// The GPUs NVML sees.
@@ -89,6 +96,14 @@ impl Hardware {
         format!("{} ({} logical CPUs, {} MiB)", self.cpu_model, self.logical_cpus, self.memory_mib)
     }
 
+    /// This fingerprint with the memory bandwidth measured now (about `budget`).
+    pub fn with_bandwidth(mut self, budget: std::time::Duration) -> Hardware {
+        let bw = crate::bandwidth::measure(budget);
+        self.mem_bandwidth_gb_s = Some(bw.one_thread_gb_s);
+        self.mem_bandwidth_all_gb_s = Some(bw.all_threads_gb_s);
+        self
+    }
+
     /// Probes this machine, GPUs included when NVML loads.
     pub fn probe() -> Hardware {
         let gpu = crate::meter::nvml::load().ok().and_then(|n| crate::meter::nvml::gpu_block(&n));
@@ -123,6 +138,8 @@ impl Hardware {
             gpu,
             onnxruntime_version: None,
             onnxruntime_library: None,
+            mem_bandwidth_gb_s: None,
+            mem_bandwidth_all_gb_s: None,
         }
     }
 }

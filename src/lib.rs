@@ -5,6 +5,7 @@
 //! (decides) + meter (measures) → result records → reports.
 
 pub mod backend;
+pub mod bandwidth;
 pub mod decode;
 pub mod error;
 pub mod exit;

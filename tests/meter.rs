@@ -419,6 +419,10 @@ fn info_json_lists_every_backend() {
     assert_eq!(rapl["available"], true);
     assert!(v["hardware"]["machine_id"].as_str().unwrap().len() == 12);
     assert!(v["source_label"].as_str().unwrap().contains("rapl"));
+    // The memory bandwidth, measured, in GB/s.
+    for k in ["mem_bandwidth_gb_s", "mem_bandwidth_all_gb_s"] {
+        assert!(v["hardware"][k].as_f64().is_some_and(|g| g > 0.1 && g < 1e5), "{k}: {}", v["hardware"]);
+    }
     // The flag overrides the environment; a missing tree is unavailable, not an error.
     let (code, out, _) = exitbench(&["info", "--json", "--powercap-root", "/nonexistent"], &[(meter::POWERCAP_ROOT_ENV, t.path())]);
     assert_eq!(code, 0);

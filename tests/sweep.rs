@@ -69,7 +69,7 @@ fn mask_csv(text: &str) -> String {
     let masked = ["model", "dataset", "machine", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
         "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token",
         "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j", "energy_cpu_j", "energy_dram_j",
-        "energy_warnings", "runtime_version", "export_s", "session_s"];
+        "energy_warnings", "runtime_version", "export_s", "session_s", "achieved_gb_s", "mem_bandwidth_gb_s", "mem_bandwidth_all_gb_s"];
     let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
     for rec in rd.records() {
         let rec = rec.unwrap();
@@ -83,7 +83,7 @@ fn mask_csv(text: &str) -> String {
 fn mask_md(text: &str) -> String {
     text.lines()
         .map(|l| {
-            if l.starts_with("## ") || l.starts_with("### ") || l.starts_with("Machine ") {
+            if l.starts_with("## ") || l.starts_with("### ") || l.starts_with("Machine ") || l.starts_with("**Memory system.**") || (l.starts_with("- ") && l.contains("measured ÷ theoretical")) {
                 "*".to_string()
             } else if l.contains(" vs candle ") {
                 // The cross-runtime table: the ms/token and J/token ratios depend on timing; token

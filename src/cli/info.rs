@@ -1,4 +1,5 @@
-//! `exitbench info [--json]`: every meter, available or not and why, and the hardware fingerprint.
+//! `exitbench info [--json]`: every meter, available or not and why, and the hardware fingerprint
+//! with the memory bandwidth measured now (about 1 s).
 
 #![warn(missing_docs)]
 
@@ -36,7 +37,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     opts.nvml_both = true;
     let detected = meter::detect(&opts);
     let source_label = detected.source_label();
-    let info = Info { meters: detected.status, source_label, hardware: Hardware::probe() };
+    let info = Info { meters: detected.status, source_label, hardware: Hardware::probe().with_bandwidth(std::time::Duration::from_secs(1)) };
     if a.json {
         let s = serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.to_string()))?;
         println!("{s}");
@@ -76,6 +77,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
                 );
             }
         }
+    }
+    if let (Some(one), Some(all)) = (h.mem_bandwidth_gb_s, h.mem_bandwidth_all_gb_s) {
+        println!("  memory bw  {one:.1} GB/s on one thread, {all:.1} GB/s on all threads (STREAM-like triad, measured now)");
     }
     println!("  versions   exitbench {}, candle {}{}", h.exitbench_version, h.candle_version, h.git_commit.as_deref().map(|c| format!(", commit {c}")).unwrap_or_default());
     Ok(())

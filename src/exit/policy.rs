@@ -108,8 +108,8 @@ impl ExitMode {
         }
     }
 
-    /// Oracle exit points.
-    pub(crate) fn oracle_point(l: usize, layers: usize, min: usize, interval: usize) -> bool {
+    /// Oracle exit points: layer `l` of `layers` is one from `min` on, every `interval`-th.
+    pub fn oracle_point(l: usize, layers: usize, min: usize, interval: usize) -> bool {
         is_exit_point(l, layers, min, interval)
     }
 }

@@ -13,7 +13,8 @@ pub const COLUMNS: &[&str] = &[
     "energy_source", "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j",
     "energy_cpu_j", "energy_dram_j", "energy_warnings", "peak_mem_mb", "peak_device_mem_mb", "device_mem_scope", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
     "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "key_facts_exact", "random_weights",
-    "compute_dtype", "runtime_version", "export_s", "session_s",
+    "compute_dtype", "runtime_version", "export_s", "session_s", "bytes_per_token", "achieved_gb_s", "mem_bandwidth_gb_s",
+    "mem_bandwidth_all_gb_s",
 ];
 
 /// The CSV export.
@@ -56,6 +57,7 @@ impl Exporter for CsvExporter {
                 num(row.rouge_delta.map(|x| x.hi)), num(r.key_facts_exact), r.random_weights.to_string(),
                 r.compute_dtype.clone().unwrap_or_default(), r.runtime.as_ref().map(|x| x.version.clone()).unwrap_or_default(),
                 num(r.runtime.as_ref().and_then(|x| x.export_s)), num(r.runtime.as_ref().and_then(|x| x.session_s)),
+                num(r.bytes_per_token), num(r.achieved_gb_s), num(r.hardware.mem_bandwidth_gb_s), num(r.hardware.mem_bandwidth_all_gb_s),
             ];
             debug_assert_eq!(fields.len(), COLUMNS.len());
             w.write_record(&fields).map_err(err)?;

@@ -153,6 +153,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     s.push_str(&tradeoff_plot(&ok, records));
     s.push_str(&speedup_plot(&ok, records));
     s.push_str(&time_split_plot(&ok, records));
+    s.push_str(&bandwidth_plot(&ok, records));
     s.push_str("</div><h3>Exit-layer histograms</h3><div class=\"plots\">");
     for r in &ok {
         let hist = &records[r.record].exit_histogram;
@@ -234,6 +235,19 @@ pub fn time_split_bars(rows: &[&ReportRow], records: &[CellRecord]) -> Vec<(Stri
             (r.label.clone(), vec![part(t.layers_s), part(t.exit_checks_s), part(t.propagation_s)])
         })
         .collect()
+}
+
+/// Roofline-style: each setting's achieved bandwidth (bytes counted from the trace ÷ decode time)
+/// against the machine's measured one-thread and all-thread bandwidth.
+fn bandwidth_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let data: Vec<(String, Vec<f64>)> = rows.iter().filter_map(|r| Some((r.label.clone(), vec![records[r.record].achieved_gb_s?]))).collect();
+    if data.is_empty() {
+        return String::new();
+    }
+    let h = &records[rows[0].record].hardware;
+    let limit = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
+    let title = format!("Achieved GB/s (measured limit: {} one thread, {} all threads)", limit(h.mem_bandwidth_gb_s), limit(h.mem_bandwidth_all_gb_s));
+    stacked_bars(&title, "GB/s", &data, &[("weights + KV read per token ÷ decode time", PALETTE[3])])
 }
 
 fn time_split_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {

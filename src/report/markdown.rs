@@ -41,7 +41,7 @@ impl Exporter for MarkdownExporter {
             }
             let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured) | speedup (theoretical) | J/token | Wh / 1k queries | gCO2e / 1k queries | ROUGE-L vs refs |");
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-            for r in members {
+            for r in &members {
                 let rec = &records[r.record];
                 if rec.status != "ok" {
                     let _ = writeln!(s, "| {} | {} | | | | | | | | |", r.label, rec.status);
@@ -63,6 +63,7 @@ impl Exporter for MarkdownExporter {
                     opt(e.wh_per_1k_queries, 4), per_k(e.gco2e), r.rouge_l_ref.mean);
             }
             let _ = writeln!(s);
+            write_memory(&mut s, &members, records);
             for r in rows.iter().filter(|r| r.group == g) {
                 let rec = &records[r.record];
                 if rec.status != "ok" {
@@ -71,6 +72,49 @@ impl Exporter for MarkdownExporter {
             }
         }
         Ok(s)
+    }
+}
+
+/// Why measured speedups differ from L ÷ avg layers: the memory system (bytes read per token
+/// against the machine's measured bandwidth) and, per setting, the measured ÷ theoretical ratio
+/// split into its parts: the cost of a layer against full depth's, and the shares of exit
+/// checks and propagation in the setting's time.
+fn write_memory(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) {
+    let first = &records[members[0].record];
+    let Some(full) = members.iter().map(|r| &records[r.record]).find(|r| r.key.baseline == "full" && r.status == "ok") else { return };
+    let per_token = |r: &CellRecord| (r.tokens.saturating_sub(r.samples)).max(1) as f64;
+    let layer_cost = |r: &CellRecord| if r.avg_layers > 0.0 { r.time_split.layers_s / per_token(r) / r.avg_layers } else { f64::NAN };
+    let bw = |x: Option<f64>| x.map(|v| format!("{v:.1} GB/s")).unwrap_or_else(|| "not measured".into());
+    let _ = writeln!(s, "**Memory system.** Measured bandwidth (STREAM-like triad): {} on one thread, {} on all threads.{}",
+        bw(first.hardware.mem_bandwidth_gb_s), bw(first.hardware.mem_bandwidth_all_gb_s),
+        match (full.bytes_per_token, full.achieved_gb_s) {
+            (Some(b), Some(a)) => format!(" Full depth reads {:.2} MB of weights and KV cache per decoded token (counted from the trace, not a hardware counter) and achieves {a:.1} GB/s{}.",
+                b / 1e6, first.hardware.mem_bandwidth_gb_s.map(|m| format!(", {:.0}% of one thread's bandwidth", 100.0 * a / m)).unwrap_or_default()),
+            _ => String::new(),
+        });
+    let _ = writeln!(s);
+    let full_layer = layer_cost(full);
+    let mut lines = Vec::new();
+    for r in members {
+        let rec = &records[r.record];
+        if rec.status != "ok" || matches!(rec.key.baseline.as_str(), "full" | "oracle") {
+            continue;
+        }
+        let total = rec.time_split.layers_s + rec.time_split.exit_checks_s + rec.time_split.propagation_s;
+        if total <= 0.0 {
+            continue;
+        }
+        let pct = |x: f64| 100.0 * x / total;
+        lines.push(format!("- {}: measured ÷ theoretical {}; a layer costs {:.2}× full depth's per layer; exit checks {:.0}% and propagation {:.0}% of its time{}",
+            r.label, opt(r.measured_over_theoretical, 2), layer_cost(rec) / full_layer, pct(rec.time_split.exit_checks_s), pct(rec.time_split.propagation_s),
+            rec.bytes_per_token.zip(rec.achieved_gb_s).map(|(b, a)| format!("; {:.2} MB per token at {a:.1} GB/s", b / 1e6)).unwrap_or_default()));
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(s, "Where the measured ÷ theoretical ratio comes from (a layer that costs less than at full depth, e.g. because fewer weights compete for the caches, raises it; exit checks and propagation lower it):\n");
+        for l in lines {
+            let _ = writeln!(s, "{l}");
+        }
+        let _ = writeln!(s);
     }
 }
 

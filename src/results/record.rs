@@ -339,6 +339,15 @@ pub struct CellRecord {
     /// requested one); None in records older than the field and where the backend never opened.
     #[serde(default)]
     pub compute_dtype: Option<String>,
+    /// Bytes of weights and KV cache read per decoded token, counted from the trace (the layers,
+    /// exit heads, classifiers and propagations each token ran, and its cached positions): an
+    /// estimate by counting, not a hardware counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_token: Option<f64>,
+    /// `bytes_per_token` ÷ the median decode time per token, GB/s: compare with the hardware
+    /// block's measured `mem_bandwidth_gb_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub achieved_gb_s: Option<f64>,
     /// The runtime and what building it cost (export, session creation; never in ms/token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::backend::RuntimeInfo>,

@@ -135,7 +135,8 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     } else {
         check_and_record_plan(plan, &plan.out, false, true)?;
     }
-    let hardware = Hardware::probe();
+    // Measured once per run, before any cell: the ceiling a batch-1 decode step is held to.
+    let hardware = Hardware::probe().with_bandwidth(std::time::Duration::from_secs(1));
     let detected = crate::meter::detect(&plan.energy.meters);
     let mut window = detected.into_window();
     // The estimate is derived from CPU time: an idle baseline (≈ 0 CPU time) and minimum windows
@@ -243,6 +244,8 @@ impl GroupCtx<'_> {
             bookkeeping_s: 0.0,
             generate_s: 0.0,
             compute_dtype: None,
+            bytes_per_token: None,
+            achieved_gb_s: None,
             runtime: None,
             outputs: Vec::new(),
             random_weights: self.plan.random_weights.is_some(),
@@ -511,12 +514,20 @@ fn run_cell<B: Backend>(ctx: &GroupCtx, meter: &mut MeterCtx, backend: &mut B, m
     rec.peak_mem_mb = peak;
     (rec.peak_device_mem_mb, rec.device_mem_scope) = gpu_mem.peak();
     rec.rouge = corpus(&scores, plan.seed);
+    let cfg = &m.config;
+    let element = if key_dtype_is_f32(&rec.key.dtype) { 4.0 } else { 2.0 };
+    rec.bytes_per_token = crate::bandwidth::bytes_per_token(mode, cfg, element, &first);
+    rec.achieved_gb_s = rec.bytes_per_token.zip((rec.ms_per_token.n > 0).then_some(rec.ms_per_token.median)).filter(|(_, ms)| *ms > 0.0).map(|(b, ms)| b / (ms / 1e3) / 1e9);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
     rec.outputs = outputs;
     rec.generate_s = generate_s;
     rec.bookkeeping_s = cell_start.elapsed().as_secs_f64() - generate_s;
     Ok(rec)
+}
+
+fn key_dtype_is_f32(dtype: &str) -> bool {
+    dtype == "f32"
 }
 
 /// Peak GPU memory over a cell, sampled through NVML after every sample of a CUDA cell.

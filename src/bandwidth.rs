@@ -1,0 +1,169 @@
+//! The machine's memory bandwidth, measured once per run with a STREAM-like triad
+//! (`a[i] = b[i] + s·c[i]` over arrays far larger than the caches, 24 bytes moved per element as
+//! STREAM counts them), on one thread and on all threads; the best pass within a time budget.
+//! A batch-1 decode step streams every weight it uses, so this is the ceiling that
+//! `achieved_gb_s` is compared against.
+
+use std::time::{Duration, Instant};
+
+/// Elements per array: 3 arrays × 8 bytes × 8 Mi = 192 MiB, beyond any CPU cache here.
+const N: usize = 8 << 20;
+
+/// GB/s (10⁹ bytes per second) on one thread and on every available thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bandwidth {
+    /// One thread.
+    pub one_thread_gb_s: f64,
+    /// All threads.
+    pub all_threads_gb_s: f64,
+}
+
+fn triad(a: &mut [f64], b: &[f64], c: &[f64], s: f64) {
+    for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
+        *x = y + s * z;
+    }
+}
+
+/// Best triad bandwidth with `threads` threads within `budget`.
+fn best(threads: usize, budget: Duration, a: &mut [f64], b: &[f64], c: &[f64]) -> f64 {
+    let start = Instant::now();
+    let mut best = 0f64;
+    let mut passes = 0;
+    while passes < 2 || (start.elapsed() < budget && passes < 20) {
+        let t = Instant::now();
+        let chunk = a.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            for ((a, b), c) in a.chunks_mut(chunk).zip(b.chunks(chunk)).zip(c.chunks(chunk)) {
+                sc.spawn(move || triad(a, b, c, 3.0));
+            }
+        });
+        let s = t.elapsed().as_secs_f64();
+        best = best.max(24.0 * a.len() as f64 / s / 1e9);
+        passes += 1;
+    }
+    std::hint::black_box(&a[a.len() / 2]);
+    best
+}
+
+/// Measures both figures within about `budget` in total.
+pub fn measure(budget: Duration) -> Bandwidth {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut a = vec![0f64; N];
+    let b = vec![1f64; N];
+    let c = vec![2f64; N];
+    let one = best(1, budget / 2, &mut a, &b, &c);
+    let all = best(threads, budget / 2, &mut a, &b, &c);
+    Bandwidth { one_thread_gb_s: one, all_threads_gb_s: all }
+}
+
+/// Bytes of weights and KV cache a decode step reads, from the trace (an estimate by counting,
+/// not a hardware counter). See [`crate::bandwidth::TokenWork`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelBytes {
+    /// One embedding row.
+    pub embed_row: f64,
+    /// One decoder layer's weights (projections in the weights' dtype, norms in f32).
+    pub layer: f64,
+    /// One exit check's head: final norm + LM head.
+    pub head: f64,
+    /// The classifier of one layer (f32).
+    pub classifier: f64,
+    /// One propagation: a layer's input norm + k/v projections.
+    pub propagation: f64,
+    /// K and V of one cached position in one layer.
+    pub kv_per_position: f64,
+}
+
+impl ModelBytes {
+    /// The sizes of a config's tensors at `bytes_per_element` (4 for f32, 2 for f16/bf16).
+    pub fn of(cfg: &crate::model::LlamaConfig, bytes_per_element: f64) -> Self {
+        let (d, v, f) = (cfg.hidden_size as f64, cfg.vocab_size as f64, cfg.intermediate_size as f64);
+        let (q, kv) = ((cfg.num_attention_heads * cfg.head_dim()) as f64, (cfg.kv_heads() * cfg.head_dim()) as f64);
+        let proj = d * q + 2.0 * d * kv + q * d + 3.0 * d * f;
+        ModelBytes {
+            embed_row: d * bytes_per_element,
+            layer: proj * bytes_per_element + 2.0 * d * 4.0,
+            head: v * d * bytes_per_element + d * 4.0,
+            classifier: d * 4.0,
+            propagation: 2.0 * d * kv * bytes_per_element + d * 4.0,
+            kv_per_position: 2.0 * kv * bytes_per_element,
+        }
+    }
+
+    /// Bytes read by one decoded token that ran `layers` layers, made `heads` exit-head checks
+    /// and `classifiers` classifier checks, propagated into `propagations` layers, with
+    /// `cached` positions in each cache before it.
+    pub fn token(&self, layers: usize, heads: usize, classifiers: usize, propagations: usize, cached: usize) -> f64 {
+        self.embed_row
+            + layers as f64 * (self.layer + self.kv_per_position * (cached + 1) as f64)
+            + heads as f64 * self.head
+            + classifiers as f64 * self.classifier
+            + propagations as f64 * self.propagation
+    }
+}
+
+/// Mean bytes read per decoded token over `gens` (each generation's prompt length and exit
+/// layers) for `mode` on a model of `cfg` at `bytes_per_element`; None without decoded tokens.
+pub fn bytes_per_token(mode: &crate::exit::ExitMode, cfg: &crate::model::LlamaConfig, bytes_per_element: f64, gens: &[crate::decode::Generation]) -> Option<f64> {
+    use crate::exit::{ExitMode, Measure};
+    let l = cfg.num_hidden_layers;
+    let b = ModelBytes::of(cfg, bytes_per_element);
+    let (mut total, mut n) = (0.0, 0usize);
+    for g in gens {
+        for (i, t) in g.tokens.iter().enumerate().skip(1) {
+            let cached = g.prompt_tokens + i - 1;
+            let bytes = match mode {
+                ExitMode::Full => b.token(l, 1, 0, 0, cached),
+                ExitMode::Static { layer } => b.token(*layer, 1, 0, 0, cached),
+                ExitMode::Oracle { min_exit_layer, exit_interval } => {
+                    let points = (1..=l).filter(|&x| ExitMode::oracle_point(x, l, *min_exit_layer, *exit_interval)).count();
+                    b.token(l, points + 1, 0, 0, cached)
+                }
+                ExitMode::Dynamic(p) => {
+                    let checked = (1..=t.exit_layer).filter(|&x| p.is_exit_point(x, l)).count();
+                    // The softmax measures' exit head picks the token too; other measures need one
+                    // head for the token (at the exit, or the final one).
+                    let (heads, classifiers) = match p.measure {
+                        Measure::SoftmaxDiff | Measure::SoftmaxMax => (checked + usize::from(t.exit_layer == l), 0),
+                        Measure::Classifier => (1, checked),
+                        Measure::Saturation => (1, 0),
+                    };
+                    b.token(t.exit_layer, heads, classifiers, l - t.exit_layer, cached)
+                }
+            };
+            total += bytes;
+            n += 1;
+        }
+    }
+    (n > 0).then(|| total / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_per_token_by_hand_for_a_tiny_model() {
+        // d 64, f 128, 4 heads of 16, 2 kv heads, vocab 300, f32.
+        let cfg = crate::testkit::tiny_config(4, 300);
+        let b = ModelBytes::of(&cfg, 4.0);
+        let d = 64.0;
+        // q 64×64, k and v 32×64 each, o 64×64, gate/up/down 3 × 128×64; two f32 norms.
+        let layer = (64.0 * 64.0 + 2.0 * 32.0 * 64.0 + 64.0 * 64.0 + 3.0 * 128.0 * 64.0) * 4.0 + 2.0 * d * 4.0;
+        assert_eq!(b.layer, layer);
+        assert_eq!(b.head, 300.0 * 64.0 * 4.0 + 64.0 * 4.0);
+        assert_eq!(b.propagation, 2.0 * 32.0 * 64.0 * 4.0 + 64.0 * 4.0);
+        assert_eq!(b.kv_per_position, 2.0 * 32.0 * 4.0);
+        // A token that exits at layer 2 after two softmax checks, propagating into layers 3 and 4,
+        // with 10 positions cached: embedding + 2 layers (+ 11 positions of K/V each) + 2 heads + 2 propagations.
+        let want = d * 4.0 + 2.0 * (layer + 11.0 * 256.0) + 2.0 * b.head + 2.0 * b.propagation;
+        assert_eq!(b.token(2, 2, 0, 2, 10), want);
+    }
+
+    #[test]
+    fn the_probe_reports_positive_finite_figures() {
+        let bw = measure(Duration::from_millis(200));
+        assert!(bw.one_thread_gb_s.is_finite() && bw.one_thread_gb_s > 0.1, "{bw:?}");
+        assert!(bw.all_threads_gb_s.is_finite() && bw.all_threads_gb_s > 0.1, "{bw:?}");
+    }
+}
