@@ -220,3 +220,15 @@ fn random_model_writes_the_weights_random_weights_builds() {
     let fresh = d.path().join("n").display().to_string();
     assert_bad_input(&["random-model", "--config", &cfg, "--seed", "9", "--out", &fresh], &["vocab_size 200", "256"]);
 }
+
+#[test]
+fn non_finite_numbers_are_refused_not_defaulted() {
+    let d = model_dir();
+    let m = d.path().display().to_string();
+    for (flag, v) in [("--tau", "nan"), ("--cooldown", "inf"), ("--pue", "NaN")] {
+        assert_bad_input(&["run", "--model", &m, "--samples", "1", "--quiet", flag, v], &[flag, "not a finite number"]);
+    }
+    let cfg = d.path().join("sweep.toml");
+    std::fs::write(&cfg, "tau = nan\n").unwrap();
+    assert_bad_input(&["run", "--model", &m, "--config", cfg.to_str().unwrap()], &["sweep.toml", "tau", "not a finite number"]);
+}

@@ -249,3 +249,18 @@ fn bad_libraries_caches_and_devices_are_errors_not_panics() {
         assert_eq!(ids(&out), ids(&first), "{damage}: the re-export gives other tokens");
     }
 }
+
+#[test]
+fn the_export_cache_is_keyed_by_the_config_too() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_config(2, 300), 71).unwrap();
+    let a = ModelFiles::open(dir.path(), None).unwrap();
+    let wh = a.weights_hash().unwrap();
+    let before = exitbench::backend::ort::export::cache_dir(&a, &wh, Precision::F32);
+    // Same weights, another config (a fixed rms_norm_eps): another export, never the stale one.
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    v["rms_norm_eps"] = 1e-6.into();
+    std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+    let b = ModelFiles::open(dir.path(), None).unwrap();
+    assert_ne!(exitbench::backend::ort::export::cache_dir(&b, &wh, Precision::F32), before);
+}

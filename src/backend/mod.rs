@@ -170,6 +170,11 @@ pub struct RuntimeInfo {
     /// ONNX Runtime: whether intra-op threads spin while waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spinning: Option<bool>,
+    /// ONNX Runtime on CUDA: the graphs that could only be created with some nodes on the CPU
+    /// provider (ONNX Runtime keeps shape computations there), with the runtime's message; None
+    /// when every node runs on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_nodes: Option<String>,
     /// ONNX Runtime: the library file loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub library: Option<String>,

@@ -49,6 +49,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         return Err(Error::setting("--max-d", format!("{} is outside [0, 1]", a.max_d)));
     }
     let m = &a.model;
+    RawSettings { energy: a.energy.clone(), ..RawSettings::default() }.check_finite()?;
     let base = RawSettings::defaults().overridden_by(RawSettings {
         model: Some(vec![m.model.display().to_string()]),
         backend: Some(vec![m.backend]),

@@ -23,7 +23,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = |s: &str| DeviceKind::parse(s).map_err(|e| e.to_string()), default_value = "cpu")]
     pub device: DeviceKind,
     /// Precision of weights and activations (fp32, float32, fp16, float16 and bfloat16 work too).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, ignore_case = true, default_value = "f32")]
     pub dtype: Precision,
     /// CPU threads (default: 1 below hidden size 1024, else all cores).
     #[arg(long)]

@@ -80,6 +80,11 @@ pub fn run(a: RunArgs) -> Result<i32> {
         Some(p) => RawSettings::from_toml_file(p)?,
         None => RawSettings::default(),
     };
+    file.check_finite().map_err(|e| match e {
+        Error::BadSetting { field, message } => Error::file(a.config.clone().unwrap_or_default(), None, format!("{}: {message}", field.trim_start_matches('-'))),
+        other => other,
+    })?;
+    a.settings.check_finite()?;
     let out_given = file.out.is_some() || a.settings.out.is_some();
     let settings = RawSettings::defaults().overridden_by(file).overridden_by(a.settings.clone());
     if (a.resume || a.extend) && !out_given {

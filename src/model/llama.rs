@@ -293,6 +293,8 @@ pub struct LlamaModel {
     classifiers: Option<Vec<(Tensor, Tensor)>>,
     rope: Rope,
     dtype: DType,
+    /// True when the LM head is the embedding matrix (tied, and no `lm_head.weight` given).
+    head_is_embedding: bool,
     /// True while training: differentiable ops instead of fused kernels.
     pub differentiable: bool,
 }
@@ -304,14 +306,11 @@ impl LlamaModel {
         let embed = w.get("model.embed_tokens.weight", &[v, d])?;
         let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(w, cfg, i)).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "model.norm.weight", d, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            w.get("lm_head.weight", &[v, d])?
-        };
+        let head_is_embedding = cfg.tie_word_embeddings && !w.contains("lm_head.weight");
+        let lm_head = if head_is_embedding { embed.clone() } else { w.get("lm_head.weight", &[v, d])? };
         let classifiers = load_classifiers(w, cfg)?;
         let rope = Rope::new(cfg, w.dtype(), w.device())?;
-        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), differentiable: false })
+        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), head_is_embedding, differentiable: false })
     }
 
     /// The configuration.
@@ -432,7 +431,8 @@ impl LlamaModel {
             }
         }
         out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
-        if !self.cfg.tie_word_embeddings {
+        // A tied model may still ship its own `lm_head.weight`, which candle then uses: keep it.
+        if !self.head_is_embedding {
             out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
         }
         out

@@ -42,6 +42,12 @@ fn group_name(r: &CellRecord) -> String {
     format!("{} {} {} {}t", r.key.backend, r.key.device, r.key.dtype, r.key.threads)
 }
 
+/// What a setting is, whatever group runs it (oracles of other exit points stay apart).
+fn setting_key(r: &CellRecord) -> String {
+    let k = &r.key;
+    format!("{}|{:?}|{:?}|{}|{:?}", k.label(), k.min_exit_layer, k.exit_interval, k.schedule, k.static_layer)
+}
+
 fn scope_of(r: &CellRecord) -> String {
     let leaf = |p: &str| std::path::Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string());
     format!("{} ({}) · {} · machine {} · {} new tokens", leaf(&r.key.model), r.key.weights_hash, leaf(&r.key.dataset), r.key.machine, r.key.max_new_tokens)
@@ -72,10 +78,10 @@ pub fn compare(records: &[CellRecord]) -> Vec<Comparison> {
             continue;
         }
         let reference = groups.iter().find(|g| g.starts_with("candle cpu f32 ")).cloned().unwrap_or_else(|| groups[0].clone());
-        let by_setting: HashMap<String, &CellRecord> = cells.iter().filter(|r| group_name(r) == reference).map(|r| (r.key.label(), *r)).collect();
+        let by_setting: HashMap<String, &CellRecord> = cells.iter().filter(|r| group_name(r) == reference).map(|r| (setting_key(r), *r)).collect();
         for g in groups.iter().filter(|g| **g != reference) {
             for r in cells.iter().filter(|r| group_name(r) == *g) {
-                let Some(base) = by_setting.get(&r.key.label()) else { continue };
+                let Some(base) = by_setting.get(&setting_key(r)) else { continue };
                 out.push(compare_cells(&rouge, &scope, &reference, g, base, r));
             }
         }
@@ -96,7 +102,7 @@ fn compare_cells(rouge: &Rouge, scope: &str, reference: &str, group: &str, base:
             ratios.push(x / y);
         }
         d.push(if o.text == b.text { 0.0 } else { 1.0 - rouge.score(&o.text, &b.text).rougeL.fmeasure });
-        if !o.token_ids.is_empty() || !b.token_ids.is_empty() {
+        if !o.token_ids.is_empty() && !b.token_ids.is_empty() {
             with_ids += 1;
             agree += o.token_ids.iter().zip(&b.token_ids).filter(|(a, b)| a == b).count();
             positions += o.token_ids.len().max(b.token_ids.len());
@@ -111,7 +117,10 @@ fn compare_cells(rouge: &Rouge, scope: &str, reference: &str, group: &str, base:
         scope: scope.into(),
         reference: reference.into(),
         group: group.into(),
-        setting: r.key.label(),
+        setting: match (r.key.baseline.as_str(), r.key.min_exit_layer, r.key.exit_interval) {
+            ("oracle", Some(m), Some(k)) if (m, k) != (1, 1) => format!("oracle [min {m} every {k}]"),
+            _ => r.key.label(),
+        },
         ms_ratio: (!ratios.is_empty()).then(|| bootstrap_median(&ratios, 1000, r.seed)),
         j_ratio,
         energy_source: r.energy.source.clone(),

@@ -104,7 +104,7 @@ pub struct RawSettings {
     #[serde(default, deserialize_with = "lenient::list")]
     pub device: Option<Vec<DeviceKind>>,
     /// Precisions of weights and activations (fp32, float32, fp16, float16 and bfloat16 work too).
-    #[arg(long, value_delimiter = ',', value_enum)]
+    #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, deserialize_with = "lenient::list")]
     pub dtype: Option<Vec<Precision>>,
     /// CPU thread counts [default: 1 below hidden size 1024, else all cores].
@@ -139,10 +139,10 @@ pub struct RawSettings {
     #[serde(default, deserialize_with = "lenient::counts")]
     pub static_exit: Option<Vec<usize>>,
     /// Include the oracle analysis (`--oracle false` or `--no-oracle` leaves it out).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", overrides_with = "no_oracle")]
     pub oracle: Option<bool>,
-    /// Leave out the oracle analysis.
-    #[arg(long, conflicts_with = "oracle")]
+    /// Leave out the oracle analysis (the later of --oracle and --no-oracle wins).
+    #[arg(long, overrides_with = "oracle")]
     #[serde(skip)]
     pub no_oracle: bool,
     /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
@@ -241,6 +241,17 @@ impl RawSettings {
         match serde_json::to_value(RawSettings::default()) {
             Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Refuses numbers that are not finite (`--tau nan`, `cooldown = inf`): layering would
+    /// otherwise turn them into "not set" and fall back to the default.
+    pub fn check_finite(&self) -> Result<()> {
+        let e = &self.energy;
+        let named = [("--tau", self.tau), ("--idle-seconds", e.idle_seconds), ("--min-window", e.min_window), ("--pue", e.pue), ("--cpu-tdp-watts", e.cpu_tdp_watts), ("--cooldown", e.cooldown)];
+        match named.iter().find(|(_, v)| v.is_some_and(|x| !x.is_finite())) {
+            Some((flag, v)) => Err(Error::setting(*flag, format!("{} is not a finite number", v.unwrap_or_default()))),
+            None => Ok(()),
         }
     }
 
@@ -522,6 +533,7 @@ impl Plan {
     /// Validates resolved settings (defaults ← file ← flags).
     pub fn from_settings(s: RawSettings) -> Result<Plan> {
         // Whatever the caller layered, the defaults fill the rest: each lives in one place.
+        s.check_finite()?;
         let s = RawSettings::defaults().overridden_by(s);
         let backends = nonempty(&s.backend, "--backend")?;
         let devices = nonempty(&s.device, "--device")?;

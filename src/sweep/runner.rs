@@ -69,11 +69,13 @@ pub struct RunOptions {
 /// The plans run into a results directory, oldest first (`plan.json`).
 pub const PLAN_FILE: &str = "plan.json";
 
-/// The settings that define a sweep's grid, as recorded in `plan.json` (`out` left out).
+/// The settings that define a sweep and what its cells measure, as recorded in `plan.json`
+/// (`out` and the pause between cells left out: a resume may change those).
 fn plan_settings(plan: &Plan) -> serde_json::Value {
     let mut v = serde_json::to_value(&plan.resolved).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("out");
+        o.remove("cooldown");
     }
     v
 }

@@ -16,8 +16,8 @@ use std::time::Instant;
 pub const EXPORTER_VERSION: u32 = 1;
 /// The manifest's file name inside an export directory.
 pub const MANIFEST: &str = "manifest.json";
-/// Initializer bytes above which the full-depth graph keeps its weights in `full.onnx.data`.
-const FULL_EXTERNAL_ABOVE: usize = 1 << 30;
+/// Initializer bytes above which a graph keeps its weights in `<graph>.data`.
+const EXTERNAL_ABOVE: usize = 1 << 30;
 
 /// One exported file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,7 +68,7 @@ pub struct Export {
 /// Where the export of `files` in `p` lives (the model's folder, or the user cache directory
 /// when that folder cannot be written).
 pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBuf {
-    let leaf = format!("{}-{}-v{EXPORTER_VERSION}", weights_hash.replace(':', "-"), p.name());
+    let leaf = format!("{}-c{}-{}-v{EXPORTER_VERSION}", weights_hash.replace(':', "-"), config_hash(files), p.name());
     let local = files.dir.join(".exitbench-onnx");
     if writable(&files.dir) || local.join(&leaf).is_dir() {
         return local.join(leaf);
@@ -80,6 +80,13 @@ pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBu
     let abs = std::fs::canonicalize(&files.dir).unwrap_or_else(|_| files.dir.clone());
     let tag = crate::hardware::hex::encode(&Sha256::digest(abs.display().to_string().as_bytes())[..6]);
     base.join("exitbench").join("onnx").join(tag).join(leaf)
+}
+
+/// A hash of the parsed config (shape, RoPE, norms): the graphs depend on it as much as on the
+/// weights, and random weights share one weights hash across shapes.
+pub fn config_hash(files: &ModelFiles) -> String {
+    let json = serde_json::to_string(&files.config).unwrap_or_default();
+    crate::hardware::hex::encode(&Sha256::digest(json.as_bytes())[..4])
 }
 
 fn writable(dir: &Path) -> bool {
@@ -100,8 +107,22 @@ pub fn ensure(files: &ModelFiles, p: Precision, warn: &mut dyn FnMut(&str)) -> R
             Ok(_) => warn(&format!("{}: the ONNX export was made from other weights; exporting again", dir.display())),
             Err(why) => warn(&format!("{}: the ONNX export does not match its manifest ({why}); exporting again", dir.display())),
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Out of the way under a unique name first, so that a concurrent shard never sees a
+        // half-deleted export (and another shard's removal of it is no error).
+        let trash = dir.with_extension(format!("trash-{}-{}", std::process::id(), unique()));
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&trash);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        if let Ok(manifest) = verify(&dir) {
+            // Another process exported it meanwhile.
+            return Ok(Export { dir, manifest, export_s: 0.0, fresh: false });
+        }
     }
+    remove_stale_temporaries(dir.parent());
     let t = Instant::now();
     let manifest = write_export(files, &wh, p, &dir, false)?;
     Ok(Export { dir, manifest, export_s: t.elapsed().as_secs_f64(), fresh: true })
@@ -126,6 +147,22 @@ pub fn verify(dir: &Path) -> std::result::Result<Manifest, String> {
         }
     }
     Ok(m)
+}
+
+fn unique() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
+
+/// Removes `.tmp-<pid>-*` folders whose process is gone (an export killed half-way).
+fn remove_stale_temporaries(parent: Option<&Path>) {
+    let Some(parent) = parent else { return };
+    for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn sha256_file(p: &Path) -> Result<String> {
@@ -165,27 +202,32 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
             out.push(ExportedFile { name: name.into(), bytes: bytes.len() as u64, sha256: crate::hardware::hex::encode(&Sha256::digest(bytes)) });
             Ok(())
         };
-        put("embed.onnx", &graphs::embed_graph(&w)?.finish(None))?;
+        // A graph whose weights pass 1 GiB keeps them in `<name>.data` (protobufs stop at 2 GiB:
+        // the full-depth graph of any real model, the embedding and head of a large vocabulary).
+        let mut put_graph = |name: &str, g: super::onnx::Graph, force: bool| -> Result<()> {
+            if force || g.initializer_bytes() > EXTERNAL_ABOVE {
+                let mut data = Vec::new();
+                let file = format!("{name}.data");
+                let proto = g.finish(Some((&file, &mut data)));
+                put(&file, &data)?;
+                put(name, &proto)
+            } else {
+                put(name, &g.finish(None))
+            }
+        };
+        put_graph("embed.onnx", graphs::embed_graph(&w)?, false)?;
         for i in 0..files.config.num_hidden_layers {
-            put(&format!("layer_{}.onnx", i + 1), &graphs::layer_graph(&w, i)?.finish(None))?;
-            put(&format!("propagate_{}.onnx", i + 1), &graphs::propagate_graph(&w, i)?.finish(None))?;
+            put_graph(&format!("layer_{}.onnx", i + 1), graphs::layer_graph(&w, i)?, false)?;
+            put_graph(&format!("propagate_{}.onnx", i + 1), graphs::propagate_graph(&w, i)?, false)?;
         }
-        put("head.onnx", &graphs::head_graph(&w)?.finish(None))?;
-        put("cosine.onnx", &graphs::cosine_graph(&w)?.finish(None))?;
+        put_graph("head.onnx", graphs::head_graph(&w)?, false)?;
+        put_graph("cosine.onnx", graphs::cosine_graph(&w)?, false)?;
         let cls = graphs::classifier_graph(&w)?;
         let has_classifier = cls.is_some();
         if let Some(c) = cls {
-            put("classifier.onnx", &c.finish(None))?;
+            put_graph("classifier.onnx", c, false)?;
         }
-        let full = graphs::full_graph(&w)?;
-        if force_external || full.initializer_bytes() > FULL_EXTERNAL_ABOVE {
-            let mut data = Vec::new();
-            let proto = full.finish(Some(("full.onnx.data", &mut data)));
-            put("full.onnx.data", &data)?;
-            put("full.onnx", &proto)?;
-        } else {
-            put("full.onnx", &full.finish(None))?;
-        }
+        put_graph("full.onnx", graphs::full_graph(&w)?, force_external)?;
         let mut h = Sha256::new();
         for f in &out {
             h.update(f.name.as_bytes());
@@ -213,10 +255,10 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
             return Err(e);
         }
     };
-    if std::fs::rename(&tmp, dest).is_err() {
+    if let Err(e) = std::fs::rename(&tmp, dest) {
         // Another process renamed its export into place first: keep that one if it is whole.
         let _ = std::fs::remove_dir_all(&tmp);
-        return verify(dest).map_err(|why| Error::Internal(format!("{}: {why}", dest.display())));
+        return verify(dest).map_err(|why| Error::io(dest, std::io::Error::other(format!("could not move the export into place ({e}), and what is there does not verify: {why}"))));
     }
     Ok(manifest)
 }

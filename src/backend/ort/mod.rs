@@ -77,7 +77,9 @@ pub const DEFAULT_SPINNING: bool = false;
 /// A hidden state: an ORT value on the session's device.
 pub type Hidden = Rc<DynValue>;
 
-fn session_builder(rt: &runtime::Runtime, device: DeviceKind, threads: usize, spinning: bool) -> Result<ort::session::builder::SessionBuilder> {
+/// A session builder for `device`. On CUDA the provider must load (`error_on_failure`) and, unless
+/// `allow_cpu_nodes`, no node may fall back to the CPU provider.
+fn session_builder(rt: &runtime::Runtime, device: DeviceKind, threads: usize, spinning: bool, allow_cpu_nodes: bool) -> Result<ort::session::builder::SessionBuilder> {
     let b = Session::builder(&rt.env).map_err(oe)?;
     let b = b.with_optimization_level(ort::session::builder::GraphOptimizationLevel::All).map_err(oe)?;
     let b = b.with_intra_threads(threads).map_err(oe)?;
@@ -88,7 +90,11 @@ fn session_builder(rt: &runtime::Runtime, device: DeviceKind, threads: usize, sp
         DeviceKind::Cuda(n) => {
             let ep = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
             let b = b.with_execution_providers([ep]).map_err(|e| Error::Unsupported(format!("ONNX Runtime's CUDA provider for cuda:{n}: {e}")))?;
-            b.with_disable_cpu_fallback().map_err(oe)
+            if allow_cpu_nodes {
+                Ok(b)
+            } else {
+                b.with_disable_cpu_fallback().map_err(oe)
+            }
         }
     }
 }
@@ -124,18 +130,34 @@ impl OrtBackend {
         let mut warn = |m: &str| eprintln!("warning: {m}");
         let ex = export::ensure(files, precision, &mut warn)?;
         let t = Instant::now();
+        let cpu_nodes = std::cell::RefCell::new(Vec::<String>::new());
         let make = |name: &str, with_optimized: Option<&Path>| -> Result<Graph> {
             let path = ex.dir.join(name);
-            let mut b = session_builder(rt, device, threads, spinning)?;
-            if let Some(o) = with_optimized {
-                b = b.with_optimized_model_path(o).map_err(oe)?;
-            }
-            let session = b.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
+            let build = |allow: bool| -> Result<ort::session::builder::SessionBuilder> {
+                let mut b = session_builder(rt, device, threads, spinning, allow)?;
+                if let Some(o) = with_optimized {
+                    b = b.with_optimized_model_path(o).map_err(oe)?;
+                }
+                Ok(b)
+            };
+            let session = match build(false)?.commit_from_file(&path) {
+                Ok(s) => s,
+                // ONNX Runtime keeps small shape computations (Shape, Range...) on its CPU provider
+                // on purpose; with CPU fallback disabled it refuses such a graph. Then the graph
+                // runs with those nodes on the CPU, and the record says so (never silently).
+                Err(e) if device != DeviceKind::Cpu && e.to_string().to_ascii_lowercase().contains("fallback") => {
+                    cpu_nodes.borrow_mut().push(format!("{name}: {e}"));
+                    build(true)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?
+                }
+                Err(e) => return Err(creation_error(&path, precision, device, e)),
+            };
             let binding = session.create_binding().map_err(oe)?;
             let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
             Ok(Graph { session, binding, outputs, mem: mem_info(device)? })
         };
-        let optimized = std::env::temp_dir().join(format!("exitbench-opt-{}-{}.onnx", std::process::id(), precision.name()));
+        static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let optimized = std::env::temp_dir().join(format!("exitbench-opt-{}-{n}-{}.onnx", std::process::id(), precision.name()));
         let l = files.config.num_hidden_layers;
         let mut layers = Vec::with_capacity(l);
         for i in 1..=l {
@@ -160,6 +182,7 @@ impl OrtBackend {
             compute_dtype,
             threads,
             spinning: Some(spinning),
+            cpu_nodes: { let c = cpu_nodes.borrow(); (!c.is_empty()).then(|| c.join("; ")) },
         };
         Ok(Self {
             cfg: files.config.clone(),
@@ -240,7 +263,7 @@ impl FullDepth {
     pub fn open_file(path: &Path, files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
         let rt = runtime::runtime()?;
         let path = path.to_path_buf();
-        let session = session_builder(rt, device, threads, spinning)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
+        let session = session_builder(rt, device, threads, spinning, true)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
         let binding = session.create_binding().map_err(oe)?;
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let empty = empty_tensor(precision, [1, files.config.kv_heads(), 0, files.config.head_dim()])?;
