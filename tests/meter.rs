@@ -2,6 +2,8 @@
 //! with the exact error text), window arithmetic against scripted power, NVML absent without a
 //! panic, the estimate labelled `estimate`, and the `info` / `meter` subcommands.
 
+mod common;
+use common::{exitbench, NO_ENV};
 use exitbench::meter::estimate::{CpuPower, EstimateMeter};
 use exitbench::meter::integrate::{integrate_window, window_warnings};
 use exitbench::meter::rapl::{self, RaplMeter};
@@ -394,15 +396,6 @@ fn estimate_is_labelled_estimate() {
     }
 }
 
-fn exitbench(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_exitbench"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 #[test]
 fn info_json_lists_every_backend() {
@@ -461,7 +454,7 @@ fn meter_seconds_and_commands_and_exit_codes() {
 #[test]
 fn meter_command_on_fake_rapl_reports_rapl() {
     let t = two_packages();
-    let (code, out, err) = exitbench(&["meter", "--json", "--powercap-root", t.path().to_str().unwrap(), "--", "true"], &[]);
+    let (code, out, err) = exitbench(&["meter", "--json", "--powercap-root", t.path().to_str().unwrap(), "--", "true"], NO_ENV);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["window"]["source_label"], "rapl");

@@ -2,6 +2,8 @@
 //! tokens and exit decisions; bad libraries, caches and devices are errors, never panics. These
 //! tests need ONNX Runtime (`bash scripts/setup-venv.sh`); without it they fail.
 
+mod common;
+use common::{exitbench, NO_ENV};
 use exitbench::backend::{self, Backend, BackendKind, DeviceKind, OpenBackend};
 use exitbench::decode::{generate, GenerateOptions, Generation, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
@@ -155,30 +157,21 @@ fn export_onnx_writes_a_verified_cache_and_refuses_an_existing_out() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), &tiny_config(2, 300), 61).unwrap();
     let d = dir.path().display().to_string();
-    let (code, out, err) = exitbench(&["export-onnx", "--model", &d], &[]);
+    let (code, out, err) = exitbench(&["export-onnx", "--model", &d], NO_ENV);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("files") && out.contains("dtype f32"), "{out}");
-    let (code, _, err) = exitbench(&["export-onnx", "--model", &d], &[]);
+    let (code, _, err) = exitbench(&["export-onnx", "--model", &d], NO_ENV);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("up to date"), "{err}");
     let target = dir.path().join("mine");
     let t = target.display().to_string();
-    assert_eq!(exitbench(&["export-onnx", "--model", &d, "--out", &t, "--dtype", "f16"], &[]).0, 0);
+    assert_eq!(exitbench(&["export-onnx", "--model", &d, "--out", &t, "--dtype", "f16"], NO_ENV).0, 0);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(target.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["dtype"], "f16");
     refused(&["export-onnx".into(), "--model".into(), d.clone(), "--out".into(), t.clone()], &[], &["--out", "already exists"]);
     refused(&["export-onnx".into(), "--model".into(), d, "--dtype".into(), "f8".into()], &[], &["--dtype"]);
 }
 
-fn exitbench(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_exitbench"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 fn gen(dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = ["generate", "--backend", "ort", "--model", &dir.display().to_string(), "--prompt", "The Hawks", "--max-new-tokens", "3"].iter().map(|s| s.to_string()).collect();
@@ -234,7 +227,7 @@ fn bad_libraries_caches_and_devices_are_errors_not_panics() {
     // A corrupt and a truncated graph in the cache: re-exported with a warning, then it runs.
     let ok = gen(dir.path(), &["--json"]);
     let okr: Vec<&str> = ok.iter().map(String::as_str).collect();
-    let (code, first, err) = exitbench(&okr, &[]);
+    let (code, first, err) = exitbench(&okr, NO_ENV);
     assert_eq!(code, 0, "{err}");
     let cache = std::fs::read_dir(dir.path().join(".exitbench-onnx")).unwrap().next().unwrap().unwrap().path();
     for damage in ["corrupt", "truncate"] {
@@ -242,7 +235,7 @@ fn bad_libraries_caches_and_devices_are_errors_not_panics() {
         let bytes = std::fs::read(&f).unwrap();
         let new = if damage == "corrupt" { bytes.iter().map(|b| b ^ 0x5a).collect() } else { bytes[..bytes.len() / 2].to_vec() };
         std::fs::write(&f, new).unwrap();
-        let (code, out, err) = exitbench(&okr, &[]);
+        let (code, out, err) = exitbench(&okr, NO_ENV);
         assert_eq!(code, 0, "{damage}: {err}");
         assert!(err.contains("does not match its manifest") && err.contains("exporting again"), "{damage}: {err}");
         let ids = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["token_ids"].clone();

@@ -94,9 +94,7 @@ pub fn head_summary_on_device(logits: &Tensor, neg_inf: &Tensor) -> Result<HeadS
     let m2 = masked.max_keepdim(0)?;
     // Indices below 2^24 are exact in f32 (vocabularies are far smaller).
     let s = Tensor::cat(&[idx.to_dtype(DType::F32)?, m, m2, z], 0)?.to_vec1::<f32>()?;
-    let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
-    let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
-    Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 })
+    Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
 }
 
 impl Backend for CandleBackend {

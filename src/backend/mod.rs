@@ -139,8 +139,14 @@ impl HeadSummary {
             }
         }
         let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
+        HeadSummary::from_reduced(i1 as u32, v1, v2, z)
+    }
+
+    /// The summary from the reductions a device computed: argmax, top-1 and top-2 logits, and
+    /// z = Σ exp(logit − top-1).
+    pub fn from_reduced(argmax: u32, v1: f32, v2: f32, z: f32) -> Self {
         let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
-        HeadSummary { argmax: i1 as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 }
+        HeadSummary { argmax, p1: 1.0 / z, p2, logit_gap: v1 - v2 }
     }
 }
 

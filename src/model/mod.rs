@@ -93,6 +93,8 @@ pub struct ModelFiles {
     pub random_weights: Option<u64>,
     /// Decoder weight files (empty for random weights; the exit classifiers are not listed).
     pub weight_files: Vec<PathBuf>,
+    /// [`ModelFiles::weights_hash`], once computed (it reads every weight file).
+    hash: std::sync::OnceLock<String>,
 }
 
 impl ModelFiles {
@@ -117,14 +119,19 @@ impl ModelFiles {
             Some(_) => Vec::new(),
             None => weights::decoder_weight_paths(dir)?,
         };
-        Ok(Self { dir: dir.to_path_buf(), config, tokenizer, random_weights, weight_files })
+        Ok(Self { dir: dir.to_path_buf(), config, tokenizer, random_weights, weight_files, hash: std::sync::OnceLock::new() })
     }
 
     /// SHA-256 (first 16 hex digits) of every `*.safetensors` file of the directory (decoder
     /// weights and exit classifiers), in name order; `random:SEED` for random weights. Records
     /// and `check` match cells on it.
     pub fn weights_hash(&self) -> Result<String> {
-        weights_hash(&self.dir, self.random_weights)
+        // Read once per opening: the runner keys cells on it and the ONNX export is named by it.
+        if let Some(h) = self.hash.get() {
+            return Ok(h.clone());
+        }
+        let h = weights_hash(&self.dir, self.random_weights)?;
+        Ok(self.hash.get_or_init(|| h).clone())
     }
 }
 

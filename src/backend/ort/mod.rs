@@ -236,9 +236,7 @@ impl OrtBackend {
         let mut out = self.head.run(&[("hidden", h)])?;
         let s = Self::take(&mut out, "summary")?;
         let s = to_host_f32(&s)?;
-        let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
-        let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
-        Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2, logit_gap: v1 - v2 })
+        Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
     }
 }
 
@@ -297,8 +295,7 @@ impl FullDepth {
         drop(out);
         self.caches = caches;
         self.len += tokens.len();
-        let (idx, v1, v2, z) = (s[0], s[1], s[2], s[3]);
-        Ok(HeadSummary { argmax: idx as u32, p1: 1.0 / z, p2: if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 }, logit_gap: v1 - v2 })
+        Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
     }
 }
 
