@@ -84,7 +84,7 @@ fn bench_model(c: &mut Criterion, name: &str, files: &ModelFiles, prompt: &[u32]
     for kind in [BackendKind::Candle, BackendKind::Ort] {
         let mut b = backend::open(kind, files, DeviceKind::Cpu, Precision::F32, threads).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         for (label, mode) in modes(layers, early) {
-            let opts = GenerateOptions { mode, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![] };
+            let opts = GenerateOptions { mode, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
             g.bench_function(format!("{}/{label}", kind.name()), |bch| bch.iter_custom(|iters| with_backend!(&mut b, x => time_steps(x, prompt, &opts, iters))));
         }
     }
@@ -95,7 +95,7 @@ fn bench_model(c: &mut Criterion, name: &str, files: &ModelFiles, prompt: &[u32]
     if threads > 1 {
         // Spinning intra-op threads, against the default (off) measured above as `ort/full`.
         let mut spin = OrtBackend::open_with(files, DeviceKind::Cpu, Precision::F32, threads, true).unwrap();
-        let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![] };
+        let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
         g.bench_function("ort/full (spinning threads)", |bch| bch.iter_custom(|iters| time_steps(&mut spin, prompt, &opts, iters)));
     }
     g.finish();

@@ -50,7 +50,7 @@ fn bench_steps(c: &mut Criterion, m: &LoadedModel, threads: usize) {
         modes.push((measure.name(), policy(measure)));
     }
     for (name, mode) in modes {
-        let opts = GenerateOptions { mode, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![] };
+        let opts = GenerateOptions { mode, max_new_tokens: 64, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
         g.bench_function(name, |bch| {
             bch.iter_batched(
                 || (base.clone(), rand::rngs::StdRng::seed_from_u64(0)),

@@ -102,16 +102,17 @@ impl ModelBytes {
     }
 }
 
-/// Mean bytes read per decoded token over `gens` (each generation's prompt length and exit
-/// layers) for `mode` on a model of `cfg` at `bytes_per_element`; None without decoded tokens.
-pub fn bytes_per_token(mode: &crate::exit::ExitMode, cfg: &crate::model::LlamaConfig, bytes_per_element: f64, gens: &[crate::decode::Generation]) -> Option<f64> {
+/// Mean bytes read per decoded token over `samples` (each generation's prompt length and the
+/// exit layers of its generated tokens, the prefill's first) for `mode` on a model of `cfg` at
+/// `bytes_per_element`; None without decoded tokens.
+pub fn bytes_per_token<'a>(mode: &crate::exit::ExitMode, cfg: &crate::model::LlamaConfig, bytes_per_element: f64, samples: impl IntoIterator<Item = (usize, &'a [usize])>) -> Option<f64> {
     use crate::exit::{ExitMode, Measure};
     let l = cfg.num_hidden_layers;
     let b = ModelBytes::of(cfg, bytes_per_element);
     let (mut total, mut n) = (0.0, 0usize);
-    for g in gens {
-        for (i, t) in g.tokens.iter().enumerate().skip(1) {
-            let cached = g.prompt_tokens + i - 1;
+    for (prompt_tokens, exits) in samples {
+        for (i, &exit_layer) in exits.iter().enumerate().skip(1) {
+            let cached = prompt_tokens + i - 1;
             let bytes = match mode {
                 ExitMode::Full => b.token(l, 1, 0, 0, cached),
                 ExitMode::Static { layer } => b.token(*layer, 1, 0, 0, cached),
@@ -120,15 +121,15 @@ pub fn bytes_per_token(mode: &crate::exit::ExitMode, cfg: &crate::model::LlamaCo
                     b.token(l, points + 1, 0, 0, cached)
                 }
                 ExitMode::Dynamic(p) => {
-                    let checked = (1..=t.exit_layer).filter(|&x| p.is_exit_point(x, l)).count();
+                    let checked = (1..=exit_layer).filter(|&x| p.is_exit_point(x, l)).count();
                     // The softmax measures' exit head picks the token too; other measures need one
                     // head for the token (at the exit, or the final one).
                     let (heads, classifiers) = match p.measure {
-                        Measure::SoftmaxDiff | Measure::SoftmaxMax => (checked + usize::from(t.exit_layer == l), 0),
+                        Measure::SoftmaxDiff | Measure::SoftmaxMax => (checked + usize::from(exit_layer == l), 0),
                         Measure::Classifier => (1, checked),
                         Measure::Saturation => (1, 0),
                     };
-                    b.token(t.exit_layer, heads, classifiers, l - t.exit_layer, cached)
+                    b.token(exit_layer, heads, classifiers, l - exit_layer, cached)
                 }
             };
             total += bytes;

@@ -4,6 +4,7 @@
 //! the test split next to full depth, the oracle and the lead baseline (the report's first
 //! sentence as the summary).
 
+use crate::results::{Baseline, CellStatus};
 use crate::data::synth;
 use crate::data::DatasetSpec;
 use crate::error::{Error, Result};
@@ -155,7 +156,7 @@ fn pick(rows: &[ReportRow], records: &[CellRecord], measure: &str, max_d: f64) -
     let mut best: Option<(f64, f64, f64, f64)> = None; // (avg layers, ms/token, threshold, D)
     for r in rows {
         let rec = &records[r.record];
-        if rec.key.measure != measure || rec.key.baseline != "none" || rec.status != "ok" {
+        if rec.key.measure != measure || rec.key.baseline != Baseline::None || rec.status != CellStatus::Ok {
             continue;
         }
         let Some(d) = r.d_full.map(|x| x.mean) else { continue };
@@ -171,8 +172,8 @@ fn pick(rows: &[ReportRow], records: &[CellRecord], measure: &str, max_d: f64) -
 }
 
 fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[(String, Option<(f64, f64)>)], max_d: f64) -> Result<Calibration> {
-    let full = records.iter().find(|r| r.key.baseline == "full" && r.status == "ok").ok_or_else(|| Error::Internal("no full-depth cell on test".into()))?;
-    let oracle = rows.iter().find(|r| records[r.record].key.baseline == "oracle");
+    let full = records.iter().find(|r| r.key.baseline == Baseline::Full && r.status == CellStatus::Ok).ok_or_else(|| Error::Internal("no full-depth cell on test".into()))?;
+    let oracle = rows.iter().find(|r| records[r.record].key.baseline == Baseline::Oracle);
     let measures = chosen
         .iter()
         .map(|(m, pick)| {

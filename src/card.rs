@@ -146,7 +146,7 @@ fn lr_raises(log: &[LogLine], warmup: usize) -> Vec<(usize, f64, f64)> {
 pub fn reproduce(m: &LoadedModel, index: usize, max_new_tokens: usize) -> Result<Reproduce> {
     let s = synth::sample(Split::Test, synth::DEFAULT_SEED, index);
     let prompt = m.tokenizer.encode(&s.prompt)?;
-    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens, sampling: Sampling::default(), eos_ids: m.config.eos_ids() };
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens, sampling: Sampling::default(), eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
     let g = generate(&mut crate::backend::candle::CandleBackend::new(&m.model), &prompt, &opts)?;
     let ids = g.ids();
     Ok(Reproduce { dataset: "synth:test".into(), id: s.id, max_new_tokens, output: m.tokenizer.decode(&ids)?.trim().to_string(), token_ids: ids })

@@ -50,6 +50,19 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// Ids that end generation.
     pub eos_ids: Vec<u32>,
+    /// Time every layer separately (`Generation::layer_s`), synchronizing the device after each
+    /// one: free on the CPU, a profiling pass on a GPU (never inside timed GPU cells).
+    pub profile_layers: bool,
+    /// Split each token's time into layers / exit checks / propagation (synchronizing at their
+    /// boundaries); false times the whole token at once (the split-cost row).
+    pub time_split: bool,
+}
+
+impl GenerateOptions {
+    /// Greedy generation in `mode`, the time split on, no per-layer profile.
+    pub fn greedy(mode: ExitMode, max_new_tokens: usize, eos_ids: Vec<u32>) -> Self {
+        GenerateOptions { mode, max_new_tokens, sampling: Sampling::default(), eos_ids, profile_layers: false, time_split: true }
+    }
 }
 
 /// One generated token.
@@ -118,6 +131,13 @@ pub struct Generation {
     pub prefill_s: f64,
     /// Why generation stopped.
     pub stop: StopReason,
+    /// Seconds per layer index (index 0 = layer 1) summed over the decoded tokens that ran it;
+    /// empty unless `profile_layers` was set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_s: Vec<f64>,
+    /// Decoded tokens that ran each layer (index 0 = layer 1); empty unless profiled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_runs: Vec<u64>,
 }
 
 impl Generation {
@@ -160,6 +180,7 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
     backend.reset();
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.sampling.seed);
     let depth = opts.mode.depth(layers);
+    let mut profile = opts.profile_layers.then(|| LayerProfile { seconds: vec![0.0; layers], runs: vec![0; layers] });
 
     let start = Instant::now();
     let mut h = backend.embed(prompt)?;
@@ -183,13 +204,14 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
             break StopReason::MaxPositions;
         }
         let step = tokens.len() - 1;
-        let trace = decode_token(backend, last, step, opts, &mut rng)?;
+        let trace = decode_token_profiled(backend, last, step, opts, &mut rng, profile.as_mut())?;
         tokens.push(trace);
     };
     if opts.max_new_tokens == 0 {
         tokens.clear();
     }
-    Ok(Generation { prompt_tokens: prompt.len(), tokens, prefill_s, stop })
+    let (layer_s, layer_runs) = profile.map(|p| (p.seconds, p.runs)).unwrap_or_default();
+    Ok(Generation { prompt_tokens: prompt.len(), tokens, prefill_s, stop, layer_s, layer_runs })
 }
 
 fn check_prompt<B: Backend>(backend: &B, prompt: &[u32]) -> Result<()> {
@@ -216,9 +238,25 @@ struct Clock {
     prop: f64,
 }
 
+/// Per-layer seconds and run counts over a generation's decoded tokens.
+struct LayerProfile {
+    seconds: Vec<f64>,
+    runs: Vec<u64>,
+}
+
 /// Runs one token through the layers (caches must hold the sequence so far); `step` is the
 /// 0-based decode step (for schedules). Public for benches; `generate` is the entry point.
 pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: &GenerateOptions, rng: &mut rand::rngs::StdRng) -> Result<TokenTrace> {
+    decode_token_profiled(backend, token, step, opts, rng, None)
+}
+
+/// `decode_token`, adding each layer's time to `profile` when given.
+///
+/// Synchronization follows one rule in every mode: the device is synchronized only where the
+/// host needs a result (an exit point's check, the token) and at the boundaries of the time
+/// split (a run of layers ends before a check); consecutive layers without an exit point between
+/// them run unsynchronized. With `time_split` off nothing is synchronized before the token.
+fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, opts: &GenerateOptions, rng: &mut rand::rngs::StdRng, mut profile: Option<&mut LayerProfile>) -> Result<TokenTrace> {
     let layers = backend.num_layers();
     let mut clock = Clock::default();
     let t0 = Instant::now();
@@ -226,9 +264,20 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
     clock.layers += t0.elapsed().as_secs_f64();
     let mut margin: Option<f32> = None;
     let (id, exit_layer, confidence, gap) = match &opts.mode {
+        ExitMode::Full | ExitMode::Static { .. } if !opts.time_split && profile.is_none() => {
+            // The split-cost row: one timer around the layers and the head, no sync between.
+            let depth = opts.mode.depth(layers);
+            let t = Instant::now();
+            for l in 1..=depth {
+                h = backend.layer(l, &h)?;
+            }
+            let (id, gap) = choose(backend, &h, None, &opts.sampling, rng)?;
+            clock.layers += t.elapsed().as_secs_f64();
+            (id, depth, None, gap)
+        }
         ExitMode::Full | ExitMode::Static { .. } => {
             let depth = opts.mode.depth(layers);
-            h = timed_layers(backend, &h, 1..=depth, &mut clock)?;
+            h = timed_layers(backend, &h, 1..=depth, &mut clock, profile.as_deref_mut())?.1;
             let t = Instant::now();
             let (id, gap) = choose(backend, &h, None, &opts.sampling, rng)?;
             clock.checks += t.elapsed().as_secs_f64();
@@ -236,9 +285,14 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
         }
         ExitMode::Oracle { min_exit_layer, exit_interval } => {
             let mut argmaxes = Vec::new();
+            let mut from = 1;
             for l in 1..=layers {
-                h = timed_layers(backend, &h, l..=l, &mut clock)?;
-                if ExitMode::oracle_point(l, layers, *min_exit_layer, *exit_interval) {
+                if !ExitMode::oracle_point(l, layers, *min_exit_layer, *exit_interval) && l < layers {
+                    continue;
+                }
+                h = timed_layers(backend, &h, from..=l, &mut clock, profile.as_deref_mut())?.1;
+                from = l + 1;
+                if l < layers {
                     let t = Instant::now();
                     argmaxes.push((l, backend.head(&h)?.argmax));
                     clock.checks += t.elapsed().as_secs_f64();
@@ -253,11 +307,17 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
         }
         ExitMode::Dynamic(policy) => {
             let lambda = policy.schedule.threshold(policy.threshold, step, opts.max_new_tokens);
-            let mut prev = h.clone();
             let mut exited = None;
+            let mut from = 1;
             for l in 1..=layers {
-                let cur = timed_layers(backend, &h, l..=l, &mut clock)?;
-                if policy.is_exit_point(l, layers) {
+                let point = policy.is_exit_point(l, layers);
+                if !point && l < layers {
+                    continue;
+                }
+                // Layers `from..=l` run back to back; `prev` is the input of layer l.
+                let (prev, cur) = timed_layers(backend, &h, from..=l, &mut clock, profile.as_deref_mut())?;
+                from = l + 1;
+                if point {
                     let t = Instant::now();
                     let (conf, summary) = confidence(backend, policy.measure, l, &prev, &cur)?;
                     let m = (conf as f64 - lambda).abs() as f32;
@@ -275,7 +335,6 @@ pub fn decode_token<B: Backend>(backend: &mut B, token: u32, step: usize, opts: 
                         break;
                     }
                 }
-                prev = cur.clone();
                 h = cur;
             }
             match exited {
@@ -306,15 +365,36 @@ fn choose<B: Backend>(backend: &mut B, h: &B::Hidden, summary: Option<HeadSummar
     Ok((select(&backend.exit_logits(h)?, s, rng), None))
 }
 
-fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::RangeInclusive<usize>, clock: &mut Clock) -> Result<B::Hidden> {
+/// Runs layers `range` from `h` back to back and synchronizes once at the end (after each layer
+/// too when profiling, adding each layer's seconds to the profile). Returns (the input of the
+/// last layer, the output).
+fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::RangeInclusive<usize>, clock: &mut Clock, profile: Option<&mut LayerProfile>) -> Result<(B::Hidden, B::Hidden)> {
     let t = Instant::now();
+    let mut prev = h.clone();
     let mut h = h.clone();
-    for l in range {
-        h = backend.layer(l, &h)?;
+    match profile {
+        None => {
+            for l in range {
+                prev = h;
+                h = backend.layer(l, &prev)?;
+            }
+            backend.sync()?;
+        }
+        Some(p) => {
+            let mut last = t;
+            for l in range {
+                prev = h;
+                h = backend.layer(l, &prev)?;
+                backend.sync()?;
+                let now = Instant::now();
+                p.seconds[l - 1] += (now - last).as_secs_f64();
+                p.runs[l - 1] += 1;
+                last = now;
+            }
+        }
     }
-    backend.sync()?;
     clock.layers += t.elapsed().as_secs_f64();
-    Ok(h)
+    Ok((prev, h))
 }
 
 /// The measure's confidence at layer `l` (and the exit head's summary when the measure computed it).

@@ -27,9 +27,10 @@ pub enum Error {
     /// The user (Ctrl-C) or the scheduler (SIGTERM) asked the run to stop.
     #[error("interrupted")]
     Interrupted,
-    /// A sweep stopped on request with `done` of its `total` cells finished and written.
-    #[error("interrupted: {done} of {total} cells done")]
-    Stopped { done: usize, total: usize },
+    /// A sweep stopped on request with `done` of its `total` cells finished and written, and
+    /// `rounds` cell-rounds of unfinished cells kept for `--resume`.
+    #[error("interrupted: {done} of {total} cells done, {rounds} cell-round(s) of unfinished cells kept")]
+    Stopped { done: usize, total: usize, rounds: usize },
     /// Any other internal failure.
     #[error("{0}")]
     Internal(String),

@@ -108,3 +108,87 @@ pub fn default_shape() -> LlamaConfig {
         ..tiny_config(6, 1024)
     }
 }
+
+/// A backend whose layers and exit heads each cost `cost` (spun, on top of the inner backend's
+/// own time) and `factor` × that from the `slow_from`-th layer call on: a machine that slows
+/// down mid-run, for scheduling tests. Outputs are the inner backend's.
+pub struct Drifting<B> {
+    /// The backend doing the work.
+    pub inner: B,
+    /// Added cost of a layer or an exit head.
+    pub cost: std::time::Duration,
+    /// Layer calls after which everything costs `factor` times more.
+    pub slow_from: u64,
+    /// The slowdown.
+    pub factor: f64,
+    /// Layer calls so far.
+    pub calls: u64,
+}
+
+impl<B> Drifting<B> {
+    fn spin(&self) {
+        let d = if self.calls >= self.slow_from { self.cost.mul_f64(self.factor) } else { self.cost };
+        let t = std::time::Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+impl<B: crate::backend::Backend> crate::backend::Backend for Drifting<B> {
+    type Hidden = B::Hidden;
+    fn num_layers(&self) -> usize {
+        self.inner.num_layers()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        self.inner.max_positions()
+    }
+    fn has_classifier(&self) -> bool {
+        self.inner.has_classifier()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn cache_len(&self, layer: usize) -> usize {
+        self.inner.cache_len(layer)
+    }
+    fn embed(&mut self, tokens: &[u32]) -> Result<Self::Hidden> {
+        self.inner.embed(tokens)
+    }
+    fn layer(&mut self, layer: usize, h: &Self::Hidden) -> Result<Self::Hidden> {
+        self.calls += 1;
+        self.spin();
+        self.inner.layer(layer, h)
+    }
+    fn propagate(&mut self, layer: usize, h: &Self::Hidden) -> Result<()> {
+        self.inner.propagate(layer, h)
+    }
+    fn head(&mut self, h: &Self::Hidden) -> Result<crate::backend::HeadSummary> {
+        self.spin();
+        self.inner.head(h)
+    }
+    fn exit_logits(&mut self, h: &Self::Hidden) -> Result<Vec<f32>> {
+        self.inner.exit_logits(h)
+    }
+    fn cosine(&mut self, a: &Self::Hidden, b: &Self::Hidden) -> Result<f32> {
+        self.inner.cosine(a, b)
+    }
+    fn classifier(&mut self, layer: usize, h: &Self::Hidden) -> Result<f32> {
+        self.inner.classifier(layer, h)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn hidden_to_host(&self, h: &Self::Hidden) -> Result<Vec<f32>> {
+        self.inner.hidden_to_host(h)
+    }
+    fn cached_kv(&self, layer: usize) -> Result<Option<crate::backend::KvSnapshot>> {
+        self.inner.cached_kv(layer)
+    }
+    fn runtime_info(&self) -> crate::backend::RuntimeInfo {
+        self.inner.runtime_info()
+    }
+}

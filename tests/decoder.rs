@@ -24,7 +24,7 @@ fn tiny(layers: usize, seed: u64) -> (tempfile::TempDir, LoadedModel) {
 }
 
 fn opts(mode: ExitMode, n: usize) -> GenerateOptions {
-    GenerateOptions { mode, max_new_tokens: n, sampling: Sampling::default(), eos_ids: vec![] }
+    GenerateOptions { mode, max_new_tokens: n, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true }
 }
 
 fn dynamic(measure: Measure, threshold: f64) -> ExitMode {

@@ -81,7 +81,7 @@ fn default_model_tokens_and_exit_layers_match_candle() {
     let mut compared = 0;
     for measure in Measure::ALL {
         for threshold in [0.9, 0.7, 0.5] {
-            let opts = GenerateOptions { mode: mode(measure, threshold), max_new_tokens: 64, sampling: Sampling::default(), eos_ids: files.config.eos_ids() };
+            let opts = GenerateOptions { mode: mode(measure, threshold), max_new_tokens: 64, sampling: Sampling::default(), eos_ids: files.config.eos_ids(), profile_layers: false, time_split: true };
             let (mut ties, mut differ) = (0, Vec::new());
             for (i, p) in prompts.iter().enumerate() {
                 let a = with_backend!(&mut c, b => generate(b, p, &opts)).unwrap();
@@ -111,7 +111,7 @@ fn f16_runs_finite_and_reports_its_agreement_and_bf16_is_unsupported_on_cpu() {
     write_random_classifiers(dir.path(), &cfg, 3).unwrap();
     let files = ModelFiles::open(dir.path(), None).unwrap();
     let prompt = files.tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
-    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 16, sampling: Sampling::default(), eos_ids: vec![] };
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 16, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
     let g32 = with_backend!(&mut open(BackendKind::Ort, dir.path(), Precision::F32), b => generate(b, &prompt, &opts)).unwrap();
     let mut o16 = open(BackendKind::Ort, dir.path(), Precision::F16);
     let info = with_backend!(&mut o16, b => b.runtime_info());
@@ -143,7 +143,7 @@ fn full_depth_graph_with_external_data_matches_layer_by_layer() {
     assert!(std::fs::metadata(out.join("full.onnx")).unwrap().len() < 64 * 1024, "weights stayed inside the protobuf");
     let mut full = exitbench::backend::ort::FullDepth::open_file(&out.join("full.onnx"), &files, DeviceKind::Cpu, Precision::F32, 1, false).unwrap();
     let prompt = files.tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
-    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 12, sampling: Sampling::default(), eos_ids: vec![] };
+    let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 12, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
     let lbl = with_backend!(&mut open(BackendKind::Ort, dir.path(), Precision::F32), b => generate(b, &prompt, &opts)).unwrap();
     let mut ids = vec![full.step(&prompt).unwrap().argmax];
     while ids.len() < 12 {

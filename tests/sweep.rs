@@ -1,6 +1,7 @@
 //! Sweeps end to end through the binary on a tiny random-weight model: golden reports, SIGKILL
 //! and --resume, shards merged, the CI gate, and bad settings.
 
+use exitbench::results::{Baseline, CellStatus};
 use exitbench::testkit::{tiny_config, write_tiny_model};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,7 +70,8 @@ fn mask_csv(text: &str) -> String {
     let masked = ["model", "dataset", "machine", "speedup_measured", "speedup_measured_err", "ms_per_token", "ms_per_token_std", "tokens_per_s",
         "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token",
         "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j", "energy_cpu_j", "energy_dram_j",
-        "energy_warnings", "runtime_version", "export_s", "session_s", "achieved_gb_s", "mem_bandwidth_gb_s", "mem_bandwidth_all_gb_s"];
+        "energy_warnings", "runtime_version", "export_s", "session_s", "achieved_gb_s", "mem_bandwidth_gb_s", "mem_bandwidth_all_gb_s",
+        "speedup_measured_lo", "speedup_measured_hi", "prefill_j_per_query", "layer_us"];
     let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
     for rec in rd.records() {
         let rec = rec.unwrap();
@@ -94,8 +96,8 @@ fn mask_md(text: &str) -> String {
                 cells.join("|")
             } else if l.starts_with("| ") && !l.starts_with("| setting") && !l.starts_with("| group") {
                 let mut cells: Vec<String> = l.split('|').map(str::to_string).collect();
-                // Timing- and energy-dependent columns: measured speedup, J/token, Wh, gCO2e.
-                for i in [5, 7, 8, 9] {
+                // Timing- and energy-dependent columns: measured speedup, J/token, decode J/token, Wh, gCO2e.
+                for i in [5, 7, 8, 9, 10] {
                     if cells.len() > i + 1 {
                         cells[i] = " * ".into();
                     }
@@ -165,7 +167,7 @@ fn schema_1_records_are_upgraded_exactly() {
         .map(|r| {
             let mut v = r.clone();
             v.schema_version = 1;
-            let depth = if v.key.baseline == "static" { v.key.static_layer.unwrap() } else { v.num_layers };
+            let depth = if v.key.baseline == Baseline::Static { v.key.static_layer.unwrap() } else { v.num_layers };
             v.exit_histogram[depth - 1] += v.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
             let n: u64 = v.exit_histogram.iter().sum();
             v.avg_layers = v.exit_histogram.iter().enumerate().map(|(i, &c)| (i + 1) as f64 * c as f64).sum::<f64>() / n as f64;
@@ -187,7 +189,7 @@ fn schema_1_records_are_upgraded_exactly() {
             assert!((a.avg_layers - b.avg_layers).abs() < 1e-12);
         }
     }
-    assert!(now.iter().any(|r| r.key.baseline == "static") && now.iter().any(|r| r.avg_layers < r.num_layers as f64 - 0.5));
+    assert!(now.iter().any(|r| r.key.baseline == Baseline::Static) && now.iter().any(|r| r.avg_layers < r.num_layers as f64 - 0.5));
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -198,25 +200,37 @@ fn cell_ids(p: &Path) -> Vec<String> {
     lines(p).iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cell_id"].as_str().unwrap().to_string()).collect()
 }
 
+/// (cell, round) of every complete line of a rounds file.
+fn round_keys(p: &Path) -> Vec<(String, u64)> {
+    lines(p)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["cell_id"].as_str().unwrap().to_string(), v["round"].as_u64().unwrap()))
+        .collect()
+}
+
 #[test]
-fn sigkill_then_resume_keeps_every_cell_once() {
+fn sigkill_mid_round_then_resume_counts_every_round_once() {
     let (m, d, data) = fixture(12);
     let out = d.path().join("out");
+    // 12 samples in rounds of 5 (3 blocks) × 3 repetitions: 9 rounds of 7 cells.
     let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(),
-        &[("--samples", "12"), ("--max-new-tokens", "24"), ("--repetitions", "3")]);
-    let results = out.join("results.jsonl");
+        &[("--samples", "12"), ("--max-new-tokens", "24"), ("--repetitions", "3"), ("--round-samples", "5")]);
+    let (results, rounds) = (out.join("results.jsonl"), out.join("rounds.jsonl"));
     let mut child = bin().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
-    while lines(&results).len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no records appeared");
+    // Kill inside a round: some cells of the third round are in, others not.
+    while round_keys(&rounds).len() < 2 * 7 + 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no rounds appeared");
         assert!(child.try_wait().unwrap().is_none(), "the sweep finished before it could be killed; make it longer");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let before = lines(&results);
-    let complete: Vec<String> = before.iter().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).cloned().collect();
-    assert!(complete.len() >= 2 && complete.len() < 7, "killed after {} cells", complete.len());
+    let before = round_keys(&rounds);
+    assert!(before.len() >= 17 && before.len() < 63, "killed after {} cell-rounds", before.len());
+    assert!(lines(&results).is_empty(), "records are written when a group's rounds are all in");
+    let complete_rounds = (0..9).take_while(|r| before.iter().filter(|k| k.1 == *r).count() == 7).count() as u64;
     // Without --resume the directory is refused rather than overwritten.
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");
@@ -225,14 +239,24 @@ fn sigkill_then_resume_keeps_every_cell_once() {
     resume.push("--resume");
     let (code, _, err) = run(&resume);
     assert_eq!(code, 0, "{err}");
-    let after = lines(&results);
-    assert_eq!(&after[..complete.len()], &complete[..], "earlier records changed");
+    let after = round_keys(&rounds);
+    assert_eq!(&after[..before.len()], &before[..], "earlier round records changed");
+    // Finished rounds were not run again; the round in flight was run again whole; none is missing.
+    for r in 0..9u64 {
+        let n = after.iter().filter(|k| k.1 == r).count();
+        let want = if r < complete_rounds { 7 } else { 7 + before.iter().filter(|k| k.1 == r).count() };
+        assert_eq!(n, want, "round {r}: {n} lines (complete before the kill: {complete_rounds})");
+    }
     let ids = cell_ids(&results);
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(ids.len(), unique.len(), "a cell appears twice");
     assert_eq!(ids.len(), 7, "full + static + oracle + 2 measures × 2 thresholds");
+    for l in lines(&results) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!((v["rounds"].as_u64(), v["samples"].as_u64(), v["ms_per_token"]["n"].as_u64()), (Some(9), Some(12), Some(3)), "{}", v["cell_id"]);
+    }
 }
 
 #[test]
@@ -284,9 +308,9 @@ fn sorted_csv(dir: &Path) -> String {
 
 #[test]
 fn check_passes_identical_and_fails_a_doctored_regression() {
-    let (m, d, data) = fixture(3);
+    let (m, d, data) = fixture(10);
     let out = d.path().join("base");
-    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "3")]);
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "10")]);
     let (code, _, err) = run(&a);
     assert_eq!(code, 0, "{err}");
     let base = out.to_str().unwrap();
@@ -324,8 +348,44 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     assert!(!stdout.contains("issing"), "{stdout}");
     let (code, stdout, _) = run(&["check", "--baseline", base, "--current", doctored.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("Changed"), "{stdout}");
-    // A timing regression with repetitions: 3 values, tiny spread, twice as slow.
+    assert!(stdout.contains("Deterministic figures: 1 of") && stdout.contains("| tokens |"), "{stdout}");
+    // A 2× slowdown of one cell's decode: its per-sample speedups halve and the gate fails.
+    let mut slow = fresh();
+    let cell = slow.iter().position(|r| r["speedup"]["ratios"].as_array().is_some_and(|a| a.len() >= 8)).unwrap();
+    let halve = |v: &mut serde_json::Value| {
+        for k in ["measured", "lo", "hi"] {
+            v[k] = (v[k].as_f64().unwrap() / 2.0).into();
+        }
+        for x in v["ratios"].as_array_mut().unwrap() {
+            *x = (x.as_f64().unwrap() / 2.0).into();
+        }
+    };
+    halve(&mut slow[cell]["speedup"]);
+    let slow_path = d.path().join("slow.jsonl");
+    write_jsonl(&slow_path, &slow);
+    let (code, stdout, err) = run(&["check", "--baseline", base, "--current", slow_path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("| paired speedup |") && stdout.contains("regressed"), "{stdout}");
+    assert!(err.contains("1 figure(s) regressed"), "{err}");
+    // One sample of ten twice as slow: the median does not move beyond noise.
+    let mut one = fresh();
+    let r0 = one[cell]["speedup"]["ratios"][0].as_f64().unwrap();
+    one[cell]["speedup"]["ratios"][0] = (r0 / 2.0).into();
+    let one_path = d.path().join("one.jsonl");
+    write_jsonl(&one_path, &one);
+    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", one_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    // Different grids are explained: fewer cells (a threshold left out) and other sample counts.
+    let fewer: Vec<serde_json::Value> = fresh().into_iter().filter(|r| r["key"]["threshold"] != serde_json::json!(0.3)).collect();
+    let fewer_path = d.path().join("fewer.jsonl");
+    write_jsonl(&fewer_path, &fewer);
+    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", fewer_path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("**Missing** from the current run (2 cells)") && stdout.contains("threshold: only the baseline has 0.3"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--baseline", fewer_path.to_str().unwrap(), "--current", base]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("New in the current run (2 cells"), "{stdout}");
+    // Absolute timings are information; with --absolute they gate (same machine here).
     let (mut recs, mut recs2) = (fresh(), fresh());
     for (r, f) in [(&mut recs[..], 1.0), (&mut recs2[..], 2.0)] {
         for rec in r.iter_mut() {
@@ -336,11 +396,24 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     write_jsonl(&b, &recs);
     write_jsonl(&c, &recs2);
     let (code, stdout, _) = run(&["check", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
-    assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("Regressed"), "{stdout}");
-    let (code, stdout, _) = run(&["check", "--baseline", c.to_str().unwrap(), "--current", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("Improved"), "{stdout}");
+    assert!(stdout.contains("info (information (gated only with --absolute))"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("| decode ms/token | 1.0000 | 2.0000 | +100.00% |") && stdout.contains("regressed"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", c.to_str().unwrap(), "--current", b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("improved"), "{stdout}");
+    // Another machine's absolute figures are never gated.
+    let mut other = recs2.clone();
+    for r in other.iter_mut() {
+        r["key"]["machine"] = "elsewhere".into();
+    }
+    let o = d.path().join("other.jsonl");
+    write_jsonl(&o, &other);
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b.to_str().unwrap(), "--current", o.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("≠ current machine elsewhere"), "{stdout}");
 }
 
 fn write_jsonl(path: &Path, records: &[serde_json::Value]) {
@@ -609,8 +682,8 @@ fn sigint_and_sigterm_stop_cleanly_and_print_the_resume_command() {
         let results = out.join("results.jsonl");
         let child = bin().args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let start = Instant::now();
-        while lines(&results).is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(120), "no records appeared");
+        while round_keys(&out.join("rounds.jsonl")).len() < 10 {
+            assert!(start.elapsed() < Duration::from_secs(120), "no rounds appeared");
             std::thread::sleep(Duration::from_millis(5));
         }
         // SAFETY: signalling our own child process.
@@ -620,7 +693,7 @@ fn sigint_and_sigterm_stop_cleanly_and_print_the_resume_command() {
         assert_eq!(o.status.code(), Some(130), "signal {sig}: {err}");
         let done = lines(&results);
         assert!(done.iter().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "a torn record");
-        assert!(err.contains(&format!("interrupted: {} of 7 cells done", done.len())), "{err}");
+        assert!(err.contains(&format!("interrupted: {} of 7 cells done", done.len())) && err.contains("round(s) of unfinished cells are kept in rounds.jsonl"), "{err}");
         assert!(out.join("summary.md").is_file() && out.join("report.html").is_file());
         let cmd = err.lines().find_map(|l| l.strip_prefix("continue with: exitbench ")).unwrap_or_else(|| panic!("no resume command: {err}"));
         let resume: Vec<&str> = cmd.split(' ').collect();
@@ -642,7 +715,7 @@ fn html_time_split_matches_the_table_and_the_scatter_shows_the_oracle() {
     use exitbench::report::Exporter;
     let records = exitbench::results::store::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/default")).unwrap();
     let rows = exitbench::report::derive(&records);
-    let ok: Vec<&exitbench::report::ReportRow> = rows.iter().filter(|r| records[r.record].status == "ok").collect();
+    let ok: Vec<&exitbench::report::ReportRow> = rows.iter().filter(|r| records[r.record].status == CellStatus::Ok).collect();
     for (r, (_, parts)) in ok.iter().zip(exitbench::report::html::time_split_bars(&ok, &records)) {
         let table = records[r.record].ms_per_token.median;
         assert!((parts.iter().sum::<f64>() - table).abs() < 1e-9 * table.max(1.0), "{}: bar {} vs table {table}", r.label, parts.iter().sum::<f64>());
@@ -668,4 +741,82 @@ fn without_out_a_run_gets_a_readable_sortable_directory() {
     assert!(n.starts_with("run-20") && n.len() == "run-2026-12-01_10-15-44".len() && digits.len() == 14, "{n}");
     assert_eq!(&n[8..9], "-");
     assert_eq!(&n[14..15], "_");
+}
+
+/// Runs the small grid of full depth and static@1 on a tiny model whose every layer and exit
+/// head costs 300 µs, twice that after `slow_from` layer calls; returns static@1's measured
+/// speedup and the layer calls made.
+fn drifting_speedup(order: &str, slow_from: u64, dir: &Path) -> (f64, u64) {
+    use exitbench::backend::{candle::CandleBackend, DeviceKind};
+    use exitbench::sweep::{plan::RawSettings, runner, Plan};
+    let m = dir.join("model");
+    if !m.exists() {
+        write_tiny_model(&m, &tiny_config(4, 300), 21).unwrap();
+    }
+    let data = dataset(dir, 20);
+    let out = dir.join(format!("out-{order}-{slow_from}"));
+    let over = RawSettings {
+        model: Some(vec![m.display().to_string()]),
+        dataset: Some(data.display().to_string()),
+        out: Some(out.display().to_string()),
+        backend: Some(vec![exitbench::backend::BackendKind::Candle]),
+        measure: Some(vec![]),
+        oracle: Some(false),
+        static_exit: Some(vec![1]),
+        samples: Some(20),
+        max_new_tokens: Some(12),
+        warmup: Some(0),
+        round_samples: Some(1),
+        order: Some(serde_json::from_value(serde_json::json!(order)).unwrap()),
+        random_weights: None,
+        ..Default::default()
+    };
+    let mut settings = RawSettings::defaults().overridden_by(over);
+    settings.energy.min_window = Some(0.0);
+    settings.energy.idle_seconds = Some(0.0);
+    settings.energy.powercap_root = Some("/nonexistent/powercap".into());
+    let plan = Plan::from_settings(settings).unwrap();
+    let files = exitbench::model::ModelFiles::open(&m, None).unwrap();
+    let inner = CandleBackend::open(&files, DeviceKind::Cpu, exitbench::model::Precision::F32, 1).unwrap();
+    let mut b = exitbench::testkit::Drifting { inner, cost: Duration::from_micros(300), slow_from, factor: 2.0, calls: 0 };
+    let recs = runner::run_on(&plan, &mut b, &mut runner::Silent).unwrap();
+    let st = recs.iter().find(|r| r.key.baseline == Baseline::Static).unwrap();
+    (st.speedup.as_ref().unwrap().measured, b.calls)
+}
+
+#[test]
+fn interleaved_rounds_keep_the_paired_speedup_when_the_machine_slows_down_mid_run() {
+    let d = tempfile::tempdir().unwrap();
+    // Without drift: the reference speedup (4 layers + head ÷ 1 layer + head ≈ 2.5 from the
+    // spins alone; the model's own work and other tests on the machine move it somewhat).
+    let (steady, calls) = drifting_speedup("interleaved", u64::MAX, d.path());
+    assert!((1.5..5.0).contains(&steady), "{steady}");
+    // Everything twice as slow for the last stretch of the run: from the point where, in
+    // sequential order, full depth has run (48 of every 60 layer calls are full depth's).
+    let (interleaved, _) = drifting_speedup("interleaved", calls * 4 / 5, d.path());
+    let (sequential, _) = drifting_speedup("sequential", calls * 4 / 5, d.path());
+    eprintln!("steady {steady:.3}, drifting: interleaved {interleaved:.3}, sequential {sequential:.3}");
+    assert!((interleaved / steady - 1.0).abs() < 0.15, "interleaved {interleaved} vs steady {steady}");
+    // Sequentially, full depth ran in the fast half and static@1 in the slow one.
+    assert!(sequential / steady < 0.75, "sequential {sequential} vs steady {steady}");
+}
+
+/// The committed small baseline (`scripts/make-ci-baseline.sh`) holds against a fresh run of the
+/// same grid on an unchanged checkout: the CI gate does not fail on day one.
+#[test]
+fn ci_baseline_holds_on_an_unchanged_checkout() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base = root.join("tests/fixtures/ci-baseline");
+    let flags = std::fs::read_to_string(base.join("FLAGS")).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    let mut args: Vec<&str> = vec!["run"];
+    args.extend(flags.split_whitespace());
+    args.extend(["--out", out.to_str().unwrap(), "--quiet"]);
+    let o = bin().current_dir(root).args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, stdout, err) = run(&["check", "--baseline", base.to_str().unwrap(), "--current", out.to_str().unwrap()]);
+    eprintln!("{stdout}");
+    assert_eq!(code, 0, "{stdout}\n{err}\n(remake the baseline with scripts/make-ci-baseline.sh if a cell key, the weights or a default changed on purpose)");
+    assert!(stdout.contains("Deterministic figures: all") && !stdout.contains("issing"), "{stdout}");
 }

@@ -1,5 +1,6 @@
 //! `exitbench check --baseline OLD --current NEW`: the CI regression gate (exit 1 on regression).
 
+use crate::results::CellStatus;
 use crate::check::{self, CheckOptions};
 use crate::error::{Error, Result};
 use crate::results::store;
@@ -18,12 +19,17 @@ pub struct CheckArgs {
     /// Allowed |Δ| of deterministic figures (tokens, avg layers, ROUGE); 0 = exact.
     #[arg(long, default_value_t = 0.0)]
     pub tolerance: f64,
-    /// Relative timing/energy changes within ± this are within noise.
-    #[arg(long, default_value_t = 0.05)]
+    /// Relative changes within ± this are within noise (a paired speedup regresses only when the
+    /// whole 95% interval of its change lies beyond it).
+    #[arg(long, default_value_t = 0.10)]
     pub noise_threshold: f64,
-    /// Significance level of the t-test.
+    /// Significance level of the t-test on absolute figures (with --absolute).
     #[arg(long, default_value_t = 0.05)]
     pub significance: f64,
+    /// Gate on absolute decode ms/token and J/token too (only between records of the same
+    /// machine; otherwise they are shown as information).
+    #[arg(long)]
+    pub absolute: bool,
     /// Write github-action-benchmark customSmallerIsBetter JSON of the current run here.
     #[arg(long)]
     pub export_github_benchmark: Option<PathBuf>,
@@ -40,10 +46,10 @@ pub fn run(a: CheckArgs) -> Result<bool> {
     }
     let base = store::read(&a.baseline)?;
     let cur = store::read(&a.current)?;
-    if !base.iter().any(|r| r.status == "ok") {
+    if !base.iter().any(|r| r.status == CellStatus::Ok) {
         return Err(Error::setting("--baseline", format!("{} holds no finished (status ok) cell to compare against", a.baseline.display())));
     }
-    let cmp = check::compare(&base, &cur, CheckOptions { tolerance: a.tolerance, noise_threshold: a.noise_threshold, significance: a.significance });
+    let cmp = check::compare(&base, &cur, CheckOptions { tolerance: a.tolerance, noise_threshold: a.noise_threshold, significance: a.significance, absolute: a.absolute });
     let md = check::markdown(&cmp);
     println!("{md}");
     if let Ok(summary) = std::env::var("GITHUB_STEP_SUMMARY") {
@@ -61,7 +67,15 @@ pub fn run(a: CheckArgs) -> Result<bool> {
     if let Some(p) = &a.export_bencher {
         write_json(p, check::bencher(&cur))?;
     }
-    let failed = check::failed(&cmp);
-    eprintln!("{}", if failed { "check: REGRESSION" } else { "check: ok" });
+    let failed = cmp.failed();
+    let why: Vec<String> = [
+        (!cmp.changed.is_empty()).then(|| format!("{} deterministic figure(s) changed", cmp.changed.len())),
+        (!cmp.missing.is_empty()).then(|| format!("{} cell(s) missing", cmp.missing.len())),
+        Some(cmp.timings.iter().filter(|c| c.verdict == check::Verdict::Regressed).count()).filter(|&n| n > 0).map(|n| format!("{n} figure(s) regressed")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    eprintln!("{}", if failed { format!("check: REGRESSION ({})", why.join(", ")) } else { "check: ok".to_string() });
     Ok(!failed)
 }

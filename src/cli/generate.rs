@@ -182,7 +182,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let m = &p.files;
     mode.validate(m.config.num_hidden_layers)?;
     let prompt = m.tokenizer.encode(&a.prompt)?;
-    let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids() };
+    let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
     let g = crate::with_backend!(&mut p.backend, b => generate(b, &prompt, &opts))?;
     print_generation(&p, &g, &opts, a.json)
 }

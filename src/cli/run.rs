@@ -1,6 +1,7 @@
 //! `exitbench run`: a sweep over the grid, results appended to `--out DIR/results.jsonl`, reports
 //! written at the end. With no flags it runs the default grid on the embedded model.
 
+use crate::results::CellStatus;
 use crate::error::{Error, Result};
 use crate::report;
 use crate::sweep::runner::{self, Progress, Quiet, RunOptions};
@@ -56,7 +57,7 @@ impl Progress for Bar {
 
 /// After Ctrl-C or SIGTERM: the reports of what is done (even when nothing is), how many cells
 /// are done, and the exact command that continues the sweep; exit code 130.
-fn interrupted(out: &std::path::Path, done: usize, total: usize, out_given: bool) -> Result<i32> {
+fn interrupted(out: &std::path::Path, done: usize, total: usize, rounds: usize, out_given: bool) -> Result<i32> {
     let records = crate::results::store::read(out).unwrap_or_default();
     let reports = report::write_all(&records, out).map(|_| " (summary.md and report.html cover them)").unwrap_or("");
     let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--extend").collect();
@@ -69,7 +70,11 @@ fn interrupted(out: &std::path::Path, done: usize, total: usize, out_given: bool
     }
     let quote = |a: &String| if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c)) { a.clone() } else { format!("'{}'", a.replace('\'', "'\\''")) };
     let cmd: Vec<String> = std::iter::once("exitbench".to_string()).chain(args.iter().map(quote)).collect();
-    eprintln!("interrupted: {done} of {total} cells done, in {}{reports}; the cell in flight was dropped", out.display());
+    eprintln!(
+        "interrupted: {done} of {total} cells done, in {}{reports}; {rounds} finished round(s) of unfinished cells are kept in {} and the round in flight was dropped",
+        out.display(),
+        crate::sweep::rounds::ROUNDS_FILE
+    );
     eprintln!("continue with: {}", cmd.join(" "));
     Ok(130)
 }
@@ -111,7 +116,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     };
     crate::interrupt::install();
     let written = match runner::run(&plan, RunOptions { shard, resume: a.resume, extend: a.extend }, progress.as_mut()) {
-        Err(Error::Stopped { done, total }) => return interrupted(&plan.out, done, total, out_given),
+        Err(Error::Stopped { done, total, rounds }) => return interrupted(&plan.out, done, total, rounds, out_given),
         other => other?,
     };
     let records = crate::results::store::read(&plan.out)?;
@@ -126,7 +131,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
         }
         eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     }
-    let failed = written.iter().filter(|r| r.status == "error").count();
+    let failed = written.iter().filter(|r| r.status == CellStatus::Error).count();
     if failed > 0 {
         eprintln!("error: {failed} cell(s) failed; their rows in results.csv have status `error` and the reason");
         return Ok(1);

@@ -91,12 +91,13 @@ impl ExitMode {
     }
 
     /// The baseline name: `full`, `static`, `oracle`, or `none` for an early-exit setting.
-    pub fn baseline(&self) -> &'static str {
+    pub fn baseline(&self) -> crate::results::Baseline {
+        use crate::results::Baseline;
         match self {
-            ExitMode::Full => "full",
-            ExitMode::Dynamic(_) => "none",
-            ExitMode::Static { .. } => "static",
-            ExitMode::Oracle { .. } => "oracle",
+            ExitMode::Full => Baseline::Full,
+            ExitMode::Dynamic(_) => Baseline::None,
+            ExitMode::Static { .. } => Baseline::Static,
+            ExitMode::Oracle { .. } => Baseline::Oracle,
         }
     }
 

@@ -4,6 +4,7 @@
 //! bootstrap interval), J/token ratio, token agreement, D(Y_group, Y_reference) and ROUGE-L against
 //! the references. Serves the backend comparison (ORT vs candle) and the precision comparison.
 
+use crate::results::CellStatus;
 use crate::metrics::rouge::Rouge;
 use crate::metrics::stats::{bootstrap_median, Interval};
 use crate::results::{CellRecord, SampleOutput};
@@ -55,7 +56,7 @@ fn scope_of(r: &CellRecord) -> String {
 
 /// Every comparison of `records` (only scopes with two or more groups; `ok` cells only).
 pub fn compare(records: &[CellRecord]) -> Vec<Comparison> {
-    let ok: Vec<&CellRecord> = records.iter().filter(|r| r.status == "ok").collect();
+    let ok: Vec<&CellRecord> = records.iter().filter(|r| r.status == CellStatus::Ok).collect();
     let mut scopes: Vec<String> = Vec::new();
     for r in &ok {
         let s = scope_of(r);
@@ -117,7 +118,7 @@ fn compare_cells(rouge: &Rouge, scope: &str, reference: &str, group: &str, base:
         scope: scope.into(),
         reference: reference.into(),
         group: group.into(),
-        setting: match (r.key.baseline.as_str(), r.key.min_exit_layer, r.key.exit_interval) {
+        setting: match (r.key.baseline.name(), r.key.min_exit_layer, r.key.exit_interval) {
             ("oracle", Some(m), Some(k)) if (m, k) != (1, 1) => format!("oracle [min {m} every {k}]"),
             _ => r.key.label(),
         },

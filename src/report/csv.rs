@@ -1,5 +1,6 @@
 //! `results.csv`: one row per cell with the key, the summary figures and the derived comparisons.
 
+use crate::results::CellStatus;
 use super::{Exporter, ReportRow};
 use crate::error::{Error, Result};
 use crate::results::CellRecord;
@@ -14,7 +15,8 @@ pub const COLUMNS: &[&str] = &[
     "energy_cpu_j", "energy_dram_j", "energy_warnings", "peak_mem_mb", "peak_device_mem_mb", "device_mem_scope", "status", "reason", "rouge_l_ref", "rouge_l_ref_lo", "rouge_l_ref_hi", "rouge_l_full",
     "d_full", "d_full_lo", "d_full_hi", "rouge_delta", "rouge_delta_lo", "rouge_delta_hi", "key_facts_exact", "random_weights",
     "compute_dtype", "runtime_version", "export_s", "session_s", "bytes_per_token", "achieved_gb_s", "mem_bandwidth_gb_s",
-    "mem_bandwidth_all_gb_s",
+    "mem_bandwidth_all_gb_s", "speedup_measured_lo", "speedup_measured_hi", "speedup_pairs", "rounds", "prefill_j_per_query",
+    "prefill_energy_method", "layer_us",
 ];
 
 /// The CSV export.
@@ -36,12 +38,12 @@ impl Exporter for CsvExporter {
         for row in rows {
             let r = &records[row.record];
             let k = &r.key;
-            let ok = r.status == "ok";
+            let ok = r.status == CellStatus::Ok;
             let some = |x: f64| ok.then_some(x);
             let fields: Vec<String> = vec![
                 k.model.clone(), k.dataset.clone(), k.backend.clone(), k.device.clone(), k.dtype.clone(), k.threads.to_string(),
                 k.measure.clone(), num(k.threshold), k.schedule.clone(), k.min_exit_layer.map(|v| v.to_string()).unwrap_or_default(),
-                k.exit_interval.map(|v| v.to_string()).unwrap_or_default(), k.baseline.clone(),
+                k.exit_interval.map(|v| v.to_string()).unwrap_or_default(), k.baseline.name().to_string(),
                 k.static_layer.map(|v| v.to_string()).unwrap_or_default(), k.machine.clone(), r.num_layers.to_string(),
                 r.samples.to_string(), r.tokens.to_string(), num(some(r.avg_layers)), num(row.speedup_theoretical),
                 num(row.speedup_measured), num(row.speedup_measured_err), num(some(r.ms_per_token.median)),
@@ -50,7 +52,7 @@ impl Exporter for CsvExporter {
                 num(some(r.time_split.propagation_s)), num(r.energy.energy_j), num(r.energy.avg_watts), num(r.energy.j_per_token),
                 r.energy.source.clone(), num(r.energy.energy_net_j), num(r.energy.idle_w), num(r.energy.prefill_j),
                 num(r.energy.decode_j_per_token), num(r.energy.wh_per_1k_queries), num(r.energy.gco2e), num(r.energy.energy_gpu_j),
-                num(r.energy.energy_cpu_j), num(r.energy.energy_dram_j), r.energy.warnings.len().to_string(), num(some(r.peak_mem_mb)), num(r.peak_device_mem_mb), r.device_mem_scope.clone().unwrap_or_default(), r.status.clone(), r.reason.clone().unwrap_or_default(),
+                num(r.energy.energy_cpu_j), num(r.energy.energy_dram_j), r.energy.warnings.len().to_string(), num(some(r.peak_mem_mb)), num(r.peak_device_mem_mb), r.device_mem_scope.clone().unwrap_or_default(), r.status.name().to_string(), r.reason.clone().unwrap_or_default(),
                 num(some(row.rouge_l_ref.mean)), num(some(row.rouge_l_ref.lo)), num(some(row.rouge_l_ref.hi)),
                 num(row.rouge_l_full.map(|x| x.mean)), num(row.d_full.map(|x| x.mean)), num(row.d_full.map(|x| x.lo)),
                 num(row.d_full.map(|x| x.hi)), num(row.rouge_delta.map(|x| x.mean)), num(row.rouge_delta.map(|x| x.lo)),
@@ -58,6 +60,9 @@ impl Exporter for CsvExporter {
                 r.compute_dtype.clone().unwrap_or_default(), r.runtime.as_ref().map(|x| x.version.clone()).unwrap_or_default(),
                 num(r.runtime.as_ref().and_then(|x| x.export_s)), num(r.runtime.as_ref().and_then(|x| x.session_s)),
                 num(r.bytes_per_token), num(r.achieved_gb_s), num(r.hardware.mem_bandwidth_gb_s), num(r.hardware.mem_bandwidth_all_gb_s),
+                num(row.speedup_measured_lo), num(row.speedup_measured_hi), r.speedup.as_ref().map(|p| p.pairs.to_string()).unwrap_or_default(),
+                r.rounds.to_string(), num(r.energy.prefill_j_per_query), r.energy.prefill_energy_method.clone().unwrap_or_default(),
+                r.layer_us.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(";"),
             ];
             debug_assert_eq!(fields.len(), COLUMNS.len());
             w.write_record(&fields).map_err(err)?;

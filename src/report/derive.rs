@@ -3,6 +3,7 @@
 //! measured speedup, D(Y_early, Y_full) = 1 − ROUGE-L(early outputs, full outputs), and
 //! R_early − R_full (ROUGE-L against references), with bootstrap intervals over samples.
 
+use crate::results::{Baseline, CellStatus};
 use crate::metrics::rouge::Rouge;
 use crate::metrics::stats::{bootstrap_mean, Interval};
 use crate::results::CellRecord;
@@ -23,10 +24,16 @@ pub struct ReportRow {
     pub avg_layers: f64,
     /// L ÷ avg_layers.
     pub speedup_theoretical: Option<f64>,
-    /// Full depth's decode ms/token ÷ this cell's (median over repetitions); None for the oracle
-    /// (an analysis whose timing is not meaningful) and where no full-depth cell exists.
+    /// The paired speedup: per sample, full depth's decode ms/token ÷ this cell's measured in the
+    /// same round, the median of those ratios (records before rounds: the ratio of the medians);
+    /// None for the oracle (an analysis whose timing is not meaningful) and where no full-depth
+    /// cell exists.
     pub speedup_measured: Option<f64>,
-    /// Uncertainty (±) of speedup_measured, propagated from the repetitions' σ.
+    /// Lower end of the 95% bootstrap interval of the paired speedup.
+    pub speedup_measured_lo: Option<f64>,
+    /// Upper end of the interval.
+    pub speedup_measured_hi: Option<f64>,
+    /// Half the interval's width (records before rounds: propagated from the repetitions' σ).
     pub speedup_measured_err: Option<f64>,
     /// speedup_measured ÷ speedup_theoretical.
     pub measured_over_theoretical: Option<f64>,
@@ -46,7 +53,7 @@ pub struct ReportRow {
 pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
     let mut full: HashMap<String, usize> = HashMap::new();
     for (i, r) in records.iter().enumerate() {
-        if r.key.baseline == "full" && r.status == "ok" {
+        if r.key.baseline == Baseline::Full && r.status == CellStatus::Ok {
             full.insert(r.key.group_id(), i);
         }
     }
@@ -56,11 +63,16 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
         .enumerate()
         .map_init(|| Rouge::new(false), |rouge, (i, r)| {
             let base = full.get(&r.key.group_id()).map(|&j| &records[j]);
-            let ok = r.status == "ok";
+            let ok = r.status == CellStatus::Ok;
             let theo = (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers);
-            let (speed, err) = match base {
-                Some(b) if ok && r.key.baseline != "oracle" => speedup(b, r),
-                _ => (None, None),
+            let (speed, err, lo, hi) = match (&r.speedup, base) {
+                _ if !ok || r.key.baseline == Baseline::Oracle => (None, None, None, None),
+                (Some(p), _) => (Some(p.measured), Some((p.hi - p.lo) / 2.0), Some(p.lo), Some(p.hi)),
+                (None, Some(b)) => {
+                    let (s, e) = speedup(b, r);
+                    (s, e, None, None)
+                }
+                (None, None) => (None, None, None, None),
             };
             let (rl_full, delta) = match base {
                 Some(b) if ok => compare_outputs(rouge, b, r, r.seed),
@@ -74,6 +86,8 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
                 avg_layers: r.avg_layers,
                 speedup_theoretical: theo,
                 speedup_measured: speed,
+                speedup_measured_lo: lo,
+                speedup_measured_hi: hi,
                 speedup_measured_err: err,
                 measured_over_theoretical: speed.zip(theo).map(|(m, t)| m / t),
                 rouge_l_full: rl_full,

@@ -4,6 +4,7 @@
 //! sample outputs with every token coloured by its exit layer (CALM's figure). All model text is
 //! HTML-escaped.
 
+use crate::results::{Baseline, CellStatus};
 use super::svg::{esc, histogram, stacked_bars, Chart, Series, PALETTE};
 use super::{Exporter, ReportRow};
 use crate::error::Result;
@@ -51,7 +52,7 @@ impl Exporter for HtmlExporter {
         let _ = write!(s, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>exitbench report</title><style>{STYLE}</style></head><body>");
         let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
             R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
-            Measured speedup = full depth's decode ms/token ÷ the setting's; theoretical = L ÷ average layers.</p>");
+            Measured speedup = per sample, full depth's decode ms/token ÷ the setting's measured in the same round, the median with its 95% bootstrap interval (decode only); theoretical = L ÷ average layers. J/token includes the prefill.</p>");
         if let Some((header, machines)) = super::machines_table(records) {
             s.push_str("<h2>Hardware</h2><table><tr>");
             for h in header {
@@ -126,30 +127,26 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     if first.energy.source == "estimate" {
         s.push_str("<p class=\"warn\">These joules are modelled from CPU time and a TDP figure, not measured: they add nothing beyond the timings.</p>");
     }
-    s.push_str("<table><tr><th>setting</th><th>D(Y_early, Y_full)</th><th>R_early − R_full</th><th>avg layers</th><th>speedup (measured)</th><th>speedup (theoretical)</th><th>measured ÷ theoretical</th><th>J/token</th><th>ms/token</th><th>ROUGE-L vs refs</th><th>status</th></tr>");
+    s.push_str("<table><tr><th>setting</th><th>D(Y_early, Y_full)</th><th>R_early − R_full</th><th>avg layers</th><th>speedup (measured, decode)</th><th>speedup (theoretical)</th><th>measured ÷ theoretical</th><th>J/token (incl. prefill)</th><th>ms/token</th><th>ROUGE-L vs refs</th><th>status</th></tr>");
     for r in rows {
         let rec = &records[r.record];
-        if rec.status != "ok" {
+        if rec.status != CellStatus::Ok {
             let reason = rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default();
-            let _ = write!(s, "<tr><td>{}</td><td colspan=\"9\"></td><td>{}{reason}</td></tr>", esc(&r.label), esc(&rec.status));
+            let _ = write!(s, "<tr><td>{}</td><td colspan=\"9\"></td><td>{}{reason}</td></tr>", esc(&r.label), esc(rec.status.name()));
             continue;
         }
         let iv = |x: Option<crate::metrics::stats::Interval>, sign: bool| {
             x.map(|i| if sign { format!("{:+.3} [{:+.3}, {:+.3}]", i.mean, i.lo, i.hi) } else { format!("{:.3} [{:.3}, {:.3}]", i.mean, i.lo, i.hi) })
                 .unwrap_or_else(|| "n/a".into())
         };
-        let speed = match (r.speedup_measured, r.speedup_measured_err) {
-            (Some(m), Some(e)) => format!("{m:.2} ± {e:.2}×"),
-            (Some(m), None) => format!("{m:.2}×"),
-            _ => "n/a".into(),
-        };
+        let speed = super::speedup_text(r).unwrap_or_else(|| "n/a".into());
         let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} / {}</td><td>{}</td><td>{}×</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
             esc(&r.label), iv(r.d_full, false), iv(r.rouge_delta, true), r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
             opt(r.measured_over_theoretical, 2), r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", esc(&rec.energy.source))),
-            rec.ms_per_token.median, r.rouge_l_ref.mean, esc(&rec.status) + &rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default());
+            rec.ms_per_token.median, r.rouge_l_ref.mean, esc(rec.status.name()) + &rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default());
     }
     s.push_str("</table><div class=\"plots\">");
-    let ok: Vec<&ReportRow> = rows.iter().copied().filter(|r| records[r.record].status == "ok").collect();
+    let ok: Vec<&ReportRow> = rows.iter().copied().filter(|r| records[r.record].status == CellStatus::Ok).collect();
     s.push_str(&tradeoff_plot(&ok, records));
     s.push_str(&speedup_plot(&ok, records));
     s.push_str(&time_split_plot(&ok, records));
@@ -165,7 +162,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
 }
 
 fn series_key(rec: &CellRecord) -> String {
-    if rec.key.baseline == "none" { rec.key.measure.clone() } else { rec.key.baseline.clone() }
+    if rec.key.baseline == Baseline::None { rec.key.measure.clone() } else { rec.key.baseline.name().to_string() }
 }
 
 fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
@@ -173,7 +170,7 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     let cost = |r: &ReportRow| if energy { r.j_per_token.unwrap_or(f64::NAN) } else { records[r.record].ms_per_token.median };
     let mut series: Vec<Series> = Vec::new();
     for r in rows.iter() {
-        let oracle = records[r.record].key.baseline == "oracle";
+        let oracle = records[r.record].key.baseline == Baseline::Oracle;
         let name = if oracle { "oracle (all layers run)".to_string() } else { series_key(&records[r.record]) };
         let idx = match series.iter().position(|s| s.label == name) {
             Some(i) => i,
@@ -205,14 +202,14 @@ fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     let mut lines: Vec<String> = Vec::new();
     for r in rows {
         let rec = &records[r.record];
-        if rec.key.baseline == "none" && !lines.contains(&line_of(rec)) {
+        if rec.key.baseline == Baseline::None && !lines.contains(&line_of(rec)) {
             lines.push(line_of(rec));
         }
     }
     let mut series = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()].to_string();
-        let cells: Vec<&&ReportRow> = rows.iter().filter(|r| records[r.record].key.baseline == "none" && line_of(&records[r.record]) == *line).collect();
+        let cells: Vec<&&ReportRow> = rows.iter().filter(|r| records[r.record].key.baseline == Baseline::None && line_of(&records[r.record]) == *line).collect();
         let pts = |f: &dyn Fn(&ReportRow) -> Option<f64>| -> Vec<(f64, f64, String)> {
             cells.iter().filter_map(|r| Some((records[r.record].key.threshold?, f(r)?, r.label.clone()))).collect()
         };

@@ -1,6 +1,7 @@
 //! `summary.md`: per configuration group, the headline table: D(Y_early, Y_full),
 //! R_early − R_full, average layers, speedup (measured and theoretical) and J/token.
 
+use crate::results::{Baseline, CellStatus};
 use super::{Exporter, ReportRow};
 use crate::error::Result;
 use crate::results::CellRecord;
@@ -23,7 +24,9 @@ impl Exporter for MarkdownExporter {
         let _ = writeln!(s, "# exitbench summary\n");
         let _ = writeln!(s, "Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F of the setting's outputs against full depth's; \
             R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
-            interval in brackets). Measured speedup = full depth's decode ms/token ÷ the setting's (medians); theoretical = L ÷ average layers.\n");
+            interval in brackets). Measured speedup = per sample, full depth's decode ms/token ÷ the setting's, both measured in the same round (cells interleaved in rounds), \
+            the median over samples with its 95% bootstrap interval; theoretical = L ÷ average layers. Speedups are decode-only; J/token includes the prefill \
+            (each sample's first token is the prefill's), decode J/token does not.\n");
         write_machines(&mut s, records);
         write_comparison(&mut s, records);
         let groups = super::group_order(rows);
@@ -39,34 +42,33 @@ impl Exporter for MarkdownExporter {
             if first.energy.estimate {
                 let _ = writeln!(s, "**Energy is an estimate**: these joules are modelled from process CPU time × a per-core share of the CPU's TDP, not measured; they add nothing beyond the timings.\n");
             }
-            let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured) | speedup (theoretical) | J/token | Wh / 1k queries | gCO2e / 1k queries | ROUGE-L vs refs |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| setting | D(Y_early, Y_full) | R_early − R_full | avg layers | speedup (measured, decode) | speedup (theoretical) | J/token (incl. prefill) | decode J/token | Wh / 1k queries | gCO2e / 1k queries | ROUGE-L vs refs |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
             for r in &members {
                 let rec = &records[r.record];
-                if rec.status != "ok" {
-                    let _ = writeln!(s, "| {} | {} | | | | | | | | |", r.label, rec.status);
+                if rec.status != CellStatus::Ok {
+                    let _ = writeln!(s, "| {} | {} | | | | | | | | | |", r.label, rec.status);
                     continue;
                 }
                 let d = r.d_full.map(|x| format!("{:.3} [{:.3}, {:.3}]", x.mean, x.lo, x.hi)).unwrap_or_else(|| "n/a".into());
                 let delta = r.rouge_delta.map(|x| format!("{:+.3} [{:+.3}, {:+.3}]", x.mean, x.lo, x.hi)).unwrap_or_else(|| "n/a".into());
-                let speed = match (r.speedup_measured, r.speedup_measured_err) {
-                    (Some(m), Some(e)) => format!("{m:.2} ± {e:.2}×"),
-                    (Some(m), None) => format!("{m:.2}×"),
-                    _ if rec.key.baseline == "oracle" => "n/a (analysis)".into(),
-                    _ => "n/a".into(),
+                let speed = match super::speedup_text(r) {
+                    Some(t) => t,
+                    None if rec.key.baseline == Baseline::Oracle => "n/a (analysis)".into(),
+                    None => "n/a".into(),
                 };
                 let e = &rec.energy;
                 let per_k = |g: Option<f64>| g.filter(|_| rec.samples > 0).map(|g| format!("{:.4}", g / rec.samples as f64 * 1000.0)).unwrap_or_else(|| "n/a".into());
-                let _ = writeln!(s, "| {} | {} | {} | {:.2} / {} | {} | {}× | {} | {} | {} | {:.3} |",
+                let _ = writeln!(s, "| {} | {} | {} | {:.2} / {} | {} | {}× | {} | {} | {} | {} | {:.3} |",
                     r.label, d, delta, r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
                     r.j_per_token.map(|j| format!("{j:.4} ({})", e.source)).unwrap_or_else(|| format!("n/a ({})", e.source)),
-                    opt(e.wh_per_1k_queries, 4), per_k(e.gco2e), r.rouge_l_ref.mean);
+                    opt(e.decode_j_per_token, 4), opt(e.wh_per_1k_queries, 4), per_k(e.gco2e), r.rouge_l_ref.mean);
             }
             let _ = writeln!(s);
             write_memory(&mut s, &members, records);
             for r in rows.iter().filter(|r| r.group == g) {
                 let rec = &records[r.record];
-                if rec.status != "ok" {
+                if rec.status != CellStatus::Ok {
                     let _ = writeln!(s, "- {}: {} ({})", r.label, rec.status, rec.reason.clone().unwrap_or_default());
                 }
             }
@@ -81,9 +83,7 @@ impl Exporter for MarkdownExporter {
 /// checks and propagation in the setting's time.
 fn write_memory(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) {
     let first = &records[members[0].record];
-    let Some(full) = members.iter().map(|r| &records[r.record]).find(|r| r.key.baseline == "full" && r.status == "ok") else { return };
-    let per_token = |r: &CellRecord| (r.tokens.saturating_sub(r.samples)).max(1) as f64;
-    let layer_cost = |r: &CellRecord| if r.avg_layers > 0.0 { r.time_split.layers_s / per_token(r) / r.avg_layers } else { f64::NAN };
+    let Some(full) = members.iter().map(|r| &records[r.record]).find(|r| r.key.baseline == Baseline::Full && r.status == CellStatus::Ok) else { return };
     let bw = |x: Option<f64>| x.map(|v| format!("{v:.1} GB/s")).unwrap_or_else(|| "not measured".into());
     let _ = writeln!(s, "**Memory system.** Measured bandwidth (STREAM-like triad): {} on one thread, {} on all threads.{}",
         bw(first.hardware.mem_bandwidth_gb_s), bw(first.hardware.mem_bandwidth_all_gb_s),
@@ -93,29 +93,54 @@ fn write_memory(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) 
             _ => String::new(),
         });
     let _ = writeln!(s);
-    let full_layer = layer_cost(full);
-    let mut lines = Vec::new();
-    for r in members {
-        let rec = &records[r.record];
-        if rec.status != "ok" || matches!(rec.key.baseline.as_str(), "full" | "oracle") {
-            continue;
-        }
-        let total = rec.time_split.layers_s + rec.time_split.exit_checks_s + rec.time_split.propagation_s;
-        if total <= 0.0 {
-            continue;
-        }
-        let pct = |x: f64| 100.0 * x / total;
-        lines.push(format!("- {}: measured ÷ theoretical {}; a layer costs {:.2}× full depth's per layer; exit checks {:.0}% and propagation {:.0}% of its time{}",
-            r.label, opt(r.measured_over_theoretical, 2), layer_cost(rec) / full_layer, pct(rec.time_split.exit_checks_s), pct(rec.time_split.propagation_s),
-            rec.bytes_per_token.zip(rec.achieved_gb_s).map(|(b, a)| format!("; {:.2} MB per token at {a:.1} GB/s", b / 1e6)).unwrap_or_default()));
-    }
+    let lines: Vec<String> = members
+        .iter()
+        .filter(|r| {
+            let rec = &records[r.record];
+            rec.status == CellStatus::Ok && !matches!(rec.key.baseline, Baseline::Full | Baseline::Oracle)
+        })
+        .filter_map(|r| breakdown(r, &records[r.record], full))
+        .collect();
     if !lines.is_empty() {
-        let _ = writeln!(s, "Where the measured ÷ theoretical ratio comes from (a layer that costs less than at full depth, e.g. because fewer weights compete for the caches, raises it; exit checks and propagation lower it):\n");
+        let _ = writeln!(s, "Where the measured ÷ theoretical ratio comes from. The theoretical speedup assumes every layer costs what it costs at full depth and exit checks and \
+            propagation cost nothing; per decoded token (first repetition's time split; per-layer times {}):\n", full.layer_us_source.as_deref().map(|x| format!("from the {x}")).unwrap_or_else(|| "not measured: full depth's mean layer".into()));
         for l in lines {
             let _ = writeln!(s, "{l}");
         }
         let _ = writeln!(s);
     }
+}
+
+/// One setting's measured ÷ theoretical ratio split into its parts, per decoded token: the
+/// layers it ran at full depth's per-layer cost against what they took (the per-layer cost
+/// change), its exit checks against full depth's one head, and propagation.
+fn breakdown(r: &ReportRow, rec: &CellRecord, full: &CellRecord) -> Option<String> {
+    let decoded = |x: &CellRecord| x.exit_histogram.iter().sum::<u64>() as f64;
+    let (n, nf) = (decoded(rec), decoded(full));
+    if n == 0.0 || nf == 0.0 {
+        return None;
+    }
+    let l = rec.num_layers;
+    // Share of decoded tokens that ran layer i: those exiting at i or later (static: all up to its layer).
+    let ran = |i: usize| rec.exit_histogram[i..].iter().sum::<u64>() as f64 / n;
+    let full_layer_ms = |i: usize| match full.layer_us.get(i) {
+        Some(&us) if full.layer_us.len() == l => us / 1e3,
+        _ => full.time_split.layers_s * 1e3 / nf / l as f64,
+    };
+    let at_full_cost: f64 = (0..l).map(|i| ran(i) * full_layer_ms(i)).sum();
+    let ms = |x: f64, k: f64| x * 1e3 / k;
+    let (layers, checks, prop) = (ms(rec.time_split.layers_s, n), ms(rec.time_split.exit_checks_s, n), ms(rec.time_split.propagation_s, n));
+    let full_head = ms(full.time_split.exit_checks_s, nf);
+    let total = layers + checks + prop;
+    let full_total = ms(full.time_split.layers_s + full.time_split.exit_checks_s, nf);
+    Some(format!(
+        "- {}: measured ÷ theoretical {}. Its layers would take {at_full_cost:.3} ms at full depth's per-layer cost and took {layers:.3} ms (per-layer change {:+.3} ms); \
+         exit checks {checks:.3} ms (full depth's head {full_head:.3} ms); propagation {prop:.3} ms; {total:.3} ms in all against full depth's {full_total:.3} ms{}.",
+        r.label,
+        opt(r.measured_over_theoretical, 2),
+        layers - at_full_cost,
+        rec.bytes_per_token.zip(rec.achieved_gb_s).map(|(b, a)| format!("; {:.2} MB read per token at {a:.1} GB/s", b / 1e6)).unwrap_or_default()
+    ))
 }
 
 /// With two or more configuration groups of one model, each against the reference group

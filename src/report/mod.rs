@@ -1,6 +1,7 @@
 //! Reports from result records: derived comparisons against full depth, then exports behind one
 //! `Exporter` trait (CSV, Markdown, HTML), and the terminal summary.
 
+use crate::results::{Baseline, CellStatus};
 pub mod compare;
 pub mod csv;
 pub mod derive;
@@ -60,7 +61,7 @@ pub fn machines_table(records: &[CellRecord]) -> Option<(Vec<&'static str>, Vec<
         .map(|m| {
             let speeds: Vec<String> = records
                 .iter()
-                .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == "full" && r.status == "ok")
+                .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == Baseline::Full && r.status == CellStatus::Ok)
                 .map(|r| format!("{} {} {} {}t: {:.3}", r.key.backend, r.key.device, r.key.dtype, r.key.threads, r.ms_per_token.median))
                 .collect();
             let gpus = m.gpu.as_ref().map(|g| g.gpus.iter().map(|x| x.name.clone()).collect::<Vec<_>>().join(", ")).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into());
@@ -71,6 +72,17 @@ pub fn machines_table(records: &[CellRecord]) -> Option<(Vec<&'static str>, Vec<
 }
 
 /// `1 thread`, `2 threads`: a count with its noun in the right number.
+/// The measured speedup as reports show it: `3.46× [3.30, 3.61]` (paired, with its 95% interval),
+/// `3.46 ± 0.12×` (older records, σ propagated), or `3.46×`; None where there is none.
+pub fn speedup_text(r: &ReportRow) -> Option<String> {
+    let m = r.speedup_measured?;
+    Some(match (r.speedup_measured_lo, r.speedup_measured_hi, r.speedup_measured_err) {
+        (Some(lo), Some(hi), _) => format!("{m:.2}× [{lo:.2}, {hi:.2}]"),
+        (_, _, Some(e)) => format!("{m:.2} ± {e:.2}×"),
+        _ => format!("{m:.2}×"),
+    })
+}
+
 pub fn plural(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")

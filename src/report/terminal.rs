@@ -1,6 +1,7 @@
 //! The end-of-sweep terminal summary, hyperfine style:
 //! "softmax-diff@0.8 ran 1.90 ± 0.10 × faster than full depth, D = 0.030".
 
+use crate::results::{Baseline, CellStatus};
 use super::ReportRow;
 use crate::results::CellRecord;
 
@@ -11,7 +12,7 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
     let mut group: Option<&str> = None;
     for r in rows {
         let rec = &records[r.record];
-        if rec.status != "ok" || rec.key.baseline == "full" {
+        if rec.status != CellStatus::Ok || rec.key.baseline == Baseline::Full {
             continue;
         }
         if group != Some(r.group.as_str()) {
@@ -21,9 +22,16 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
         }
         let d = r.d_full.map(|x| format!("D = {:.3}", x.mean)).unwrap_or_else(|| "D = n/a".into());
         let pm = |e: Option<f64>| e.map(|e| format!(" ± {e:.2}")).unwrap_or_default();
-        let line = match (r.speedup_measured, r.speedup_measured_err) {
-            (Some(s), e) if s >= 1.0 => format!("{} ran {s:.2}{} × faster than full depth, {d}, avg layers {:.2}/{}", r.label, pm(e), r.avg_layers, r.num_layers),
-            (Some(s), e) => format!("{} ran {:.2}{} × slower than full depth, {d}, avg layers {:.2}/{}", r.label, 1.0 / s, pm(e.map(|e| e / (s * s))), r.avg_layers, r.num_layers),
+        let iv = |lo: Option<f64>, hi: Option<f64>, inv: bool| match (lo, hi) {
+            (Some(a), Some(b)) if inv => format!(" [{:.2}, {:.2}]", 1.0 / b, 1.0 / a),
+            (Some(a), Some(b)) => format!(" [{a:.2}, {b:.2}]"),
+            _ => String::new(),
+        };
+        let (lo, hi) = (r.speedup_measured_lo, r.speedup_measured_hi);
+        let err = if lo.is_some() { None } else { r.speedup_measured_err };
+        let line = match r.speedup_measured {
+            Some(s) if s >= 1.0 => format!("{} ran {s:.2}{}{} × faster than full depth, {d}, avg layers {:.2}/{}", r.label, pm(err), iv(lo, hi, false), r.avg_layers, r.num_layers),
+            Some(s) => format!("{} ran {:.2}{}{} × slower than full depth, {d}, avg layers {:.2}/{}", r.label, 1.0 / s, pm(err.map(|e| e / (s * s))), iv(lo, hi, true), r.avg_layers, r.num_layers),
             _ => format!("{}: avg layers {:.2}/{} (theoretical {:.2}×), {d}", r.label, r.avg_layers, r.num_layers, r.speedup_theoretical.unwrap_or(0.0)),
         };
         out.push(format!("  {line}"));
@@ -35,7 +43,7 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
 /// share of the time inside it (median and worst cell); a warning above 1%, where bookkeeping
 /// would start to perturb what is measured.
 pub fn bookkeeping_line(records: &[CellRecord]) -> Option<String> {
-    let shares: Vec<f64> = records.iter().filter(|r| r.status == "ok" && r.generate_s > 0.0).map(|r| 100.0 * r.bookkeeping_s / r.generate_s).collect();
+    let shares: Vec<f64> = records.iter().filter(|r| r.status == CellStatus::Ok && r.generate_s > 0.0).map(|r| 100.0 * r.bookkeeping_s / r.generate_s).collect();
     if shares.is_empty() {
         return None;
     }

@@ -6,4 +6,4 @@ pub mod merge;
 pub mod record;
 pub mod store;
 
-pub use record::{CellKey, CellRecord, SampleOutput, Stats, SCHEMA_VERSION};
+pub use record::{Baseline, CellKey, CellRecord, CellStatus, SampleOutput, Stats, SCHEMA_VERSION};

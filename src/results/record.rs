@@ -13,6 +13,70 @@ use serde::{Deserialize, Serialize};
 /// sample's first token, made by the prefill, too); version-1 records are upgraded on reading.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// A cell's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    /// Measured.
+    Ok,
+    /// The cell cannot run here (a dtype the runtime lacks, a measure the model lacks).
+    Unsupported,
+    /// The cell failed at run time (`reason` says why).
+    Error,
+}
+
+impl CellStatus {
+    /// The name records and CSV use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellStatus::Ok => "ok",
+            CellStatus::Unsupported => "unsupported",
+            CellStatus::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for CellStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of cell a key names: a baseline or an early-exit setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// Full depth, the reference every other cell of its group is compared with.
+    Full,
+    /// Full depth timed without the layers / checks / propagation split (what the split costs).
+    FullUnsplit,
+    /// Every token at one fixed layer.
+    Static,
+    /// The oracle: each token credited to the first layer whose argmax equals the final one.
+    Oracle,
+    /// An early-exit cell (a measure and a threshold).
+    None,
+}
+
+impl Baseline {
+    /// The name records, ids and CSV use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Full => "full",
+            Baseline::FullUnsplit => "full-unsplit",
+            Baseline::Static => "static",
+            Baseline::Oracle => "oracle",
+            Baseline::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Baseline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What identifies a cell. Two records with equal keys measure the same thing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellKey {
@@ -42,8 +106,8 @@ pub struct CellKey {
     pub min_exit_layer: Option<usize>,
     /// Exit interval (None where it does not apply).
     pub exit_interval: Option<usize>,
-    /// `full`, `static`, `oracle` or `none` (an early-exit cell).
-    pub baseline: String,
+    /// `full`, `full-unsplit`, `static`, `oracle` or `none` (an early-exit cell).
+    pub baseline: Baseline,
     /// Static exit layer (static baseline only).
     pub static_layer: Option<usize>,
     /// Machine fingerprint id.
@@ -77,11 +141,12 @@ impl CellKey {
 
     /// A short human label: `softmax-diff@0.8`, `full`, `static@3`, `oracle`.
     pub fn label(&self) -> String {
-        match self.baseline.as_str() {
-            "full" => "full".into(),
-            "static" => format!("static@{}", self.static_layer.unwrap_or(0)),
-            "oracle" => "oracle".into(),
-            _ => format!("{}@{}{}", self.measure, self.threshold.unwrap_or(0.0), self.knobs()),
+        match self.baseline {
+            Baseline::Full => "full".into(),
+            Baseline::FullUnsplit => "full (no time split)".into(),
+            Baseline::Static => format!("static@{}", self.static_layer.unwrap_or(0)),
+            Baseline::Oracle => "oracle".into(),
+            Baseline::None => format!("{}@{}{}", self.measure, self.threshold.unwrap_or(0.0), self.knobs()),
         }
     }
 
@@ -152,8 +217,9 @@ pub struct TimeSplit {
 }
 
 /// Energy of a cell (filled by the meters; `source` is `none` where no meter ran). Figures are
-/// per pass over the cell's samples, medians over repetitions; prefill and decode energy are
-/// attributed in proportion to their time inside the window.
+/// per pass over the cell's samples, the median repetition's. The prefill's share comes from a
+/// prefill-only window (`prefill_energy_method` = `window`) or, where none was measured, from
+/// its share of the time (`time-share`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Energy {
@@ -169,11 +235,17 @@ pub struct Energy {
     pub idle_w: Option<f64>,
     /// Average power over the window, watts.
     pub avg_watts: Option<f64>,
-    /// Gross joules per generated token.
+    /// Gross joules per generated token, prefill included (the first token of each sample is the
+    /// prefill's); `decode_j_per_token` is the decode-only figure beside the decode-only speedup.
     pub j_per_token: Option<f64>,
-    /// Prefill joules per query.
+    /// Prefill joules of one pass over the samples (all its queries).
     pub prefill_j: Option<f64>,
-    /// Decode joules per decoded token.
+    /// Prefill joules per query.
+    pub prefill_j_per_query: Option<f64>,
+    /// How the prefill's joules were found: `window` (a prefill-only pass, repeated to fill the
+    /// minimum window) or `time-share` (the window split by time).
+    pub prefill_energy_method: Option<String>,
+    /// Decode joules per decoded token (the window's joules less the prefill's).
     pub decode_j_per_token: Option<f64>,
     /// Watt-hours per 1,000 queries (gross).
     pub wh_per_1k_queries: Option<f64>,
@@ -199,6 +271,24 @@ pub struct Energy {
     pub energy_j_stats: Option<Stats>,
     /// Gross joules per token over the repetitions.
     pub j_per_token_stats: Option<Stats>,
+}
+
+/// A paired speedup: per sample and repetition, full depth's decode ms/token ÷ this cell's, both
+/// measured in the same round; the median of those ratios with a 95% bootstrap interval.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PairedSpeedup {
+    /// Median of the per-sample ratios.
+    pub measured: f64,
+    /// Lower end of the 95% percentile-bootstrap interval of the median.
+    pub lo: f64,
+    /// Upper end of the interval.
+    pub hi: f64,
+    /// Pairs (sample × repetition) the median is over.
+    pub pairs: usize,
+    /// Samples left out because one side decoded no token.
+    pub excluded: usize,
+    /// The per-pair ratios (for `check`, which bootstraps their change between two runs).
+    pub ratios: Vec<f64>,
 }
 
 /// One exited token in a trace.
@@ -261,7 +351,7 @@ impl CellRecord {
             return;
         }
         self.schema_version = SCHEMA_VERSION;
-        let depth = if self.key.baseline == "static" { self.key.static_layer.unwrap_or(self.num_layers) } else { self.num_layers };
+        let depth = if self.key.baseline == Baseline::Static { self.key.static_layer.unwrap_or(self.num_layers) } else { self.num_layers };
         if depth == 0 || depth > self.exit_histogram.len() {
             return;
         }
@@ -286,7 +376,7 @@ pub struct CellRecord {
     /// The cell's key.
     pub key: CellKey,
     /// `ok`, `unsupported` or `error`.
-    pub status: String,
+    pub status: CellStatus,
     /// Why a cell is unsupported or failed.
     pub reason: Option<String>,
     /// Layers L of the model.
@@ -348,6 +438,25 @@ pub struct CellRecord {
     /// block's measured `mem_bandwidth_gb_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub achieved_gb_s: Option<f64>,
+    /// The paired measured speedup over full depth (None for full depth itself, the oracle, and
+    /// records older than rounds, whose speedup reports derive from the medians).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<PairedSpeedup>,
+    /// Rounds the cell was measured in (every cell of the group over one block of samples per
+    /// round, in a varied order); 0 in records older than rounds.
+    #[serde(default)]
+    pub rounds: usize,
+    /// Samples per round.
+    #[serde(default)]
+    pub round_samples: usize,
+    /// Mean microseconds of each layer index (index 0 = layer 1) over the decoded tokens that ran
+    /// it; empty where not measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_us: Vec<f64>,
+    /// Where `layer_us` comes from: `timed rounds` (CPU: synchronizing is free) or `profiling
+    /// pass` (a GPU: an untimed pass synchronizing after every layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_us_source: Option<String>,
     /// The runtime and what building it cost (export, session creation; never in ms/token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::backend::RuntimeInfo>,

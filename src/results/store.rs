@@ -19,8 +19,8 @@ pub fn records_path(p: &Path) -> PathBuf {
     }
 }
 
-/// Appends one record and syncs it to disk.
-pub fn append(path: &Path, rec: &CellRecord) -> Result<()> {
+/// Appends one record (any JSON line: cell records, round records) and syncs it to disk.
+pub fn append<T: serde::Serialize>(path: &Path, rec: &T) -> Result<()> {
     let mut line = serde_json::to_string(rec).map_err(|e| Error::Internal(e.to_string()))?;
     line.push('\n');
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
@@ -43,8 +43,12 @@ pub fn write_records(path: &Path, records: &[CellRecord]) -> Result<()> {
 
 /// Reads every record of a file or results directory.
 pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
-    let path = records_path(p);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    read_lines(&records_path(p), "result record", |r: &mut CellRecord| r.upgrade())
+}
+
+/// Reads a JSONL file of `what`s, applying `upgrade` to each (a torn last line is skipped).
+pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path, what: &str, upgrade: impl Fn(&mut T)) -> Result<Vec<T>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     // A sweep killed mid-append leaves a last line without its newline, possibly cut inside a
     // multi-byte character: that line alone is skipped; any other bad line is an error.
     let ends_clean = bytes.is_empty() || bytes.ends_with(b"\n");
@@ -56,16 +60,16 @@ pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
         if blank(raw) {
             continue;
         }
-        let parsed = std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<CellRecord>(l).map_err(|e| e.to_string()));
+        let parsed = std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<T>(l).map_err(|e| e.to_string()));
         match parsed {
             Ok(mut r) => {
-                r.upgrade();
+                upgrade(&mut r);
                 out.push(r)
             }
             Err(_) if Some(i) == last && !ends_clean => {
                 eprintln!("warning: {}: ignoring a torn last line {} (a sweep was killed while writing it)", path.display(), i + 1);
             }
-            Err(e) => return Err(Error::file(&path, Some(i + 1), format!("not a result record: {e}"))),
+            Err(e) => return Err(Error::file(path, Some(i + 1), format!("not a {what}: {e}"))),
         }
     }
     Ok(out)

@@ -160,6 +160,19 @@ pub struct RawSettings {
     /// Measured repetitions of every cell.
     #[arg(long)]
     pub repetitions: Option<usize>,
+    /// Samples per round: every cell of a group runs this block of samples, then every cell the
+    /// next (cell order shuffled per round) [default: 5, or all samples when a hardware meter
+    /// needs --min-window per cell and round].
+    #[arg(long)]
+    pub round_samples: Option<usize>,
+    /// The cells' order within the rounds: interleaved, or sequential (each cell over all its
+    /// samples before the next; drift then lands in the speedups: for comparisons only).
+    #[arg(long, value_enum)]
+    pub order: Option<super::rounds::RoundOrder>,
+    /// Add a full-depth row timed without the layers / checks / propagation split, showing what
+    /// the split's synchronization costs [default: on for CUDA devices].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub split_cost_row: Option<bool>,
     /// Seed (sampling, bootstrap).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -301,6 +314,9 @@ impl RawSettings {
             max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),
             warmup: Some(1),
             repetitions: Some(1),
+            round_samples: None,
+            order: Some(super::rounds::RoundOrder::Interleaved),
+            split_cost_row: None,
             seed: Some(0),
             out: None,
             trace_samples: Some(20),
@@ -377,6 +393,12 @@ pub struct Plan {
     pub warmup: usize,
     /// Repetitions per cell.
     pub repetitions: usize,
+    /// Samples per round (None: the default for the meters found).
+    pub round_samples: Option<usize>,
+    /// The cells' order within the rounds.
+    pub order: super::rounds::RoundOrder,
+    /// The split-cost row (None: on for CUDA devices).
+    pub split_cost_row: Option<bool>,
     /// Seed.
     pub seed: u64,
     /// Output directory.
@@ -610,6 +632,12 @@ impl Plan {
             max_new_tokens,
             warmup: need(s.warmup, "--warmup")?,
             repetitions,
+            round_samples: match s.round_samples {
+                Some(0) => return Err(Error::setting("--round-samples", "must be at least 1")),
+                other => other,
+            },
+            order: need(s.order, "--order")?,
+            split_cost_row: s.split_cost_row,
             seed: need(s.seed, "--seed")?,
             out: PathBuf::from(s.out.clone().unwrap_or_else(|| format!("results/run-{}", local_timestamp()))),
             trace_samples: need(s.trace_samples, "--trace-samples")?,

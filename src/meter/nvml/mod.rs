@@ -12,12 +12,12 @@
 //! edges. A GPU shared with other processes gets a warning on every reading.
 
 mod counter;
-mod fingerprint;
 mod instant;
+mod visible;
 
 pub use counter::NvmlCounterMeter;
-pub use fingerprint::gpu_block;
 pub use instant::NvmlInstantMeter;
+pub use visible::{index_of_cuda_ordinal, visible_device, VisibleDevice};
 
 use super::{Meter, MeterOptions, MeterStatus};
 use crate::error::Error;
@@ -41,9 +41,11 @@ pub const DEFAULT_PERIOD: Duration = Duration::from_millis(100);
 /// Time spent measuring a GPU's update period at detection.
 pub const PERIOD_PROBE: Duration = Duration::from_millis(600);
 
-/// Loads NVML from [`LIBRARIES`]; the error names every library tried and the loader's reason.
+/// NVML loaded from [`LIBRARIES`] once per process and shared (meters, the fingerprint, memory
+/// sampling); the error names every library tried and the loader's reason.
 pub fn load() -> std::result::Result<Arc<Nvml>, String> {
-    load_from(&LIBRARIES)
+    static SHARED: std::sync::OnceLock<std::result::Result<Arc<Nvml>, String>> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| load_from(&LIBRARIES)).clone()
 }
 
 /// Loads NVML from the first of `libs` that initializes.

@@ -1,7 +1,7 @@
 //! The GPU block of the hardware fingerprint: names, memory, driver and CUDA versions, power
 //! limit, clocks, persistence mode.
 
-use crate::hardware::{GpuBlock, GpuInfo};
+use super::{GpuBlock, GpuInfo};
 use nvml_wrapper::enum_wrappers::device::Clock;
 use nvml_wrapper::{Device, Nvml};
 

@@ -3,6 +3,10 @@
 //! Without GPUs the id is computed exactly as before GPUs were added, so CPU-only machines keep
 //! their ids.
 
+mod gpu;
+
+pub use gpu::gpu_block;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -106,7 +110,7 @@ impl Hardware {
 
     /// Probes this machine, GPUs included when NVML loads.
     pub fn probe() -> Hardware {
-        let gpu = crate::meter::nvml::load().ok().and_then(|n| crate::meter::nvml::gpu_block(&n));
+        let gpu = crate::meter::nvml::load().ok().and_then(|n| gpu::gpu_block(&n));
         Hardware::probe_with_gpu(gpu)
     }
 

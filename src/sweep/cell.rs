@@ -1,0 +1,193 @@
+//! One cell's samples in one round: the block generated inside one energy window (repeated
+//! until the window lasts the meter's minimum), each sample kept compactly as a [`SampleRun`].
+
+use super::energy::window_joules;
+use super::fingerprint::CellMode;
+use super::plan::Plan;
+use super::rounds::{Round, RoundRecord, SampleRun};
+use crate::backend::{Backend, DeviceKind};
+use crate::decode::{generate, GenerateOptions, Generation, Sampling};
+use crate::error::Result;
+use crate::meter::EnergyWindow;
+use std::time::Instant;
+
+/// The energy window and the idle baseline shared by every cell.
+pub struct MeterCtx<'a> {
+    /// The run's meters.
+    pub window: &'a mut EnergyWindow,
+    /// Idle power per meter (empty when not measured).
+    pub idle: &'a [(String, f64)],
+}
+
+/// Tokens of the untimed re-warm that opens every cell's round.
+pub const REWARM_TOKENS: usize = 4;
+
+/// What a cell generates with: its mode, the plan's limits, and the sample's seed.
+pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], profile_layers: bool) -> GenerateOptions {
+    GenerateOptions {
+        mode: cell.mode,
+        max_new_tokens: plan.max_new_tokens,
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: plan.seed.wrapping_add(sample as u64) },
+        eos_ids: eos_ids.to_vec(),
+        profile_layers,
+        time_split: cell.time_split,
+    }
+}
+
+/// Runs `cell` over the first `n` prompts, measuring nothing (caches and clocks warm up).
+pub fn warm_up<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
+    let mut generate_s = 0.0;
+    for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
+        crate::interrupt::check()?;
+        let t = Instant::now();
+        generate(backend, p, &options(plan, cell, i, eos_ids, false))?;
+        generate_s += t.elapsed().as_secs_f64();
+        tick();
+    }
+    Ok(generate_s)
+}
+
+/// Per-layer seconds and runs of an untimed pass over `samples` that synchronizes after every
+/// layer (GPUs, where the timed rounds must not).
+pub fn profile_pass<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
+    let layers = backend.num_layers();
+    let (mut s, mut n) = (vec![0.0; layers], vec![0u64; layers]);
+    for i in samples {
+        crate::interrupt::check()?;
+        let g = generate(backend, &prompts[i], &options(plan, cell, i, eos_ids, true))?;
+        add_profile(&mut s, &mut n, &g);
+    }
+    Ok((s, n))
+}
+
+fn add_profile(s: &mut [f64], n: &mut [u64], g: &Generation) {
+    for (i, (x, k)) in g.layer_s.iter().zip(&g.layer_runs).enumerate() {
+        s[i] += x;
+        n[i] += k;
+    }
+}
+
+/// Runs one cell's block of `round` inside one energy window (the block repeated until the
+/// window lasts --min-window for meters that need it). Layers are profiled in the timed passes
+/// only where synchronizing is free (the CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn run_round<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
+    let start = Instant::now();
+    let layers = backend.num_layers();
+    let profile = device == DeviceKind::Cpu;
+    reset_peak_rss();
+    let mut gpu_mem = GpuMemory::for_device(device);
+    let min_window = if meter.window.needs_min_window() { plan.energy.min_window } else { 0.0 };
+    let mut samples: Vec<SampleRun> = Vec::with_capacity(round.samples.len());
+    let (mut layer_s, mut layer_runs) = (vec![0.0; if profile { layers } else { 0 }], vec![0u64; if profile { layers } else { 0 }]);
+    let (mut generate_s, mut passes) = (0.0, 0usize);
+    // The cell before this one in the round left its own weights in the caches: a few untimed
+    // tokens of the block's first sample bring this cell's back (every token runs the cell's
+    // layers and heads), so that a cell's figures depend less on which cell ran before it.
+    if let Some(first) = round.samples.clone().next() {
+        let t = Instant::now();
+        let rewarm = GenerateOptions { max_new_tokens: plan.max_new_tokens.min(REWARM_TOKENS), ..options(plan, cell, first, eos_ids, false) };
+        generate(backend, &prompts[first], &rewarm)?;
+        generate_s += t.elapsed().as_secs_f64();
+    }
+    backend.sync()?;
+    meter.window.begin()?;
+    let window_start = Instant::now();
+    let work = (|| -> Result<()> {
+        loop {
+            for (k, i) in round.samples.clone().enumerate() {
+                crate::interrupt::check()?;
+                let t = Instant::now();
+                let g = generate(backend, &prompts[i], &options(plan, cell, i, eos_ids, profile && passes == 0))?;
+                generate_s += t.elapsed().as_secs_f64();
+                gpu_mem.sample();
+                if passes == 0 {
+                    if profile {
+                        add_profile(&mut layer_s, &mut layer_runs, &g);
+                    }
+                    samples.push(sample_run(i, &g, round.repetition == 0 && i < plan.trace_samples));
+                    tick();
+                } else {
+                    samples[k].decode_s += g.decode_s();
+                }
+            }
+            passes += 1;
+            if window_start.elapsed().as_secs_f64() >= min_window {
+                return Ok(());
+            }
+        }
+    })();
+    let synced = backend.sync();
+    let reading = meter.window.end()?;
+    work?;
+    synced?;
+    Ok(RoundRecord {
+        cell_id: cell_id.to_string(),
+        round: round.index,
+        repetition: round.repetition,
+        samples,
+        passes,
+        generate_s,
+        wall_s: start.elapsed().as_secs_f64(),
+        energy: window_joules(&reading, meter.idle),
+        layer_s,
+        layer_runs,
+        peak_mem_mb: peak_rss_mb(),
+        peak_device_mem: gpu_mem.peak,
+    })
+}
+
+/// A generation kept compactly (confidences only for traced samples).
+pub fn sample_run(sample: usize, g: &Generation, traced: bool) -> SampleRun {
+    let decoded = g.tokens.iter().skip(1);
+    SampleRun {
+        sample,
+        prompt_tokens: g.prompt_tokens,
+        ids: g.ids(),
+        exits: g.tokens.iter().map(|t| t.exit_layer).collect(),
+        confidences: if traced { g.tokens.iter().map(|t| t.confidence).collect() } else { Vec::new() },
+        stop: g.stop,
+        prefill_s: g.prefill_s,
+        decode_s: g.decode_s(),
+        decode_tokens: g.tokens.len().saturating_sub(1),
+        split: decoded.fold([0.0; 3], |a, t| [a[0] + t.layers_s, a[1] + t.exit_checks_s, a[2] + t.propagation_s]),
+    }
+}
+
+/// Peak GPU memory over a round, sampled through NVML after every sample of a CUDA cell.
+struct GpuMemory {
+    nvml: Option<(std::sync::Arc<nvml_wrapper::Nvml>, u32)>,
+    peak: Option<(f64, String)>,
+}
+
+impl GpuMemory {
+    fn for_device(device: DeviceKind) -> Self {
+        let nvml = match device {
+            DeviceKind::Cuda(ordinal) => crate::meter::nvml::load().ok().and_then(|n| crate::meter::nvml::index_of_cuda_ordinal(&n, ordinal).ok().map(|i| (n, i))),
+            _ => None,
+        };
+        GpuMemory { nvml, peak: None }
+    }
+
+    fn sample(&mut self) {
+        let Some((nvml, index)) = &self.nvml else { return };
+        let Some(now) = nvml.device_by_index(*index).ok().and_then(|d| crate::meter::nvml::gpu_memory_mib(&d)) else { return };
+        if self.peak.as_ref().is_none_or(|(mib, _)| now.0 > *mib) {
+            self.peak = Some((now.0, now.1.to_string()));
+        }
+    }
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux; elsewhere a no-op).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, MiB (0 where unknown).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
