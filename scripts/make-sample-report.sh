@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Remakes the committed sample report reports/default/: the default sweep (`exitbench run` with no
-# grid flags: the shipped model, synth:test, 100 samples, every CPU backend in f32, all four
+# grid flags: the shipped model, synth:test, 40 samples, every CPU backend in f32, all four
 # measures at 0.95 … 0.5, full depth and oracle) run on this machine, then its reports.
 # Usage: scripts/make-sample-report.sh [OUT_DIR]   (default reports/default)
 # Run it on an otherwise idle machine: the timings and energy figures are this machine's.
@@ -10,7 +10,7 @@ out=${1:-reports/default}
 cargo build --release --quiet
 rm -rf "$out"
 start=$(date +%s)
-./target/release/exitbench run --out "$out" --quiet 2>&1 | tee "$out.terminal.txt"
+./target/release/exitbench run --out "$out" 2>&1 | tee "$out.terminal.txt"
 end=$(date +%s)
 mv "$out.terminal.txt" "$out/terminal-summary.txt"
 {

@@ -4,14 +4,13 @@
 //! the test split next to full depth, the oracle and the lead baseline (the report's first
 //! sentence as the summary).
 
-use crate::results::{Baseline, CellStatus};
+use crate::results::{Baseline, CellRecord, CellStatus, store};
 use crate::data::synth;
 use crate::data::DatasetSpec;
 use crate::error::{Error, Result};
 use crate::metrics::rouge::Rouge;
 use crate::metrics::stats::bootstrap_mean;
 use crate::report::{derive, ReportRow};
-use crate::results::{store, CellRecord};
 use crate::sweep::runner::{self, Progress, RunOptions};
 use crate::sweep::{Plan, RawSettings};
 use serde::{Deserialize, Serialize};

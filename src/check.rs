@@ -213,16 +213,16 @@ fn speedup_change(cell: &str, b: &crate::results::record::PairedSpeedup, c: &cra
     let change = rel(b.measured, c.measured);
     let interval = (b.ratios.len() >= 2 && c.ratios.len() >= 2).then(|| {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
-        // The same grid on both sides lists its ratios in the same (round, sample) order: resample
-        // samples jointly (a sample slow on both sides cancels); otherwise each side on its own.
-        let paired = b.ratios.len() == c.ratios.len();
+        // Whole rounds are resampled (a machine state lasting a round moves its samples together);
+        // the same grid on both sides has the same rounds, resampled jointly.
+        let (bc, cc) = (crate::metrics::stats::clusters(&b.ratios, &b.rounds), crate::metrics::stats::clusters(&c.ratios, &c.rounds));
+        let joint = bc.len() == cc.len();
         let mut changes: Vec<f64> = (0..2000)
             .map(|_| {
-                let (n, m) = (b.ratios.len(), c.ratios.len());
-                let bi: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
-                let ci: Vec<usize> = if paired { bi.clone() } else { (0..m).map(|_| rng.random_range(0..m)).collect() };
-                let pick = |xs: &[f64], idx: &[usize]| median(&idx.iter().map(|&i| xs[i]).collect::<Vec<_>>());
-                pick(&c.ratios, &ci) / pick(&b.ratios, &bi) - 1.0
+                let bi: Vec<usize> = (0..bc.len()).map(|_| rng.random_range(0..bc.len())).collect();
+                let ci: Vec<usize> = if joint { bi.clone() } else { (0..cc.len()).map(|_| rng.random_range(0..cc.len())).collect() };
+                let pick = |g: &[Vec<f64>], idx: &[usize]| median(&idx.iter().flat_map(|&i| g[i].iter().copied()).collect::<Vec<_>>());
+                pick(&cc, &ci) / pick(&bc, &bi) - 1.0
             })
             .collect();
         changes.sort_by(|a, b| a.total_cmp(b));
@@ -423,7 +423,8 @@ mod tests {
     }
 
     fn paired(ratios: &[f64]) -> crate::results::record::PairedSpeedup {
-        crate::results::record::PairedSpeedup { measured: median(ratios), lo: 0.0, hi: 0.0, pairs: ratios.len(), excluded: 0, ratios: ratios.to_vec() }
+        let rounds = (0..ratios.len()).collect();
+        crate::results::record::PairedSpeedup { measured: median(ratios), lo: 0.0, hi: 0.0, pairs: ratios.len(), excluded: 0, ratios: ratios.to_vec(), rounds }
     }
 
     #[test]

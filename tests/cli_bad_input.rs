@@ -172,7 +172,7 @@ fn generate_threshold_without_measure_is_refused_and_text_mode_says_what_ran() {
 fn help_shows_defaults_value_names_and_aliases() {
     let (code, out, _) = exitbench(&["run", "--help"]);
     assert_eq!(code, 0);
-    for want in ["--samples <SAMPLES>", "[default: 100]", "[default: 64]", "[default: 0.95,0.9,0.8,0.7,0.6,0.5]", "[default: candle,ort]",
+    for want in ["--samples <SAMPLES>", "[default: 40]", "[default: 64]", "[default: 0.95,0.9,0.8,0.7,0.6,0.5]", "[default: candle,ort]",
         "[alias: --measures]", "[alias: --threshold]", "softmax-diff", "saturation", "bf16", "[possible values: fixed, decaying]", "fp32"] {
         assert!(out.contains(want), "run --help lacks `{want}`");
     }

@@ -190,6 +190,24 @@ fn schema_1_records_are_upgraded_exactly() {
         }
     }
     assert!(now.iter().any(|r| r.key.baseline == Baseline::Static) && now.iter().any(|r| r.avg_layers < r.num_layers as f64 - 0.5));
+    // Version 2 kept the prefill's joules per query in `prefill_j`.
+    let v2: Vec<String> = now
+        .iter()
+        .map(|r| {
+            let mut v = r.clone();
+            v.schema_version = 2;
+            v.energy.prefill_j = v.energy.prefill_j_per_query.take();
+            v.energy.prefill_energy_method = None;
+            serde_json::to_string(&v).unwrap()
+        })
+        .collect();
+    let v2p = d.path().join("v2.jsonl");
+    std::fs::write(&v2p, v2.join("\n") + "\n").unwrap();
+    for (u, r) in exitbench::results::store::read(&v2p).unwrap().iter().zip(&now) {
+        assert_eq!((u.schema_version, u.energy.prefill_j_per_query), (3, r.energy.prefill_j_per_query));
+        assert!((u.energy.prefill_j.unwrap() - r.energy.prefill_j.unwrap()).abs() < 1e-9, "{}", r.key.label());
+        assert_eq!(u.energy.prefill_energy_method.as_deref(), Some("time-share"));
+    }
 }
 
 fn lines(p: &Path) -> Vec<String> {

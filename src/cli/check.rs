@@ -1,9 +1,8 @@
 //! `exitbench check --baseline OLD --current NEW`: the CI regression gate (exit 1 on regression).
 
-use crate::results::CellStatus;
+use crate::results::{CellStatus, store};
 use crate::check::{self, CheckOptions};
 use crate::error::{Error, Result};
-use crate::results::store;
 use std::io::Write;
 use std::path::PathBuf;
 

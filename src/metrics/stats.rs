@@ -77,6 +77,45 @@ pub fn bootstrap_median(xs: &[f64], resamples: usize, seed: u64) -> Interval {
     bootstrap(xs, resamples, seed, median)
 }
 
+/// Median with a 95% cluster-bootstrap interval: whole clusters (`cluster[i]` is the cluster of
+/// `xs[i]`, e.g. the round a sample ran in) are resampled with replacement, so values that move
+/// together (a machine state that lasts a round) count as one observation, not many. With a
+/// single cluster it is [`bootstrap_median`].
+pub fn cluster_bootstrap_median(xs: &[f64], cluster: &[usize], resamples: usize, seed: u64) -> Interval {
+    let groups = clusters(xs, cluster);
+    if groups.len() < 2 {
+        return bootstrap_median(xs, resamples, seed);
+    }
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let stats: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let picked: Vec<f64> = (0..groups.len()).flat_map(|_| groups[rng.random_range(0..groups.len())].iter().copied()).collect();
+            median(&picked)
+        })
+        .collect();
+    Interval { mean: median(xs), lo: quantile(&stats, 0.025), hi: quantile(&stats, 0.975) }
+}
+
+/// `xs` grouped by `cluster` (in order of first appearance); every value its own cluster when
+/// the lengths differ.
+pub fn clusters(xs: &[f64], cluster: &[usize]) -> Vec<Vec<f64>> {
+    if cluster.len() != xs.len() {
+        return xs.iter().map(|&x| vec![x]).collect();
+    }
+    let mut ids: Vec<usize> = Vec::new();
+    let mut out: Vec<Vec<f64>> = Vec::new();
+    for (&x, &c) in xs.iter().zip(cluster) {
+        match ids.iter().position(|&i| i == c) {
+            Some(k) => out[k].push(x),
+            None => {
+                ids.push(c);
+                out.push(vec![x]);
+            }
+        }
+    }
+    out
+}
+
 fn bootstrap(xs: &[f64], resamples: usize, seed: u64, stat: impl Fn(&[f64]) -> f64) -> Interval {
     if xs.is_empty() {
         return Interval { mean: f64::NAN, lo: f64::NAN, hi: f64::NAN };
@@ -121,5 +160,20 @@ mod tests {
         assert!(md.lo <= 2.0 && md.hi >= 3.0 && md.hi <= 10.0, "{md:?}");
         let c = bootstrap_mean(&[0.4; 10], 100, 3);
         assert!((c.lo - 0.4).abs() < 1e-12 && (c.hi - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_cluster_bootstrap_resamples_whole_clusters() {
+        // Two rounds of three equal values: a resample takes round 1 or 2 twice (median 2 or 4)
+        // or both (median 3); never a mixture inside a round.
+        let (xs, rounds) = ([2.0, 2.0, 2.0, 4.0, 4.0, 4.0], [1, 1, 1, 2, 2, 2]);
+        let c = cluster_bootstrap_median(&xs, &rounds, 2000, 0);
+        assert_eq!((c.mean, c.lo, c.hi), (3.0, 2.0, 4.0));
+        // Counted per sample, the same six values look like six observations: the interval is
+        // no narrower here, but with many samples per round it would be (see the sweep tests).
+        assert_eq!(clusters(&xs, &rounds), vec![vec![2.0; 3], vec![4.0; 3]]);
+        assert_eq!(clusters(&[1.0, 2.0], &[]), vec![vec![1.0], vec![2.0]]);
+        // One cluster: the per-sample bootstrap.
+        assert_eq!(cluster_bootstrap_median(&[1.0, 3.0], &[0, 0], 100, 1), bootstrap_median(&[1.0, 3.0], 100, 1));
     }
 }

@@ -4,10 +4,9 @@
 //! bootstrap interval), J/token ratio, token agreement, D(Y_group, Y_reference) and ROUGE-L against
 //! the references. Serves the backend comparison (ORT vs candle) and the precision comparison.
 
-use crate::results::CellStatus;
+use crate::results::{CellRecord, CellStatus, SampleOutput};
 use crate::metrics::rouge::Rouge;
 use crate::metrics::stats::{bootstrap_median, Interval};
-use crate::results::{CellRecord, SampleOutput};
 use std::collections::HashMap;
 
 /// One setting of one group against the same setting of the reference group.

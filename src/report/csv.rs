@@ -1,9 +1,8 @@
 //! `results.csv`: one row per cell with the key, the summary figures and the derived comparisons.
 
-use crate::results::CellStatus;
+use crate::results::{CellRecord, CellStatus};
 use super::{Exporter, ReportRow};
 use crate::error::{Error, Result};
-use crate::results::CellRecord;
 
 /// Column names, in order.
 pub const COLUMNS: &[&str] = &[

@@ -3,10 +3,9 @@
 //! measured speedup, D(Y_early, Y_full) = 1 − ROUGE-L(early outputs, full outputs), and
 //! R_early − R_full (ROUGE-L against references), with bootstrap intervals over samples.
 
-use crate::results::{Baseline, CellStatus};
+use crate::results::{Baseline, CellRecord, CellStatus};
 use crate::metrics::rouge::Rouge;
 use crate::metrics::stats::{bootstrap_mean, Interval};
-use crate::results::CellRecord;
 use std::collections::HashMap;
 
 /// One row of a report: a cell's key figures plus the derived comparisons.

@@ -4,11 +4,10 @@
 //! sample outputs with every token coloured by its exit layer (CALM's figure). All model text is
 //! HTML-escaped.
 
-use crate::results::{Baseline, CellStatus};
+use crate::results::{Baseline, CellRecord, CellStatus};
 use super::svg::{esc, histogram, stacked_bars, Chart, Series, PALETTE};
 use super::{Exporter, ReportRow};
 use crate::error::Result;
-use crate::results::CellRecord;
 use std::fmt::Write;
 
 /// The HTML export.
@@ -151,6 +150,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     s.push_str(&speedup_plot(&ok, records));
     s.push_str(&time_split_plot(&ok, records));
     s.push_str(&bandwidth_plot(&ok, records));
+    s.push_str(&layer_time_plot(&ok, records));
     s.push_str("</div><h3>Exit-layer histograms</h3><div class=\"plots\">");
     for r in &ok {
         let hist = &records[r.record].exit_histogram;
@@ -245,6 +245,33 @@ fn bandwidth_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     let limit = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
     let title = format!("Achieved GB/s (measured limit: {} one thread, {} all threads)", limit(h.mem_bandwidth_gb_s), limit(h.mem_bandwidth_all_gb_s));
     stacked_bars(&title, "GB/s", &data, &[("weights + KV read per token ÷ decode time", PALETTE[3])])
+}
+
+/// Mean µs of each layer index: full depth against every static cell and each measure's
+/// fastest setting, showing whether a layer costs less when fewer layers run.
+fn layer_time_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let has = |r: &&&ReportRow| !records[r.record].layer_us.is_empty();
+    let mut chosen: Vec<&ReportRow> = rows.iter().filter(has).filter(|r| matches!(records[r.record].key.baseline, Baseline::Full | Baseline::Static)).copied().collect();
+    let mut measures: Vec<String> = rows.iter().filter(has).filter(|r| records[r.record].key.baseline == Baseline::None).map(|r| records[r.record].key.measure.clone()).collect();
+    measures.dedup();
+    for m in measures {
+        let best = rows.iter().filter(has).filter(|r| records[r.record].key.measure == m).max_by(|a, b| a.speedup_measured.unwrap_or(0.0).total_cmp(&b.speedup_measured.unwrap_or(0.0)));
+        chosen.extend(best.copied());
+    }
+    if chosen.is_empty() {
+        return String::new();
+    }
+    let source = records[chosen[0].record].layer_us_source.clone().unwrap_or_default();
+    let series = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let rec = &records[r.record];
+            let points = rec.layer_us.iter().enumerate().filter(|(_, &us)| us > 0.0).map(|(l, &us)| ((l + 1) as f64, us, format!("{} layer {}: {us:.1} µs", r.label, l + 1))).collect();
+            Series { label: r.label.clone(), points, line: true, dashed: rec.key.baseline == Baseline::Full, hollow: false, color: PALETTE[i % PALETTE.len()].to_string() }
+        })
+        .collect();
+    Chart { title: format!("Time per layer index (mean over the decoded tokens that ran it; {source})"), x_label: "layer".into(), y_label: "µs".into(), series }.render()
 }
 
 fn time_split_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {

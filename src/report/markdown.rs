@@ -1,10 +1,9 @@
 //! `summary.md`: per configuration group, the headline table: D(Y_early, Y_full),
 //! R_early − R_full, average layers, speedup (measured and theoretical) and J/token.
 
-use crate::results::{Baseline, CellStatus};
+use crate::results::{Baseline, CellRecord, CellStatus};
 use super::{Exporter, ReportRow};
 use crate::error::Result;
-use crate::results::CellRecord;
 use std::fmt::Write;
 
 /// The Markdown export.

@@ -1,7 +1,6 @@
 //! Reports from result records: derived comparisons against full depth, then exports behind one
 //! `Exporter` trait (CSV, Markdown, HTML), and the terminal summary.
 
-use crate::results::{Baseline, CellStatus};
 pub mod compare;
 pub mod csv;
 pub mod derive;
@@ -10,8 +9,8 @@ pub mod markdown;
 pub mod svg;
 pub mod terminal;
 
+use crate::results::{Baseline, CellRecord, CellStatus};
 use crate::error::{Error, Result};
-use crate::results::CellRecord;
 pub use derive::{derive, ReportRow};
 use std::path::Path;
 

@@ -1,9 +1,8 @@
 //! The end-of-sweep terminal summary, hyperfine style:
 //! "softmax-diff@0.8 ran 1.90 ± 0.10 × faster than full depth, D = 0.030".
 
-use crate::results::{Baseline, CellStatus};
+use crate::results::{Baseline, CellRecord, CellStatus};
 use super::ReportRow;
-use crate::results::CellRecord;
 
 /// Summary lines for every early-exit or static cell that has a full-depth baseline, under a
 /// heading line per configuration group (`candle · cpu · f32 · 1 thread · models/cricket-6l:`).

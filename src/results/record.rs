@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Version of this schema; bumped on incompatible changes.
 /// Version 2: `avg_layers` and `exit_histogram` count decoded tokens only (version 1 counted each
 /// sample's first token, made by the prefill, too); version-1 records are upgraded on reading.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3: `prefill_j` is per pass over the samples and `prefill_j_per_query` per query
+/// (version 2's `prefill_j`); `speedup` is the paired speedup from rounds (absent before).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A cell's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -274,12 +276,13 @@ pub struct Energy {
 }
 
 /// A paired speedup: per sample and repetition, full depth's decode ms/token ÷ this cell's, both
-/// measured in the same round; the median of those ratios with a 95% bootstrap interval.
+/// measured in the same round; the median of those ratios with a 95% cluster-bootstrap interval
+/// over rounds.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PairedSpeedup {
     /// Median of the per-sample ratios.
     pub measured: f64,
-    /// Lower end of the 95% percentile-bootstrap interval of the median.
+    /// Lower end of the 95% bootstrap interval of the median (whole rounds resampled).
     pub lo: f64,
     /// Upper end of the interval.
     pub hi: f64,
@@ -289,6 +292,10 @@ pub struct PairedSpeedup {
     pub excluded: usize,
     /// The per-pair ratios (for `check`, which bootstraps their change between two runs).
     pub ratios: Vec<f64>,
+    /// The round of each ratio: the interval resamples whole rounds, since a machine state that
+    /// lasts a round moves all of its samples together.
+    #[serde(default)]
+    pub rounds: Vec<usize>,
 }
 
 /// One exited token in a trace.
@@ -344,22 +351,32 @@ pub fn mean_exit_layer(histogram: &[u64]) -> f64 {
 }
 
 impl CellRecord {
-    /// Upgrades a version-1 record exactly: each sample's first token (made by the prefill at L
-    /// layers, or at the static layer) leaves the histogram and the averages.
+    /// Upgrades an older record exactly. Version 1 → 2: each sample's first token (made by the
+    /// prefill at L layers, or at the static layer) leaves the histogram and the averages.
+    /// Version 2 → 3: `prefill_j` was per query and is now per pass over the samples (the
+    /// per-query figure moves to `prefill_j_per_query`; the method was `time-share`).
     pub fn upgrade(&mut self) {
-        if self.schema_version != 1 {
-            return;
+        if self.schema_version == 1 {
+            self.schema_version = 2;
+            let depth = if self.key.baseline == Baseline::Static { self.key.static_layer.unwrap_or(self.num_layers) } else { self.num_layers };
+            if depth > 0 && depth <= self.exit_histogram.len() {
+                let firsts = self.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
+                self.exit_histogram[depth - 1] = self.exit_histogram[depth - 1].saturating_sub(firsts);
+                self.avg_layers = mean_exit_layer(&self.exit_histogram);
+                for o in &mut self.outputs {
+                    o.avg_layers = if o.tokens >= 2 { (o.avg_layers * o.tokens as f64 - depth as f64) / (o.tokens - 1) as f64 } else { 0.0 };
+                }
+            }
         }
-        self.schema_version = SCHEMA_VERSION;
-        let depth = if self.key.baseline == Baseline::Static { self.key.static_layer.unwrap_or(self.num_layers) } else { self.num_layers };
-        if depth == 0 || depth > self.exit_histogram.len() {
-            return;
-        }
-        let firsts = self.outputs.iter().filter(|o| o.tokens > 0).count() as u64;
-        self.exit_histogram[depth - 1] = self.exit_histogram[depth - 1].saturating_sub(firsts);
-        self.avg_layers = mean_exit_layer(&self.exit_histogram);
-        for o in &mut self.outputs {
-            o.avg_layers = if o.tokens >= 2 { (o.avg_layers * o.tokens as f64 - depth as f64) / (o.tokens - 1) as f64 } else { 0.0 };
+        if self.schema_version == 2 {
+            self.schema_version = 3;
+            if self.energy.prefill_j_per_query.is_none() {
+                self.energy.prefill_j_per_query = self.energy.prefill_j;
+                self.energy.prefill_j = self.energy.prefill_j.map(|j| j * self.samples as f64);
+                if self.energy.prefill_j.is_some() {
+                    self.energy.prefill_energy_method = Some("time-share".into());
+                }
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use super::rounds::{RoundRecord, SampleRun};
 use crate::error::Result;
 use crate::exit::ExitMode;
 use crate::metrics::rouge::{corpus, Rouge};
-use crate::metrics::stats::{bootstrap_median, median};
+use crate::metrics::stats::{cluster_bootstrap_median, median};
 use crate::model::ModelFiles;
 use crate::results::record::{CellKey, CellRecord, CellStatus, PairedSpeedup, SampleOutput, Stats, TimeSplit, TraceToken};
 use std::collections::BTreeMap;
@@ -180,10 +180,10 @@ fn layer_means(s: &[f64], n: &[u64]) -> Vec<f64> {
 }
 
 /// Per sample and repetition, full depth's decode ms/token ÷ the cell's, both from the same
-/// round; the median with a 95% bootstrap interval. Pairs where either side decoded no token
-/// are left out and counted. None without any pair.
+/// round; the median with a 95% bootstrap interval that resamples whole rounds. Pairs where
+/// either side decoded no token are left out and counted. None without any pair.
 pub fn paired_speedup(full: &[&RoundRecord], cell: &[&RoundRecord], seed: u64) -> Option<PairedSpeedup> {
-    let mut ratios = Vec::new();
+    let (mut ratios, mut rounds) = (Vec::new(), Vec::new());
     let mut excluded = 0;
     for r in cell {
         let Some(f) = full.iter().find(|f| f.round == r.round) else {
@@ -193,7 +193,10 @@ pub fn paired_speedup(full: &[&RoundRecord], cell: &[&RoundRecord], seed: u64) -
         for s in &r.samples {
             let base = f.samples.iter().find(|x| x.sample == s.sample).and_then(|x| x.ms_per_token(f.passes));
             match (base, s.ms_per_token(r.passes)) {
-                (Some(b), Some(c)) => ratios.push(b / c),
+                (Some(b), Some(c)) => {
+                    ratios.push(b / c);
+                    rounds.push(r.round);
+                }
                 _ => excluded += 1,
             }
         }
@@ -201,8 +204,8 @@ pub fn paired_speedup(full: &[&RoundRecord], cell: &[&RoundRecord], seed: u64) -
     if ratios.is_empty() {
         return None;
     }
-    let i = bootstrap_median(&ratios, RESAMPLES, seed);
-    Some(PairedSpeedup { measured: median(&ratios), lo: i.lo, hi: i.hi, pairs: ratios.len(), excluded, ratios })
+    let i = cluster_bootstrap_median(&ratios, &rounds, RESAMPLES, seed);
+    Some(PairedSpeedup { measured: median(&ratios), lo: i.lo, hi: i.hi, pairs: ratios.len(), excluded, ratios, rounds })
 }
 
 #[cfg(test)]
@@ -251,10 +254,10 @@ mod tests {
         let cell = [round(0, &[(0, 10, 0.01), (1, 10, 0.005)]), round(1, &[(2, 10, 0.02), (3, 5, 0.01)])];
         let s = paired_speedup(&full.iter().collect::<Vec<_>>(), &cell.iter().collect::<Vec<_>>(), 0).unwrap();
         // Ratios 2, 4, 2: median 2; sample 3 left out and counted.
-        assert_eq!(s.ratios, vec![2.0, 4.0, 2.0]);
+        assert_eq!((s.ratios.clone(), s.rounds.clone()), (vec![2.0, 4.0, 2.0], vec![0, 0, 1]));
         assert_eq!((s.measured, s.pairs, s.excluded), (2.0, 3, 1));
-        // The interval of a median of {2, 4, 2} resampled: between 2 and 4, and holding 2.
-        assert!(s.lo == 2.0 && s.hi <= 4.0 && s.hi >= 2.0, "{s:?}");
+        // Rounds resampled whole: {2, 4} twice (median 3), {2} twice (2), or both (2): [2, 3].
+        assert_eq!((s.lo, s.hi), (2.0, 3.0), "{s:?}");
         assert!(paired_speedup(&[], &cell.iter().collect::<Vec<_>>(), 0).is_none());
     }
 }

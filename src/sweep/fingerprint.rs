@@ -1,11 +1,11 @@
 //! What identifies a cell: its key (model and weights, dataset, runtime, exit knobs, machine) and
 //! the hash of the examples it ran; and the empty record every outcome starts from.
 
+use crate::results::{Baseline, SCHEMA_VERSION};
+use crate::results::record::{CellKey, CellRecord, CellStatus, Energy, Stats, TimeSplit};
 use super::grid::Group;
 use super::plan::Plan;
 use crate::hardware::{hex, Hardware};
-use crate::results::record::{CellKey, CellRecord, CellStatus, Energy, Stats, TimeSplit};
-use crate::results::{Baseline, SCHEMA_VERSION};
 use crate::exit::ExitMode;
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -161,7 +161,7 @@ pub struct RawSettings {
     #[arg(long)]
     pub repetitions: Option<usize>,
     /// Samples per round: every cell of a group runs this block of samples, then every cell the
-    /// next (cell order shuffled per round) [default: 5, or all samples when a hardware meter
+    /// next (cell order shuffled per round) [default: 2, or all samples when a hardware meter
     /// needs --min-window per cell and round].
     #[arg(long)]
     pub round_samples: Option<usize>,
@@ -291,8 +291,8 @@ impl RawSettings {
         serde_json::to_value(self).expect("settings serialize")
     }
 
-    /// The default grid: the shipped model on synth:test, 100 samples, every backend on CPU in
-    /// f32, all four measures at 0.95 … 0.5, full depth and oracle.
+    /// The default grid: the shipped model on synth:test, 40 samples (in rounds of 2), every
+    /// backend on CPU in f32, all four measures at 0.95 … 0.5, full depth and oracle.
     pub fn defaults() -> RawSettings {
         RawSettings {
             model: Some(vec![crate::default_model()]),
@@ -310,7 +310,7 @@ impl RawSettings {
             oracle: Some(true),
             no_oracle: false,
             dataset: Some("synth:test".into()),
-            samples: Some(100),
+            samples: Some(40),
             max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),
             warmup: Some(1),
             repetitions: Some(1),

@@ -19,7 +19,7 @@ use std::path::Path;
 pub const ROUNDS_FILE: &str = "rounds.jsonl";
 
 /// Samples per round where no hardware meter needs a minimum window.
-pub const DEFAULT_ROUND_SAMPLES: usize = 5;
+pub const DEFAULT_ROUND_SAMPLES: usize = 2;
 
 /// The order cells take within the rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

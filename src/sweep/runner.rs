@@ -3,6 +3,8 @@
 //! `rounds.jsonl` as it ends, and each cell's record appended to `results.jsonl` once its last
 //! round is in.
 
+use crate::results::store;
+use crate::results::record::{CellRecord, CellStatus};
 use super::assemble::{assemble, CellRounds};
 use super::cell::{profile_pass, run_round, warm_up, MeterCtx};
 use super::fingerprint::{hash_examples, CellMode, GroupCtx};
@@ -15,8 +17,6 @@ use crate::error::{Error, Result};
 use crate::exit::{ExitMode, Measure};
 use crate::hardware::Hardware;
 use crate::model::ModelFiles;
-use crate::results::record::{CellRecord, CellStatus};
-use crate::results::store;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
