@@ -463,6 +463,19 @@ def sweep_cell(results_path, model, backend, device, dtype, baseline="full"):
     return None
 
 
+def check_exitbench_run(row, eb, prompt_len, sweep):
+    """Records in `row` whether `exitbench generate` saw the same prompt length and, when the
+    sweep has this sample (`sweep`: its token ids), whether they begin generate's; True if both hold."""
+    ok = True
+    if eb["prompt_tokens"] != prompt_len:
+        row["error"] = f"prompt length: ours {prompt_len} tokens, exitbench {eb['prompt_tokens']}"
+        ok = False
+    if sweep is not None:
+        row["sweep_prefix_equal"] = sweep == eb["token_ids"][: len(sweep)]
+        ok = ok and row["sweep_prefix_equal"]
+    return ok
+
+
 def summarize(rows):
     """Counts over per-prompt comparisons."""
     return {
@@ -507,13 +520,7 @@ def main():
         row = {"id": e["id"], "prompt_tokens": len(p), "exitbench_prompt_tokens": eb["prompt_tokens"],
                "ref_ids": g["ids"], "ref_gaps": g["gaps"], "exitbench_ids": eb["token_ids"], "cmp": cmp,
                "ref_decode_ms_per_token": 1e3 * g["decode_s"] / max(1, len(g["ids"]) - 1)}
-        if eb["prompt_tokens"] != len(p):
-            row["error"] = f"prompt length: ours {len(p)} tokens, exitbench {eb['prompt_tokens']}"
-            ok = False
-        if e["id"] in sweep_ids:
-            s = sweep_ids[e["id"]]
-            row["sweep_prefix_equal"] = s == eb["token_ids"][: len(s)]
-            ok = ok and row["sweep_prefix_equal"]
+        ok = check_exitbench_run(row, eb, len(p), sweep_ids.get(e["id"])) and ok
         ok = ok and cmp["explained"]
         rows.append(row)
         status = "identical" if cmp["equal"] else (

@@ -146,13 +146,7 @@ def run_case(a, model_dir, dtype, strict, results, examples):
             eb = ref.exitbench_generate(a.bin, model_dir, e["prompt"], a.max_new_tokens, device=a.device, dtype=dtype)
             row["exitbench_prompt_tokens"] = eb["prompt_tokens"]
             row["exitbench_ids"] = eb["token_ids"]
-            if eb["prompt_tokens"] != len(p):
-                row["error"] = f"prompt length: ours {len(p)} tokens, exitbench {eb['prompt_tokens']}"
-                ok = False
-            if e["id"] in sweep_ids:
-                s = sweep_ids[e["id"]]
-                row["sweep_prefix_equal"] = s == eb["token_ids"][: len(s)]
-                ok = ok and row["sweep_prefix_equal"]
+            ok = ref.check_exitbench_run(row, eb, len(p), sweep_ids.get(e["id"])) and ok
         elif e["id"] in sweep_ids:
             row["exitbench_ids"] = sweep_ids[e["id"]]
             n = len(row["exitbench_ids"])

@@ -26,7 +26,7 @@ pub struct CellRounds<'a> {
     pub rounds: Vec<&'a RoundRecord>,
     /// Full depth's rounds of the same group and run (None for full depth itself).
     pub full: Option<Vec<&'a RoundRecord>>,
-    /// Per repetition and per the prefill depth: joules per query of a prefill-only window.
+    /// Joules per query of the prefill-only window at this cell's prefill depth, where measured.
     pub prefill_j_per_query: Option<f64>,
     /// Per-layer seconds and runs from a profiling pass (GPUs), when one ran.
     pub profile: Option<(Vec<f64>, Vec<u64>)>,
