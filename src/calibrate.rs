@@ -3,6 +3,13 @@
 //! layers; ties: lower ms/token) whose D(Y_early, Y_full) ≤ `max_d`, then report those settings on
 //! the test split next to full depth, the oracle and the lead baseline (the report's first
 //! sentence as the summary).
+//!
+//! With `--risk`, thresholds come with CALM's guarantee instead (Learn-then-Test, [`ltt`]): per
+//! measure, the lowest threshold whose risk (textual: D(Y_early, Y_full) per sample; reference:
+//! max(0, R_full − R_early) per sample) is at most δ with probability ≥ 1 − ε over the validation
+//! samples, by Hoeffding–Bentkus p-values and fixed-sequence testing from the highest threshold.
+
+pub mod ltt;
 
 use crate::results::{Baseline, CellRecord, CellStatus, store};
 use crate::data::synth;
@@ -15,6 +22,73 @@ use crate::sweep::runner::{self, Progress, RunOptions};
 use crate::sweep::{Plan, RawSettings};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The per-sample risk Learn-then-Test bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Risk {
+    /// D(Y_early, Y_full) = 1 − ROUGE-L F of the early output against full depth's (no references).
+    Textual,
+    /// max(0, R_full − R_early): the ROUGE-L F against the reference that early exit loses,
+    /// clipped at 0 so the risk stays in [0, 1] (a gain counts as no loss, as in CALM).
+    Reference,
+}
+
+impl Risk {
+    /// The risk's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Risk::Textual => "textual",
+            Risk::Reference => "reference",
+        }
+    }
+
+    /// Per-sample risks in [0, 1] of `cell` against full depth, in `full`'s sample order (samples
+    /// the cell lacks are left out).
+    pub fn per_sample(self, rouge: &Rouge, full: &CellRecord, cell: &CellRecord) -> Vec<(String, f64)> {
+        let by_id: std::collections::HashMap<&str, &crate::results::SampleOutput> = cell.outputs.iter().map(|o| (o.id.as_str(), o)).collect();
+        full.outputs
+            .iter()
+            .filter_map(|f| {
+                let o = by_id.get(f.id.as_str())?;
+                let r = match self {
+                    Risk::Textual if o.text == f.text => 0.0,
+                    Risk::Textual => 1.0 - rouge.score(&o.text, &f.text).rougeL.fmeasure,
+                    Risk::Reference => (f.rouge_l - o.rouge_l).max(0.0),
+                };
+                Some((f.id.clone(), r.clamp(0.0, 1.0)))
+            })
+            .collect()
+    }
+}
+
+/// Learn-then-Test settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LttOptions {
+    /// The risk bounded.
+    pub risk: Risk,
+    /// Risk level δ.
+    pub delta: f64,
+    /// Error level ε: the guarantee holds with probability ≥ 1 − ε.
+    pub epsilon: f64,
+    /// Also run every threshold on test and check the guarantee over random splits.
+    pub check_validity: bool,
+    /// Random splits of the validity check.
+    pub splits: usize,
+}
+
+/// What Learn-then-Test was asked for, as recorded in the calibration and the model card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LttSummary {
+    /// The risk bounded (`textual` or `reference`).
+    pub risk: Risk,
+    /// Risk level δ.
+    pub delta: f64,
+    /// Error level ε.
+    pub epsilon: f64,
+    /// Validation samples the p-values come from.
+    pub n: usize,
+}
 
 /// What to calibrate.
 #[derive(Debug, Clone)]
@@ -29,6 +103,8 @@ pub struct CalibrateOptions {
     pub test: String,
     /// Output directory (validation/ and test/ results inside).
     pub out: PathBuf,
+    /// Learn-then-Test instead of the point-estimate rule (mean D ≤ `max_d`).
+    pub ltt: Option<LttOptions>,
 }
 
 /// One measure's calibrated setting and its test figures.
@@ -54,6 +130,17 @@ pub struct Chosen {
     pub rouge_l: Option<f64>,
     /// R_early − R_full on test.
     pub rouge_delta: Option<f64>,
+    /// Learn-then-Test: the thresholds tested on validation, highest first, each with its
+    /// empirical risk, n and Hoeffding–Bentkus p-value (empty without `--risk`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ltt_steps: Vec<ltt::LttStep>,
+    /// The guarantee checked over random calibration/test splits of validation + test samples
+    /// (`--check-validity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<ltt::Validity>,
+    /// The risk at the chosen threshold on test (Learn-then-Test only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_risk: Option<f64>,
 }
 
 /// The calibration's figures.
@@ -89,6 +176,9 @@ pub struct Calibration {
     /// The machine the figures were measured on (CPU model, logical CPUs, memory).
     #[serde(default)]
     pub machine: String,
+    /// Learn-then-Test's settings (None: thresholds chosen by mean D ≤ `max_d`, no guarantee).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ltt: Option<LttSummary>,
 }
 
 /// Runs the calibration; results land in `out/validation` and `out/test`.
@@ -103,13 +193,25 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     let val_records = sweep(&val_plan, progress)?;
     let val_rows = derive(&val_records);
     let measures = val_plan.measures.clone();
+    let rouge = Rouge::new(false);
 
     let test_dir = o.out.join("test");
     let mut chosen: Vec<(String, Option<(f64, f64)>)> = Vec::new();
+    let mut steps: Vec<Vec<ltt::LttStep>> = Vec::new();
     for m in &measures {
-        chosen.push((m.name().to_string(), pick(&val_rows, &val_records, m.name(), o.max_d)));
+        match o.ltt {
+            None => chosen.push((m.name().to_string(), pick(&val_rows, &val_records, m.name(), o.max_d))),
+            Some(l) => {
+                let candidates = aligned(&risk_table(&val_records, m.name(), l.risk, &rouge)?);
+                let (tested, t) = ltt::fixed_sequence(&candidates, l.delta, l.epsilon);
+                let d = |t: f64| val_rows.iter().find(|r| val_records[r.record].key.measure == m.name() && val_records[r.record].key.threshold == Some(t)).and_then(|r| r.d_full).map(|i| i.mean);
+                chosen.push((m.name().to_string(), t.map(|t| (t, d(t).unwrap_or(f64::NAN)))));
+                steps.push(tested);
+            }
+        }
     }
-    // Full depth and the oracle, then each measure at its chosen threshold, into one directory.
+    // Full depth and the oracle, then each measure at its chosen threshold (every threshold when
+    // the guarantee is checked on test samples too), into one directory.
     let mut base = o.base.clone();
     base.dataset = Some(o.test.clone());
     base.out = Some(test_dir.display().to_string());
@@ -119,11 +221,17 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     first.oracle = Some(true);
     let test_plan = Plan::from_settings(first)?;
     sweep(&test_plan, progress)?;
+    let all_thresholds = o.ltt.is_some_and(|l| l.check_validity);
     for (m, pick) in &chosen {
-        if let Some((t, _)) = pick {
+        let thresholds = match pick {
+            _ if all_thresholds => o.base.thresholds.clone(),
+            Some((t, _)) => Some(vec![format!("{t}")]),
+            None => None,
+        };
+        if let Some(thresholds) = thresholds {
             let mut s = base.clone();
             s.measure = Some(vec![crate::exit::Measure::parse(m)?]);
-            s.thresholds = Some(vec![format!("{t}")]);
+            s.thresholds = Some(thresholds);
             s.oracle = Some(false);
             runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true, extend: true }, progress)?;
         }
@@ -131,7 +239,61 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     let records = current(&test_plan, store::read(&test_dir)?)?;
     crate::report::write_all(&records, &test_dir)?;
     let rows = derive(&records);
-    summarize(&test_plan, &records, &rows, &chosen, o.max_d)
+    let mut cal = summarize(&test_plan, &records, &rows, &chosen, o.max_d)?;
+    if let Some(l) = o.ltt {
+        cal.ltt = Some(LttSummary { risk: l.risk, delta: l.delta, epsilon: l.epsilon, n: val_plan.examples.len() });
+        for (c, tested) in cal.measures.iter_mut().zip(steps) {
+            c.ltt_steps = tested;
+            let test_table = risk_table(&records, &c.measure, l.risk, &rouge)?;
+            c.test_risk = c.threshold.and_then(|t| test_table.iter().find(|(x, _)| *x == t)).map(|(_, r)| r.iter().map(|x| x.1).sum::<f64>() / r.len().max(1) as f64);
+            if l.check_validity {
+                // Validation and test samples pooled (ids kept apart by their split).
+                let tag = |table: Vec<(f64, Vec<(String, f64)>)>, split: &str| -> Vec<(f64, Vec<(String, f64)>)> {
+                    table.into_iter().map(|(t, r)| (t, r.into_iter().map(|(id, x)| (format!("{split}:{id}"), x)).collect())).collect()
+                };
+                let mut pooled = tag(risk_table(&val_records, &c.measure, l.risk, &rouge)?, "validation");
+                let test_tagged = tag(test_table, "test");
+                pooled.retain(|(t, _)| test_tagged.iter().any(|(x, _)| x == t));
+                for (t, r) in pooled.iter_mut() {
+                    r.extend(test_tagged.iter().find(|(x, _)| x == t).map(|(_, v)| v.clone()).unwrap_or_default());
+                }
+                let pooled = aligned(&pooled);
+                if !pooled.is_empty() {
+                    c.validity = Some(ltt::validity_check(&pooled, l.delta, l.epsilon, l.splits, 0x1a77));
+                }
+            }
+        }
+    }
+    Ok(cal)
+}
+
+/// Per threshold of `measure` (early-exit cells with status ok), the per-sample risks against the
+/// same records' full-depth cell, by sample id.
+#[allow(clippy::type_complexity)]
+fn risk_table(records: &[CellRecord], measure: &str, risk: Risk, rouge: &Rouge) -> Result<Vec<(f64, Vec<(String, f64)>)>> {
+    let full = records
+        .iter()
+        .find(|r| r.key.baseline == Baseline::Full && r.status == CellStatus::Ok)
+        .ok_or_else(|| Error::Internal("no finished full-depth cell to measure the risk against".into()))?;
+    Ok(records
+        .iter()
+        .filter(|r| r.key.measure == measure && r.key.baseline == Baseline::None && r.status == CellStatus::Ok)
+        .filter_map(|r| Some((r.key.threshold?, risk.per_sample(rouge, full, r))))
+        .collect())
+}
+
+/// The candidates restricted to the samples every one of them has, in one order (so each risk
+/// vector covers the same samples).
+fn aligned(table: &[(f64, Vec<(String, f64)>)]) -> Vec<(f64, Vec<f64>)> {
+    let Some((_, first)) = table.first() else { return vec![] };
+    let common: Vec<&String> = first.iter().map(|(id, _)| id).filter(|id| table.iter().all(|(_, r)| r.iter().any(|(x, _)| x == *id))).collect();
+    table
+        .iter()
+        .map(|(t, r)| {
+            let by_id: std::collections::HashMap<&String, f64> = r.iter().map(|(id, x)| (id, *x)).collect();
+            (*t, common.iter().map(|id| by_id[id]).collect())
+        })
+        .collect()
 }
 
 fn sweep(plan: &Plan, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
@@ -188,6 +350,9 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
                 measured_over_theoretical: row.and_then(|r| r.measured_over_theoretical),
                 rouge_l: row.map(|r| r.rouge_l_ref.mean),
                 rouge_delta: row.and_then(|r| r.rouge_delta).map(|i| i.mean),
+                ltt_steps: vec![],
+                validity: None,
+                test_risk: None,
             }
         })
         .collect();
@@ -205,6 +370,7 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         threads: full.key.threads,
         runtime: format!("{} {} {}", full.key.backend, full.key.device, full.key.dtype),
         machine: full.hardware.summary(),
+        ltt: None,
     })
 }
 
@@ -244,13 +410,39 @@ pub fn markdown(c: &Calibration) -> String {
         c.key_facts_each.map(|e| format!(" (winner {:.1}%, score {:.1}%, top performer {:.1}%)", e[0] * 100.0, e[1] * 100.0, e[2] * 100.0)).unwrap_or_default(),
         c.full_ms_per_token, f(c.lead_rouge_l, 3), f(c.oracle_avg_layers, 2)
     );
-    s.push_str(&format!("| measure | threshold (validation D ≤ {}) | validation D | test D [95% CI] | R_early − R_full | avg layers | theoretical speedup | measured speedup | measured ÷ theoretical |\n|---|---|---|---|---|---|---|---|---|\n", c.max_d));
+    let rule = match &c.ltt {
+        None => format!("validation D ≤ {}", c.max_d),
+        Some(l) => format!("Learn-then-Test, {} risk ≤ {} w.p. ≥ {}", l.risk.name(), l.delta, 1.0 - l.epsilon),
+    };
+    if let Some(l) = &c.ltt {
+        s.push_str(&format!(
+            "Thresholds with a guarantee (CALM's Learn-then-Test): for each measure, the lowest threshold λ such that, with probability at least \
+             1 − ε = {} over the n = {} validation samples, the {} risk at λ is at most δ = {} ({}). Hoeffding–Bentkus p-values, fixed-sequence \
+             testing from the highest threshold down, stopping at the first p > ε; none certified means full depth.\n\n",
+            1.0 - l.epsilon, l.n, l.risk.name(), l.delta,
+            match l.risk { Risk::Textual => "per sample D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's output", Risk::Reference => "per sample max(0, R_full − R_early), ROUGE-L F against the reference" }
+        ));
+    }
+    s.push_str(&format!("| measure | threshold ({rule}) | validation D | test D [95% CI] | R_early − R_full | avg layers | theoretical speedup | measured speedup | measured ÷ theoretical |\n|---|---|---|---|---|---|---|---|---|\n"));
     for m in &c.measures {
         let d = m.test_d.map(|d| format!("{:.3} [{:.3}, {:.3}]", d[0], d[1], d[2])).unwrap_or_else(|| "n/a".into());
         let x = |v: Option<f64>| v.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "n/a".into());
         s.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", m.measure, f(m.threshold, 2), f(m.validation_d, 3), d,
             m.rouge_delta.map(|x| format!("{x:+.3}")).unwrap_or_else(|| "n/a".into()), f(m.avg_layers, 2), x(m.speedup_theoretical),
             x(m.speedup_measured), f(m.measured_over_theoretical, 2)));
+    }
+    if let Some(l) = &c.ltt {
+        s.push_str("\n| measure | thresholds tested on validation: λ (R̂, p) | chosen | test risk | validity over random splits |\n|---|---|---|---|---|\n");
+        for m in &c.measures {
+            let tested = m.ltt_steps.iter().map(|t| format!("{} ({:.3}, {:.2e}){}", t.threshold, t.risk, t.p_value, if t.rejected { "" } else { " ✗" })).collect::<Vec<_>>().join("; ");
+            let validity = m
+                .validity
+                .as_ref()
+                .map(|v| format!("{} of {} splits above δ ({:.1}%; ε = {}, allowance {:.1}%)", v.violations, v.splits, 100.0 * v.violation_rate, l.epsilon, 100.0 * ltt::violation_allowance(l.epsilon, v.splits)))
+                .unwrap_or_else(|| "not checked (--check-validity)".into());
+            s.push_str(&format!("| {} | {tested} | {} | {} | {validity} |\n", m.measure, m.threshold.map(|t| t.to_string()).unwrap_or_else(|| "full depth".into()), f(m.test_risk, 3)));
+        }
+        s.push_str("\nA split's calibration half is half of the validation and test samples pooled, its test half the rest; a violation is a chosen threshold whose test-half risk exceeds δ (the finite test half adds its own noise).\n");
     }
     s
 }
@@ -270,6 +462,7 @@ pub fn bar(c: &Calibration) -> Vec<(String, bool)> {
         let ok = matches!((m.test_d, m.speedup_measured), (Some(d), Some(s)) if d[0] <= 0.06 && s >= 1.5);
         let what = match (m.threshold, m.test_d, m.speedup_measured) {
             (Some(t), Some(d), Some(s)) => format!("{}@{t}: test D {:.3} ≤ 0.06 and measured speedup {s:.2}× ≥ 1.5×", m.measure, d[0]),
+            _ if c.ltt.is_some() => format!("{}: no threshold certified by Learn-then-Test (full depth)", m.measure),
             _ => format!("{}: no threshold kept validation D ≤ {}", m.measure, c.max_d),
         };
         out.push((what, ok));
@@ -301,6 +494,9 @@ mod tests {
             measured_over_theoretical: None,
             rouge_l: None,
             rouge_delta: None,
+            ltt_steps: vec![],
+            validity: None,
+            test_risk: None,
         }
     }
 
@@ -320,6 +516,7 @@ mod tests {
             threads: 1,
             runtime: "candle cpu f32".into(),
             machine: String::new(),
+            ltt: None,
         };
         let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();
         // ROUGE-L ≥ 0.75 yes; 0.80 < 0.60 + 0.25 no; facts yes; diff yes; saturation D no; classifier none; max too slow.

@@ -1,21 +1,23 @@
-//! The CI gate: compares a current sweep with a baseline.
+//! The CI gate: compares a current sweep with one or more baseline runs.
 //!
-//! 1. Deterministic figures (tokens, token ids, exit histograms, average layers, ROUGE) must match
-//!    exactly (or within `--tolerance`): any that differ fail the gate as `changed`.
-//! 2. Paired speedups gate: the change of a cell's speedup (current ÷ baseline, with a 95%
-//!    bootstrap interval from both sides' per-sample ratios) has `regressed` only when the whole
-//!    interval lies below −noise threshold, `improved` when it lies above +threshold, else it is
-//!    `within noise` (a change without an interval, e.g. one sample, is within noise).
-//! 3. Absolute ms/token and J/token are information; with `--absolute` they gate too (criterion's
-//!    rule: Welch's t-test on the repetitions and the noise threshold), and only between records
-//!    of the same machine.
+//! 1. Deterministic figures (tokens, token ids, exit histograms, average layers, theoretical
+//!    speedup, bytes per token, ROUGE) must match the newest baseline run exactly (or within
+//!    `--tolerance`): any that differ fail the gate as `changed`. They do not depend on the
+//!    machine, so they are gated between any two runs.
+//! 2. Timings (paired speedups; with `--absolute` also decode ms/token and J/token) are gated only
+//!    when the evidence covers the variation *between* runs: at least two baseline runs on the
+//!    current run's machine (several `--baseline` paths, or a history directory that
+//!    `check --record` appends to). The change then gets a prediction interval from those runs'
+//!    spread (Bencher's approach: thresholds from the distribution of past runs), and regresses
+//!    only when the whole interval lies beyond the noise threshold. A single run's intervals cover
+//!    the noise within that run only, and machines differ in their hardware: with one baseline run,
+//!    or runs from other machines only, timings are shown as information with the reason.
 //!
 //! Cells of the baseline missing from the current run fail the gate (`missing`); cells only in the
 //! current run are listed (`new`); when the grids differ, the report says how.
 
 use crate::metrics::stats::median;
-use crate::results::{CellRecord, CellStatus, Stats};
-use rand::{Rng, SeedableRng};
+use crate::results::{CellRecord, CellStatus};
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 use std::collections::{BTreeSet, HashMap};
@@ -27,15 +29,31 @@ pub struct CheckOptions {
     pub tolerance: f64,
     /// Relative changes within ±this are "within noise".
     pub noise_threshold: f64,
-    /// Significance level of the t-test (absolute figures).
+    /// 1 − the coverage of the between-run prediction interval (0.05: 95%).
     pub significance: f64,
-    /// Gate on absolute ms/token and J/token too (same machine only).
+    /// Gate on absolute ms/token and J/token too (same machine, several baseline runs).
     pub absolute: bool,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions { tolerance: 0.0, noise_threshold: 0.10, significance: 0.05, absolute: false }
+    }
+}
+
+/// One baseline run: its records and where they came from.
+#[derive(Debug, Clone)]
+pub struct BaselineRun {
+    /// Where the run was read from (shown in the report).
+    pub source: String,
+    /// Its records.
+    pub records: Vec<CellRecord>,
+}
+
+impl BaselineRun {
+    /// The newest `finished_at` among its records (orders runs in time).
+    fn finished_at(&self) -> u64 {
+        self.records.iter().map(|r| r.finished_at).max().unwrap_or(0)
     }
 }
 
@@ -87,10 +105,11 @@ pub struct Comparison {
     pub current: f64,
     /// Relative change (current ÷ baseline − 1).
     pub change: f64,
-    /// 95% interval of the relative change (paired speedups with per-sample ratios on both sides).
+    /// Prediction interval of the relative change from the spread between baseline runs (only
+    /// when timings are gated).
     pub interval: Option<(f64, f64)>,
-    /// Two-sided p-value of Welch's t-test (absolute figures with repetitions).
-    pub p_value: Option<f64>,
+    /// Baseline runs the interval comes from (0 for deterministic figures and information).
+    pub runs: usize,
     /// Verdict.
     pub verdict: Verdict,
     /// Why a figure is information only, or what else the reader should know.
@@ -116,6 +135,10 @@ pub struct Outcome {
     pub grid_differences: Vec<String>,
     /// Differences of the machines' state the speedups depend on (the measured memory bandwidth).
     pub conditions: Vec<String>,
+    /// One sentence: whether timings are gated, and why.
+    pub timing_basis: String,
+    /// The baseline runs read (source and machine ids), newest last.
+    pub baseline_runs: Vec<String>,
 }
 
 impl Outcome {
@@ -129,7 +152,7 @@ impl Outcome {
 /// Key a cell is matched on across runs: everything but the machine id, with the model and dataset
 /// paths cut to their last component (their content hashes stay in the key), so a baseline made
 /// with `models/cricket-6l` matches a run given `/home/me/exitbench/models/cricket-6l/`.
-fn match_key(r: &CellRecord) -> String {
+pub fn match_key(r: &CellRecord) -> String {
     let mut k = r.key.clone();
     k.machine = String::new();
     k.model = last_component(&k.model);
@@ -142,99 +165,190 @@ fn last_component(path: &str) -> String {
     std::path::Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.to_string())
 }
 
-fn label(r: &CellRecord) -> String {
+/// A cell's label in the gate's tables.
+pub fn label(r: &CellRecord) -> String {
     format!("{} [{} {} {} {}t]", r.key.label(), r.key.backend, r.key.dtype, r.key.device, r.key.threads)
 }
 
-/// Compares every cell of the baseline with the current run.
-pub fn compare(baseline: &[CellRecord], current: &[CellRecord], o: CheckOptions) -> Outcome {
-    let ok = |v: &[CellRecord]| -> Vec<CellRecord> { v.iter().filter(|r| r.status == CellStatus::Ok).cloned().collect() };
-    let (baseline, current) = (ok(baseline), ok(current));
-    let cur: HashMap<String, &CellRecord> = current.iter().map(|r| (match_key(r), r)).collect();
-    let base_keys: BTreeSet<String> = baseline.iter().map(match_key).collect();
-    let mut out = Outcome { compared: 0, deterministic: 0, changed: vec![], timings: vec![], missing: vec![], new: vec![], grid_differences: vec![], conditions: conditions(&baseline, &current) };
-    for b in &baseline {
-        let cell = label(b);
-        let Some(c) = cur.get(&match_key(b)) else {
-            out.missing.push(cell);
-            continue;
-        };
-        out.compared += 1;
-        let differing_outputs = b.outputs.iter().zip(&c.outputs).filter(|(x, y)| x.token_ids != y.token_ids || x.text != y.text).count() + b.outputs.len().abs_diff(c.outputs.len());
-        let hist_diff = b.exit_histogram.iter().zip(&c.exit_histogram).map(|(x, y)| x.abs_diff(*y)).sum::<u64>() as f64;
-        let exact = [
-            ("tokens", b.tokens as f64, c.tokens as f64),
-            ("samples with other tokens", 0.0, differing_outputs as f64),
-            ("exit histogram (tokens moved)", 0.0, if b.exit_histogram.len() == c.exit_histogram.len() { hist_diff } else { f64::INFINITY }),
-            ("avg_layers", b.avg_layers, c.avg_layers),
-            ("rouge1", b.rouge.rouge1.mean, c.rouge.rouge1.mean),
-            ("rouge2", b.rouge.rouge2.mean, c.rouge.rouge2.mean),
-            ("rougeL", b.rouge.rougeL.mean, c.rouge.rougeL.mean),
-            ("rougeLsum", b.rouge.rougeLsum.mean, c.rouge.rougeLsum.mean),
-        ];
-        for (metric, x, y) in exact {
-            out.deterministic += 1;
-            // Counts of differences are exact whatever the tolerance.
-            let tol = if metric.contains(' ') { 0.0 } else { o.tolerance };
-            if !((x - y).abs() <= tol) {
-                out.changed.push(Comparison { cell: cell.clone(), metric: metric.into(), baseline: x, current: y, change: rel(x, y), interval: None, p_value: None, verdict: Verdict::Changed, note: None });
-            }
-        }
-        if let (Some(x), Some(y)) = (&b.speedup, &c.speedup) {
-            out.timings.push(speedup_change(&cell, x, y, o, b.seed));
-        }
-        let same_machine = b.key.machine == c.key.machine;
-        let note = if !o.absolute {
-            Some("information (gated only with --absolute)".to_string())
-        } else if !same_machine {
-            Some(format!("information: baseline machine {} ≠ current machine {}", b.key.machine, c.key.machine))
-        } else {
-            None
-        };
-        let gate = o.absolute && same_machine;
-        out.timings.push(absolute(&cell, "decode ms/token", &b.ms_per_token, &c.ms_per_token, o, gate, note.clone()));
-        if let (Some(x), Some(y)) = (b.energy.j_per_token, c.energy.j_per_token) {
-            // Per-repetition statistics when recorded (t-test possible), else the one figure.
-            let s = |v: f64| Stats { n: 1, mean: v, median: v, min: v, max: v, ci_lo: v, ci_hi: v, std: 0.0 };
-            let (bs, cs) = (b.energy.j_per_token_stats.unwrap_or_else(|| s(x)), c.energy.j_per_token_stats.unwrap_or_else(|| s(y)));
-            out.timings.push(absolute(&cell, &format!("J/token incl. prefill ({})", c.energy.source), &bs, &cs, o, gate, note));
-        }
-    }
-    out.new = current.iter().filter(|r| !base_keys.contains(&match_key(r))).map(label).collect();
-    if !out.missing.is_empty() || !out.new.is_empty() {
-        out.grid_differences = grid_differences(&baseline, &current);
+/// The machine ids of a set of records, comma-separated.
+fn machines(records: &[CellRecord]) -> String {
+    records.iter().map(|r| r.key.machine.as_str()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")
+}
+
+/// The deterministic figures of one cell, named: equal on any machine for an unchanged checkout.
+pub fn deterministic_figures(b: &CellRecord, c: &CellRecord) -> Vec<(&'static str, f64, f64)> {
+    let differing_outputs = b.outputs.iter().zip(&c.outputs).filter(|(x, y)| x.token_ids != y.token_ids || x.text != y.text).count() + b.outputs.len().abs_diff(c.outputs.len());
+    let hist_diff = b.exit_histogram.iter().zip(&c.exit_histogram).map(|(x, y)| x.abs_diff(*y)).sum::<u64>() as f64;
+    let theoretical = |r: &CellRecord| if r.avg_layers > 0.0 { r.num_layers as f64 / r.avg_layers } else { 0.0 };
+    let mut out = vec![
+        ("tokens", b.tokens as f64, c.tokens as f64),
+        ("samples with other tokens", 0.0, differing_outputs as f64),
+        ("exit histogram (tokens moved)", 0.0, if b.exit_histogram.len() == c.exit_histogram.len() { hist_diff } else { f64::INFINITY }),
+        ("avg_layers", b.avg_layers, c.avg_layers),
+        ("theoretical speedup", theoretical(b), theoretical(c)),
+        ("rouge1", b.rouge.rouge1.mean, c.rouge.rouge1.mean),
+        ("rouge2", b.rouge.rouge2.mean, c.rouge.rouge2.mean),
+        ("rougeL", b.rouge.rougeL.mean, c.rouge.rougeL.mean),
+        ("rougeLsum", b.rouge.rougeLsum.mean, c.rouge.rougeLsum.mean),
+    ];
+    if let (Some(x), Some(y)) = (b.bytes_per_token, c.bytes_per_token) {
+        out.push(("bytes per token", x, y));
     }
     out
 }
 
-/// The change of a paired speedup with its 95% percentile-bootstrap interval of
-/// median(current ratios) ÷ median(baseline ratios).
-fn speedup_change(cell: &str, b: &crate::results::record::PairedSpeedup, c: &crate::results::record::PairedSpeedup, o: CheckOptions, seed: u64) -> Comparison {
-    let change = rel(b.measured, c.measured);
-    let interval = (b.ratios.len() >= 2 && c.ratios.len() >= 2).then(|| {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
-        // Whole rounds are resampled (a machine state lasting a round moves its samples together);
-        // the same grid on both sides has the same rounds, resampled jointly.
-        let (bc, cc) = (crate::metrics::stats::clusters(&b.ratios, &b.rounds), crate::metrics::stats::clusters(&c.ratios, &c.rounds));
-        let joint = bc.len() == cc.len();
-        let mut changes: Vec<f64> = (0..2000)
-            .map(|_| {
-                let bi: Vec<usize> = (0..bc.len()).map(|_| rng.random_range(0..bc.len())).collect();
-                let ci: Vec<usize> = if joint { bi.clone() } else { (0..cc.len()).map(|_| rng.random_range(0..cc.len())).collect() };
-                let pick = |g: &[Vec<f64>], idx: &[usize]| median(&idx.iter().flat_map(|&i| g[i].iter().copied()).collect::<Vec<_>>());
-                pick(&cc, &ci) / pick(&bc, &bi) - 1.0
-            })
-            .collect();
-        changes.sort_by(|a, b| a.total_cmp(b));
-        (crate::metrics::stats::quantile(&changes, 0.025), crate::metrics::stats::quantile(&changes, 0.975))
-    });
-    let verdict = match interval {
-        Some((_, hi)) if hi < -o.noise_threshold => Verdict::Regressed,
-        Some((lo, _)) if lo > o.noise_threshold => Verdict::Improved,
+/// Whether a figure is a count of differences (exact whatever `--tolerance` says).
+fn is_count(metric: &str) -> bool {
+    matches!(metric, "samples with other tokens" | "exit histogram (tokens moved)")
+}
+
+/// Which way a timing figure is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// Compares every cell of the newest baseline run with the current run; timings are gated with
+/// the spread between the baseline runs on the current machine (see the module header).
+pub fn compare(baseline: &[BaselineRun], current: &[CellRecord], o: CheckOptions) -> Outcome {
+    let ok = |v: &[CellRecord]| -> Vec<CellRecord> { v.iter().filter(|r| r.status == CellStatus::Ok).cloned().collect() };
+    let mut runs: Vec<BaselineRun> = baseline.iter().map(|r| BaselineRun { source: r.source.clone(), records: ok(&r.records) }).filter(|r| !r.records.is_empty()).collect();
+    runs.sort_by_key(BaselineRun::finished_at);
+    let current = ok(current);
+    let newest: Vec<CellRecord> = runs.last().map(|r| r.records.clone()).unwrap_or_default();
+    let cur: HashMap<String, &CellRecord> = current.iter().map(|r| (match_key(r), r)).collect();
+    let base_keys: BTreeSet<String> = newest.iter().map(match_key).collect();
+    // Per baseline run: its cells by key (the between-run evidence).
+    let by_run: Vec<HashMap<String, &CellRecord>> = runs.iter().map(|r| r.records.iter().map(|x| (match_key(x), x)).collect()).collect();
+    let current_machines = machines(&current);
+    let same_machine_runs = runs.iter().filter(|r| machines(&r.records) == current_machines).count();
+    let timing_basis = if runs.is_empty() {
+        "No baseline run holds a finished cell: nothing to compare.".to_string()
+    } else if same_machine_runs == 0 {
+        format!(
+            "Timings are shown, not gated: the baseline ran on machine {} and this run on machine {}; between machines timings compare hardware, which is what `exitbench report` is for.",
+            machines(&newest),
+            current_machines
+        )
+    } else if same_machine_runs == 1 {
+        "Timings are shown, not gated: the baseline holds one run on this machine, and a run's intervals cover the noise within that run only, not the spread between runs; give several baseline runs (repeated --baseline, or a history directory that `check --record` appends to) to gate them.".to_string()
+    } else {
+        format!(
+            "Paired speedups are gated{}: the baseline holds {same_machine_runs} runs on this machine, and each change's interval is a {:.0}% prediction interval from their spread between runs.",
+            if o.absolute { ", and so are decode ms/token and J/token (--absolute)" } else { "" },
+            100.0 * (1.0 - o.significance)
+        )
+    };
+    let mut out = Outcome {
+        compared: 0,
+        deterministic: 0,
+        changed: vec![],
+        timings: vec![],
+        missing: vec![],
+        new: vec![],
+        grid_differences: vec![],
+        conditions: conditions(&newest, &current),
+        timing_basis,
+        baseline_runs: runs.iter().map(|r| format!("{} (machine {})", r.source, machines(&r.records))).collect(),
+    };
+    for b in &newest {
+        let cell = label(b);
+        let key = match_key(b);
+        let Some(c) = cur.get(&key) else {
+            out.missing.push(cell);
+            continue;
+        };
+        out.compared += 1;
+        for (metric, x, y) in deterministic_figures(b, c) {
+            out.deterministic += 1;
+            let tol = if is_count(metric) { 0.0 } else { o.tolerance };
+            if !((x - y).abs() <= tol) {
+                out.changed.push(Comparison { cell: cell.clone(), metric: metric.into(), baseline: x, current: y, change: rel(x, y), interval: None, runs: 0, verdict: Verdict::Changed, note: None });
+            }
+        }
+        // The same cell in every baseline run on the current run's machine.
+        let history: Vec<&CellRecord> = by_run.iter().filter_map(|m| m.get(&key).copied()).filter(|r| r.key.machine == c.key.machine).collect();
+        if let Some(s) = &c.speedup {
+            let xs: Vec<f64> = history.iter().filter_map(|r| r.speedup.as_ref().map(|p| p.measured)).collect();
+            let newest = b.speedup.as_ref().map(|p| p.measured);
+            if let Some(newest) = newest {
+                out.timings.push(timing(&cell, "paired speedup", newest, &xs, s.measured, (s.lo, s.hi), Better::Higher, true, o, b, c));
+            }
+        }
+        let ms: Vec<f64> = history.iter().map(|r| r.ms_per_token.median).collect();
+        out.timings.push(timing(&cell, "decode ms/token", b.ms_per_token.median, &ms, c.ms_per_token.median, (c.ms_per_token.ci_lo, c.ms_per_token.ci_hi), Better::Lower, o.absolute, o, b, c));
+        if let (Some(x), Some(y)) = (b.energy.j_per_token, c.energy.j_per_token) {
+            let js: Vec<f64> = history.iter().filter_map(|r| r.energy.j_per_token).collect();
+            let within = c.energy.j_per_token_stats.map(|s| (s.ci_lo, s.ci_hi)).unwrap_or((y, y));
+            out.timings.push(timing(&cell, &format!("J/token incl. prefill ({})", c.energy.source), x, &js, y, within, Better::Lower, o.absolute, o, b, c));
+        }
+    }
+    out.new = current.iter().filter(|r| !base_keys.contains(&match_key(r))).map(label).collect();
+    if !out.missing.is_empty() || !out.new.is_empty() {
+        out.grid_differences = grid_differences(&newest, &current);
+    }
+    out
+}
+
+/// One timing figure: the change against the newest baseline run, gated when `gate` holds, the
+/// two runs share a machine and at least two baseline runs on it give a between-run spread.
+#[allow(clippy::too_many_arguments)]
+fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, current_interval: (f64, f64), better: Better, gate: bool, o: CheckOptions, b: &CellRecord, c: &CellRecord) -> Comparison {
+    let change = rel(newest, current);
+    let info = |note: String| Comparison { cell: cell.into(), metric: metric.into(), baseline: newest, current, change, interval: None, runs: 0, verdict: Verdict::Info, note: Some(note) };
+    if b.key.machine != c.key.machine && history.is_empty() {
+        return info(format!("information: baseline machine {} ≠ current machine {}", b.key.machine, c.key.machine));
+    }
+    if history.len() < 2 {
+        return info("information: one baseline run on this machine covers no between-run spread".into());
+    }
+    if !gate {
+        return info("information (gated only with --absolute)".into());
+    }
+    let Some((lo, hi)) = prediction_interval(history, current, current_interval, o.significance) else {
+        return info("information: a figure is not positive, so no interval on a log scale".into());
+    };
+    let t = o.noise_threshold;
+    let verdict = match better {
+        Better::Higher if hi < -t => Verdict::Regressed,
+        Better::Higher if lo > t => Verdict::Improved,
+        Better::Lower if lo > t => Verdict::Regressed,
+        Better::Lower if hi < -t => Verdict::Improved,
         _ => Verdict::WithinNoise,
     };
-    let note = interval.is_none().then(|| "no interval (fewer than two samples on a side)".to_string());
-    Comparison { cell: cell.into(), metric: "paired speedup".into(), baseline: b.measured, current: c.measured, change, interval, p_value: None, verdict, note }
+    let mean = history.iter().map(|x| x.ln()).sum::<f64>() / history.len() as f64;
+    Comparison {
+        cell: cell.into(),
+        metric: metric.into(),
+        baseline: newest,
+        current,
+        change,
+        interval: Some((lo, hi)),
+        runs: history.len(),
+        verdict,
+        note: Some(format!("against the geometric mean {:.4} of {} runs", mean.exp(), history.len())),
+    }
+}
+
+/// The (1 − `alpha`) prediction interval of the relative change of `current` against the values
+/// of several baseline runs, on a log scale: ln(current) − mean(ln x) ± t(n−1) · √(s²(1 + 1/n) +
+/// w²), where s is the standard deviation of ln x between the runs and w the current run's own
+/// standard error (from its 95% interval `within`). Returned as relative changes (e^d − 1).
+/// None with fewer than two runs or a figure that is not positive.
+pub fn prediction_interval(history: &[f64], current: f64, within: (f64, f64), alpha: f64) -> Option<(f64, f64)> {
+    let n = history.len();
+    if n < 2 || current <= 0.0 || history.iter().any(|x| !(*x > 0.0)) {
+        return None;
+    }
+    let logs: Vec<f64> = history.iter().map(|x| x.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+    let w = if within.0 > 0.0 && within.1 >= within.0 { (within.1.ln() - within.0.ln()) / (2.0 * 1.96) } else { 0.0 };
+    let t = StudentsT::new(0.0, 1.0, n as f64 - 1.0).ok()?.inverse_cdf(1.0 - alpha / 2.0);
+    let half = t * (var * (1.0 + 1.0 / n as f64) + w * w).sqrt();
+    let d = current.ln() - mean;
+    Some(((d - half).exp() - 1.0, (d + half).exp() - 1.0))
 }
 
 /// The memory bandwidth each side measured at its start, when they differ by more than 10%:
@@ -301,47 +415,16 @@ fn rel(x: f64, y: f64) -> f64 {
     }
 }
 
-/// Smaller is better: criterion's rule, a significant change beyond the noise threshold; an
-/// ungated figure is information.
-fn absolute(cell: &str, metric: &str, b: &Stats, c: &Stats, o: CheckOptions, gate: bool, note: Option<String>) -> Comparison {
-    let change = rel(b.median, c.median);
-    let p = welch_p(b, c);
-    let significant = p.map(|p| p < o.significance).unwrap_or(true);
-    let verdict = if !gate {
-        Verdict::Info
-    } else if change.abs() <= o.noise_threshold || !significant {
-        Verdict::WithinNoise
-    } else if change > 0.0 {
-        Verdict::Regressed
-    } else {
-        Verdict::Improved
-    };
-    Comparison { cell: cell.into(), metric: metric.into(), baseline: b.median, current: c.median, change, interval: None, p_value: p, verdict, note }
-}
-
-/// Two-sided p-value of Welch's t-test from summary statistics (None with fewer than two
-/// repetitions on either side).
-pub fn welch_p(a: &Stats, b: &Stats) -> Option<f64> {
-    if a.n < 2 || b.n < 2 {
-        return None;
-    }
-    let (va, vb) = (a.std.powi(2) / a.n as f64, b.std.powi(2) / b.n as f64);
-    if va + vb == 0.0 {
-        return Some(if a.mean == b.mean { 1.0 } else { 0.0 });
-    }
-    let t = (a.mean - b.mean) / (va + vb).sqrt();
-    let df = (va + vb).powi(2) / (va.powi(2) / (a.n as f64 - 1.0) + vb.powi(2) / (b.n as f64 - 1.0));
-    let dist = StudentsT::new(0.0, 1.0, df).ok()?;
-    Some(2.0 * (1.0 - dist.cdf(t.abs())))
-}
-
 /// The report: deterministic figures first, then cells on one side only (and why the grids
 /// differ), then the speedups and absolute figures.
 pub fn markdown(o: &Outcome) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    if o.baseline_runs.len() > 1 {
+        let _ = writeln!(s, "Baseline: {} runs ({}); deterministic figures against the newest.\n", o.baseline_runs.len(), o.baseline_runs.join("; "));
+    }
     if o.changed.is_empty() {
-        let _ = writeln!(s, "Deterministic figures: all {} matched ({} cells: tokens, token ids, exit histograms, average layers, ROUGE).\n", o.deterministic, o.compared);
+        let _ = writeln!(s, "Deterministic figures: all {} matched ({} cells: tokens, token ids, exit histograms, average layers, theoretical speedup, bytes per token, ROUGE).\n", o.deterministic, o.compared);
     } else {
         let _ = writeln!(s, "Deterministic figures: {} of {} **changed**:\n\n| cell | figure | baseline | current |\n|---|---|---|---|", o.changed.len(), o.deterministic);
         for c in &o.changed {
@@ -365,13 +448,14 @@ pub fn markdown(o: &Outcome) -> String {
     for c in &o.conditions {
         let _ = writeln!(s, "Note: {c}.\n");
     }
+    let _ = writeln!(s, "{}\n", o.timing_basis);
     if !o.timings.is_empty() {
-        let _ = writeln!(s, "| cell | figure | baseline | current | change [95% interval] | p | verdict |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| cell | figure | baseline | current | change [prediction interval] | runs | verdict |\n|---|---|---|---|---|---|---|");
         for x in &o.timings {
             let iv = x.interval.map(|(a, b)| format!(" [{:+.1}%, {:+.1}%]", a * 100.0, b * 100.0)).unwrap_or_default();
-            let p = x.p_value.map(|p| format!("{p:.3}")).unwrap_or_else(|| "–".into());
+            let runs = if x.runs > 0 { x.runs.to_string() } else { "–".into() };
             let note = x.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-            let _ = writeln!(s, "| {} | {} | {:.4} | {:.4} | {:+.2}%{iv} | {p} | {}{note} |", x.cell, x.metric, x.baseline, x.current, x.change * 100.0, x.verdict.word());
+            let _ = writeln!(s, "| {} | {} | {:.4} | {:.4} | {:+.2}%{iv} | {runs} | {}{note} |", x.cell, x.metric, x.baseline, x.current, x.change * 100.0, x.verdict.word());
         }
     }
     s
@@ -411,39 +495,103 @@ pub fn bencher(current: &[CellRecord]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::record::PairedSpeedup;
+    use crate::results::Stats;
 
-    #[test]
-    fn welch_detects_a_clear_difference_and_not_noise() {
-        let a = Stats { n: 10, mean: 1.0, std: 0.01, median: 1.0, ..Default::default() };
-        let b = Stats { n: 10, mean: 1.2, std: 0.01, median: 1.2, ..Default::default() };
-        assert!(welch_p(&a, &b).unwrap() < 1e-6);
-        let c = Stats { n: 10, mean: 1.001, std: 0.05, median: 1.001, ..Default::default() };
-        assert!(welch_p(&a, &c).unwrap() > 0.5);
-        assert_eq!(welch_p(&Stats { n: 1, ..a }, &b), None);
+    /// A record of the committed CI baseline, by label.
+    fn committed(label: &str) -> CellRecord {
+        let text = include_str!("../tests/fixtures/ci-baseline/results.jsonl");
+        let mut r: CellRecord = text.lines().map(|l| serde_json::from_str::<CellRecord>(l).unwrap()).find(|r| r.key.label() == label).unwrap();
+        r.upgrade();
+        r
     }
 
-    fn paired(ratios: &[f64]) -> crate::results::record::PairedSpeedup {
-        let rounds = (0..ratios.len()).collect();
-        crate::results::record::PairedSpeedup { measured: median(ratios), lo: 0.0, hi: 0.0, pairs: ratios.len(), excluded: 0, ratios: ratios.to_vec(), rounds }
+    /// A finished full-depth cell and a softmax-diff cell of one machine, with the given decode
+    /// ms/token and paired speedup.
+    fn run_of(machine: &str, ms: f64, speedup: f64, finished_at: u64) -> BaselineRun {
+        let mut full = committed("full");
+        full.key.machine = machine.into();
+        full.ms_per_token = Stats { n: 20, mean: ms, median: ms, min: ms, max: ms, ci_lo: ms * 0.98, ci_hi: ms * 1.02, std: 0.0 };
+        full.finished_at = finished_at;
+        let mut early = committed("softmax-diff@0.9");
+        early.key.machine = machine.into();
+        let e = ms / speedup;
+        early.ms_per_token = Stats { n: 20, mean: e, median: e, min: e, max: e, ci_lo: e * 0.98, ci_hi: e * 1.02, std: 0.0 };
+        early.speedup = Some(PairedSpeedup { measured: speedup, lo: speedup * 0.97, hi: speedup * 1.03, pairs: 20, excluded: 0, ratios: vec![speedup; 20], rounds: (0..20).collect() });
+        early.finished_at = finished_at;
+        BaselineRun { source: format!("{machine}-{finished_at}"), records: vec![full, early] }
+    }
+
+    fn verdicts(o: &Outcome, metric: &str) -> Vec<Verdict> {
+        o.timings.iter().filter(|c| c.metric == metric).map(|c| c.verdict).collect()
     }
 
     #[test]
-    fn a_speedup_regresses_only_when_its_whole_interval_is_beyond_the_threshold() {
-        let o = CheckOptions::default();
-        let base: Vec<f64> = (0..30).map(|i| 3.0 + 0.01 * (i % 7) as f64).collect();
-        // Half the speedup: the interval of the change is near −50%.
-        let slow: Vec<f64> = base.iter().map(|x| x / 2.0).collect();
-        let c = speedup_change("c", &paired(&base), &paired(&slow), o, 0);
-        assert_eq!(c.verdict, Verdict::Regressed, "{c:?}");
-        assert!(c.interval.unwrap().1 < -0.4);
-        assert_eq!(speedup_change("c", &paired(&slow), &paired(&base), o, 0).verdict, Verdict::Improved);
-        // One sample twice as slow among 30: the median barely moves.
-        let mut one = base.clone();
-        one[3] /= 2.0;
-        assert_eq!(speedup_change("c", &paired(&base), &paired(&one), o, 0).verdict, Verdict::WithinNoise);
-        // No interval (one sample a side): within noise whatever the change, and said so.
-        let c = speedup_change("c", &paired(&[3.0]), &paired(&[1.0]), o, 0);
-        assert_eq!(c.verdict, Verdict::WithinNoise);
-        assert!(c.note.unwrap().contains("no interval"));
+    fn timings_are_never_gated_across_machines() {
+        // Three baseline runs on machine A; the current run on machine B is 2x slower with half
+        // the speedup: shown as information naming both machines, and the gate passes.
+        let base: Vec<BaselineRun> = (0..3).map(|i| run_of("A", 3.0 + 0.05 * i as f64, 4.0 + 0.1 * i as f64, i)).collect();
+        let cur = run_of("B", 6.0, 2.0, 10).records;
+        for absolute in [false, true] {
+            let o = compare(&base, &cur, CheckOptions { absolute, ..Default::default() });
+            assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::Info]);
+            assert!(verdicts(&o, "decode ms/token").iter().all(|v| *v == Verdict::Info));
+            assert!(!o.failed(), "{}", markdown(&o));
+            assert!(o.timing_basis.contains("machine A") && o.timing_basis.contains("machine B"), "{}", o.timing_basis);
+        }
+    }
+
+    #[test]
+    fn one_baseline_run_gates_deterministic_figures_only() {
+        let base = vec![run_of("A", 3.0, 4.0, 0)];
+        let o = compare(&base, &run_of("A", 6.0, 2.0, 1).records, CheckOptions { absolute: true, ..Default::default() });
+        assert!(!o.failed(), "{}", markdown(&o));
+        assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::Info]);
+        assert!(o.timing_basis.contains("one run"), "{}", o.timing_basis);
+        assert_eq!(o.deterministic, 2 * 10);
+        // A deterministic change fails on any machine.
+        let mut cur = run_of("B", 3.0, 4.0, 1).records;
+        cur[1].avg_layers = 2.5;
+        let o = compare(&base, &cur, CheckOptions::default());
+        assert!(o.failed());
+        let metrics: Vec<&str> = o.changed.iter().map(|c| c.metric.as_str()).collect();
+        assert_eq!(metrics, vec!["avg_layers", "theoretical speedup"]);
+    }
+
+    #[test]
+    fn several_runs_on_one_machine_gate_with_their_spread() {
+        let base: Vec<BaselineRun> = [(3.0, 4.0), (3.3, 4.3), (2.9, 3.8), (3.1, 4.1)].iter().enumerate().map(|(i, (ms, s))| run_of("A", *ms, *s, i as u64)).collect();
+        // Within the runs' spread: within noise.
+        let o = compare(&base, &run_of("A", 3.2, 3.9, 9).records, CheckOptions { absolute: true, ..Default::default() });
+        assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::WithinNoise], "{}", markdown(&o));
+        assert!(!o.failed());
+        assert!(o.timing_basis.contains("4 runs"));
+        // Half the speedup: regressed; twice the ms/token: regressed with --absolute only.
+        let slow = run_of("A", 6.2, 2.0, 9).records;
+        let o = compare(&base, &slow, CheckOptions::default());
+        assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::Regressed], "{}", markdown(&o));
+        assert!(verdicts(&o, "decode ms/token").iter().all(|v| *v == Verdict::Info));
+        assert!(o.failed());
+        let o = compare(&base, &slow, CheckOptions { absolute: true, ..Default::default() });
+        assert_eq!(verdicts(&o, "decode ms/token"), vec![Verdict::Regressed, Verdict::Regressed], "{}", markdown(&o));
+        // Twice the speedup: improved, and the gate passes.
+        let o = compare(&base, &run_of("A", 3.0, 8.0, 9).records, CheckOptions::default());
+        assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::Improved]);
+        assert!(!o.failed());
+        // Runs that scatter widely widen the interval: the same halving is within noise.
+        let wild: Vec<BaselineRun> = [(3.0, 2.0), (3.0, 8.0), (3.0, 3.0)].iter().enumerate().map(|(i, (ms, s))| run_of("A", *ms, *s, i as u64)).collect();
+        let o = compare(&wild, &run_of("A", 3.0, 2.0, 9).records, CheckOptions::default());
+        assert_eq!(verdicts(&o, "paired speedup"), vec![Verdict::WithinNoise], "{}", markdown(&o));
+    }
+
+    #[test]
+    fn prediction_interval_by_hand() {
+        // ln x = ln 2 ± 0.1 for two runs: mean ln 2, s² = 0.02, n = 2, t(1, 0.975) = 12.7062;
+        // half = 12.7062 · √(0.02 · 1.5) = 2.2008; current 2 → d = 0.
+        let (lo, hi) = prediction_interval(&[2.0 * 0.1f64.exp(), 2.0 * (-0.1f64).exp()], 2.0, (2.0, 2.0), 0.05).unwrap();
+        assert!(((hi + 1.0).ln() - 2.2008).abs() < 1e-3, "{hi}");
+        assert!(((lo + 1.0).ln() + 2.2008).abs() < 1e-3, "{lo}");
+        assert_eq!(prediction_interval(&[2.0], 2.0, (2.0, 2.0), 0.05), None);
+        assert_eq!(prediction_interval(&[2.0, 0.0], 2.0, (2.0, 2.0), 0.05), None);
     }
 }

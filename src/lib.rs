@@ -40,5 +40,6 @@ pub mod report;
 pub mod results;
 pub mod sweep;
 pub mod check;
+pub mod ab;
 pub mod calibrate;
 pub mod card;

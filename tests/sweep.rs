@@ -367,22 +367,46 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     let (code, stdout, _) = run(&["check", "--baseline", base, "--current", doctored.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("Deterministic figures: 1 of") && stdout.contains("| tokens |"), "{stdout}");
-    // A 2× slowdown of one cell's decode: its per-sample speedups halve and the gate fails.
+    // A 2× slowdown of one cell's decode: its per-sample speedups halve. Against one baseline run
+    // this is information only (a run's intervals cover no between-run spread); against three
+    // runs of this machine (their speedups 3% apart) it regresses.
     let mut slow = fresh();
     let cell = slow.iter().position(|r| r["speedup"]["ratios"].as_array().is_some_and(|a| a.len() >= 8)).unwrap();
-    let halve = |v: &mut serde_json::Value| {
+    let scale = |v: &mut serde_json::Value, f: f64| {
         for k in ["measured", "lo", "hi"] {
-            v[k] = (v[k].as_f64().unwrap() / 2.0).into();
+            v[k] = (v[k].as_f64().unwrap() * f).into();
         }
         for x in v["ratios"].as_array_mut().unwrap() {
-            *x = (x.as_f64().unwrap() / 2.0).into();
+            *x = (x.as_f64().unwrap() * f).into();
         }
     };
-    halve(&mut slow[cell]["speedup"]);
+    scale(&mut slow[cell]["speedup"], 0.5);
     let slow_path = d.path().join("slow.jsonl");
     write_jsonl(&slow_path, &slow);
-    let (code, stdout, err) = run(&["check", "--baseline", base, "--current", slow_path.to_str().unwrap()]);
+    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", slow_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("Timings are shown, not gated: the baseline holds one run on this machine"), "{stdout}");
+    let mut runs = vec![base.to_string()];
+    for (i, f) in [1.03, 0.97].into_iter().enumerate() {
+        let mut r = fresh();
+        for rec in r.iter_mut().filter(|x| x["speedup"].is_object()) {
+            scale(&mut rec["speedup"], f);
+            rec["finished_at"] = (rec["finished_at"].as_u64().unwrap() - 1000 * (i as u64 + 1)).into();
+        }
+        let p = d.path().join(format!("run{i}.jsonl"));
+        write_jsonl(&p, &r);
+        runs.push(p.to_str().unwrap().to_string());
+    }
+    let with_runs = |current: &str, extra: &[&str]| {
+        let mut args = vec!["check", "--baseline"];
+        args.extend(runs.iter().map(String::as_str));
+        args.extend(["--current", current]);
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, stdout, err) = with_runs(slow_path.to_str().unwrap(), &[]);
     assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("Paired speedups are gated: the baseline holds 3 runs on this machine"), "{stdout}");
     assert!(stdout.contains("| paired speedup |") && stdout.contains("regressed"), "{stdout}");
     assert!(err.contains("1 figure(s) regressed"), "{err}");
     // One sample of ten twice as slow: the median does not move beyond noise.
@@ -391,8 +415,21 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     one[cell]["speedup"]["ratios"][0] = (r0 / 2.0).into();
     let one_path = d.path().join("one.jsonl");
     write_jsonl(&one_path, &one);
-    let (code, stdout, _) = run(&["check", "--baseline", base, "--current", one_path.to_str().unwrap()]);
+    let (code, stdout, _) = with_runs(one_path.to_str().unwrap(), &[]);
     assert_eq!(code, 0, "{stdout}");
+    // A history directory that `check --record` appends to serves as several runs: the unchanged
+    // run is recorded (the gate passed), the slow one is not.
+    let hist = d.path().join("history");
+    for p in &runs {
+        let (code, _, err) = run(&["check", "--record", hist.to_str().unwrap(), "--current", p]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, stdout, err) = run(&["check", "--baseline", hist.to_str().unwrap(), "--current", slow_path.to_str().unwrap(), "--record", hist.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(err.contains("not recorded"), "{err}");
+    let (code, _, err) = run(&["check", "--baseline", hist.to_str().unwrap(), "--current", base, "--record", hist.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(hist.join("0004/results.jsonl").is_file() && !hist.join("0005").exists(), "{err}");
     // Different grids are explained: fewer cells (a threshold left out) and other sample counts.
     let fewer: Vec<serde_json::Value> = fresh().into_iter().filter(|r| r["key"]["threshold"] != serde_json::json!(0.3)).collect();
     let fewer_path = d.path().join("fewer.jsonl");
@@ -403,35 +440,39 @@ fn check_passes_identical_and_fails_a_doctored_regression() {
     let (code, stdout, _) = run(&["check", "--baseline", fewer_path.to_str().unwrap(), "--current", base]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("New in the current run (2 cells"), "{stdout}");
-    // Absolute timings are information; with --absolute they gate (same machine here).
-    let (mut recs, mut recs2) = (fresh(), fresh());
-    for (r, f) in [(&mut recs[..], 1.0), (&mut recs2[..], 2.0)] {
+    // Absolute timings are information; with --absolute and several runs of this machine they gate.
+    let ms = |f: f64, at: u64| -> Vec<serde_json::Value> {
+        let mut r = fresh();
         for rec in r.iter_mut() {
             rec["ms_per_token"] = serde_json::json!({"n": 3, "mean": f, "std": 0.01, "median": f, "min": f, "max": f, "ci_lo": f, "ci_hi": f});
+            rec["finished_at"] = at.into();
         }
-    }
-    let (b, c) = (d.path().join("b.jsonl"), d.path().join("c.jsonl"));
-    write_jsonl(&b, &recs);
-    write_jsonl(&c, &recs2);
-    let (code, stdout, _) = run(&["check", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
+        r
+    };
+    let (b1, b2, c) = (d.path().join("b1.jsonl"), d.path().join("b2.jsonl"), d.path().join("c.jsonl"));
+    write_jsonl(&b1, &ms(1.0, 1));
+    write_jsonl(&b2, &ms(1.04, 2));
+    write_jsonl(&c, &ms(2.0, 3));
+    let (b1, b2, c) = (b1.to_str().unwrap(), b2.to_str().unwrap(), c.to_str().unwrap());
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b1, "--current", c]);
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("info (information (gated only with --absolute))"), "{stdout}");
-    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b.to_str().unwrap(), "--current", c.to_str().unwrap()]);
+    assert!(stdout.contains("one baseline run on this machine covers no between-run spread"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--baseline", b1, b2, "--current", c]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("information (gated only with --absolute)"), "{stdout}");
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b1, b2, "--current", c]);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("| decode ms/token | 1.0000 | 2.0000 | +100.00% |") && stdout.contains("regressed"), "{stdout}");
-    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", c.to_str().unwrap(), "--current", b.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("improved"), "{stdout}");
-    // Another machine's absolute figures are never gated.
-    let mut other = recs2.clone();
+    assert!(stdout.contains("| decode ms/token | 1.0400 | 2.0000 | +92.31% [") && stdout.contains("regressed"), "{stdout}");
+    // Another machine's timings are never gated, however many runs.
+    let mut other = ms(2.0, 3);
     for r in other.iter_mut() {
         r["key"]["machine"] = "elsewhere".into();
     }
     let o = d.path().join("other.jsonl");
     write_jsonl(&o, &other);
-    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b.to_str().unwrap(), "--current", o.to_str().unwrap()]);
+    let (code, stdout, _) = run(&["check", "--absolute", "--baseline", b1, b2, "--current", o.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("≠ current machine elsewhere"), "{stdout}");
+    assert!(stdout.contains("≠ current machine elsewhere") && stdout.contains("this run on machine elsewhere"), "{stdout}");
 }
 
 fn write_jsonl(path: &Path, records: &[serde_json::Value]) {

@@ -32,6 +32,21 @@ pub struct CalibrateArgs {
     /// Measured repetitions per cell.
     #[arg(long, default_value_t = 1)]
     pub repetitions: usize,
+    /// Choose thresholds with Learn-then-Test's guarantee on this risk (textual: D against full
+    /// depth, no references needed; reference: the ROUGE-L lost against the references) instead
+    /// of mean D ≤ --max-d.
+    #[arg(long, value_enum)]
+    pub risk: Option<calibrate::Risk>,
+    /// Learn-then-Test's risk level δ (with --risk).
+    #[arg(long, default_value_t = 0.05, requires = "risk")]
+    pub delta: f64,
+    /// Learn-then-Test's error level ε: the guarantee holds with probability ≥ 1 − ε (with --risk).
+    #[arg(long, default_value_t = 0.05, requires = "risk")]
+    pub epsilon: f64,
+    /// Check the guarantee: run every threshold on test too, and over 100 random calibration/test
+    /// splits of the pooled samples count how often the chosen threshold's test risk exceeds δ.
+    #[arg(long, requires = "risk")]
+    pub check_validity: bool,
     /// Output directory.
     #[arg(long, default_value = "results/calibration")]
     pub out: PathBuf,
@@ -47,6 +62,11 @@ pub struct CalibrateArgs {
 pub fn run(a: CalibrateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.max_d) {
         return Err(Error::setting("--max-d", format!("{} is outside [0, 1]", a.max_d)));
+    }
+    for (flag, v) in [("--delta", a.delta), ("--epsilon", a.epsilon)] {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(Error::setting(flag, format!("{v} is outside (0, 1)")));
+        }
     }
     let m = &a.model;
     RawSettings { energy: a.energy.clone(), ..RawSettings::default() }.check_finite()?;
@@ -65,7 +85,9 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         energy: a.energy.clone(),
         ..RawSettings::default()
     });
-    let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone() };
+    let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone(),
+        ltt: a.risk.map(|risk| calibrate::LttOptions { risk, delta: a.delta, epsilon: a.epsilon, check_validity: a.check_validity, splits: 100 }),
+    };
     let mut cal = calibrate::calibrate(&o, &mut Quiet)?;
     cal.command = std::iter::once("exitbench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     calibrate::write(&cal, &a.out)?;

@@ -1,7 +1,8 @@
-//! `exitbench check --baseline OLD --current NEW`: the CI regression gate (exit 1 on regression).
+//! `exitbench check --baseline OLD... --current NEW [--record HISTORY]`: the CI regression gate
+//! (exit 1 on regression).
 
-use crate::results::{CellStatus, store};
-use crate::check::{self, CheckOptions};
+use crate::check::{self, BaselineRun, CheckOptions};
+use crate::results::{history, store, CellStatus};
 use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,9 +10,10 @@ use std::path::PathBuf;
 /// Flags of `exitbench check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Baseline results (dir or results.jsonl).
-    #[arg(long)]
-    pub baseline: PathBuf,
+    /// Baseline runs: results dirs or files, or history directories (each numbered run inside
+    /// counts); several (`--baseline A B` or repeated) let the gate see the spread between runs.
+    #[arg(long, num_args = 1.., required_unless_present = "record")]
+    pub baseline: Vec<PathBuf>,
     /// Current results (dir or results.jsonl).
     #[arg(long)]
     pub current: PathBuf,
@@ -22,13 +24,17 @@ pub struct CheckArgs {
     /// whole 95% interval of its change lies beyond it).
     #[arg(long, default_value_t = 0.10)]
     pub noise_threshold: f64,
-    /// Significance level of the t-test on absolute figures (with --absolute).
+    /// 1 − the coverage of the between-run prediction interval of a gated timing (0.05: 95%).
     #[arg(long, default_value_t = 0.05)]
     pub significance: f64,
-    /// Gate on absolute decode ms/token and J/token too (only between records of the same
-    /// machine; otherwise they are shown as information).
+    /// Gate on absolute decode ms/token and J/token too (like paired speedups: only with several
+    /// baseline runs on the current machine; otherwise they are shown as information).
     #[arg(long)]
     pub absolute: bool,
+    /// Append the current run to this history directory after a passing check (as its next
+    /// numbered run), so later checks can give it as --baseline; without --baseline, to start one.
+    #[arg(long, value_name = "HISTORY")]
+    pub record: Option<PathBuf>,
     /// Write github-action-benchmark customSmallerIsBetter JSON of the current run here.
     #[arg(long)]
     pub export_github_benchmark: Option<PathBuf>,
@@ -43,10 +49,21 @@ pub fn run(a: CheckArgs) -> Result<bool> {
     if !(a.tolerance >= 0.0 && a.noise_threshold >= 0.0 && a.significance > 0.0 && a.significance < 1.0) {
         return Err(Error::setting("check", "--tolerance and --noise-threshold must be ≥ 0 and --significance in (0, 1)"));
     }
-    let base = store::read(&a.baseline)?;
+    let mut base = Vec::new();
+    for p in &a.baseline {
+        for (path, records) in history::read_runs(p)? {
+            if !records.iter().any(|r| r.status == CellStatus::Ok) {
+                return Err(Error::setting("--baseline", format!("{} holds no finished (status ok) cell to compare against", path.display())));
+            }
+            base.push(BaselineRun { source: path.display().to_string(), records });
+        }
+    }
     let cur = store::read(&a.current)?;
-    if !base.iter().any(|r| r.status == CellStatus::Ok) {
-        return Err(Error::setting("--baseline", format!("{} holds no finished (status ok) cell to compare against", a.baseline.display())));
+    if base.is_empty() {
+        // Only --record: the first run of a history.
+        let dest = history::record(a.record.as_deref().expect("clap requires --baseline or --record"), &cur)?;
+        eprintln!("check: no baseline given; recorded {} as {}", a.current.display(), dest.display());
+        return Ok(true);
     }
     let cmp = check::compare(&base, &cur, CheckOptions { tolerance: a.tolerance, noise_threshold: a.noise_threshold, significance: a.significance, absolute: a.absolute });
     let md = check::markdown(&cmp);
@@ -67,6 +84,14 @@ pub fn run(a: CheckArgs) -> Result<bool> {
         write_json(p, check::bencher(&cur))?;
     }
     let failed = cmp.failed();
+    if let Some(h) = &a.record {
+        if failed {
+            eprintln!("check: not recorded in {}: the gate failed", h.display());
+        } else {
+            let dest = history::record(h, &cur)?;
+            eprintln!("check: recorded {} as {}", a.current.display(), dest.display());
+        }
+    }
     let why: Vec<String> = [
         (!cmp.changed.is_empty()).then(|| format!("{} deterministic figure(s) changed", cmp.changed.len())),
         (!cmp.missing.is_empty()).then(|| format!("{} cell(s) missing", cmp.missing.len())),

@@ -1,6 +1,7 @@
 //! Command-line interface: raw flags (clap) are turned into validated settings before any model
 //! is loaded; each subcommand lives in its own file.
 
+pub mod ab;
 pub mod calibrate;
 pub mod check;
 pub mod data;
@@ -43,6 +44,8 @@ pub enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// CI gate: compare a current sweep with a baseline (exit 1 on regression).
     Check(check::CheckArgs),
+    /// A/B in one job: two binaries or two models, alternating over N pairs (exit 1 on regression).
+    Ab(ab::AbArgs),
     /// Merge results from several runs or machines into one directory, with reports.
     Merge(merge::MergeArgs),
     /// Write reports from results directories or files.
@@ -99,6 +102,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Merge(a) => done(merge::run(a)),
         Command::Calibrate(a) => done(calibrate::run(a)),
         Command::Check(a) => check::run(a).map(|passed| if passed { 0 } else { 1 }),
+        Command::Ab(a) => ab::run(a),
         Command::Info(a) => done(info::run(a)),
         Command::Meter(a) => meter::run(a),
         Command::ExportOnnx(a) => done(export_onnx::run(a)),

@@ -4,7 +4,7 @@
 use crate::results::CellStatus;
 use crate::error::{Error, Result};
 use crate::report;
-use crate::sweep::runner::{self, Progress, Quiet, RunOptions};
+use crate::sweep::runner::{self, Progress, RunOptions};
 use crate::sweep::{Plan, RawSettings, Shard};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -52,6 +52,34 @@ impl Progress for Bar {
     }
     fn finish(&mut self) {
         self.0.finish_and_clear();
+    }
+}
+
+/// Progress for a log (stderr is not a terminal, as in CI): warnings, and a line per finished
+/// round of a group with the samples done and the time, so a long job is not minutes of silence.
+struct Log {
+    started: std::time::Instant,
+    total: u64,
+    done: u64,
+}
+
+impl Progress for Log {
+    fn start(&mut self, total: u64) {
+        self.total = total;
+        eprintln!("run: {total} samples to generate");
+    }
+    fn cell(&mut self, _: &str) {}
+    fn tick(&mut self) {
+        self.done += 1;
+    }
+    fn warn(&mut self, msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+    fn finish(&mut self) {}
+    fn round_done(&mut self, what: &str) {
+        let s = self.started.elapsed().as_secs();
+        let pct = if self.total > 0 { 100 * self.done / self.total } else { 100 };
+        eprintln!("[{:02}:{:02}] {what} · {}/{} samples ({pct}%)", s / 60, s % 60, self.done, self.total);
     }
 }
 
@@ -105,7 +133,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     let mut progress: Box<dyn Progress> = if a.quiet {
         Box::new(runner::Silent)
     } else if !std::io::stderr().is_terminal() {
-        Box::new(Quiet)
+        Box::new(Log { started: std::time::Instant::now(), total: 0, done: 0 })
     } else {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(

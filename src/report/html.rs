@@ -52,6 +52,7 @@ impl Exporter for HtmlExporter {
         let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
             R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
             Measured speedup = per sample, full depth's decode ms/token ÷ the setting's measured in the same round, the median with its 95% bootstrap interval (decode only); theoretical = L ÷ average layers. J/token includes the prefill.</p>");
+        let _ = write!(s, "<p>{}</p>", super::svg::esc(super::INTERVALS_COVER));
         if let Some((header, machines)) = super::machines_table(records) {
             s.push_str("<h2>Hardware</h2><table><tr>");
             for h in header {

@@ -26,6 +26,7 @@ impl Exporter for MarkdownExporter {
             interval in brackets). Measured speedup = per sample, full depth's decode ms/token ÷ the setting's, both measured in the same round (cells interleaved in rounds), \
             the median over samples with its 95% bootstrap interval; theoretical = L ÷ average layers. Speedups are decode-only; J/token includes the prefill \
             (each sample's first token is the prefill's), decode J/token does not.\n");
+        let _ = writeln!(s, "{}\n", super::INTERVALS_COVER);
         write_machines(&mut s, records);
         write_comparison(&mut s, records);
         let groups = super::group_order(rows);

@@ -22,6 +22,12 @@ pub trait Exporter {
     fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String>;
 }
 
+/// What a run's intervals cover, said in every report: the noise within the run, not between runs.
+pub const INTERVALS_COVER: &str = "Intervals cover the noise within this run only (bootstrap over its samples and rounds). \
+A run is one draw of the machine's state (on a shared CPU, how much cache and memory bandwidth other tenants leave): \
+another run, day or machine can differ by more. `exitbench check` gates timings only with several baseline runs on \
+one machine (their spread enters the interval), and `exitbench ab` measures two versions in the same job.";
+
 /// Every exporter.
 pub fn exporters() -> Vec<Box<dyn Exporter>> {
     vec![Box::new(csv::CsvExporter), Box::new(markdown::MarkdownExporter), Box::new(html::HtmlExporter)]

@@ -2,6 +2,7 @@
 //! (`DIR/results.jsonl`, one line per cell, flushed and synced after each cell so a killed sweep
 //! loses at most the cell in flight).
 
+pub mod history;
 pub mod merge;
 pub mod record;
 pub mod store;

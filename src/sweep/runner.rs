@@ -32,6 +32,9 @@ pub trait Progress {
     fn warn(&mut self, msg: &str);
     /// The sweep is done.
     fn finish(&mut self);
+    /// A round of a configuration group (or, in sequential order, a cell) finished: `what` says
+    /// which. Logs print a line; a progress bar already shows it.
+    fn round_done(&mut self, _what: &str) {}
 }
 
 /// Progress that prints nothing at all (`run -q`: errors only).
@@ -349,10 +352,24 @@ impl GroupRun<'_> {
         // cell's figures of a round come from the same stretch of time.
         let first_unfinished = list.iter().position(|round| running.iter().any(|r| !have(rounds_done, r, round))).unwrap_or(list.len());
         let seed = plan.seed ^ fnv1a(ctx.group.key().as_bytes());
-        for (ri, ci) in rounds::steps(list.len(), running.len(), seed, plan.order) {
+        let steps = rounds::steps(list.len(), running.len(), seed, plan.order);
+        let group = format!("{} {} {} {} {}t", ctx.group.model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), ctx.group.backend.name(), ctx.group.device.name(), ctx.group.dtype.name(), ctx.group.threads);
+        for (i, &(ri, ci)) in steps.iter().enumerate() {
             let round = &list[ri];
+            // The line a log prints when this step ends a round (or a cell, in sequential order).
+            let ends = match plan.order {
+                RoundOrder::Interleaved => steps.get(i + 1).is_none_or(|n| n.0 != ri),
+                RoundOrder::Sequential => steps.get(i + 1).is_none_or(|n| n.1 != ci),
+            };
+            let done_msg = ends.then(|| match plan.order {
+                RoundOrder::Interleaved => format!("{group}: round {}/{} done", ri + 1, list.len()),
+                RoundOrder::Sequential => format!("{group}: {} done", running[ci].key.label()),
+            });
             let r = &running[ci];
             if r.failed {
+                if let Some(m) = &done_msg {
+                    progress.round_done(m);
+                }
                 continue;
             }
             let skip = match plan.order {
@@ -361,6 +378,9 @@ impl GroupRun<'_> {
             };
             if skip {
                 (0..round.samples.len()).for_each(|_| progress.tick());
+                if let Some(m) = &done_msg {
+                    progress.round_done(&format!("{m} (kept from before)"));
+                }
                 continue;
             }
             crate::interrupt::check()?;
@@ -375,6 +395,9 @@ impl GroupRun<'_> {
                     let r = &mut running[ci];
                     self.fail(r, &e, layers, &finish, done, progress, tally)?;
                 }
+            }
+            if let Some(m) = &done_msg {
+                progress.round_done(m);
             }
             if plan.cooldown_s > 0.0 {
                 std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
