@@ -1,0 +1,51 @@
+//! `exitbench calibrate --risk`: thresholds with Learn-then-Test's guarantee on the embedded model,
+//! the fixed sequence as recorded (highest threshold first, stopping at the first failure, the
+//! chosen one the last rejected), p-values recomputed from the recorded risks, and the validity
+//! check over random splits.
+
+mod common;
+
+use common::{exitbench, NO_ENV};
+use exitbench::calibrate::ltt::hb_p_value;
+
+#[test]
+fn calibrate_with_learn_then_test_records_a_valid_fixed_sequence() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("cal");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, stdout, err) = exitbench(
+        &["calibrate", "--model", &format!("{root}/models/cricket-6l"), "--measure", "softmax-diff", "--thresholds", "0.99,0.9,0.6,0.3", "--samples", "12",
+            "--max-new-tokens", "16", "--risk", "textual", "--delta", "0.3", "--epsilon", "0.2", "--check-validity", "--out", out.to_str().unwrap(),
+            "--idle-seconds", "0", "--min-window", "0", "--powercap-root", "/nonexistent/powercap"],
+        NO_ENV,
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    assert!(stdout.contains("1 − ε = 0.8 over the n = 12 validation samples") && stdout.contains("δ = 0.3"), "{stdout}");
+    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap()).unwrap();
+    assert_eq!(cal["ltt"], serde_json::json!({"risk": "textual", "delta": 0.3, "epsilon": 0.2, "n": 12}));
+    let m = &cal["measures"][0];
+    let steps = m["ltt_steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    let thresholds: Vec<f64> = steps.iter().map(|s| s["threshold"].as_f64().unwrap()).collect();
+    assert!(thresholds.windows(2).all(|w| w[0] > w[1]) && thresholds[0] == 0.99, "{thresholds:?}");
+    let mut last_rejected = None;
+    for (i, s) in steps.iter().enumerate() {
+        let (risk, n, p) = (s["risk"].as_f64().unwrap(), s["n"].as_u64().unwrap() as usize, s["p_value"].as_f64().unwrap());
+        assert_eq!(n, 12);
+        assert!((p - hb_p_value(risk, n, 0.3)).abs() < 1e-12, "{s}");
+        let rejected = s["rejected"].as_bool().unwrap();
+        assert_eq!(rejected, p <= 0.2, "{s}");
+        if rejected {
+            last_rejected = Some(thresholds[i]);
+        } else {
+            assert_eq!(i, steps.len() - 1, "the sequence goes on after a failure: {steps:?}");
+        }
+    }
+    assert_eq!(m["threshold"].as_f64(), last_rejected, "{m}");
+    let v = &m["validity"];
+    assert_eq!(v["splits"], 100, "{m}");
+    assert!(v["violation_rate"].as_f64().unwrap() <= 0.2 + 3.0 * (0.2f64 * 0.8 / 100.0).sqrt(), "{v}");
+    // The LTT flags need --risk.
+    let (code, _, err) = exitbench(&["calibrate", "--delta", "0.1"], NO_ENV);
+    assert_eq!(code, 2, "{err}");
+}
