@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds exitbench with `--features cuda` on a machine with no GPU and no CUDA install, for the
-# lent GPU machines (driver 580 / CUDA 13.0, H200 = sm_90a). From the package registries it
+# GPU machines the check targets (driver 580 / CUDA 13.0, H200 = sm_90a). From the package registries it
 # installs the CUDA 13.0 compiler wheels into .cuda-tools/ (git-ignored), makes the `libX.so`
 # names the wheels lack, generates link-time stub libraries from cudarc's own symbol lists (no
 # wheel ships a libcuda stub, and cuBLAS alone is 420 MB), and builds into target/cuda/ so the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu-check.sh: the one prepared script for a lent GPU machine (NVIDIA H200, driver 580 / CUDA
+# gpu-check.sh: a self-contained check for a GPU machine without a Rust toolchain or network (NVIDIA H200, driver 580 / CUDA
 # 13.0, no network, no Rust; python3 with PyTorch + transformers, numpy, onnxruntime 1.30 CPU).
 # It builds nothing: it runs the carried CUDA build of exitbench and the machine's own Python.
 #

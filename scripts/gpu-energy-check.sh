@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU energy check for a lent GPU machine (issue 5, "On a GPU"). Builds nothing: runs a carried
+# GPU energy check for a GPU machine without a Rust toolchain or network. Builds nothing: runs a carried
 # exitbench binary and the machine's own PyTorch. Measures GPU 0 idle for 5 s, then ~20 s of
 # back-to-back bf16 matmuls under `exitbench meter`, and prints the NVML total-energy counter
 # against integrated instant power (they should agree within 5%) and the idle power.

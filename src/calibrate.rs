@@ -447,7 +447,7 @@ pub fn markdown(c: &Calibration) -> String {
     s
 }
 
-/// The embedded model's bar (issue 3), one line per condition with `met` / `NOT met`: full-depth
+/// The embedded model's bar, one line per condition with `met` / `NOT met`: full-depth
 /// ROUGE-L ≥ 0.75 and ≥ lead + 0.25, key facts ≥ 90%, and per measure test D ≤ 0.06 with a
 /// measured speedup ≥ 1.5×.
 pub fn bar(c: &Calibration) -> Vec<(String, bool)> {

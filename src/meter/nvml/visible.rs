@@ -3,7 +3,7 @@
 //! `CUDA_VISIBLE_DEVICES` (an NVML index, or a GPU UUID or unique UUID prefix), or NVML index N
 //! when the variable is unset, as Zeus maps them. CUDA stops reading the list at the first entry
 //! it cannot parse; so does this. (Without `CUDA_DEVICE_ORDER=PCI_BUS_ID` CUDA puts the fastest
-//! GPU first; on a machine of one GPU model, the lent machines', both orders agree.)
+//! GPU first; on a machine of one GPU model, both orders agree.)
 
 use nvml_wrapper::Nvml;
 
