@@ -24,10 +24,11 @@ pub fn run(a: ReportArgs) -> Result<()> {
     for p in &a.inputs {
         inputs.push(store::read(p)?);
     }
+    let between = report::between::markdown(&inputs);
     // Overlapping inputs (a dir and its own results.jsonl, a merge and its parts): each cell once.
     let (records, dropped) = crate::results::merge::merge(inputs);
     if dropped > 0 {
-        eprintln!("warning: {dropped} record(s) repeat a cell already read; the first occurrence is kept");
+        eprintln!("warning: {dropped} record(s) repeat a cell already read; the first occurrence is kept in the tables{}", if between.is_some() { ", and summary.md's \"Between runs\" shows the separate runs' spread" } else { "" });
     }
     if records.is_empty() {
         return Err(Error::setting("inputs", "no result records found"));
@@ -39,6 +40,13 @@ pub fn run(a: ReportArgs) -> Result<()> {
         (None, _) => return Err(Error::setting("--out", "several inputs: name the directory the merged report goes to")),
     };
     let rows = report::write_all(&records, &out)?;
+    if let Some(section) = &between {
+        let summary = out.join("summary.md");
+        let text = std::fs::read_to_string(&summary).map_err(|e| Error::io(&summary, e))? + "\n" + section;
+        let tmp = out.join(".summary.md.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &summary).map_err(|e| Error::io(&summary, e))?;
+    }
     // The merged records beside the reports, unless that file is one of the inputs.
     let merged = out.join(store::RESULTS_FILE);
     let canon = |p: &std::path::Path| std::fs::canonicalize(store::records_path(p)).ok();
