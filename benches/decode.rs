@@ -75,7 +75,7 @@ fn bench_components(c: &mut Criterion, m: &LoadedModel) {
     g.bench_function("propagate_one_layer", |bch| bch.iter_batched(|| base.clone(), |mut b| b.propagate(3, &h2).unwrap(), BatchSize::SmallInput));
     let mut b = base.clone();
     g.bench_function("check_softmax (head + top2)", |bch| {
-        bch.iter(|| exitbench::exit::measure::softmax_confidence(Measure::SoftmaxDiff, &b.exit_logits(&h2).unwrap()))
+        bch.iter(|| { let s = exitbench::head::HeadSummary::of_logits(&b.exit_logits(&h2).unwrap()); s.p1 - s.p2 })
     });
     g.bench_function("check_saturation (cosine)", |bch| bch.iter(|| b.cosine(&h1, &h2).unwrap()));
     g.bench_function("check_classifier", |bch| bch.iter(|| b.classifier(2, &h2).unwrap()));

@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, HeadSummary};
 use crate::error::{Error, Result};
-use crate::exit::measure::argmax;
+use crate::head::argmax;
 use crate::exit::{ExitMode, Measure};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;

@@ -5,10 +5,13 @@
 //! (decides) + meter (measures) → result records → reports.
 
 pub mod backend;
-pub mod bandwidth;
 pub mod decode;
+pub mod decode_bytes;
 pub mod error;
 pub mod exit;
+pub mod head;
+pub mod hex;
+pub mod runtime_info;
 pub mod metrics;
 pub mod model;
 
@@ -32,6 +35,7 @@ pub fn default_model() -> String {
         built_from.display().to_string()
     }
 }
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod hardware;
 pub mod interrupt;

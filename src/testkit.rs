@@ -182,12 +182,6 @@ impl<B: crate::backend::Backend> crate::backend::Backend for Drifting<B> {
     fn sync(&self) -> Result<()> {
         self.inner.sync()
     }
-    fn hidden_to_host(&self, h: &Self::Hidden) -> Result<Vec<f32>> {
-        self.inner.hidden_to_host(h)
-    }
-    fn cached_kv(&self, layer: usize) -> Result<Option<crate::backend::KvSnapshot>> {
-        self.inner.cached_kv(layer)
-    }
     fn runtime_info(&self) -> crate::backend::RuntimeInfo {
         self.inner.runtime_info()
     }

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use exitbench::backend::candle::CandleBackend;
-use exitbench::backend::{Backend, BackendKind, DeviceKind, OpenBackend};
+use exitbench::backend::{Backend, BackendKind, DeviceKind, Inspect, OpenBackend};
 use exitbench::decode::{generate, GenerateOptions, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
 use exitbench::model::{LlamaConfig, LoadOptions, LoadedModel, ModelFiles, Precision};
@@ -86,7 +86,7 @@ fn cached_decoding_matches_recomputation(open: Opener, variant: bool) {
         let mut worst = 0f32;
         for _ in 0..12 {
             worst = worst.max(max_abs_diff(&logits, &prefill_logits(r, &ids)));
-            let next = exitbench::exit::measure::argmax(&logits);
+            let next = exitbench::head::argmax(&logits);
             ids.push(next);
             let mut h = b.embed(&[next]).unwrap();
             for l in 1..=4 {
@@ -95,7 +95,7 @@ fn cached_decoding_matches_recomputation(open: Opener, variant: bool) {
             logits = b.exit_logits(&h).unwrap();
             // The device-side reductions agree with the host logits.
             let s = b.head(&h).unwrap();
-            assert_eq!(s.argmax, exitbench::exit::measure::argmax(&logits));
+            assert_eq!(s.argmax, exitbench::head::argmax(&logits));
         }
         assert!(worst <= 1e-4, "cached vs recomputed logits differ by {worst}");
         let range = logits.iter().cloned().fold(f32::MIN, f32::max) - logits.iter().cloned().fold(f32::MAX, f32::min);

@@ -4,7 +4,7 @@
 
 mod common;
 use common::{exitbench, NO_ENV};
-use exitbench::backend::{self, Backend, BackendKind, DeviceKind, OpenBackend};
+use exitbench::backend::{self, Backend, BackendKind, DeviceKind, Inspect, OpenBackend};
 use exitbench::decode::{generate, GenerateOptions, Generation, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
 use exitbench::model::{ModelFiles, Precision};
@@ -26,7 +26,7 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Per-layer hidden states (prefill, then decode steps) and every exit-head's logits.
-fn trace<B: Backend>(b: &mut B, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+fn trace<B: Inspect>(b: &mut B, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     b.reset();
     let (mut hs, mut logits) = (Vec::new(), Vec::new());
     let mut ids = prompt.to_vec();
@@ -37,7 +37,7 @@ fn trace<B: Backend>(b: &mut B, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>,
             hs.push(b.hidden_to_host(&h).unwrap());
             logits.push(b.exit_logits(&h).unwrap());
         }
-        ids.push(exitbench::exit::measure::argmax(logits.last().unwrap()));
+        ids.push(exitbench::head::argmax(logits.last().unwrap()));
     }
     (hs, logits)
 }

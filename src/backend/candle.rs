@@ -156,7 +156,7 @@ impl Backend for CandleBackend {
     fn cosine(&mut self, a: &Tensor, b: &Tensor) -> Result<f32> {
         let (a, b) = (Self::last(a)?.flatten_all()?.to_dtype(DType::F32)?, Self::last(b)?.flatten_all()?.to_dtype(DType::F32)?);
         if self.model.device().is_cpu() {
-            return Ok(crate::exit::measure::cosine(&a.to_vec1::<f32>()?, &b.to_vec1::<f32>()?));
+            return Ok(crate::head::cosine(&a.to_vec1::<f32>()?, &b.to_vec1::<f32>()?));
         }
         let s = Tensor::stack(&[(&a * &b)?.sum_all()?, a.sqr()?.sum_all()?, b.sqr()?.sum_all()?], 0)?.to_vec1::<f32>()?;
         Ok(if s[1] == 0.0 || s[2] == 0.0 { 0.0 } else { s[0] / (s[1].sqrt() * s[2].sqrt()) })
@@ -170,10 +170,6 @@ impl Backend for CandleBackend {
         Ok(self.model.device().synchronize()?)
     }
 
-    fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
-        Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-
     fn runtime_info(&self) -> RuntimeInfo {
         let compute_dtype = match self.model.dtype() {
             DType::F16 => "f16",
@@ -183,12 +179,6 @@ impl Backend for CandleBackend {
         RuntimeInfo { version: crate::hardware::CANDLE_VERSION.to_string(), compute_dtype: compute_dtype.into(), threads: self.threads, ..Default::default() }
     }
 
-    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
-        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
-        let len = k.dim(2)?;
-        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
-        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
-    }
 }
 
 #[cfg(test)]
@@ -213,5 +203,17 @@ mod tests {
         assert_eq!((h.argmax, h.logit_gap), (1, 0.0));
         assert_eq!((d.argmax, d.logit_gap), (1, 0.0));
         assert_eq!(h.p1, h.p2);
+    }
+}
+
+impl super::Inspect for CandleBackend {
+    fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
+        Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
+        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
+        let len = k.dim(2)?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
     }
 }

@@ -10,6 +10,8 @@ pub mod ort;
 
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
+pub use crate::head::HeadSummary;
+pub use crate::runtime_info::RuntimeInfo;
 
 /// Which runtime executes the layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -111,45 +113,6 @@ pub fn default_threads(hidden_size: usize) -> usize {
     }
 }
 
-/// What the exit head (final norm + LM head) says about the last position, reduced on the
-/// backend's device so that only these scalars cross to the host.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HeadSummary {
-    /// Index of the largest logit (the first on ties).
-    pub argmax: u32,
-    /// Top-1 softmax probability.
-    pub p1: f32,
-    /// Top-2 softmax probability (equal to `p1` on an exact tie).
-    pub p2: f32,
-    /// Top-1 minus top-2 logit: how close the argmax was to changing (near-ties).
-    pub logit_gap: f32,
-}
-
-impl HeadSummary {
-    /// The reductions on host logits (one pass for top-2, one for the normaliser).
-    pub fn of_logits(logits: &[f32]) -> Self {
-        let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for (i, &v) in logits.iter().enumerate() {
-            if v > v1 {
-                v2 = v1;
-                v1 = v;
-                i1 = i;
-            } else if v > v2 {
-                v2 = v;
-            }
-        }
-        let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
-        HeadSummary::from_reduced(i1 as u32, v1, v2, z)
-    }
-
-    /// The summary from the reductions a device computed: argmax, top-1 and top-2 logits, and
-    /// z = Σ exp(logit − top-1).
-    pub fn from_reduced(argmax: u32, v1: f32, v2: f32, z: f32) -> Self {
-        let p2 = if v2.is_finite() { (v2 - v1).exp() / z } else { 0.0 };
-        HeadSummary { argmax, p1: 1.0 / z, p2, logit_gap: v1 - v2 }
-    }
-}
-
 /// A layer's cached keys and values copied to the host, for conformance tests and analysis.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvSnapshot {
@@ -159,43 +122,6 @@ pub struct KvSnapshot {
     pub v: Vec<f32>,
     /// Cached positions.
     pub len: usize,
-}
-
-/// What a backend is and what building it cost, for the record (set-up times are never inside
-/// ms/token).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RuntimeInfo {
-    /// The runtime's version (candle's, or the ONNX Runtime library's).
-    pub version: String,
-    /// The precision matrix products run in: candle's weights dtype; for ONNX Runtime read from
-    /// the optimized graph it wrote (e.g. `f32` for an f16 export on the CPU provider, which
-    /// inserts casts). `dtype` in the key stays the requested precision.
-    pub compute_dtype: String,
-    /// CPU threads the runtime was given.
-    pub threads: usize,
-    /// ONNX Runtime: whether intra-op threads spin while waiting.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spinning: Option<bool>,
-    /// ONNX Runtime on CUDA: the graphs that could only be created with some nodes on the CPU
-    /// provider (ONNX Runtime keeps shape computations there), with the runtime's message; None
-    /// when every node runs on the device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_nodes: Option<String>,
-    /// ONNX Runtime: the library file loaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub library: Option<String>,
-    /// ONNX Runtime: the export directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export_dir: Option<String>,
-    /// ONNX Runtime: the export's own hash (over its files; the weights hash stays the key's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export_hash: Option<String>,
-    /// ONNX Runtime: seconds spent exporting (0 when the cached export was reused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export_s: Option<f64>,
-    /// ONNX Runtime: seconds spent creating the sessions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_s: Option<f64>,
 }
 
 /// A runtime that runs one decoder layer at a time with per-layer KV caches.
@@ -238,12 +164,17 @@ pub trait Backend {
     fn classifier(&mut self, layer: usize, h: &Self::Hidden) -> Result<f32>;
     /// Waits for queued device work (no-op on the CPU); called at timing edges.
     fn sync(&self) -> Result<()>;
-    /// A copy of `h` on the host, f32 row-major `[t, d]` (tests and analysis, never timed).
+    /// What this runtime is and what building it cost.
+    fn runtime_info(&self) -> RuntimeInfo;
+}
+
+/// Host copies of a backend's state, for conformance tests and analysis (never timed, never
+/// needed to decode): a new backend implements [`Backend`] to run, and this to be checked.
+pub trait Inspect: Backend {
+    /// A copy of `h` on the host, f32 row-major `[t, d]`.
     fn hidden_to_host(&self, h: &Self::Hidden) -> Result<Vec<f32>>;
     /// A copy of `layer`'s cache on the host (`None` while it is empty).
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>>;
-    /// What this runtime is and what building it cost.
-    fn runtime_info(&self) -> RuntimeInfo;
 }
 
 /// A backend built by [`open`]: one variant per runtime. Match it once (e.g. with

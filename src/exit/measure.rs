@@ -52,69 +52,11 @@ impl Measure {
         }
     }
 
-    /// True when the measure needs the exit head's logits at every checked layer.
-    pub fn needs_logits(self) -> bool {
-        matches!(self, Measure::SoftmaxDiff | Measure::SoftmaxMax)
-    }
-}
-
-/// Softmax confidence of host `logits` for a logits-based measure (backends reduce on their
-/// device with the same formulas: [`crate::backend::HeadSummary`]).
-pub fn softmax_confidence(measure: Measure, logits: &[f32]) -> f32 {
-    let s = crate::backend::HeadSummary::of_logits(logits);
-    match measure {
-        Measure::SoftmaxMax => s.p1,
-        _ => s.p1 - s.p2,
-    }
-}
-
-/// Cosine similarity of two vectors (0 when either is zero).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        dot += x as f64 * y as f64;
-        na += x as f64 * x as f64;
-        nb += y as f64 * y as f64;
-    }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        (dot / (na.sqrt() * nb.sqrt())) as f32
-    }
-}
-
-/// Index of the largest logit (first on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn softmax_measures_match_direct_computation() {
-        let logits = [1.0f32, 3.0, 2.0, -1.0];
-        let e: Vec<f64> = logits.iter().map(|&x| (x as f64).exp()).collect();
-        let z: f64 = e.iter().sum();
-        let (p1, p2) = (e[1] / z, e[2] / z);
-        assert!((softmax_confidence(Measure::SoftmaxMax, &logits) as f64 - p1).abs() < 1e-6);
-        assert!((softmax_confidence(Measure::SoftmaxDiff, &logits) as f64 - (p1 - p2)).abs() < 1e-6);
-        assert_eq!(argmax(&logits), 1);
-    }
-
-    #[test]
-    fn cosine_of_parallel_and_orthogonal_vectors() {
-        assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-6);
-        assert!(cosine(&[1.0, 0.0], &[0.0, 3.0]).abs() < 1e-6);
-        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
-    }
 
     #[test]
     fn unknown_measure_is_rejected_with_its_name() {

@@ -90,17 +90,6 @@ impl ExitMode {
         }
     }
 
-    /// The baseline name: `full`, `static`, `oracle`, or `none` for an early-exit setting.
-    pub fn baseline(&self) -> crate::results::Baseline {
-        use crate::results::Baseline;
-        match self {
-            ExitMode::Full => Baseline::Full,
-            ExitMode::Dynamic(_) => Baseline::None,
-            ExitMode::Static { .. } => Baseline::Static,
-            ExitMode::Oracle { .. } => Baseline::Oracle,
-        }
-    }
-
     /// Deepest layer ever run (the prefill depth).
     pub fn depth(&self, layers: usize) -> usize {
         match self {

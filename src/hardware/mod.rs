@@ -3,10 +3,12 @@
 //! Without GPUs the id is computed exactly as before GPUs were added, so CPU-only machines keep
 //! their ids.
 
+pub mod bandwidth;
 mod gpu;
 
 pub use gpu::gpu_block;
 
+use crate::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -102,7 +104,7 @@ impl Hardware {
 
     /// This fingerprint with the memory bandwidth measured now (about `budget`).
     pub fn with_bandwidth(mut self, budget: std::time::Duration) -> Hardware {
-        let bw = crate::bandwidth::measure(budget);
+        let bw = bandwidth::measure(budget);
         self.mem_bandwidth_gb_s = Some(bw.one_thread_gb_s);
         self.mem_bandwidth_all_gb_s = Some(bw.all_threads_gb_s);
         self
@@ -170,13 +172,5 @@ mod tests {
         assert_eq!(machine_id("AMD EPYC", 2, 7936, "Linux 12", "6.1", None), old);
         let g = GpuBlock { count: 0, driver_version: String::new(), cuda_version: None, gpus: vec![] };
         assert_eq!(machine_id("AMD EPYC", 2, 7936, "Linux 12", "6.1", Some(&g)), old);
-    }
-}
-
-/// Lowercase hex encoding.
-pub mod hex {
-    /// Encodes bytes as lowercase hex.
-    pub fn encode(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -447,15 +447,6 @@ impl LlamaModel {
         }
         out
     }
-
-    /// Replaces the exit classifiers (f32 `[1, d]` weights and `[1]` biases, one per layer).
-    pub fn set_classifiers(&mut self, cls: Vec<(Tensor, Tensor)>) -> Result<()> {
-        if cls.len() != self.layers.len() {
-            return Err(Error::Internal(format!("{} classifiers for {} layers", cls.len(), self.layers.len())));
-        }
-        self.classifiers = Some(cls);
-        Ok(())
-    }
 }
 
 /// Every decoder tensor a config needs, with its shape and whether it is required (biases are

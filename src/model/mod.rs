@@ -160,7 +160,7 @@ pub fn weights_hash(dir: &Path, random: Option<u64>) -> Result<String> {
             h.update(&buf[..n]);
         }
     }
-    Ok(crate::hardware::hex::encode(&h.finalize()[..8]))
+    Ok(crate::hex::encode(&h.finalize()[..8]))
 }
 
 /// A model directory built as candle's `LlamaModel` (the candle backend, training, the card).

@@ -71,12 +71,4 @@ impl TextTokenizer {
         }
         Ok(out)
     }
-
-    /// The id of a token string, if it is in the vocabulary.
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        match self {
-            TextTokenizer::Hf(t) => t.token_to_id(token),
-            TextTokenizer::Bytes { .. } => None,
-        }
-    }
 }

@@ -21,7 +21,7 @@ pub const CLASSIFIER_INFO_FILE: &str = "exit_classifier.json";
 /// each weight file's length and 16 evenly spaced 4 KiB windows, so that retrained weights are
 /// told apart without reading a multi-gigabyte checkpoint whole.
 pub fn decoder_fingerprint(dir: &Path) -> Result<String> {
-    use crate::hardware::hex;
+    use crate::hex;
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
     let mut h = Sha256::new();

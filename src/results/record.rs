@@ -476,7 +476,7 @@ pub struct CellRecord {
     pub layer_us_source: Option<String>,
     /// The runtime and what building it cost (export, session creation; never in ms/token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<crate::backend::RuntimeInfo>,
+    pub runtime: Option<crate::runtime_info::RuntimeInfo>,
     /// Per-sample outputs.
     pub outputs: Vec<SampleOutput>,
     /// True when weights are random (quality figures meaningless).

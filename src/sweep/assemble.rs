@@ -120,7 +120,7 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     (rec.peak_device_mem_mb, rec.device_mem_scope) = (gpu.as_ref().map(|g| g.0), gpu.map(|g| g.1));
     rec.rouge = corpus(&scores, plan.seed);
     let element = if rec.key.dtype == "f32" { 4.0 } else { 2.0 };
-    rec.bytes_per_token = crate::bandwidth::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
+    rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
     rec.achieved_gb_s = rec.bytes_per_token.zip((rec.ms_per_token.n > 0).then_some(rec.ms_per_token.median)).filter(|(_, ms)| *ms > 0.0).map(|(b, ms)| b / (ms / 1e3) / 1e9);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));

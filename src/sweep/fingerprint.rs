@@ -5,7 +5,8 @@ use crate::results::{Baseline, SCHEMA_VERSION};
 use crate::results::record::{CellKey, CellRecord, CellStatus, Energy, Stats, TimeSplit};
 use super::grid::Group;
 use super::plan::Plan;
-use crate::hardware::{hex, Hardware};
+use crate::hardware::Hardware;
+use crate::hex;
 use crate::exit::ExitMode;
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,12 +21,15 @@ pub struct CellMode {
 }
 
 impl CellMode {
-    /// The cell's kind of baseline.
+    /// The cell's kind of baseline: `full` (or `full (no time split)`), `static`, `oracle`, or
+    /// `none` for an early-exit setting.
     pub fn baseline(&self) -> Baseline {
-        if !self.time_split && self.mode == ExitMode::Full {
-            Baseline::FullUnsplit
-        } else {
-            self.mode.baseline()
+        match self.mode {
+            ExitMode::Full if !self.time_split => Baseline::FullUnsplit,
+            ExitMode::Full => Baseline::Full,
+            ExitMode::Dynamic(_) => Baseline::None,
+            ExitMode::Static { .. } => Baseline::Static,
+            ExitMode::Oracle { .. } => Baseline::Oracle,
         }
     }
 }

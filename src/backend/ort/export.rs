@@ -78,7 +78,7 @@ pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBu
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
     let abs = std::fs::canonicalize(&files.dir).unwrap_or_else(|_| files.dir.clone());
-    let tag = crate::hardware::hex::encode(&Sha256::digest(abs.display().to_string().as_bytes())[..6]);
+    let tag = crate::hex::encode(&Sha256::digest(abs.display().to_string().as_bytes())[..6]);
     base.join("exitbench").join("onnx").join(tag).join(leaf)
 }
 
@@ -86,7 +86,7 @@ pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBu
 /// weights, and random weights share one weights hash across shapes.
 pub fn config_hash(files: &ModelFiles) -> String {
     let json = serde_json::to_string(&files.config).unwrap_or_default();
-    crate::hardware::hex::encode(&Sha256::digest(json.as_bytes())[..4])
+    crate::hex::encode(&Sha256::digest(json.as_bytes())[..4])
 }
 
 fn writable(dir: &Path) -> bool {
@@ -177,7 +177,7 @@ fn sha256_file(p: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(crate::hardware::hex::encode(&h.finalize()))
+    Ok(crate::hex::encode(&h.finalize()))
 }
 
 /// Writes every graph of `files` in `p` into `dest` (through a temporary sibling folder renamed
@@ -199,7 +199,7 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
         let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-            out.push(ExportedFile { name: name.into(), bytes: bytes.len() as u64, sha256: crate::hardware::hex::encode(&Sha256::digest(bytes)) });
+            out.push(ExportedFile { name: name.into(), bytes: bytes.len() as u64, sha256: crate::hex::encode(&Sha256::digest(bytes)) });
             Ok(())
         };
         // A graph whose weights pass 1 GiB keeps them in `<name>.data` (protobufs stop at 2 GiB:
@@ -240,7 +240,7 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
             num_layers: files.config.num_hidden_layers,
             has_classifier,
             files: out,
-            export_hash: crate::hardware::hex::encode(&h.finalize()[..8]),
+            export_hash: crate::hex::encode(&h.finalize()[..8]),
             export_s: t.elapsed().as_secs_f64(),
         };
         let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;

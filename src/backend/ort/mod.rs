@@ -415,7 +415,7 @@ impl Backend for OrtBackend {
             // The CPU provider's values are host memory: the same f64 computation as candle's.
             let d = self.cfg.hidden_size;
             let (a, b) = (to_host_f32(a)?, to_host_f32(b)?);
-            return Ok(crate::exit::measure::cosine(&a[a.len() - d..], &b[b.len() - d..]));
+            return Ok(crate::head::cosine(&a[a.len() - d..], &b[b.len() - d..]));
         }
         let mut out = self.cosine.run(&[("a", a), ("b", b)])?;
         Ok(to_host_f32(&Self::take(&mut out, "cosine")?)?[0])
@@ -435,16 +435,19 @@ impl Backend for OrtBackend {
         Ok(())
     }
 
-    fn hidden_to_host(&self, h: &Hidden) -> Result<Vec<f32>> {
-        to_host_f32(h)
-    }
-
     fn runtime_info(&self) -> RuntimeInfo {
         self.setup.clone()
     }
 
+}
+
+impl crate::backend::Inspect for OrtBackend {
+    fn hidden_to_host(&self, h: &Hidden) -> Result<Vec<f32>> {
+        to_host_f32(h)
+    }
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
         let Some(c) = &self.caches[layer - 1] else { return Ok(None) };
         Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))
     }
 }
+

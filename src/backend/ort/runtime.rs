@@ -7,8 +7,6 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The ONNX Runtime version the README's set-up installs (and the GPU check targets).
-pub const PINNED_VERSION: &str = "1.30.0";
 /// Oldest minor version this build accepts (`ort`'s `api-30`).
 pub const MIN_MINOR: u32 = 30;
 /// The one command that installs it.

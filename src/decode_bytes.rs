@@ -1,63 +1,10 @@
-//! The machine's memory bandwidth, measured once per run with a STREAM-like triad
-//! (`a[i] = b[i] + s·c[i]` over arrays far larger than the caches, 24 bytes moved per element as
-//! STREAM counts them), on one thread and on all threads; the best pass within a time budget.
-//! A batch-1 decode step streams every weight it uses, so this is the ceiling that
-//! `achieved_gb_s` is compared against.
-
-use std::time::{Duration, Instant};
-
-/// Elements per array: 3 arrays × 8 bytes × 8 Mi = 192 MiB, beyond any CPU cache here.
-const N: usize = 8 << 20;
-
-/// GB/s (10⁹ bytes per second) on one thread and on every available thread.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bandwidth {
-    /// One thread.
-    pub one_thread_gb_s: f64,
-    /// All threads.
-    pub all_threads_gb_s: f64,
-}
-
-fn triad(a: &mut [f64], b: &[f64], c: &[f64], s: f64) {
-    for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
-        *x = y + s * z;
-    }
-}
-
-/// Best triad bandwidth with `threads` threads within `budget`.
-fn best(threads: usize, budget: Duration, a: &mut [f64], b: &[f64], c: &[f64]) -> f64 {
-    let start = Instant::now();
-    let mut best = 0f64;
-    let mut passes = 0;
-    while passes < 2 || (start.elapsed() < budget && passes < 20) {
-        let t = Instant::now();
-        let chunk = a.len().div_ceil(threads);
-        std::thread::scope(|sc| {
-            for ((a, b), c) in a.chunks_mut(chunk).zip(b.chunks(chunk)).zip(c.chunks(chunk)) {
-                sc.spawn(move || triad(a, b, c, 3.0));
-            }
-        });
-        let s = t.elapsed().as_secs_f64();
-        best = best.max(24.0 * a.len() as f64 / s / 1e9);
-        passes += 1;
-    }
-    std::hint::black_box(&a[a.len() / 2]);
-    best
-}
-
-/// Measures both figures within about `budget` in total.
-pub fn measure(budget: Duration) -> Bandwidth {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut a = vec![0f64; N];
-    let b = vec![1f64; N];
-    let c = vec![2f64; N];
-    let one = best(1, budget / 2, &mut a, &b, &c);
-    let all = best(threads, budget / 2, &mut a, &b, &c);
-    Bandwidth { one_thread_gb_s: one, all_threads_gb_s: all }
-}
+//! Bytes a decoded token reads (weights and KV cache), counted from the exit trace with the same
+//! rules the decode loop follows for which heads, classifiers and propagations each mode runs: the
+//! figure that `achieved_gb_s` divides by decode time. An estimate by counting, not a hardware
+//! counter.
 
 /// Bytes of weights and KV cache a decode step reads, from the trace (an estimate by counting,
-/// not a hardware counter). See [`crate::bandwidth::TokenWork`].
+/// not a hardware counter).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelBytes {
     /// One embedding row.
@@ -159,12 +106,5 @@ mod tests {
         // with 10 positions cached: embedding + 2 layers (+ 11 positions of K/V each) + 2 heads + 2 propagations.
         let want = d * 4.0 + 2.0 * (layer + 11.0 * 256.0) + 2.0 * b.head + 2.0 * b.propagation;
         assert_eq!(b.token(2, 2, 0, 2, 10), want);
-    }
-
-    #[test]
-    fn the_probe_reports_positive_finite_figures() {
-        let bw = measure(Duration::from_millis(200));
-        assert!(bw.one_thread_gb_s.is_finite() && bw.one_thread_gb_s > 0.1, "{bw:?}");
-        assert!(bw.all_threads_gb_s.is_finite() && bw.all_threads_gb_s > 0.1, "{bw:?}");
     }
 }

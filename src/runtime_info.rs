@@ -1,0 +1,39 @@
+//! What runtime ran a cell: written by the backends, kept in each result record (a leaf module so
+//! that the record schema does not depend on the backends).
+
+/// What a backend is and what building it cost, for the record (set-up times are never inside
+/// ms/token).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeInfo {
+    /// The runtime's version (candle's, or the ONNX Runtime library's).
+    pub version: String,
+    /// The precision matrix products run in: candle's weights dtype; for ONNX Runtime read from
+    /// the optimized graph it wrote (e.g. `f32` for an f16 export on the CPU provider, which
+    /// inserts casts). `dtype` in the key stays the requested precision.
+    pub compute_dtype: String,
+    /// CPU threads the runtime was given.
+    pub threads: usize,
+    /// ONNX Runtime: whether intra-op threads spin while waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spinning: Option<bool>,
+    /// ONNX Runtime on CUDA: the graphs that could only be created with some nodes on the CPU
+    /// provider (ONNX Runtime keeps shape computations there), with the runtime's message; None
+    /// when every node runs on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_nodes: Option<String>,
+    /// ONNX Runtime: the library file loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// ONNX Runtime: the export directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dir: Option<String>,
+    /// ONNX Runtime: the export's own hash (over its files; the weights hash stays the key's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_hash: Option<String>,
+    /// ONNX Runtime: seconds spent exporting (0 when the cached export was reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_s: Option<f64>,
+    /// ONNX Runtime: seconds spent creating the sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_s: Option<f64>,
+}
