@@ -273,15 +273,14 @@ pub fn compare(baseline: &[BaselineRun], current: &[CellRecord], o: CheckOptions
             let xs: Vec<f64> = history.iter().filter_map(|r| r.speedup.as_ref().map(|p| p.measured)).collect();
             let newest = b.speedup.as_ref().map(|p| p.measured);
             if let Some(newest) = newest {
-                out.timings.push(timing(&cell, "paired speedup", newest, &xs, s.measured, (s.lo, s.hi), Better::Higher, true, o, b, c));
+                out.timings.push(timing(&cell, "paired speedup", newest, &xs, s.measured, Better::Higher, true, o, b, c));
             }
         }
         let ms: Vec<f64> = history.iter().map(|r| r.ms_per_token.median).collect();
-        out.timings.push(timing(&cell, "decode ms/token", b.ms_per_token.median, &ms, c.ms_per_token.median, (c.ms_per_token.ci_lo, c.ms_per_token.ci_hi), Better::Lower, o.absolute, o, b, c));
+        out.timings.push(timing(&cell, "decode ms/token", b.ms_per_token.median, &ms, c.ms_per_token.median, Better::Lower, o.absolute, o, b, c));
         if let (Some(x), Some(y)) = (b.energy.j_per_token, c.energy.j_per_token) {
             let js: Vec<f64> = history.iter().filter_map(|r| r.energy.j_per_token).collect();
-            let within = c.energy.j_per_token_stats.map(|s| (s.ci_lo, s.ci_hi)).unwrap_or((y, y));
-            out.timings.push(timing(&cell, &format!("J/token incl. prefill ({})", c.energy.source), x, &js, y, within, Better::Lower, o.absolute, o, b, c));
+            out.timings.push(timing(&cell, &format!("J/token incl. prefill ({})", c.energy.source), x, &js, y, Better::Lower, o.absolute, o, b, c));
         }
     }
     out.new = current.iter().filter(|r| !base_keys.contains(&match_key(r))).map(label).collect();
@@ -294,7 +293,7 @@ pub fn compare(baseline: &[BaselineRun], current: &[CellRecord], o: CheckOptions
 /// One timing figure: the change against the newest baseline run, gated when `gate` holds, the
 /// two runs share a machine and at least two baseline runs on it give a between-run spread.
 #[allow(clippy::too_many_arguments)]
-fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, current_interval: (f64, f64), better: Better, gate: bool, o: CheckOptions, b: &CellRecord, c: &CellRecord) -> Comparison {
+fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, better: Better, gate: bool, o: CheckOptions, b: &CellRecord, c: &CellRecord) -> Comparison {
     let change = rel(newest, current);
     let info = |note: String| Comparison { cell: cell.into(), metric: metric.into(), baseline: newest, current, change, interval: None, runs: 0, verdict: Verdict::Info, note: Some(note) };
     if b.key.machine != c.key.machine && history.is_empty() {
@@ -306,8 +305,8 @@ fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, 
     if !gate {
         return info("information (gated only with --absolute)".into());
     }
-    let Some((lo, hi)) = prediction_interval(history, current, current_interval, o.significance) else {
-        return info("information: a figure is not positive, so no interval on a log scale".into());
+    let Some((lo, hi)) = prediction_interval(history, current, o.significance) else {
+        return info(format!("information: the {} baseline runs do not vary (or a figure is not positive): no spread to gate with", history.len()));
     };
     let t = o.noise_threshold;
     let verdict = match better {
@@ -332,11 +331,12 @@ fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, 
 }
 
 /// The (1 − `alpha`) prediction interval of the relative change of `current` against the values
-/// of several baseline runs, on a log scale: ln(current) − mean(ln x) ± t(n−1) · √(s²(1 + 1/n) +
-/// w²), where s is the standard deviation of ln x between the runs and w the current run's own
-/// standard error (from its 95% interval `within`). Returned as relative changes (e^d − 1).
-/// None with fewer than two runs or a figure that is not positive.
-pub fn prediction_interval(history: &[f64], current: f64, within: (f64, f64), alpha: f64) -> Option<(f64, f64)> {
+/// of several baseline runs, on a log scale: ln(current) − mean(ln x) ± t(n−1) · s · √(1 + 1/n),
+/// where s is the standard deviation of ln x between the runs (a run's median already carries its
+/// within-run noise, so s covers both). Returned as relative changes (e^d − 1). None with fewer
+/// than two runs, a figure that is not positive, or runs that do not vary at all (the same run
+/// recorded twice: no spread to gate with).
+pub fn prediction_interval(history: &[f64], current: f64, alpha: f64) -> Option<(f64, f64)> {
     let n = history.len();
     if n < 2 || current <= 0.0 || history.iter().any(|x| !(*x > 0.0)) {
         return None;
@@ -344,9 +344,11 @@ pub fn prediction_interval(history: &[f64], current: f64, within: (f64, f64), al
     let logs: Vec<f64> = history.iter().map(|x| x.ln()).collect();
     let mean = logs.iter().sum::<f64>() / n as f64;
     let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
-    let w = if within.0 > 0.0 && within.1 >= within.0 { (within.1.ln() - within.0.ln()) / (2.0 * 1.96) } else { 0.0 };
+    if var == 0.0 {
+        return None;
+    }
     let t = StudentsT::new(0.0, 1.0, n as f64 - 1.0).ok()?.inverse_cdf(1.0 - alpha / 2.0);
-    let half = t * (var * (1.0 + 1.0 / n as f64) + w * w).sqrt();
+    let half = t * (var * (1.0 + 1.0 / n as f64)).sqrt();
     let d = current.ln() - mean;
     Some(((d - half).exp() - 1.0, (d + half).exp() - 1.0))
 }
@@ -588,10 +590,12 @@ mod tests {
     fn prediction_interval_by_hand() {
         // ln x = ln 2 ± 0.1 for two runs: mean ln 2, s² = 0.02, n = 2, t(1, 0.975) = 12.7062;
         // half = 12.7062 · √(0.02 · 1.5) = 2.2008; current 2 → d = 0.
-        let (lo, hi) = prediction_interval(&[2.0 * 0.1f64.exp(), 2.0 * (-0.1f64).exp()], 2.0, (2.0, 2.0), 0.05).unwrap();
+        let (lo, hi) = prediction_interval(&[2.0 * 0.1f64.exp(), 2.0 * (-0.1f64).exp()], 2.0, 0.05).unwrap();
         assert!(((hi + 1.0).ln() - 2.2008).abs() < 1e-3, "{hi}");
         assert!(((lo + 1.0).ln() + 2.2008).abs() < 1e-3, "{lo}");
-        assert_eq!(prediction_interval(&[2.0], 2.0, (2.0, 2.0), 0.05), None);
-        assert_eq!(prediction_interval(&[2.0, 0.0], 2.0, (2.0, 2.0), 0.05), None);
+        assert_eq!(prediction_interval(&[2.0], 2.0, 0.05), None);
+        assert_eq!(prediction_interval(&[2.0, 0.0], 2.0, 0.05), None);
+        // The same run twice: no spread, no interval.
+        assert_eq!(prediction_interval(&[2.0, 2.0], 1.0, 0.05), None);
     }
 }
