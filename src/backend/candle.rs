@@ -109,7 +109,7 @@ impl Backend for CandleBackend {
     }
 
     fn max_positions(&self) -> usize {
-        self.model.config().max_position_embeddings
+        self.model.config().max_position_embeddings.min(crate::model::llama::MAX_ROPE_POSITIONS)
     }
 
     fn has_classifier(&self) -> bool {

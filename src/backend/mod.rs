@@ -101,6 +101,34 @@ impl<'de> serde::Deserialize<'de> for DeviceKind {
     }
 }
 
+/// The most CPU threads a run may ask for: far beyond any machine's cores, low enough that a
+/// typo (`--threads 100000`) is an error rather than a hundred thousand OS threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a thread count of 0 or above [`MAX_THREADS`], naming `flag`.
+pub fn check_threads(n: usize, flag: &str) -> Result<()> {
+    if n == 0 {
+        return Err(Error::setting(flag, "must be at least 1"));
+    }
+    if n > MAX_THREADS {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        return Err(Error::setting(flag, format!("{n} exceeds the limit of {MAX_THREADS} threads (this machine has {cores} cores)")));
+    }
+    Ok(())
+}
+
+/// Why `backend` on `device` cannot run in this process, when that is known without loading a
+/// model (a CUDA device in a build without CUDA, an ONNX Runtime library that cannot be loaded);
+/// `None` when it may run.
+pub fn known_unsupported(backend: BackendKind, device: DeviceKind) -> Option<String> {
+    let err = match (backend, device) {
+        (BackendKind::Candle, DeviceKind::Cuda(_)) if !candle_core::utils::cuda_is_available() => candle::candle_device(device).err(),
+        (BackendKind::Ort, _) => ort::runtime::runtime().err(),
+        _ => None,
+    };
+    err.map(|e| e.to_string())
+}
+
 /// A sensible thread count for single-token decoding of a model of this width, the same rule for
 /// every backend: small models are dominated by the thread pool's dispatch cost (~30 µs per op on
 /// 2 cores), so they run on one.
@@ -215,9 +243,7 @@ macro_rules! with_backend {
 /// Builds `kind`'s runtime for `model` on `device` in `precision` with `threads` CPU threads.
 /// A device or precision the runtime cannot serve is `Error::Unsupported` with its reason.
 pub fn open(kind: BackendKind, model: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize) -> Result<OpenBackend> {
-    if threads == 0 {
-        return Err(Error::setting("--threads", "must be at least 1"));
-    }
+    check_threads(threads, "--threads")?;
     match kind {
         BackendKind::Candle => Ok(OpenBackend::Candle(candle::CandleBackend::open(model, device, precision, threads)?)),
         BackendKind::Ort => Ok(OpenBackend::Ort(Box::new(ort::OrtBackend::open(model, device, precision, threads)?))),

@@ -25,21 +25,34 @@ pub enum DataCommand {
     },
 }
 
+/// The most samples `data synth` writes in one call (each is a few hundred bytes of JSON).
+pub const MAX_SYNTH_SAMPLES: usize = 10_000_000;
+
 /// Runs a data subcommand.
 pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::Synth { split, n, seed, out } => {
             let split = Split::parse(&split)
                 .ok_or_else(|| Error::setting("--split", format!("unknown split `{split}` (expected train, validation or test)")))?;
-            let examples: Vec<Example> = synth::generate(split, seed, n)
-                .into_iter()
-                .map(|s| Example { id: s.id, prompt: s.prompt, reference: s.reference, facts: None })
-                .collect();
+            if n == 0 || n > MAX_SYNTH_SAMPLES {
+                return Err(Error::setting("--n", format!("{n} is outside 1..={MAX_SYNTH_SAMPLES}")));
+            }
+            if out.as_os_str().is_empty() {
+                return Err(Error::setting("--out", "is empty: name a file, or - for stdout"));
+            }
+            // One sample at a time: memory does not grow with --n.
+            let write = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+                for i in 0..n {
+                    let s = synth::sample(split, seed, i);
+                    write_jsonl(&[Example { id: s.id, prompt: s.prompt, reference: s.reference, facts: None }], w)?;
+                }
+                w.flush()
+            };
             if out.as_os_str() == "-" {
-                write_jsonl(&examples, &mut std::io::stdout().lock()).map_err(|e| Error::io("<stdout>", e))
+                write(&mut std::io::BufWriter::new(std::io::stdout().lock())).map_err(|e| Error::io("<stdout>", e))
             } else {
                 let mut f = std::io::BufWriter::new(std::fs::File::create(&out).map_err(|e| Error::io(&out, e))?);
-                write_jsonl(&examples, &mut f).map_err(|e| Error::io(&out, e))
+                write(&mut f).map_err(|e| Error::io(&out, e))
             }
         }
     }

@@ -137,8 +137,8 @@ pub struct Prepared {
 /// Validates model flags and opens the model on the chosen runtime.
 pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
     let (kind, device, precision) = (a.backend, a.device, a.dtype);
-    if a.threads == Some(0) {
-        return Err(Error::setting("--threads", "must be at least 1"));
+    if let Some(t) = a.threads {
+        crate::backend::check_threads(t, "--threads")?;
     }
     let files = ModelFiles::open(&a.model, a.random_weights)?;
     let threads = a.threads.unwrap_or_else(|| default_threads(files.config.hidden_size));
@@ -176,6 +176,9 @@ struct GenerateOut {
 /// Runs `exitbench generate`.
 pub fn run(a: GenerateArgs) -> Result<()> {
     let mode = a.exit.mode()?;
+    if a.max_new_tokens == 0 {
+        return Err(Error::setting("--max-new-tokens", "must be at least 1"));
+    }
     let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate()?;
     let mut p = prepare(&a.model)?;

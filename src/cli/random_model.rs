@@ -60,6 +60,10 @@ pub fn run(a: RandomModelArgs) -> Result<()> {
     if cfg.vocab_size < 256 {
         return Err(Error::file(&cfg_path, None, format!("vocab_size {} is below 256: a byte tokenizer needs every byte", cfg.vocab_size)));
     }
+    if a.out.as_os_str().is_empty() {
+        return Err(Error::setting("--out", "is empty: name a new directory"));
+    }
+    crate::model::check_random_fits(&cfg, &cfg_path, a.dtype)?;
     if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(Error::setting("--out", format!("{} exists and is not empty; choose a new directory", a.out.display())));
     }

@@ -20,6 +20,9 @@ pub struct ReportArgs {
 
 /// Runs `exitbench report`.
 pub fn run(a: ReportArgs) -> Result<()> {
+    if a.out.as_ref().is_some_and(|o| o.as_os_str().is_empty()) {
+        return Err(Error::setting("--out", "is empty: name the directory the reports go to"));
+    }
     let mut inputs = Vec::new();
     for p in &a.inputs {
         inputs.push(store::read(p)?);
@@ -31,7 +34,8 @@ pub fn run(a: ReportArgs) -> Result<()> {
         eprintln!("warning: {dropped} record(s) repeat a cell already read; the first occurrence is kept in the tables{}", if between.is_some() { ", and summary.md's \"Between runs\" shows the separate runs' spread" } else { "" });
     }
     if records.is_empty() {
-        return Err(Error::setting("inputs", "no result records found"));
+        let names: Vec<String> = a.inputs.iter().map(|p| store::records_path(p).display().to_string()).collect();
+        return Err(Error::file(names.join(", "), None, "no result records found (the file is empty)"));
     }
     let out = match (&a.out, a.inputs.as_slice()) {
         (Some(o), _) => o.clone(),

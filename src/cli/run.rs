@@ -159,6 +159,16 @@ pub fn run(a: RunArgs) -> Result<i32> {
         }
         eprintln!("results: {}/results.jsonl; reports: results.csv, summary.md, report.html", plan.out.display());
     }
+    if !written.is_empty() && written.iter().all(|r| r.status == CellStatus::Unsupported) {
+        let mut reasons: Vec<String> = written.iter().filter_map(|r| r.reason.clone()).collect();
+        reasons.sort();
+        reasons.dedup();
+        return Err(Error::Unsupported(format!(
+            "no cell of this run can run here ({}); the `unsupported` rows are in {}/results.jsonl",
+            reasons.join("; "),
+            plan.out.display()
+        )));
+    }
     let failed = written.iter().filter(|r| r.status == CellStatus::Error).count();
     if failed > 0 {
         eprintln!("error: {failed} cell(s) failed; their rows in results.csv have status `error` and the reason");

@@ -82,6 +82,7 @@ pub struct TrainArgs {
 
 /// Runs `exitbench train`.
 pub fn run(a: TrainArgs) -> Result<()> {
+    crate::backend::check_threads(a.threads, "--threads")?;
     crate::backend::candle::set_cpu_threads(a.threads);
     if a.classifier_only {
         if a.samples == 0 || a.classifier_epochs == 0 {

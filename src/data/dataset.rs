@@ -5,7 +5,7 @@
 use super::synth::{self, Split};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One example.
@@ -79,12 +79,22 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     let mut ids = std::collections::HashSet::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::file(path, Some(i + 1), format!("unreadable: {e}")))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    for i in 0.. {
+        buf.clear();
+        let n = crate::results::store::read_line_bounded(&mut reader, &mut buf).map_err(|e| Error::file(path, Some(i + 1), format!("unreadable: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() > crate::results::store::MAX_LINE_BYTES {
+            return Err(Error::file(path, Some(i + 1), format!("line longer than {} bytes", crate::results::store::MAX_LINE_BYTES)));
+        }
+        let line = std::str::from_utf8(&buf).map_err(|e| Error::file(path, Some(i + 1), format!("not UTF-8: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
-        let ex: Example = serde_json::from_str(&line)
+        let ex: Example = serde_json::from_str(line)
             .map_err(|e| Error::file(path, Some(i + 1), format!("expected {{\"id\", \"prompt\", \"reference\"}} strings: {e}")))?;
         if !ids.insert(ex.id.clone()) {
             return Err(Error::file(path, Some(i + 1), format!("duplicate id `{}`", ex.id)));

@@ -66,8 +66,8 @@ pub struct LlamaConfig {
     /// RoPE base.
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
-    /// Optional Llama 3 RoPE scaling.
-    #[serde(default)]
+    /// Optional Llama 3 RoPE scaling (any other `rope_type` is refused by name).
+    #[serde(default, deserialize_with = "rope_scaling")]
     pub rope_scaling: Option<RopeScaling>,
     /// Vocabulary size (rows of the embedding and LM head).
     pub vocab_size: usize,
@@ -84,6 +84,31 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
 }
+
+/// `rope_scaling`: null, or a llama3 scaling; another type (`dynamic`, `yarn`, `linear`...) is
+/// named before its fields are read (they differ per type, so "missing field" would mislead).
+fn rope_scaling<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<RopeScaling>, D::Error> {
+    use serde::de::Error as _;
+    let Some(v) = Option::<serde_json::Value>::deserialize(d)? else { return Ok(None) };
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).map(str::to_string);
+    match kind.as_deref() {
+        Some("llama3") => serde_json::from_value(v).map(Some).map_err(D::Error::custom),
+        Some(other) => Err(D::Error::custom(format!("unsupported rope_scaling type '{other}' (only 'llama3' is supported)"))),
+        None => Err(D::Error::custom("rope_scaling has no `rope_type` (only 'llama3' is supported)")),
+    }
+}
+
+/// The largest value each size field of `config.json` may take: far above any real checkpoint,
+/// low enough that nothing is ever allocated from an absurd header value.
+pub const SIZE_LIMITS: [(&str, usize); 7] = [
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 4096),
+    ("num_attention_heads", 4096),
+    ("max_position_embeddings", 1 << 24),
+    ("vocab_size", 1 << 24),
+    ("head_dim", 1 << 14),
+];
 
 fn default_eps() -> f64 {
     1e-5
@@ -179,6 +204,25 @@ impl LlamaConfig {
                 return Err(Error::setting(name, "must be greater than 0"));
             }
         }
+        let values = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.max_position_embeddings,
+            self.vocab_size,
+            self.head_dim.unwrap_or(0),
+        ];
+        for ((name, limit), v) in SIZE_LIMITS.iter().zip(values) {
+            if v > *limit {
+                return Err(Error::setting(*name, format!("{v} exceeds the largest supported value {limit}")));
+            }
+        }
+        if let Some(kv) = self.num_key_value_heads {
+            if kv > self.num_attention_heads {
+                return Err(Error::setting("num_key_value_heads", format!("{kv} exceeds num_attention_heads = {}", self.num_attention_heads)));
+            }
+        }
         let kv = self.kv_heads();
         if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(Error::setting(
@@ -208,7 +252,7 @@ impl LlamaConfig {
             if rs.rope_type != "llama3" {
                 return Err(Error::setting(
                     "rope_scaling.rope_type",
-                    format!("`{}` is not supported (only \"llama3\")", rs.rope_type),
+                    format!("unsupported rope_scaling type '{}' (only 'llama3' is supported)", rs.rope_type),
                 ));
             }
             if !(rs.factor > 0.0 && rs.low_freq_factor > 0.0 && rs.high_freq_factor > rs.low_freq_factor) {

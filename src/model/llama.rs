@@ -26,7 +26,13 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &TensorLoader, name: &str, d: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get_as(name, &[d], DType::F32)?, eps })
+        let weight = w.get_as(name, &[d], DType::F32)?;
+        // A norm weight is small: a NaN or infinity in it would silently turn every output to NaN.
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(w.bad_tensor(name, format!("holds a non-finite value ({} at index {i})", values[i])));
+        }
+        Ok(Self { weight, eps })
     }
 
     /// The norm's weight (f32).
@@ -82,7 +88,11 @@ impl Linear {
     }
 }
 
-/// Precomputed RoPE cos/sin tables, `[max_positions, head_dim / 2]`.
+/// The most positions a RoPE table holds (Llama 3.1's 128k context): the table is sized by this,
+/// never by an unchecked `max_position_embeddings` alone.
+pub const MAX_ROPE_POSITIONS: usize = 1 << 17;
+
+/// Precomputed RoPE cos/sin tables, `[min(max_positions, MAX_ROPE_POSITIONS), head_dim / 2]`.
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor,
@@ -94,7 +104,7 @@ impl Rope {
     pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
         let inv = cfg.rope_inv_freq();
         let half = inv.len();
-        let n = cfg.max_position_embeddings;
+        let n = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in 0..n {

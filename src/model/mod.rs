@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod st_header;
 pub mod tokenizer;
 pub mod weights;
 
@@ -101,9 +102,7 @@ impl ModelFiles {
     /// Opens `dir`: its config, tokenizer and weight file names (`random_weights` builds
     /// seeded random weights of config.json's shape instead of reading weights).
     pub fn open(dir: &Path, random_weights: Option<u64>) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() });
-        }
+        check_model_dir(dir)?;
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             return Err(Error::BadModel { dir: dir.to_path_buf(), message: "config.json is missing".into() });
@@ -191,8 +190,59 @@ impl LoadedModel {
             Some(seed) => WeightSource::Random { seed },
             None => WeightSource::Files(SafetensorFiles::open(&files.dir)?),
         };
+        if files.random_weights.is_some() {
+            check_random_fits(&files.config, &files.dir.join("config.json"), opts.precision)?;
+        }
         let loader = TensorLoader::new(source, opts.precision.dtype(), opts.device.clone(), &files.dir);
+        loader.check_layers(&files.config)?;
         let model = LlamaModel::load(&files.config, &loader)?;
         Ok(Self { files, model })
     }
+}
+
+/// Refuses a `--model` that is not a directory, saying which it is (missing, or a file).
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else if dir.exists() {
+        Err(Error::Io { path: dir.to_path_buf(), message: "is a file, not a model directory (--model takes a directory holding config.json, model.safetensors and tokenizer.json)".into() })
+    } else {
+        Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() })
+    }
+}
+
+/// Memory this process may use for random weights: what the system reports available (or its
+/// total when it reports none).
+fn memory_available() -> u64 {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    match sys.available_memory() {
+        0 => sys.total_memory(),
+        n => n,
+    }
+}
+
+/// Refuses random weights of a config too large for this machine's memory (estimated from the
+/// parameter count before anything is allocated), naming the config's sizes.
+pub fn check_random_fits(cfg: &LlamaConfig, config_path: &Path, precision: Precision) -> Result<()> {
+    let bytes = cfg.param_count() as u128 * precision.dtype().size_in_bytes() as u128;
+    let avail = memory_available() as u128;
+    if avail > 0 && bytes > avail {
+        return Err(Error::file(
+            config_path,
+            None,
+            format!(
+                "random weights of this config need about {:.1} GB ({} parameters in {}: hidden_size = {}, intermediate_size = {}, num_hidden_layers = {}, vocab_size = {}), more than the {:.1} GB of memory available",
+                bytes as f64 / 1e9,
+                cfg.param_count(),
+                precision.name(),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_hidden_layers,
+                cfg.vocab_size,
+                avail as f64 / 1e9
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -105,6 +105,7 @@ impl SafetensorFiles {
         let mut files = Vec::new();
         let mut routing = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
+            super::st_header::check_file(p)?;
             // SAFETY: the file is mapped read-only; exitbench never writes weights it has mapped.
             let st = unsafe { MmapedSafetensors::new(p) }
                 .map_err(|e| Error::file(p, None, format!("not a valid safetensors file: {e}")))?;
@@ -121,6 +122,8 @@ impl SafetensorFiles {
     /// so a sweep refuses a damaged model before it writes anything.
     pub fn check_headers(dir: &Path, cfg: &super::LlamaConfig) -> Result<()> {
         let s = Self::open_paths(&decoder_weight_paths(dir)?)?;
+        // The layer count first: the per-layer name list below is sized by it.
+        s.check_layers(dir, cfg)?;
         for (name, shape, required) in super::llama::expected_tensors(cfg) {
             let Some(&i) = s.routing.get(&name) else {
                 if required {
@@ -130,8 +133,62 @@ impl SafetensorFiles {
             };
             let (path, st) = &s.files[i];
             let view = st.get(&name).map_err(|e| Error::file(path, None, format!("tensor `{name}`: {e}")))?;
+            super::st_header::check_float(path, &name, view.dtype())?;
             if view.shape() != shape.as_slice() {
                 return Err(Error::file(path, None, format!("tensor `{name}` has shape {:?}, the config needs {shape:?}", view.shape())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses weights whose layers are not the config's `num_hidden_layers`: tensors of layers
+    /// beyond it (a config that would silently build a shallower model) or layers missing.
+    pub fn check_layers(&self, dir: &Path, cfg: &super::LlamaConfig) -> Result<()> {
+        let l = cfg.num_hidden_layers;
+        let layer_of = |name: &str| name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        let held = self.routing.keys().filter_map(|n| layer_of(n.as_str())).max().map_or(0, |m| m + 1);
+        let mut extra: Vec<&String> = self.routing.keys().filter(|n| layer_of(n.as_str()).is_some_and(|i| i >= l)).collect();
+        if !extra.is_empty() {
+            extra.sort_by_key(|n| (layer_of(n.as_str()), n.to_string()));
+            let first = layer_of(extra[0].as_str()).unwrap_or(l);
+            return Err(Error::BadModel {
+                dir: dir.to_path_buf(),
+                message: format!(
+                    "config.json says num_hidden_layers = {l}, but the weights hold {held} layers: unexpected tensors `model.layers.{first}.*` ({} tensors, e.g. `{}`)",
+                    extra.len(),
+                    extra[0]
+                ),
+            });
+        }
+        if held < l {
+            return Err(Error::BadModel {
+                dir: dir.to_path_buf(),
+                message: format!("config.json says num_hidden_layers = {l}, but the weights hold only {held} layers (tensors `model.layers.{held}.*` are missing)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks `exit_classifier.safetensors` of `dir` (when present and trained on these weights)
+    /// from its header: every layer's `.weight` `[1, hidden]` and `.bias` `[1]`, float dtypes.
+    pub fn check_classifier(dir: &Path, cfg: &super::LlamaConfig) -> Result<()> {
+        let cls = dir.join(CLASSIFIER_FILE);
+        if !cls.is_file() || classifier_matches(dir).is_err() {
+            return Ok(());
+        }
+        let s = Self::open_paths(std::slice::from_ref(&cls))?;
+        let (_, st) = &s.files[0];
+        let prefix = super::llama::CLASSIFIER_PREFIX;
+        for i in 0..cfg.num_hidden_layers {
+            for (part, shape) in [("weight", vec![1, cfg.hidden_size]), ("bias", vec![1])] {
+                let name = format!("{prefix}.{i}.{part}");
+                let Ok(view) = st.get(&name) else {
+                    return Err(Error::file(&cls, None, format!("tensor `{name}` is missing (every layer needs a weight and a bias)")));
+                };
+                super::st_header::check_float(&cls, &name, view.dtype())?;
+                if view.shape() != shape.as_slice() {
+                    return Err(Error::file(&cls, None, format!("tensor `{name}` has shape {:?}, the config needs {shape:?}", view.shape())));
+                }
             }
         }
         Ok(())
@@ -176,6 +233,10 @@ fn shard_paths(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         .collect::<Result<_>>()?;
     files.sort();
     files.dedup();
+    // A shard is a file of the model directory: never an absolute path or one leaving it.
+    if let Some(bad) = files.iter().find(|f| Path::new(f).components().any(|c| !matches!(c, std::path::Component::Normal(_)))) {
+        return Err(Error::file(index, None, format!("`weight_map` names `{bad}`, outside the model directory (shards must be plain file names in it)")));
+    }
     let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
     for p in &paths {
         if !p.is_file() {
@@ -259,9 +320,23 @@ impl TensorLoader {
         let idx = *f.routing.get(name).ok_or_else(|| self.missing(name))?;
         let (path, st) = &f.files[idx];
         let view = st.get(name).map_err(|e| Error::file(path, None, format!("tensor `{name}`: {e}")))?;
+        super::st_header::check_float(path, name, view.dtype())?;
         self.check_shape(name, view.shape(), shape, Some(path))?;
         st.load(name, &Device::Cpu)
             .map_err(|e| Error::file(path, None, format!("tensor `{name}` cannot be read: {e}")))
+    }
+
+    /// An error naming tensor `name` of this model and what is wrong with it.
+    pub fn bad_tensor(&self, name: &str, what: impl std::fmt::Display) -> Error {
+        Error::BadModel { dir: self.label.clone(), message: format!("tensor `{name}` {what}") }
+    }
+
+    /// Refuses layer counts other than the weights' own (see [`SafetensorFiles::check_layers`]).
+    pub fn check_layers(&self, cfg: &super::LlamaConfig) -> Result<()> {
+        match &self.source {
+            WeightSource::Files(f) => f.check_layers(&self.label, cfg),
+            _ => Ok(()),
+        }
     }
 
     fn missing(&self, name: &str) -> Error {

@@ -41,35 +41,77 @@ pub fn write_records(path: &Path, records: &[CellRecord]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Reads every record of a file or results directory.
+/// The longest line a results or round file may hold (a record with traces is well under a MiB):
+/// a longer one is refused before it is held in memory whole.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Reads every record of a file or results directory; each is upgraded to this schema and
+/// checked ([`check_record`]), an error naming the file and line.
 pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
-    read_lines(&records_path(p), "result record", |r: &mut CellRecord| r.upgrade())
+    let path = records_path(p);
+    if path.file_name().is_some_and(|n| n == crate::sweep::rounds::ROUNDS_FILE) {
+        return Err(Error::file(&path, None, "is a round log (the rounds of unfinished cells), not results: pass the results directory or its results.jsonl"));
+    }
+    read_lines(&path, "result record", |r: &mut CellRecord| {
+        check_record(r)?;
+        r.upgrade();
+        Ok(())
+    })
 }
 
-/// Reads a JSONL file of `what`s, applying `upgrade` to each (a torn last line is skipped).
-pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path, what: &str, upgrade: impl Fn(&mut T)) -> Result<Vec<T>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// Refuses a record this build cannot read faithfully: a newer schema, or an exit histogram
+/// whose length is not its layer count (reports index one by the other).
+pub fn check_record(r: &CellRecord) -> std::result::Result<(), String> {
+    use super::record::SCHEMA_VERSION;
+    if r.schema_version == 0 || r.schema_version > SCHEMA_VERSION {
+        return Err(format!("schema_version {} is not one this exitbench reads (it reads 1 to {SCHEMA_VERSION}); a newer exitbench wrote it", r.schema_version));
+    }
+    if r.num_layers > crate::model::config::SIZE_LIMITS[2].1 {
+        return Err(format!("num_layers {} exceeds the largest supported {}", r.num_layers, crate::model::config::SIZE_LIMITS[2].1));
+    }
+    if r.exit_histogram.len() != r.num_layers {
+        return Err(format!("exit_histogram has {} entries, but num_layers is {}", r.exit_histogram.len(), r.num_layers));
+    }
+    Ok(())
+}
+
+/// Reads one line (with its newline, if any) into `buf`, at most [`MAX_LINE_BYTES`] + 1 bytes: a
+/// longer line comes back cut, without a newline and longer than the limit. 0 at the end.
+pub fn read_line_bounded(reader: &mut impl std::io::BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::{BufRead, Read};
+    reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buf)
+}
+
+/// Reads a JSONL file of `what`s, applying `check` to each (a torn last line is skipped), one
+/// line at a time: no line longer than [`MAX_LINE_BYTES`] is held in memory.
+pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path, what: &str, check: impl Fn(&mut T) -> std::result::Result<(), String>) -> Result<Vec<T>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = std::io::BufReader::new(f);
+    let blank = |l: &[u8]| l.iter().all(u8::is_ascii_whitespace);
+    let mut out = Vec::new();
     // A sweep killed mid-append leaves a last line without its newline, possibly cut inside a
     // multi-byte character: that line alone is skipped; any other bad line is an error.
-    let ends_clean = bytes.is_empty() || bytes.ends_with(b"\n");
-    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    let blank = |l: &[u8]| l.iter().all(u8::is_ascii_whitespace);
-    let last = lines.iter().rposition(|l| !blank(l));
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, raw) in lines.iter().enumerate() {
-        if blank(raw) {
+    let mut buf = Vec::new();
+    for i in 1.. {
+        buf.clear();
+        let n = read_line_bounded(&mut reader, &mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        let ends_clean = buf.ends_with(b"\n");
+        if !ends_clean && buf.len() > MAX_LINE_BYTES {
+            return Err(Error::file(path, Some(i), format!("line longer than {MAX_LINE_BYTES} bytes: not a {what}")));
+        }
+        if blank(&buf) {
             continue;
         }
-        let parsed = std::str::from_utf8(raw).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<T>(l).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(mut r) => {
-                upgrade(&mut r);
-                out.push(r)
+        let parsed = std::str::from_utf8(&buf).map_err(|e| e.to_string()).and_then(|l| serde_json::from_str::<T>(l).map_err(|e| e.to_string()));
+        match parsed.and_then(|mut r| check(&mut r).map(|()| r)) {
+            Ok(r) => out.push(r),
+            Err(_) if !ends_clean => {
+                eprintln!("warning: {}: ignoring a torn last line {i} (a sweep was killed while writing it)", path.display());
             }
-            Err(_) if Some(i) == last && !ends_clean => {
-                eprintln!("warning: {}: ignoring a torn last line {} (a sweep was killed while writing it)", path.display(), i + 1);
-            }
-            Err(e) => return Err(Error::file(path, Some(i + 1), format!("not a {what}: {e}"))),
+            Err(e) => return Err(Error::file(path, Some(i), format!("not a {what}: {e}"))),
         }
     }
     Ok(out)

@@ -220,6 +220,9 @@ pub struct EnergyArgs {
     pub cooldown: Option<f64>,
 }
 
+/// The most samples a sweep takes from its dataset (the synthetic task builds them in memory).
+pub const MAX_SAMPLES: usize = 1_000_000;
+
 /// Maximum new tokens per sample, for `run`, `generate`, `calibrate` and the model card.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 64;
 
@@ -576,10 +579,20 @@ impl Plan {
             if t.is_empty() || t.contains(&0) {
                 return Err(Error::setting("--threads", "must be a non-empty list of positive numbers"));
             }
+            t.iter().try_for_each(|&n| crate::backend::check_threads(n, "--threads"))?;
         }
+        let out = match s.out.as_deref() {
+            Some(o) if o.trim().is_empty() => return Err(Error::setting("--out", "is empty: name the results directory")),
+            Some(o) if Path::new(o).exists() && !Path::new(o).is_dir() => {
+                return Err(Error::setting("--out", format!("{o} is a file; --out names a results directory")))
+            }
+            Some(o) => PathBuf::from(o),
+            None => PathBuf::from(format!("results/run-{}", local_timestamp())),
+        };
         let static_exits = s.static_exit.clone().unwrap_or_default();
         let oracle = need(s.oracle, "--oracle")?;
-        let models = list("--model", &nonempty(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights.is_some()))?;
+        let smallest = dtypes.iter().copied().min_by_key(|p| p.dtype().size_in_bytes()).unwrap_or(Precision::F32);
+        let models = list("--model", &nonempty(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights, smallest))?;
         for m in &models {
             let l = m.config.num_hidden_layers;
             for &k in &min_exit_layers {
@@ -595,8 +608,8 @@ impl Plan {
         }
         let dataset = DatasetSpec::parse(&need(s.dataset.clone(), "--dataset")?)?;
         let samples = need(s.samples, "--samples")?;
-        if samples == 0 {
-            return Err(Error::setting("--samples", "must be at least 1"));
+        if samples == 0 || samples > MAX_SAMPLES {
+            return Err(Error::setting("--samples", format!("{samples} is outside 1..={MAX_SAMPLES}")));
         }
         let examples = dataset.load(Some(samples))?;
         let mut warnings = Vec::new();
@@ -614,7 +627,7 @@ impl Plan {
         }
         // Repeated values (`--threads 1,1`, `--device cuda,cuda:0`) would run one cell twice.
         let models = dedup_by_key(models, |m| m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone()));
-        Ok(Plan {
+        let plan = Plan {
             models,
             backends: dedup_keep_order(backends),
             devices: dedup_keep_order(devices),
@@ -639,7 +652,7 @@ impl Plan {
             order: need(s.order, "--order")?,
             split_cost_row: s.split_cost_row,
             seed: need(s.seed, "--seed")?,
-            out: PathBuf::from(s.out.clone().unwrap_or_else(|| format!("results/run-{}", local_timestamp()))),
+            out,
             trace_samples: need(s.trace_samples, "--trace-samples")?,
             random_weights: s.random_weights,
             energy,
@@ -649,23 +662,28 @@ impl Plan {
             },
             warnings,
             resolved: s,
-        })
+        };
+        // Every prompt must fit every model before anything is written.
+        for m in &plan.models {
+            let files = crate::model::ModelFiles::open(&m.dir, plan.random_weights)?;
+            super::runner::encode_prompts(&plan, &files)?;
+        }
+        Ok(plan)
     }
 }
 
 /// A model directory's config, and (unless the weights are random) its weight files checked from
 /// their headers: a damaged model is refused before anything is written.
-fn plan_model(dir: &Path, random_weights: bool) -> Result<PlannedModel> {
-    if !dir.is_dir() {
-        return Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() });
-    }
+fn plan_model(dir: &Path, random_weights: Option<u64>, precision: Precision) -> Result<PlannedModel> {
+    // Config, tokenizer and weight file names, in the order `generate` checks them.
+    let config = crate::model::ModelFiles::open(dir, random_weights)?.config;
     let cfg = dir.join("config.json");
-    if !cfg.is_file() {
-        return Err(Error::BadModel { dir: dir.to_path_buf(), message: "config.json is missing".into() });
-    }
-    let config = LlamaConfig::from_file(&cfg)?;
-    if !random_weights {
-        crate::model::weights::SafetensorFiles::check_headers(dir, &config)?;
+    match random_weights {
+        Some(_) => crate::model::check_random_fits(&config, &cfg, precision)?,
+        None => {
+            crate::model::weights::SafetensorFiles::check_headers(dir, &config)?;
+            crate::model::weights::SafetensorFiles::check_classifier(dir, &config)?;
+        }
     }
     Ok(PlannedModel { dir: dir.to_path_buf(), config })
 }

@@ -168,7 +168,7 @@ pub fn read(dir: &Path) -> Result<HashMap<(String, usize), RoundRecord>> {
         return Ok(HashMap::new());
     }
     store::repair_tail(&path)?;
-    let recs: Vec<RoundRecord> = store::read_lines(&path, "round record", |_| {})?;
+    let recs: Vec<RoundRecord> = store::read_lines(&path, "round record", |_| Ok(()))?;
     Ok(recs.into_iter().map(|r| ((r.cell_id.clone(), r.round), r)).collect())
 }
 

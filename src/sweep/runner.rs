@@ -77,10 +77,11 @@ type RoundsDone = HashMap<(String, usize), RoundRecord>;
 
 /// Runs the plan, appending to `plan.out/results.jsonl`. Returns the records of this run.
 pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
+    refuse_if_nothing_runs(plan)?;
     std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
     let path = plan.out.join(store::RESULTS_FILE);
     let mut done = HashSet::new();
-    if path.exists() {
+    if holds_results(&plan.out) {
         if !opts.resume && !opts.extend {
             return Err(Error::setting(
                 "--out",
@@ -159,6 +160,29 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
         progress.warn(&format!("resumed {}: {} of this plan's {cells} cells were already done and skipped", plan.out.display(), tally.skipped));
     }
     Ok(tally.written)
+}
+
+/// True when `dir` holds results of a sweep: a record in `results.jsonl` or a finished round in
+/// `rounds.jsonl`. A plan.json beside empty files (a run refused or stopped before any cell) is not.
+fn holds_results(dir: &Path) -> bool {
+    let has_data = |p: PathBuf| std::fs::metadata(&p).is_ok_and(|m| m.len() > 0) && std::fs::read(&p).is_ok_and(|b| b.iter().any(|c| !c.is_ascii_whitespace()));
+    has_data(dir.join(store::RESULTS_FILE)) || has_data(dir.join(ROUNDS_FILE))
+}
+
+/// Refuses, before anything is written, a plan none of whose runtime/device pairs can run here
+/// (e.g. only `--device cuda` in a build without CUDA): exit 2 with every reason, not a results
+/// file of `unsupported` rows.
+fn refuse_if_nothing_runs(plan: &Plan) -> Result<()> {
+    let mut reasons = Vec::new();
+    for &b in &plan.backends {
+        for &d in &plan.devices {
+            match crate::backend::known_unsupported(b, d) {
+                None => return Ok(()),
+                Some(why) => reasons.push(format!("{} on {}: {why}", b.name(), d.name())),
+            }
+        }
+    }
+    Err(Error::Unsupported(format!("nothing this run asks for can run here ({})", reasons.join("; "))))
 }
 
 /// Runs the plan's first configuration group on `backend` instead of the runtime the plan names
@@ -460,7 +484,9 @@ fn warn_if_gpu_shared(ordinal: usize, progress: &mut dyn Progress) {
     }
 }
 
-fn encode_prompts(plan: &Plan, m: &ModelFiles) -> Result<Vec<Vec<u32>>> {
+/// The plan's prompts as token ids of `m`; an error names the first prompt beyond the model's
+/// positions.
+pub(crate) fn encode_prompts(plan: &Plan, m: &ModelFiles) -> Result<Vec<Vec<u32>>> {
     let max = m.config.max_position_embeddings;
     plan.examples
         .iter()
