@@ -10,6 +10,7 @@ pub mod decode_bytes;
 pub mod error;
 pub mod exit;
 pub mod head;
+pub mod lines;
 pub mod hex;
 pub mod runtime_info;
 pub mod metrics;

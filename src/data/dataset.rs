@@ -83,12 +83,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
     let mut buf = Vec::new();
     for i in 0.. {
         buf.clear();
-        let n = crate::results::store::read_line_bounded(&mut reader, &mut buf).map_err(|e| Error::file(path, Some(i + 1), format!("unreadable: {e}")))?;
+        let n = crate::lines::read_line_bounded(&mut reader, &mut buf).map_err(|e| Error::file(path, Some(i + 1), format!("unreadable: {e}")))?;
         if n == 0 {
             break;
         }
-        if buf.len() > crate::results::store::MAX_LINE_BYTES {
-            return Err(Error::file(path, Some(i + 1), format!("line longer than {} bytes", crate::results::store::MAX_LINE_BYTES)));
+        if buf.len() > crate::lines::MAX_LINE_BYTES {
+            return Err(Error::file(path, Some(i + 1), format!("line longer than {} bytes", crate::lines::MAX_LINE_BYTES)));
         }
         let line = std::str::from_utf8(&buf).map_err(|e| Error::file(path, Some(i + 1), format!("not UTF-8: {e}")))?;
         if line.trim().is_empty() {

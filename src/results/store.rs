@@ -41,15 +41,16 @@ pub fn write_records(path: &Path, records: &[CellRecord]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// The longest line a results or round file may hold (a record with traces is well under a MiB):
-/// a longer one is refused before it is held in memory whole.
-pub const MAX_LINE_BYTES: usize = 64 << 20;
+pub use crate::lines::{read_line_bounded, MAX_LINE_BYTES};
+
+/// File name of the round log inside a results directory (the rounds of unfinished cells).
+pub const ROUNDS_FILE: &str = "rounds.jsonl";
 
 /// Reads every record of a file or results directory; each is upgraded to this schema and
 /// checked ([`check_record`]), an error naming the file and line.
 pub fn read(p: &Path) -> Result<Vec<CellRecord>> {
     let path = records_path(p);
-    if path.file_name().is_some_and(|n| n == crate::sweep::rounds::ROUNDS_FILE) {
+    if path.file_name().is_some_and(|n| n == ROUNDS_FILE) {
         return Err(Error::file(&path, None, "is a round log (the rounds of unfinished cells), not results: pass the results directory or its results.jsonl"));
     }
     read_lines(&path, "result record", |r: &mut CellRecord| {
@@ -73,13 +74,6 @@ pub fn check_record(r: &CellRecord) -> std::result::Result<(), String> {
         return Err(format!("exit_histogram has {} entries, but num_layers is {}", r.exit_histogram.len(), r.num_layers));
     }
     Ok(())
-}
-
-/// Reads one line (with its newline, if any) into `buf`, at most [`MAX_LINE_BYTES`] + 1 bytes: a
-/// longer line comes back cut, without a newline and longer than the limit. 0 at the end.
-pub fn read_line_bounded(reader: &mut impl std::io::BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    use std::io::{BufRead, Read};
-    reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', buf)
 }
 
 /// Reads a JSONL file of `what`s, applying `check` to each (a torn last line is skipped), one

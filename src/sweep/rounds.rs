@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::Path;
 
 /// File of the round records inside a results directory.
-pub const ROUNDS_FILE: &str = "rounds.jsonl";
+pub use crate::results::store::ROUNDS_FILE;
 
 /// Samples per round where no hardware meter needs a minimum window.
 pub const DEFAULT_ROUND_SAMPLES: usize = 2;
