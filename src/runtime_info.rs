@@ -36,4 +36,19 @@ pub struct RuntimeInfo {
     /// ONNX Runtime: seconds spent creating the sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_s: Option<f64>,
+    /// candle on the CPU: the OS threads that ran the kernels, measured in the group's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeThreads>,
+}
+
+/// The computing threads a group ran on, as measured inside its pool (for the record).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ComputeThreads {
+    /// Distinct OS threads in the group's pool (the calling thread included).
+    pub os_threads: usize,
+    /// Whether the thread that runs the decode loop is one of them (kernels run inline at N = 1).
+    pub caller_computes: bool,
+    /// The CPUs each thread was pinned to (pool index order), when `--pin-cpus` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Vec<usize>>,
 }

@@ -15,7 +15,7 @@ fn shape(layers: usize) -> LlamaConfig {
 
 fn dataset(dir: &Path) -> String {
     let p = dir.join("data.jsonl");
-    let lines: Vec<String> = (0..4)
+    let lines: Vec<String> = (0..8)
         .map(|i| serde_json::json!({"id": format!("s{i}"), "prompt": format!("The Hawks beat the Foxes by {i} runs at Kelmarsh Oval."), "reference": "The Hawks beat the Foxes."}).to_string())
         .collect();
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
@@ -30,10 +30,10 @@ fn ab_passes_a_side_against_itself_and_catches_a_model_twice_as_deep() {
     write_tiny_model(&b, &shape(6), 5).unwrap();
     let data = dataset(d.path());
     let flags = ["--dataset", data.as_str(), "--backend", "candle", "--threads", "1", "--measure", "softmax-diff", "--thresholds", "0.9", "--no-oracle",
-        "--samples", "4", "--max-new-tokens", "24", "--warmup", "1", "--min-window", "0", "--idle-seconds", "0", "--powercap-root", "/nonexistent/powercap"];
+        "--samples", "8", "--max-new-tokens", "32", "--warmup", "1", "--min-window", "0", "--idle-seconds", "0", "--powercap-root", "/nonexistent/powercap"];
     let ab = |sa: &str, sb: &str, out: &str, extra: &[&str]| {
         let out = d.path().join(out);
-        let mut args = vec!["ab", "--a", sa, "--b", sb, "--pairs", "3", "--out", out.to_str().unwrap(), "--"];
+        let mut args = vec!["ab", "--a", sa, "--b", sb, "--pairs", "4", "--out", out.to_str().unwrap(), "--"];
         args.extend(extra);
         args.extend(flags);
         let r = exitbench(&args, NO_ENV);
@@ -44,7 +44,7 @@ fn ab_passes_a_side_against_itself_and_catches_a_model_twice_as_deep() {
     let ((code, stdout, err), out) = ab(a, a, "same", &[]);
     assert_eq!(code, 0, "{stdout}\n{err}");
     assert!(stdout.contains("| full [candle f32 cpu 1t] |") && !stdout.contains("regressed") && !stdout.contains("differ between"), "{stdout}");
-    assert!(out.join("ab.json").is_file() && out.join("a-03/results.jsonl").is_file() && out.join("b-03/results.jsonl").is_file());
+    assert!(out.join("ab.json").is_file() && out.join("a-04/results.jsonl").is_file() && out.join("b-04/results.jsonl").is_file());
     // Twice the layers: full depth's decode ms/token about doubles, so the cell regresses, exit 1.
     let ((code, stdout, err), out) = ab(a, b, "deeper", &[]);
     assert_eq!(code, 1, "{stdout}\n{err}");

@@ -879,3 +879,37 @@ fn ci_baseline_holds_on_an_unchanged_checkout() {
     assert_eq!(code, 0, "{stdout}\n{err}\n(remake the baseline with scripts/make-ci-baseline.sh if a cell key, the weights or a default changed on purpose)");
     assert!(stdout.contains("Deterministic figures: all") && !stdout.contains("issing"), "{stdout}");
 }
+
+/// `--threads N` means N OS threads run candle's kernels, the decode loop's thread among them, in
+/// every group of one process (rayon's global pool would keep the first group's count), and the
+/// record says what was measured.
+#[test]
+fn each_group_computes_on_exactly_its_thread_count() {
+    let (m, d, data) = fixture(2);
+    let out = d.path().join("t");
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[("--samples", "2"), ("--threads", "1,2"), ("--measure", "softmax-diff"), ("--thresholds", "0.9"), ("--static-exit", "2")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &recs {
+        let threads = r["key"]["threads"].as_u64().unwrap();
+        let c = &r["runtime"]["compute"];
+        assert_eq!(c["os_threads"].as_u64(), Some(threads), "{}", r["runtime"]);
+        assert_eq!(c["caller_computes"], true, "{}", r["runtime"]);
+        seen.insert(threads);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+    // Pinned: recorded per thread; a CPU list that names no CPU is refused before anything runs.
+    let out2 = d.path().join("p");
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out2.to_str().unwrap(), &[("--samples", "2"), ("--threads", "2"), ("--pin-cpus", "0"), ("--measure", "softmax-diff"), ("--thresholds", "0.9"), ("--static-exit", "2")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out2.join("results.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["runtime"]["compute"]["pinned"], serde_json::json!([0, 0]));
+    let out3 = d.path().join("bad");
+    let a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out3.to_str().unwrap(), &[("--pin-cpus", "x")]);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--pin-cpus") && !out3.exists(), "{err}");
+}

@@ -7,6 +7,7 @@
 
 pub mod candle;
 pub mod ort;
+pub mod threads;
 
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};

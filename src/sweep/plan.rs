@@ -107,10 +107,15 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, deserialize_with = "lenient::list")]
     pub dtype: Option<Vec<Precision>>,
-    /// CPU thread counts [default: 1 below hidden size 1024, else all cores].
+    /// CPU thread counts: N OS threads run the kernels, the calling thread among them
+    /// [default: 1 below hidden size 1024, else all cores].
     #[arg(long, value_delimiter = ',')]
     #[serde(default, deserialize_with = "lenient::counts")]
     pub threads: Option<Vec<usize>>,
+    /// Pin candle's computing threads to these CPUs (`0,2` or `0-3`; thread i on the i-th CPU,
+    /// round robin) [default: not pinned].
+    #[arg(long, value_name = "CPUS")]
+    pub pin_cpus: Option<String>,
     /// Confidence measures.
     #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum)]
     #[serde(default, deserialize_with = "lenient::list")]
@@ -303,6 +308,7 @@ impl RawSettings {
             device: Some(vec![DeviceKind::Cpu]),
             dtype: Some(vec![Precision::F32]),
             threads: None,
+            pin_cpus: None,
             measure: Some(Measure::ALL.to_vec()),
             thresholds: Some(["0.95", "0.9", "0.8", "0.7", "0.6", "0.5"].iter().map(|s| s.to_string()).collect()),
             schedule: Some(vec!["fixed".into()]),
@@ -402,6 +408,8 @@ pub struct Plan {
     pub order: super::rounds::RoundOrder,
     /// The split-cost row (None: on for CUDA devices).
     pub split_cost_row: Option<bool>,
+    /// CPUs candle's computing threads are pinned to (None: not pinned).
+    pub pin_cpus: Option<Vec<usize>>,
     /// Seed.
     pub seed: u64,
     /// Output directory.
@@ -651,6 +659,7 @@ impl Plan {
             },
             order: need(s.order, "--order")?,
             split_cost_row: s.split_cost_row,
+            pin_cpus: s.pin_cpus.as_deref().map(crate::backend::threads::parse_cpu_list).transpose()?,
             seed: need(s.seed, "--seed")?,
             out,
             trace_samples: need(s.trace_samples, "--trace-samples")?,

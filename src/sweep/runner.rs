@@ -3,6 +3,8 @@
 //! `rounds.jsonl` as it ends, and each cell's record appended to `results.jsonl` once its last
 //! round is in.
 
+use crate::backend::threads::ComputeThreads;
+use crate::backend::RuntimeInfo;
 use crate::results::store;
 use crate::results::record::{CellRecord, CellStatus};
 use super::assemble::{assemble, CellRounds};
@@ -21,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Receives progress events (a terminal bar, or nothing).
-pub trait Progress {
+pub trait Progress: Send {
     /// The number of generation steps in the whole sweep.
     fn start(&mut self, total: u64);
     /// A cell begins.
@@ -145,7 +147,12 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
             crate::meter::detect(&opts).into_window()
         });
         let mut meter = MeterCtx { window, idle: &idle };
-        match run_group(&ctx, &mut meter, &files, &mut done, &mut rounds_done, progress, &mut tally) {
+        // The group's kernels run on a pool of exactly its thread count, the decode loop's thread
+        // among them (backend/threads.rs).
+        let ran = crate::backend::threads::with_compute_threads(g.threads, plan.pin_cpus.as_deref(), |compute| {
+            run_group(&ctx, &mut meter, &files, &mut done, &mut rounds_done, &mut *progress, &mut tally, compute)
+        });
+        match ran.and_then(|r| r) {
             Err(Error::Interrupted) => {
                 progress.finish();
                 let finished: HashSet<&String> = done.iter().collect();
@@ -205,7 +212,7 @@ pub fn run_on<B: Backend>(plan: &Plan, backend: &mut B, progress: &mut dyn Progr
     let wh = model.weights_hash()?;
     let prompts = encode_prompts(plan, &model)?;
     let per_cell = (plan.warmup.min(plan.examples.len()) + plan.examples.len() * plan.repetitions) as u64;
-    let group = GroupRun { ctx: &ctx, model: &model, weights_hash: &wh, prompts: &prompts, files: &files, per_cell, cells: cells_of(plan, &g) };
+    let group = GroupRun { ctx: &ctx, model: &model, weights_hash: &wh, prompts: &prompts, files: &files, per_cell, cells: cells_of(plan, &g), compute: None };
     let mut tally = Tally::default();
     group.run(backend, &mut meter, &mut HashSet::new(), &mut HashMap::new(), progress, &mut tally)?;
     Ok(tally.written)
@@ -243,7 +250,8 @@ impl Tally {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, files: &Files, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, files: &Files, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally, compute: &ComputeThreads) -> Result<()> {
     crate::interrupt::check()?;
     let g = ctx.group;
     let plan = ctx.plan;
@@ -278,7 +286,8 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, files: &Files, done: &mut Has
         warn_if_gpu_shared(ordinal, progress);
     }
     let prompts = encode_prompts(plan, &model)?;
-    let group = GroupRun { ctx, model: &model, weights_hash: &wh, prompts: &prompts, files, per_cell, cells };
+    let compute = (g.backend == crate::backend::BackendKind::Candle && g.device == DeviceKind::Cpu).then(|| compute.clone());
+    let group = GroupRun { ctx, model: &model, weights_hash: &wh, prompts: &prompts, files, per_cell, cells, compute };
     crate::with_backend!(&mut backend, b => group.run(b, meter, done, rounds_done, progress, tally))
 }
 
@@ -291,6 +300,8 @@ struct GroupRun<'a> {
     files: &'a Files,
     per_cell: u64,
     cells: Vec<CellMode>,
+    /// The computing threads measured in the group's pool (candle on the CPU).
+    compute: Option<ComputeThreads>,
 }
 
 /// A cell of the group being measured in this run.
@@ -308,7 +319,7 @@ impl GroupRun<'_> {
     fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
-        let info = backend.runtime_info();
+        let info = RuntimeInfo { compute: self.compute.clone(), ..backend.runtime_info() };
         let eos = self.model.config.eos_ids();
         let finish = |mut rec: CellRecord| {
             rec.compute_dtype = Some(info.compute_dtype.clone());

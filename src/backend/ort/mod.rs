@@ -183,6 +183,7 @@ impl OrtBackend {
             threads,
             spinning: Some(spinning),
             cpu_nodes: { let c = cpu_nodes.borrow(); (!c.is_empty()).then(|| c.join("; ")) },
+            compute: None,
         };
         Ok(Self {
             cfg: files.config.clone(),
