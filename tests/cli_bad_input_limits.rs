@@ -232,6 +232,19 @@ fn weights_that_would_make_another_model_are_refused() {
     t.insert("model.norm.weight".into(), candle_core::Tensor::new(&[f32::NAN; 64], &candle_core::Device::Cpu).unwrap());
     candle_core::safetensors::save(&t, &p).unwrap();
     assert_bad(gen(d.path(), &[]), "NaN norm", &["model.norm.weight", "non-finite"]);
+    // One infinity in a large matrix (not scanned at load): the first forward pass names the layer.
+    let d = model_dir();
+    let p = d.path().join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+    let w = &t["model.layers.1.mlp.down_proj.weight"];
+    let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter_mut().for_each(|x| *x = f32::INFINITY);
+    let bad = candle_core::Tensor::from_vec(v, w.shape(), &candle_core::Device::Cpu).unwrap();
+    t.insert("model.layers.1.mlp.down_proj.weight".into(), bad);
+    candle_core::safetensors::save(&t, &p).unwrap();
+    assert_bad(gen(d.path(), &[]), "infinite down_proj", &["model.layers.1.*", "not finite"]);
+    let out = d.path().join("out");
+    assert_bad(sweep(d.path(), &out, &[]), "infinite down_proj (run)", &["model.layers.1.*"]);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Property-based fuzzing of every parser of outside input: config.json, safetensors headers,
-//! dataset lines, TOML settings, result and round records. For arbitrary bytes and for mutations
+//! Property-based fuzzing of every parser of outside input: config.json, safetensors headers and
+//! shard indexes, tokenizer.json, dataset lines, TOML settings, result and round records, and the
+//! ONNX export cache's manifest. For arbitrary bytes and for mutations
 //! of a valid input, parsing never panics and a refusal names the input (and is exit code 2).
 //!
 //! A few thousand cases run in seconds by default; a longer run:
@@ -187,6 +188,45 @@ proptest! {
         let p = file(d.path(), "results.jsonl", &bytes);
         if let Err(e) = exitbench::results::store::read(&p) {
             named(&e, &p)?;
+        }
+    }
+}
+
+const INDEX: &[u8] = br#"{"metadata": {"total_size": 64}, "weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors", "lm_head.weight": "model-00002-of-00002.safetensors"}}"#;
+
+const MANIFEST: &[u8] = br#"{"exporter_version": 1, "files": [{"name": "embed.onnx", "bytes": 3, "sha256": "00"}], "export_hash": "ab"}"#;
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    #[test]
+    fn tokenizer_json(bytes in inputs(include_bytes!("../models/cricket-6l/tokenizer.json"))) {
+        let d = tempfile::tempdir().unwrap();
+        let p = file(d.path(), "tokenizer.json", &bytes);
+        if let Err(e) = exitbench::model::TextTokenizer::from_file(&p, 1024) {
+            named(&e, &p)?;
+        }
+    }
+
+    #[test]
+    fn shard_index(bytes in inputs(INDEX)) {
+        let d = tempfile::tempdir().unwrap();
+        let p = file(d.path(), "model.safetensors.index.json", &bytes);
+        if let Err(e) = exitbench::model::weights::decoder_weight_paths(d.path()) {
+            prop_assert!(e.is_bad_input(), "not exit code 2: {e}");
+            let text = e.to_string();
+            prop_assert!(text.contains("model.safetensors.index.json") || text.contains("model-0000"), "{text} names neither the index nor a shard of {}", p.display());
+        }
+    }
+
+    #[test]
+    fn onnx_cache_manifest(bytes in inputs(MANIFEST)) {
+        // A damaged manifest means "export again": never a panic, always a reason.
+        let d = tempfile::tempdir().unwrap();
+        file(d.path(), "manifest.json", &bytes);
+        file(d.path(), "embed.onnx", b"abc");
+        if let Err(why) = exitbench::backend::ort::export::verify(d.path()) {
+            prop_assert!(!why.is_empty());
         }
     }
 }

@@ -366,6 +366,26 @@ impl LlamaModel {
         Ok(self.embed.index_select(&flat, 0)?.reshape((b, t, self.cfg.hidden_size))?)
     }
 
+    /// One forward pass of token 0 at position 0 through every layer and the head; names where
+    /// the values first stop being finite (weights holding NaN or infinity show here), or None.
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        let finite = |t: &Tensor| -> Result<bool> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite())) };
+        let mut h = self.embed(&[0])?;
+        if !finite(&h)? {
+            return Ok(Some("model.embed_tokens.weight (the embedding of token 0)".into()));
+        }
+        for l in 1..=self.layers.len() {
+            h = self.layer_forward(l, &h, 0, None)?;
+            if !finite(&h)? {
+                return Ok(Some(format!("model.layers.{}.* (the output of layer {l})", l - 1)));
+            }
+        }
+        if !finite(&self.head(&h)?)? {
+            return Ok(Some("model.norm.weight or lm_head.weight (the head's logits)".into()));
+        }
+        Ok(None)
+    }
+
     /// Runs layer `layer` (1-based) on `x` at position `pos`.
     pub fn layer_forward(&self, layer: usize, x: &Tensor, pos: usize, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         self.layers[layer - 1].forward(x, pos, &self.rope, cache, self.differentiable)

@@ -196,6 +196,12 @@ impl LoadedModel {
         let loader = TensorLoader::new(source, opts.precision.dtype(), opts.device.clone(), &files.dir);
         loader.check_layers(&files.config)?;
         let model = LlamaModel::load(&files.config, &loader)?;
+        if let Some(at) = model.first_non_finite()? {
+            return Err(Error::BadModel {
+                dir: files.dir.clone(),
+                message: format!("the first forward pass (token 0) is not finite from {at} on: a weight there holds NaN or infinity (or overflows {})", opts.precision.name()),
+            });
+        }
         Ok(Self { files, model })
     }
 }
