@@ -232,3 +232,20 @@ fn non_finite_numbers_are_refused_not_defaulted() {
     std::fs::write(&cfg, "tau = nan\n").unwrap();
     assert_bad_input(&["run", "--model", &m, "--config", cfg.to_str().unwrap()], &["sweep.toml", "tau", "not a finite number"]);
 }
+
+/// A bad value in a TOML settings file is reported against the file and its line, not the flag.
+#[test]
+fn a_bad_toml_value_names_the_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("sweep.toml");
+    std::fs::write(&cfg, "samples = 2\n\nthresholds = [2.0]\n").unwrap();
+    let out = d.path().join("out");
+    let (code, _, err) = exitbench(&["run", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sweep.toml, line 3: ") && err.contains("thresholds: 2 is outside [0, 1]"), "{err}");
+    assert!(!out.exists());
+    // Given as a flag, the flag is named.
+    let (code, _, err) = exitbench(&["run", "--config", cfg.to_str().unwrap(), "--thresholds", "3", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--thresholds: 3 is outside"), "{err}");
+}

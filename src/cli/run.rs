@@ -107,6 +107,20 @@ fn interrupted(out: &std::path::Path, done: usize, total: usize, rounds: usize, 
     Ok(130)
 }
 
+/// A setting refused while planning that came from `--config FILE` (not overridden by a flag) is
+/// reported against the file and the line of its key, not as a flag the user never typed.
+fn from_config_file(e: Error, config: Option<&std::path::Path>, flags: &RawSettings) -> Error {
+    let (Error::BadSetting { field, message }, Some(path)) = (&e, config) else { return e };
+    let key = field.trim_start_matches("--");
+    let given_as_flag = serde_json::to_value(flags).ok().and_then(|v| v.get(key).cloned()).is_some_and(|v| !v.is_null());
+    let Ok(text) = std::fs::read_to_string(path) else { return e };
+    let line = text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')));
+    match line {
+        Some(i) if !given_as_flag => Error::file(path, Some(i + 1), format!("{key}: {message}")),
+        _ => e,
+    }
+}
+
 /// Runs `exitbench run`; the exit code is 1 when a cell of this run failed (its row says why).
 pub fn run(a: RunArgs) -> Result<i32> {
     let file = match &a.config {
@@ -126,7 +140,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // Without --out every run gets its own directory (results/run-<local time>), so the main
     // command can be rerun.
     let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
-    let plan = Plan::from_settings(settings)?;
+    let plan = Plan::from_settings(settings).map_err(|e| from_config_file(e, a.config.as_deref(), &a.settings))?;
     if !a.quiet {
         plan.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     }
