@@ -263,7 +263,8 @@ pub fn compare(baseline: &[BaselineRun], current: &[CellRecord], o: CheckOptions
         for (metric, x, y) in deterministic_figures(b, c) {
             out.deterministic += 1;
             let tol = if is_count(metric) { 0.0 } else { o.tolerance };
-            if !((x - y).abs() <= tol) {
+            // NaN on either side counts as a change.
+            if (x - y).abs() > tol || (x - y).is_nan() {
                 out.changed.push(Comparison { cell: cell.clone(), metric: metric.into(), baseline: x, current: y, change: rel(x, y), interval: None, runs: 0, verdict: Verdict::Changed, note: None });
             }
         }
@@ -338,7 +339,7 @@ fn timing(cell: &str, metric: &str, newest: f64, history: &[f64], current: f64, 
 /// recorded twice: no spread to gate with).
 pub fn prediction_interval(history: &[f64], current: f64, alpha: f64) -> Option<(f64, f64)> {
     let n = history.len();
-    if n < 2 || current <= 0.0 || history.iter().any(|x| !(*x > 0.0)) {
+    if n < 2 || current <= 0.0 || history.iter().any(|x| x.is_nan() || *x <= 0.0) {
         return None;
     }
     let logs: Vec<f64> = history.iter().map(|x| x.ln()).collect();

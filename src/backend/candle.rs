@@ -181,6 +181,18 @@ impl Backend for CandleBackend {
 
 }
 
+impl super::Inspect for CandleBackend {
+    fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
+        Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
+        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
+        let len = k.dim(2)?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,17 +215,5 @@ mod tests {
         assert_eq!((h.argmax, h.logit_gap), (1, 0.0));
         assert_eq!((d.argmax, d.logit_gap), (1, 0.0));
         assert_eq!(h.p1, h.p2);
-    }
-}
-
-impl super::Inspect for CandleBackend {
-    fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
-        Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-    fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
-        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
-        let len = k.dim(2)?;
-        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
-        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
     }
 }

@@ -78,7 +78,7 @@ impl Progress for Log {
     fn finish(&mut self) {}
     fn round_done(&mut self, what: &str) {
         let s = self.started.elapsed().as_secs();
-        let pct = if self.total > 0 { 100 * self.done / self.total } else { 100 };
+        let pct = (100 * self.done).checked_div(self.total).unwrap_or(100);
         eprintln!("[{:02}:{:02}] {what} · {}/{} samples ({pct}%)", s / 60, s % 60, self.done, self.total);
     }
 }

@@ -250,7 +250,6 @@ impl Tally {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, files: &Files, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally, compute: &ComputeThreads) -> Result<()> {
     crate::interrupt::check()?;
     let g = ctx.group;
