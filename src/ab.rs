@@ -82,6 +82,9 @@ fn side_key(r: &CellRecord) -> String {
     check::match_key(&r)
 }
 
+/// The fewest pairs that can give a verdict other than `within noise`.
+pub const MIN_PAIRS: usize = 3;
+
 /// Which way a figure is better.
 #[derive(Debug, Clone, Copy)]
 enum Better {
@@ -103,7 +106,9 @@ fn change(values: &[(f64, f64)], better: Better, threshold: f64, alpha: f64) -> 
         let half = t * sd / (n as f64).sqrt();
         ((mean - half).exp() - 1.0, (mean + half).exp() - 1.0)
     });
-    let verdict = match (interval, better) {
+    // With fewer than MIN_PAIRS pairs the spread between runs is not known well enough to call
+    // a change (two identical binaries measured +17% [+11%, +23%] apart over two pairs here).
+    let verdict = match (interval.filter(|_| n >= MIN_PAIRS), better) {
         (Some((lo, _)), Better::Lower) if lo > threshold => Verdict::Regressed,
         (Some((_, hi)), Better::Lower) if hi < -threshold => Verdict::Improved,
         (Some((_, hi)), Better::Higher) if hi < -threshold => Verdict::Regressed,
@@ -163,7 +168,7 @@ pub fn compare(pairs: &[Pair], threshold: f64, alpha: f64) -> AbOutcome {
 pub fn markdown(o: &AbOutcome, a: &str, b: &str) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "A = {a}\nB = {b}\n{} pairs, measured alternately in this job (A B, then B A, ...); intervals are over the pairs, so they include the variation between runs.\n", o.pairs);
+    let _ = writeln!(s, "A = {a}\nB = {b}\n{} pairs, measured alternately in this job (A B, then B A, ...); intervals are over the pairs, so they include the variation between runs; a verdict other than within noise needs at least {MIN_PAIRS} pairs.\n", o.pairs);
     let _ = writeln!(s, "| cell | ms/token A | ms/token B | change [interval] | speedup A | speedup B | change [interval] | verdict |\n|---|---|---|---|---|---|---|---|");
     let fmt = |c: &Option<Change>| -> (String, String, String) {
         match c {
@@ -212,6 +217,10 @@ mod tests {
         // One pair: no interval, within noise whatever the change.
         let c = change(&[(1.0, 3.0)], Better::Lower, 0.10, 0.05).unwrap();
         assert_eq!((c.interval, c.verdict), (None, Verdict::WithinNoise));
+        // Two pairs that happen to agree: an interval is shown, but too few pairs for a verdict.
+        let c = change(&[(1.0, 1.17), (1.0, 1.18)], Better::Lower, 0.10, 0.05).unwrap();
+        assert!(c.interval.unwrap().0 > 0.10, "{c:?}");
+        assert_eq!(c.verdict, Verdict::WithinNoise);
         // By hand: ratios 2 and 2·e^0.2 → mean ln = ln 2 + 0.1, sd = 0.1414, t(1) = 12.706,
         // half = 12.706 · 0.1414 / √2 = 1.2706.
         let c = change(&[(1.0, 2.0), (1.0, 2.0 * 0.2f64.exp())], Better::Lower, 0.10, 0.05).unwrap();
