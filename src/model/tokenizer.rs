@@ -15,14 +15,24 @@ pub enum TextTokenizer {
     Bytes { vocab_size: usize },
 }
 
+/// Reads a Hugging Face `tokenizer.json`; any failure is an error naming the file. The tokenizers
+/// library panics on some malformed files (an `expect` in its decoder deserializer, found by
+/// tests/fuzz.rs): that is bad input too, not a crash.
+pub fn load_hf(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let loaded = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(path)).map_err(|p| {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Error::file(path, None, format!("not a valid tokenizer.json: the tokenizers library could not read it ({why})"))
+    })?;
+    loaded.map_err(|e| Error::file(path, None, format!("not a valid tokenizer.json: {e}")))
+}
+
 impl TextTokenizer {
     /// Loads `tokenizer.json` and checks that its vocabulary fits the model's.
     pub fn from_file(path: &Path, model_vocab: usize) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::Io { path: path.to_path_buf(), message: "tokenizer.json not found".into() });
         }
-        let tok = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::file(path, None, format!("not a valid tokenizer.json: {e}")))?;
+        let tok = load_hf(path)?;
         let n = tok.get_vocab_size(true);
         let max_id = tok.get_vocab(true).values().copied().max().unwrap_or(0) as usize;
         if n > model_vocab || max_id >= model_vocab {

@@ -123,7 +123,7 @@ pub fn check_model_dir(o: &TrainOptions) -> Result<()> {
         }
     }
     if tok_path.is_file() {
-        let tok = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::file(&tok_path, None, e.to_string()))?;
+        let tok = crate::model::tokenizer::load_hf(&tok_path)?;
         if tok.get_vocab_size(true) > o.vocab {
             return Err(Error::file(&tok_path, None, format!("has {} tokens, more than --vocab {}", tok.get_vocab_size(true), o.vocab)));
         }

@@ -248,7 +248,7 @@ fn round3(v: &[f32]) -> Vec<f32> {
 fn ensure_tokenizer(o: &TrainOptions) -> Result<tokenizers::Tokenizer> {
     let path = o.out.join("tokenizer.json");
     if path.is_file() {
-        return tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::file(&path, None, e.to_string()));
+        return crate::model::tokenizer::load_hf(&path);
     }
     let texts: Vec<String> = synth::generate(Split::Train, o.seed, o.tokenizer_samples)
         .into_iter()
