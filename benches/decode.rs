@@ -46,7 +46,7 @@ fn bench_steps(c: &mut Criterion, m: &LoadedModel, threads: usize) {
     let mut g = c.benchmark_group(format!("decode_step/{threads}t"));
     g.sample_size(30).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     let mut modes = vec![("full", ExitMode::Full)];
-    for measure in Measure::ALL {
+    for &measure in Measure::ALL {
         modes.push((measure.name(), policy(measure)));
     }
     for (name, mode) in modes {

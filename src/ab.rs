@@ -147,7 +147,7 @@ pub fn compare(pairs: &[Pair], threshold: f64, alpha: f64) -> AbOutcome {
         };
         let ms_per_token = change(&both(&|r| Some(r.ms_per_token.median)), Better::Lower, threshold, alpha);
         let speedup = change(&both(&|r| r.speedup.as_ref().map(|s| s.measured)), Better::Higher, threshold, alpha);
-        let differences: Vec<(String, f64, f64)> = check::deterministic_figures(a0, b0).into_iter().filter(|(_, x, y)| x != y).map(|(m, x, y)| (m.to_string(), x, y)).collect();
+        let differences: Vec<(String, f64, f64)> = check::deterministic_figures(a0, b0).into_iter().filter(|f| f.baseline != f.current).map(|f| (f.name.to_string(), f.baseline, f.current)).collect();
         let mut verdict = Verdict::WithinNoise;
         for v in [ms_per_token.as_ref().map(|c| c.verdict), speedup.as_ref().map(|c| c.verdict), (!differences.is_empty()).then_some(Verdict::Changed)].into_iter().flatten() {
             if rank(v) > rank(verdict) {

@@ -23,26 +23,18 @@ use crate::sweep::{Plan, RawSettings};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The per-sample risk Learn-then-Test bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Risk {
-    /// D(Y_early, Y_full) = 1 − ROUGE-L F of the early output against full depth's (no references).
-    Textual,
-    /// max(0, R_full − R_early): the ROUGE-L F against the reference that early exit loses,
-    /// clipped at 0 so the risk stays in [0, 1] (a gain counts as no loss, as in CALM).
-    Reference,
+crate::named_enum! {
+    /// The per-sample risk Learn-then-Test bounds.
+    pub enum Risk: "risk", "--risk" {
+        /// D(Y_early, Y_full) = 1 − ROUGE-L F of the early output against full depth's (no references).
+        Textual = "textual",
+        /// max(0, R_full − R_early): the ROUGE-L F against the reference that early exit loses,
+        /// clipped at 0 so the risk stays in [0, 1] (a gain counts as no loss, as in CALM).
+        Reference = "reference",
+    }
 }
 
 impl Risk {
-    /// The risk's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Risk::Textual => "textual",
-            Risk::Reference => "reference",
-        }
-    }
-
     /// Per-sample risks in [0, 1] of `cell` against full depth, in `full`'s sample order (samples
     /// the cell lacks are left out).
     pub fn per_sample(self, rouge: &Rouge, full: &CellRecord, cell: &CellRecord) -> Vec<(String, f64)> {
@@ -204,7 +196,7 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
             Some(l) => {
                 let candidates = aligned(&risk_table(&val_records, m.name(), l.risk, &rouge)?);
                 let (tested, t) = ltt::fixed_sequence(&candidates, l.delta, l.epsilon);
-                let d = |t: f64| val_rows.iter().find(|r| val_records[r.record].key.measure == m.name() && val_records[r.record].key.threshold == Some(t)).and_then(|r| r.d_full).map(|i| i.mean);
+                let d = |t: f64| val_rows.iter().find(|r| val_records[r.record].key.measure == Some(*m) && val_records[r.record].key.threshold == Some(t)).and_then(|r| r.d_full).map(|i| i.mean);
                 chosen.push((m.name().to_string(), t.map(|t| (t, d(t).unwrap_or(f64::NAN)))));
                 steps.push(tested);
             }
@@ -277,7 +269,7 @@ fn risk_table(records: &[CellRecord], measure: &str, risk: Risk, rouge: &Rouge) 
         .ok_or_else(|| Error::Internal("no finished full-depth cell to measure the risk against".into()))?;
     Ok(records
         .iter()
-        .filter(|r| r.key.measure == measure && r.key.baseline == Baseline::None && r.status == CellStatus::Ok)
+        .filter(|r| r.key.measure_name() == measure && r.key.baseline == Baseline::None && r.status == CellStatus::Ok)
         .filter_map(|r| Some((r.key.threshold?, risk.per_sample(rouge, full, r))))
         .collect())
 }
@@ -317,7 +309,7 @@ fn pick(rows: &[ReportRow], records: &[CellRecord], measure: &str, max_d: f64) -
     let mut best: Option<(f64, f64, f64, f64)> = None; // (avg layers, ms/token, threshold, D)
     for r in rows {
         let rec = &records[r.record];
-        if rec.key.measure != measure || rec.key.baseline != Baseline::None || rec.status != CellStatus::Ok {
+        if rec.key.measure_name() != measure || rec.key.baseline != Baseline::None || rec.status != CellStatus::Ok {
             continue;
         }
         let Some(d) = r.d_full.map(|x| x.mean) else { continue };
@@ -338,7 +330,7 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
     let measures = chosen
         .iter()
         .map(|(m, pick)| {
-            let row = pick.and_then(|(t, _)| rows.iter().find(|r| records[r.record].key.measure == *m && records[r.record].key.threshold == Some(t)));
+            let row = pick.and_then(|(t, _)| rows.iter().find(|r| records[r.record].key.measure_name() == *m && records[r.record].key.threshold == Some(t)));
             Chosen {
                 measure: m.clone(),
                 threshold: pick.map(|p| p.0),
@@ -368,7 +360,7 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         oracle_avg_layers: oracle.map(|r| r.avg_layers),
         measures,
         threads: full.key.threads,
-        runtime: format!("{} {} {}", full.key.backend, full.key.device, full.key.dtype),
+        runtime: format!("{} {} {}", full.key.backend, full.key.device.name(), full.key.dtype),
         machine: full.hardware.summary(),
         ltt: None,
     })

@@ -167,7 +167,7 @@ fn last_component(path: &str) -> String {
 
 /// A cell's label in the gate's tables.
 pub fn label(r: &CellRecord) -> String {
-    format!("{} [{} {} {} {}t]", r.key.label(), r.key.backend, r.key.dtype, r.key.device, r.key.threads)
+    r.key.display_name()
 }
 
 /// The machine ids of a set of records, comma-separated.
@@ -175,31 +175,41 @@ fn machines(records: &[CellRecord]) -> String {
     records.iter().map(|r| r.key.machine.as_str()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ")
 }
 
+/// One deterministic figure of a cell on both sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figure {
+    /// What it is (`tokens`, `avg_layers`, `rougeL`...).
+    pub name: &'static str,
+    /// The baseline's value.
+    pub baseline: f64,
+    /// The current run's value.
+    pub current: f64,
+    /// A count of differences: compared exactly whatever `--tolerance` says.
+    pub exact: bool,
+}
+
 /// The deterministic figures of one cell, named: equal on any machine for an unchanged checkout.
-pub fn deterministic_figures(b: &CellRecord, c: &CellRecord) -> Vec<(&'static str, f64, f64)> {
+pub fn deterministic_figures(b: &CellRecord, c: &CellRecord) -> Vec<Figure> {
     let differing_outputs = b.outputs.iter().zip(&c.outputs).filter(|(x, y)| x.token_ids != y.token_ids || x.text != y.text).count() + b.outputs.len().abs_diff(c.outputs.len());
     let hist_diff = b.exit_histogram.iter().zip(&c.exit_histogram).map(|(x, y)| x.abs_diff(*y)).sum::<u64>() as f64;
     let theoretical = |r: &CellRecord| if r.avg_layers > 0.0 { r.num_layers as f64 / r.avg_layers } else { 0.0 };
+    let value = |name, baseline, current| Figure { name, baseline, current, exact: false };
+    let count = |name, current| Figure { name, baseline: 0.0, current, exact: true };
     let mut out = vec![
-        ("tokens", b.tokens as f64, c.tokens as f64),
-        ("samples with other tokens", 0.0, differing_outputs as f64),
-        ("exit histogram (tokens moved)", 0.0, if b.exit_histogram.len() == c.exit_histogram.len() { hist_diff } else { f64::INFINITY }),
-        ("avg_layers", b.avg_layers, c.avg_layers),
-        ("theoretical speedup", theoretical(b), theoretical(c)),
-        ("rouge1", b.rouge.rouge1.mean, c.rouge.rouge1.mean),
-        ("rouge2", b.rouge.rouge2.mean, c.rouge.rouge2.mean),
-        ("rougeL", b.rouge.rougeL.mean, c.rouge.rougeL.mean),
-        ("rougeLsum", b.rouge.rougeLsum.mean, c.rouge.rougeLsum.mean),
+        value("tokens", b.tokens as f64, c.tokens as f64),
+        count("samples with other tokens", differing_outputs as f64),
+        count("exit histogram (tokens moved)", if b.exit_histogram.len() == c.exit_histogram.len() { hist_diff } else { f64::INFINITY }),
+        value("avg_layers", b.avg_layers, c.avg_layers),
+        value("theoretical speedup", theoretical(b), theoretical(c)),
+        value("rouge1", b.rouge.rouge1.mean, c.rouge.rouge1.mean),
+        value("rouge2", b.rouge.rouge2.mean, c.rouge.rouge2.mean),
+        value("rougeL", b.rouge.rougeL.mean, c.rouge.rougeL.mean),
+        value("rougeLsum", b.rouge.rougeLsum.mean, c.rouge.rougeLsum.mean),
     ];
     if let (Some(x), Some(y)) = (b.bytes_per_token, c.bytes_per_token) {
-        out.push(("bytes per token", x, y));
+        out.push(value("bytes per token", x, y));
     }
     out
-}
-
-/// Whether a figure is a count of differences (exact whatever `--tolerance` says).
-fn is_count(metric: &str) -> bool {
-    matches!(metric, "samples with other tokens" | "exit histogram (tokens moved)")
 }
 
 /// Which way a timing figure is better.
@@ -260,9 +270,9 @@ pub fn compare(baseline: &[BaselineRun], current: &[CellRecord], o: CheckOptions
             continue;
         };
         out.compared += 1;
-        for (metric, x, y) in deterministic_figures(b, c) {
+        for Figure { name: metric, baseline: x, current: y, exact } in deterministic_figures(b, c) {
             out.deterministic += 1;
-            let tol = if is_count(metric) { 0.0 } else { o.tolerance };
+            let tol = if exact { 0.0 } else { o.tolerance };
             // NaN on either side counts as a change.
             if (x - y).abs() > tol || (x - y).is_nan() {
                 out.changed.push(Comparison { cell: cell.clone(), metric: metric.into(), baseline: x, current: y, change: rel(x, y), interval: None, runs: 0, verdict: Verdict::Changed, note: None });
@@ -373,24 +383,23 @@ fn conditions(baseline: &[CellRecord], current: &[CellRecord]) -> Vec<String> {
 
 /// How two grids differ: the values of each key field found on one side only.
 fn grid_differences(baseline: &[CellRecord], current: &[CellRecord]) -> Vec<String> {
-    type Field = (&'static str, fn(&CellRecord) -> String);
-    let fields: [Field; 12] = [
-        ("samples per cell", |r| r.samples.to_string()),
-        ("dataset (hash)", |r| format!("{} ({})", last_component(&r.key.dataset), r.key.dataset_hash)),
-        ("model (weights hash)", |r| format!("{} ({})", last_component(&r.key.model), r.key.weights_hash)),
-        ("max new tokens", |r| r.key.max_new_tokens.to_string()),
-        ("backend", |r| r.key.backend.clone()),
-        ("device", |r| r.key.device.clone()),
-        ("dtype", |r| r.key.dtype.clone()),
-        ("threads", |r| r.key.threads.to_string()),
-        ("measure", |r| r.key.measure.clone()),
-        ("threshold", |r| r.key.threshold.map(|t| t.to_string()).unwrap_or_else(|| "-".into())),
-        ("baseline kind", |r| r.key.baseline.name().to_string()),
-        ("static layer", |r| r.key.static_layer.map(|t| t.to_string()).unwrap_or_else(|| "-".into())),
-    ];
+    // Every key field but the machine (timings are compared across machines on purpose), with
+    // paths cut to their last component as `match_key` does; then the samples per cell.
+    let values = |records: &[CellRecord], i: usize| -> BTreeSet<String> {
+        records
+            .iter()
+            .map(|r| match r.key.fields().into_iter().nth(i) {
+                Some(f) if f.name == "model" || f.name == "dataset" => last_component(&f.value),
+                Some(f) => f.value,
+                None => r.samples.to_string(),
+            })
+            .collect()
+    };
+    let mut names: Vec<(usize, &'static str)> = baseline.first().or(current.first()).map(|r| r.key.fields()).unwrap_or_default().iter().enumerate().filter(|(_, f)| f.name != "machine").map(|(i, f)| (i, f.name)).collect();
+    names.push((usize::MAX, "samples per cell"));
     let mut out = Vec::new();
-    for (name, f) in fields {
-        let (b, c): (BTreeSet<String>, BTreeSet<String>) = (baseline.iter().map(f).collect(), current.iter().map(f).collect());
+    for (i, name) in names {
+        let (b, c) = (values(baseline, i), values(current, i));
         if b != c {
             let only = |x: &BTreeSet<String>, y: &BTreeSet<String>| x.difference(y).cloned().collect::<Vec<_>>().join(", ");
             let (ob, oc) = (only(&b, &c), only(&c, &b));
@@ -468,7 +477,7 @@ pub fn markdown(o: &Outcome) -> String {
 pub fn github_benchmark(current: &[CellRecord]) -> serde_json::Value {
     let mut out = Vec::new();
     for r in current.iter().filter(|r| r.status == CellStatus::Ok) {
-        let name = format!("{} [{} {} {}t]", r.key.label(), r.key.dtype, r.key.device, r.key.threads);
+        let name = r.key.display_name();
         out.push(serde_json::json!({"name": format!("{name} ms/token"), "unit": "ms/token", "value": r.ms_per_token.median,
             "range": format!("± {:.4}", r.ms_per_token.std)}));
         if let Some(j) = r.energy.j_per_token {
@@ -482,7 +491,7 @@ pub fn github_benchmark(current: &[CellRecord]) -> serde_json::Value {
 pub fn bencher(current: &[CellRecord]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for r in current.iter().filter(|r| r.status == CellStatus::Ok) {
-        let name = format!("{} [{} {} {}t]", r.key.label(), r.key.dtype, r.key.device, r.key.threads);
+        let name = r.key.display_name();
         let mut m = serde_json::Map::new();
         m.insert("latency".into(), serde_json::json!({"value": r.ms_per_token.median, "lower_value": r.ms_per_token.min, "upper_value": r.ms_per_token.max}));
         m.insert("avg-layers".into(), serde_json::json!({"value": r.avg_layers}));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exit;
 pub mod head;
 pub mod lines;
+pub mod names;
 pub mod hex;
 pub mod runtime_info;
 pub mod metrics;

@@ -44,7 +44,7 @@ fn ab_passes_a_side_against_itself_and_catches_a_deeper_model() {
     // The same model on both sides: within noise, no deterministic difference, exit 0.
     let ((code, stdout, err), out) = ab(a, a, "same", "4", &[]);
     assert_eq!(code, 0, "{stdout}\n{err}");
-    assert!(stdout.contains("| full [candle f32 cpu 1t] |") && !stdout.contains("regressed") && !stdout.contains("differ between"), "{stdout}");
+    assert!(stdout.contains("| full [candle cpu f32 1t] |") && !stdout.contains("regressed") && !stdout.contains("differ between"), "{stdout}");
     assert!(out.join("ab.json").is_file() && out.join("a-04/results.jsonl").is_file() && out.join("b-04/results.jsonl").is_file());
     // Four times the layers (a model of the same shape, really that much slower per token, not a
     // test-only slow path): full depth's decode ms/token rises well beyond the noise of a shared

@@ -79,7 +79,7 @@ fn default_model_tokens_and_exit_layers_match_candle() {
     let prompts: Vec<Vec<u32>> = examples.iter().map(|e| files.tokenizer.encode(&e.prompt).unwrap()).collect();
     let (mut c, mut o) = (open(BackendKind::Candle, &dir, Precision::F32), open(BackendKind::Ort, &dir, Precision::F32));
     let mut compared = 0;
-    for measure in Measure::ALL {
+    for &measure in Measure::ALL {
         for threshold in [0.9, 0.7, 0.5] {
             let opts = GenerateOptions { mode: mode(measure, threshold), max_new_tokens: 64, sampling: Sampling::default(), eos_ids: files.config.eos_ids(), profile_layers: false, time_split: true };
             let (mut ties, mut differ) = (0, Vec::new());

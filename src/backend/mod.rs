@@ -14,40 +14,13 @@ use crate::model::{ModelFiles, Precision};
 pub use crate::head::HeadSummary;
 pub use crate::runtime_info::RuntimeInfo;
 
-/// Which runtime executes the layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// candle (CPU, or CUDA with the `cuda` feature).
-    Candle,
-    /// ONNX Runtime through `ort` (CPU provider, or CUDA when its provider is installed).
-    #[value(alias = "onnxruntime")]
-    Ort,
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        BackendKind::parse(s.trim())
-    }
-}
-
-impl BackendKind {
-    /// Parses a backend name.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "candle" => Ok(BackendKind::Candle),
-            "ort" | "onnxruntime" => Ok(BackendKind::Ort),
-            other => Err(Error::setting("--backend", format!("unknown backend `{other}` (expected candle or ort)"))),
-        }
-    }
-
-    /// Canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Candle => "candle",
-            BackendKind::Ort => "ort",
-        }
+crate::named_enum! {
+    /// Which runtime executes the layers.
+    pub enum BackendKind: "backend", "--backend" {
+        /// candle (CPU, or CUDA with the `cuda` feature).
+        Candle = "candle",
+        /// ONNX Runtime through `ort` (CPU provider, or CUDA when its provider is installed).
+        Ort = "ort" | "onnxruntime",
     }
 }
 
@@ -79,6 +52,12 @@ impl DeviceKind {
             DeviceKind::Cpu => "cpu".into(),
             DeviceKind::Cuda(n) => format!("cuda:{n}"),
         }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
     }
 }
 

@@ -15,7 +15,7 @@ pub struct CalibrateArgs {
     #[command(flatten)]
     pub model: crate::cli::generate::ModelArgs,
     /// Measures.
-    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum, default_value = "softmax-diff,softmax-max,saturation,classifier")]
+    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum, ignore_case = true, default_value = "softmax-diff,softmax-max,saturation,classifier")]
     pub measure: Vec<crate::exit::Measure>,
     /// Thresholds tried on validation.
     #[arg(long, value_delimiter = ',', default_value = "0.99,0.98,0.95,0.9,0.85,0.8,0.7,0.6,0.5,0.4,0.3")]
@@ -35,7 +35,7 @@ pub struct CalibrateArgs {
     /// Choose thresholds with Learn-then-Test's guarantee on this risk (textual: D against full
     /// depth, no references needed; reference: the ROUGE-L lost against the references) instead
     /// of mean D ≤ --max-d.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub risk: Option<calibrate::Risk>,
     /// Learn-then-Test's risk level δ (with --risk).
     #[arg(long, default_value_t = 0.05, requires = "risk")]

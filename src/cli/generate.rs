@@ -17,7 +17,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_os_t = PathBuf::from(crate::default_model()))]
     pub model: PathBuf,
     /// Runtime.
-    #[arg(long, value_enum, default_value = "candle")]
+    #[arg(long, value_enum, ignore_case = true, default_value = "candle")]
     pub backend: BackendKind,
     /// cpu, cuda or cuda:N.
     #[arg(long, value_parser = |s: &str| DeviceKind::parse(s).map_err(|e| e.to_string()), default_value = "cpu")]
@@ -40,7 +40,7 @@ pub const DEFAULT_THRESHOLD: f64 = 0.9;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExitArgs {
     /// Confidence measure (none: full depth).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub measure: Option<Measure>,
     /// Threshold λ in [0, 1] (with --measure; default 0.9).
     #[arg(long)]

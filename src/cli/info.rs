@@ -26,7 +26,7 @@ pub struct Info {
     /// Every backend and meter considered.
     pub meters: Vec<MeterStatus>,
     /// Sources a window would report (`rapl`, `nvml+rapl`, `estimate`).
-    pub source_label: String,
+    pub source_label: crate::meter::Sources,
     /// The fingerprint recorded with results.
     pub hardware: Hardware,
 }

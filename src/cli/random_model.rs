@@ -18,7 +18,7 @@ pub struct RandomModelArgs {
     #[arg(long)]
     pub seed: u64,
     /// Precision the weights are stored in.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, ignore_case = true, default_value = "f32")]
     pub dtype: Precision,
     /// New directory to write.
     #[arg(long)]

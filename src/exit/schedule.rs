@@ -51,6 +51,15 @@ impl Schedule {
         }
     }
 
+    /// Reads [`Schedule::key_name`]'s form back (`fixed`, `decaying(tau=4)`).
+    pub fn from_key_name(s: &str) -> Option<Schedule> {
+        if s == "fixed" {
+            return Some(Schedule::Fixed);
+        }
+        let tau: f64 = s.strip_prefix("decaying(tau=")?.strip_suffix(')')?.parse().ok()?;
+        (tau.is_finite() && tau >= 0.0).then_some(Schedule::Decaying { tau })
+    }
+
     /// The threshold at decode step `t` (0-based) of at most `n` new tokens.
     pub fn threshold(&self, lambda: f64, t: usize, n: usize) -> f64 {
         match *self {
@@ -75,5 +84,14 @@ mod tests {
         assert!((late - (0.45 + 0.1 * (-4.0f64).exp())).abs() < 1e-12);
         assert!(s.threshold(0.5, 10, 100) > late);
         assert_eq!(Schedule::Fixed.threshold(0.7, 5, 10), 0.7);
+    }
+
+    #[test]
+    fn key_names_read_back() {
+        for s in [Schedule::Fixed, Schedule::Decaying { tau: 4.0 }, Schedule::Decaying { tau: 0.25 }] {
+            assert_eq!(Schedule::from_key_name(&s.key_name()), Some(s));
+        }
+        assert_eq!(Schedule::from_key_name("decaying(tau=x)"), None);
+        assert_eq!(Schedule::from_key_name("-"), None);
     }
 }

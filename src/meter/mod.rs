@@ -29,58 +29,98 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What a meter's joules cover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scope {
-    /// One GPU board as NVML reports it (module power on GH200).
-    GpuBoard,
-    /// One CPU package (RAPL `package-N`): cores, uncore and, on client parts, the iGPU.
-    CpuPackage,
-    /// DRAM attached to one package (RAPL `dram`).
-    Dram,
-    /// The whole SoC/platform (RAPL `psys`), only on request.
-    Psys,
-    /// Modelled from process CPU time, not measured.
-    Estimate,
-}
-
-impl Scope {
-    /// The kebab-case name (`gpu-board`, `cpu-package`, `dram`, `psys`, `estimate`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::GpuBoard => "gpu-board",
-            Scope::CpuPackage => "cpu-package",
-            Scope::Dram => "dram",
-            Scope::Psys => "psys",
-            Scope::Estimate => "estimate",
-        }
+crate::named_enum! {
+    /// What a meter's joules cover.
+    pub enum Scope: "energy scope", "scope" {
+        /// One GPU board as NVML reports it (module power on GH200).
+        GpuBoard = "gpu-board",
+        /// One CPU package (RAPL `package-N`): cores, uncore and, on client parts, the iGPU.
+        CpuPackage = "cpu-package",
+        /// DRAM attached to one package (RAPL `dram`).
+        Dram = "dram",
+        /// The whole SoC/platform (RAPL `psys`), only on request.
+        Psys = "psys",
+        /// Modelled from process CPU time, not measured.
+        Estimate = "estimate",
     }
 }
 
-/// Where a meter's figures come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// NVML's total-energy counter, read at both edges of the window.
-    Nvml,
-    /// NVML instant power sampled on a background thread and integrated.
-    NvmlInstant,
-    /// RAPL energy counters through Linux powercap.
-    Rapl,
-    /// Process CPU time × per-core power from the CPU's TDP (a model, not a measurement).
-    Estimate,
+crate::named_enum! {
+    /// Where a meter's figures come from.
+    pub enum Source: "energy source", "source" {
+        /// NVML's total-energy counter, read at both edges of the window.
+        Nvml = "nvml",
+        /// NVML instant power sampled on a background thread and integrated.
+        NvmlInstant = "nvml-instant",
+        /// RAPL energy counters through Linux powercap.
+        Rapl = "rapl",
+        /// Process CPU time × per-core power from the CPU's TDP (a model, not a measurement).
+        Estimate = "estimate",
+    }
 }
 
-impl Source {
-    /// The name used in records and labels (`nvml`, `nvml-instant`, `rapl`, `estimate`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Source::Nvml => "nvml",
-            Source::NvmlInstant => "nvml-instant",
-            Source::Rapl => "rapl",
-            Source::Estimate => "estimate",
+/// The sources behind a window's joules, as records write them: `none`, `rapl`, `nvml+rapl`,
+/// `estimate` (sorted, each once).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sources(Vec<Source>);
+
+impl Sources {
+    /// The set of `sources` (sorted, each once).
+    pub fn of(sources: impl IntoIterator<Item = Source>) -> Sources {
+        let mut v: Vec<Source> = sources.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Sources(v)
+    }
+
+    /// No meter: nothing measured.
+    pub fn none() -> Sources {
+        Sources(Vec::new())
+    }
+
+    /// True when no meter contributed.
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when the joules are the CPU-time estimate alone (modelled, not measured).
+    pub fn is_estimate_only(&self) -> bool {
+        self.0 == [Source::Estimate]
+    }
+
+    /// The sources, sorted.
+    pub fn sources(&self) -> &[Source] {
+        &self.0
+    }
+
+    /// Reads the record form back (`none`, `nvml+rapl`).
+    pub fn parse(s: &str) -> Result<Sources> {
+        if s.trim() == "none" {
+            return Ok(Sources::none());
         }
+        s.split('+').map(Source::parse).collect::<Result<Vec<_>>>().map(Sources::of)
+    }
+}
+
+impl std::fmt::Display for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&self.0.iter().map(|s| s.name()).collect::<Vec<_>>().join("+"))
+    }
+}
+
+impl Serialize for Sources {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sources {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Sources::parse(&s).map_err(|e| serde::de::Error::custom(format!("energy source `{s}`: {e}")))
     }
 }
 
@@ -233,7 +273,7 @@ impl Detected {
     }
 
     /// The source label a window over these meters carries (`nvml+rapl`, `estimate`, `none`).
-    pub fn source_label(&self) -> String {
+    pub fn source_label(&self) -> Sources {
         let empty = |m: &dyn Meter| MeterReading {
             meter: m.name(),
             scope: m.scope(),

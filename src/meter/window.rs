@@ -4,7 +4,7 @@
 //! GPU work is asynchronous: synchronize the device right before `begin` and right before `end`
 //! (or use [`EnergyWindow::measure`], which calls the given `sync` at both edges).
 
-use super::{counted, Meter, MeterReading, Source};
+use super::{counted, Meter, MeterReading, Sources};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ pub struct WindowReading {
     /// Joules summed over the counted readings.
     pub total_j: f64,
     /// Sources of the counted readings joined by `+` (`rapl`, `nvml+rapl`, `estimate`), or `none`.
-    pub source_label: String,
+    pub source_label: Sources,
 }
 
 impl WindowReading {
@@ -41,19 +41,13 @@ impl WindowReading {
 
     /// Whether the total is an estimate (modelled, not measured).
     pub fn is_estimate(&self) -> bool {
-        self.source_label == Source::Estimate.name()
+        self.source_label.is_estimate_only()
     }
 }
 
 /// `nvml+rapl`-style label of the counted readings' sources, or `none`.
-pub fn source_label(readings: &[MeterReading]) -> String {
-    let mut sources: Vec<Source> = readings.iter().filter(|r| r.in_total).map(|r| r.source).collect();
-    sources.sort();
-    sources.dedup();
-    if sources.is_empty() {
-        return "none".into();
-    }
-    sources.iter().map(|s| s.name()).collect::<Vec<_>>().join("+")
+pub fn source_label(readings: &[MeterReading]) -> Sources {
+    Sources::of(readings.iter().filter(|r| r.in_total).map(|r| r.source))
 }
 
 /// A set of meters run over the same windows.

@@ -16,54 +16,25 @@ use std::path::{Path, PathBuf};
 pub use tokenizer::TextTokenizer;
 use weights::{SafetensorFiles, TensorLoader, WeightSource};
 
-/// Floating-point precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// 32-bit float.
-    #[value(name = "f32", alias = "fp32", alias = "float32")]
-    F32,
-    /// IEEE half precision.
-    #[value(name = "f16", alias = "fp16", alias = "float16")]
-    F16,
-    /// bfloat16.
-    #[value(name = "bf16", alias = "bfloat16")]
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Precision::parse(s.trim())
+crate::named_enum! {
+    /// Floating-point precision of weights and activations.
+    pub enum Precision: "dtype", "--dtype" {
+        /// 32-bit float.
+        F32 = "f32" | "fp32" | "float32",
+        /// IEEE half precision.
+        F16 = "f16" | "fp16" | "float16",
+        /// bfloat16.
+        Bf16 = "bf16" | "bfloat16",
     }
 }
 
 impl Precision {
-    /// Parses `f32`, `f16` or `bf16`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "fp32" | "float32" => Ok(Precision::F32),
-            "f16" | "fp16" | "float16" => Ok(Precision::F16),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            other => Err(Error::setting("--dtype", format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
-        }
-    }
-
     /// The candle dtype.
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
-        }
-    }
-
-    /// Canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct Comparison {
     /// same energy source on both sides only).
     pub j_ratio: Option<f64>,
     /// The energy source of both sides (`estimate` joules are modelled, not measured).
-    pub energy_source: String,
+    pub energy_source: crate::meter::Sources,
     /// Share of generated token positions where both emitted the same token (positions past the
     /// shorter output count as disagreements); None without token ids.
     pub token_agreement: Option<f64>,
@@ -39,13 +39,12 @@ pub struct Comparison {
 }
 
 fn group_name(r: &CellRecord) -> String {
-    format!("{} {} {} {}t", r.key.backend, r.key.device, r.key.dtype, r.key.threads)
+    r.key.runtime_label()
 }
 
 /// What a setting is, whatever group runs it (oracles of other exit points stay apart).
 fn setting_key(r: &CellRecord) -> String {
-    let k = &r.key;
-    format!("{}|{:?}|{:?}|{}|{:?}", k.label(), k.min_exit_layer, k.exit_interval, k.schedule, k.static_layer)
+    r.key.setting_id()
 }
 
 fn scope_of(r: &CellRecord) -> String {
@@ -77,7 +76,7 @@ pub fn compare(records: &[CellRecord]) -> Vec<Comparison> {
         if groups.len() < 2 {
             continue;
         }
-        let reference = groups.iter().find(|g| g.starts_with("candle cpu f32 ")).cloned().unwrap_or_else(|| groups[0].clone());
+        let reference = cells.iter().find(|r| r.key.is_reference_runtime()).map(|r| group_name(r)).unwrap_or_else(|| groups[0].clone());
         let by_setting: HashMap<String, &CellRecord> = cells.iter().filter(|r| group_name(r) == reference).map(|r| (setting_key(r), *r)).collect();
         for g in groups.iter().filter(|g| **g != reference) {
             for r in cells.iter().filter(|r| group_name(r) == *g) {

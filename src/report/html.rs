@@ -118,13 +118,13 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     let first = &records[rows[0].record];
     let k = &first.key;
     let h = &first.hardware;
-    let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {}</h2>", esc(&k.model), esc(&k.dataset), esc(&k.backend), esc(&k.device), esc(&k.dtype), super::plural(k.threads, "thread"));
+    let _ = write!(s, "<h2>{} · {} · {} · {} · {} · {}</h2>", esc(&k.model), esc(&k.dataset), esc(k.backend.name()), esc(&k.device.name()), esc(k.dtype.name()), super::plural(k.threads, "thread"));
     let _ = write!(s, "<p>Machine <code>{}</code>: {}, {}; {} samples; energy source: <b>{}</b>.</p>",
-        esc(&k.machine), esc(&h.summary()), esc(&h.os), first.samples, esc(&first.energy.source));
+        esc(&k.machine), esc(&h.summary()), esc(&h.os), first.samples, esc(&first.energy.source.to_string()));
     if first.random_weights {
         s.push_str("<p class=\"warn\">Random weights: quality figures are meaningless.</p>");
     }
-    if first.energy.source == "estimate" {
+    if first.energy.source.is_estimate_only() {
         s.push_str("<p class=\"warn\">These joules are modelled from CPU time and a TDP figure, not measured: they add nothing beyond the timings.</p>");
     }
     s.push_str("<table><tr><th>setting</th><th>D(Y_early, Y_full)</th><th>R_early − R_full</th><th>avg layers</th><th>speedup (measured, decode)</th><th>speedup (theoretical)</th><th>measured ÷ theoretical</th><th>J/token (incl. prefill)</th><th>ms/token</th><th>ROUGE-L vs refs</th><th>status</th></tr>");
@@ -142,7 +142,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
         let speed = super::speedup_text(r).unwrap_or_else(|| "n/a".into());
         let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2} / {}</td><td>{}</td><td>{}×</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
             esc(&r.label), iv(r.d_full, false), iv(r.rouge_delta, true), r.avg_layers, r.num_layers, speed, opt(r.speedup_theoretical, 2),
-            opt(r.measured_over_theoretical, 2), r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", esc(&rec.energy.source))),
+            opt(r.measured_over_theoretical, 2), r.j_per_token.map(|j| format!("{j:.4}")).unwrap_or_else(|| format!("n/a ({})", esc(&rec.energy.source.to_string()))),
             rec.ms_per_token.median, r.rouge_l_ref.mean, esc(rec.status.name()) + &rec.reason.as_deref().map(|x| format!(": {}", esc(x))).unwrap_or_default());
     }
     s.push_str("</table><div class=\"plots\">");
@@ -163,7 +163,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
 }
 
 fn series_key(rec: &CellRecord) -> String {
-    if rec.key.baseline == Baseline::None { rec.key.measure.clone() } else { rec.key.baseline.name().to_string() }
+    if rec.key.baseline == Baseline::None { rec.key.measure_name().to_string() } else { rec.key.baseline.name().to_string() }
 }
 
 fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
@@ -199,7 +199,7 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
 fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     // One line per measure and exit knobs (schedule, minimum exit layer, interval), so that
     // points of different knobs are never joined.
-    let line_of = |rec: &CellRecord| format!("{}{}", rec.key.measure, rec.key.knobs());
+    let line_of = |rec: &CellRecord| format!("{}{}", rec.key.measure_name(), rec.key.knobs());
     let mut lines: Vec<String> = Vec::new();
     for r in rows {
         let rec = &records[r.record];
@@ -253,10 +253,10 @@ fn bandwidth_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
 fn layer_time_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     let has = |r: &&&ReportRow| !records[r.record].layer_us.is_empty();
     let mut chosen: Vec<&ReportRow> = rows.iter().filter(has).filter(|r| matches!(records[r.record].key.baseline, Baseline::Full | Baseline::Static)).copied().collect();
-    let mut measures: Vec<String> = rows.iter().filter(has).filter(|r| records[r.record].key.baseline == Baseline::None).map(|r| records[r.record].key.measure.clone()).collect();
+    let mut measures: Vec<String> = rows.iter().filter(has).filter(|r| records[r.record].key.baseline == Baseline::None).map(|r| records[r.record].key.measure_name().to_string()).collect();
     measures.dedup();
     for m in measures {
-        let best = rows.iter().filter(has).filter(|r| records[r.record].key.measure == m).max_by(|a, b| a.speedup_measured.unwrap_or(0.0).total_cmp(&b.speedup_measured.unwrap_or(0.0)));
+        let best = rows.iter().filter(has).filter(|r| records[r.record].key.measure_name() == m).max_by(|a, b| a.speedup_measured.unwrap_or(0.0).total_cmp(&b.speedup_measured.unwrap_or(0.0)));
         chosen.extend(best.copied());
     }
     if chosen.is_empty() {

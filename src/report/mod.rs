@@ -68,7 +68,7 @@ pub fn machines_table(records: &[CellRecord]) -> Option<(Vec<&'static str>, Vec<
             let speeds: Vec<String> = records
                 .iter()
                 .filter(|r| r.hardware.machine_id == m.machine_id && r.key.baseline == Baseline::Full && r.status == CellStatus::Ok)
-                .map(|r| format!("{} {} {} {}t: {:.3}", r.key.backend, r.key.device, r.key.dtype, r.key.threads, r.ms_per_token.median))
+                .map(|r| format!("{}: {:.3}", r.key.runtime_label(), r.ms_per_token.median))
                 .collect();
             let gpus = m.gpu.as_ref().map(|g| g.gpus.iter().map(|x| x.name.clone()).collect::<Vec<_>>().join(", ")).filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into());
             vec![m.machine_id.clone(), m.cpu_model.clone(), m.logical_cpus.to_string(), m.memory_mib.to_string(), gpus, m.os.clone(), m.kernel.clone(), m.exitbench_version.clone(), speeds.join("; ")]

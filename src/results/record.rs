@@ -3,7 +3,10 @@
 //! configuration and the hardware block. Derived comparisons against full depth are computed at
 //! report time, never stored.
 
+use crate::backend::{BackendKind, DeviceKind};
+use crate::exit::{Measure, Schedule};
 use crate::hardware::Hardware;
+use crate::model::Precision;
 use crate::metrics::rouge::CorpusScores;
 use crate::metrics::stats;
 use serde::{Deserialize, Serialize};
@@ -15,71 +18,38 @@ use serde::{Deserialize, Serialize};
 /// (version 2's `prefill_j`); `speedup` is the paired speedup from rounds (absent before).
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// A cell's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CellStatus {
-    /// Measured.
-    Ok,
-    /// The cell cannot run here (a dtype the runtime lacks, a measure the model lacks).
-    Unsupported,
-    /// The cell failed at run time (`reason` says why).
-    Error,
-}
-
-impl CellStatus {
-    /// The name records and CSV use.
-    pub fn name(self) -> &'static str {
-        match self {
-            CellStatus::Ok => "ok",
-            CellStatus::Unsupported => "unsupported",
-            CellStatus::Error => "error",
-        }
+crate::named_enum! {
+    /// A cell's outcome.
+    pub enum CellStatus: "status", "status" {
+        /// Measured.
+        Ok = "ok",
+        /// The cell cannot run here (a dtype the runtime lacks, a measure the model lacks).
+        Unsupported = "unsupported",
+        /// The cell failed at run time (`reason` says why).
+        Error = "error",
     }
 }
 
-impl std::fmt::Display for CellStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+crate::named_enum! {
+    /// What kind of cell a key names: a baseline or an early-exit setting.
+    pub enum Baseline: "baseline kind", "baseline" {
+        /// Full depth, the reference every other cell of its group is compared with.
+        Full = "full",
+        /// Full depth timed without the layers / checks / propagation split (what the split costs).
+        FullUnsplit = "full-unsplit",
+        /// Every token at one fixed layer.
+        Static = "static",
+        /// The oracle: each token credited to the first layer whose argmax equals the final one.
+        Oracle = "oracle",
+        /// An early-exit cell (a measure and a threshold).
+        None = "none",
     }
 }
 
-/// What kind of cell a key names: a baseline or an early-exit setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Baseline {
-    /// Full depth, the reference every other cell of its group is compared with.
-    Full,
-    /// Full depth timed without the layers / checks / propagation split (what the split costs).
-    FullUnsplit,
-    /// Every token at one fixed layer.
-    Static,
-    /// The oracle: each token credited to the first layer whose argmax equals the final one.
-    Oracle,
-    /// An early-exit cell (a measure and a threshold).
-    None,
-}
-
-impl Baseline {
-    /// The name records, ids and CSV use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Baseline::Full => "full",
-            Baseline::FullUnsplit => "full-unsplit",
-            Baseline::Static => "static",
-            Baseline::Oracle => "oracle",
-            Baseline::None => "none",
-        }
-    }
-}
-
-impl std::fmt::Display for Baseline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What identifies a cell. Two records with equal keys measure the same thing.
+/// What identifies a cell. Two records with equal keys measure the same thing. Its JSON form is
+/// schema version 3's (strings, with `-` for a measure or schedule that does not apply); its
+/// identity strings come from [`CellKey::fields`] alone, so a new grid dimension is a field here
+/// and a line there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellKey {
     /// Model directory as given.
@@ -90,20 +60,22 @@ pub struct CellKey {
     pub dataset: String,
     /// SHA-256 (first 16 hex digits) of the examples used.
     pub dataset_hash: String,
-    /// Backend name.
-    pub backend: String,
-    /// Device name.
-    pub device: String,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Device.
+    pub device: DeviceKind,
     /// Precision.
-    pub dtype: String,
+    pub dtype: Precision,
     /// CPU threads.
     pub threads: usize,
-    /// Confidence measure (`-` for baselines).
-    pub measure: String,
+    /// Confidence measure (None for baselines; `-` in JSON).
+    #[serde(with = "dash::measure")]
+    pub measure: Option<Measure>,
     /// Threshold λ (None for baselines).
     pub threshold: Option<f64>,
-    /// Schedule (`-` for baselines).
-    pub schedule: String,
+    /// Schedule (None for baselines; `-` in JSON, else `fixed` or `decaying(tau=T)`).
+    #[serde(with = "dash::schedule")]
+    pub schedule: Option<Schedule>,
     /// Minimum exit layer (None where it does not apply).
     pub min_exit_layer: Option<usize>,
     /// Exit interval (None where it does not apply).
@@ -119,26 +91,95 @@ pub struct CellKey {
     pub max_new_tokens: usize,
 }
 
+/// A runtime as reports (and the grid's group order) name it: `candle cpu f32 1t`.
+pub fn runtime_label(backend: BackendKind, device: DeviceKind, dtype: Precision, threads: usize) -> String {
+    format!("{backend} {device} {dtype} {threads}t")
+}
+
+/// What part of a cell's identity a key field is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// What is measured on: model, dataset, machine, token budget.
+    Scope,
+    /// What runs it: backend, device, precision, threads.
+    Runtime,
+    /// The exit setting within a configuration group.
+    Setting,
+}
+
+/// One field of a [`CellKey`] as identity strings and tables show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyField {
+    /// The field's name (as in JSON).
+    pub name: &'static str,
+    /// Its role.
+    pub role: KeyRole,
+    /// Its value as ids show it (`-` where it does not apply).
+    pub value: String,
+}
+
 impl CellKey {
-    /// A stable id of the cell (used by --resume and merge).
-    pub fn id(&self) -> String {
-        let f = |x: Option<f64>| x.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
-        let u = |x: Option<usize>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-        format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads,
-            self.measure, f(self.threshold), self.schedule, u(self.min_exit_layer), u(self.exit_interval), self.baseline,
-            u(self.static_layer), self.machine, self.max_new_tokens
-        )
+    /// Every field with its role and value, in id order: the one description ids, group ids,
+    /// grid comparisons and tables are built from.
+    pub fn fields(&self) -> Vec<KeyField> {
+        use KeyRole::{Runtime, Scope, Setting};
+        let dash = |x: Option<String>| x.unwrap_or_else(|| "-".into());
+        let u = |x: Option<usize>| dash(x.map(|v| v.to_string()));
+        let f = |name, role, value| KeyField { name, role, value };
+        vec![
+            f("model", Scope, self.model.clone()),
+            f("weights_hash", Scope, self.weights_hash.clone()),
+            f("dataset", Scope, self.dataset.clone()),
+            f("dataset_hash", Scope, self.dataset_hash.clone()),
+            f("backend", Runtime, self.backend.name().into()),
+            f("device", Runtime, self.device.name()),
+            f("dtype", Runtime, self.dtype.name().into()),
+            f("threads", Runtime, self.threads.to_string()),
+            f("measure", Setting, dash(self.measure.map(|m| m.name().into()))),
+            f("threshold", Setting, dash(self.threshold.map(|v| format!("{v}")))),
+            f("schedule", Setting, dash(self.schedule.map(|s| s.key_name()))),
+            f("min_exit_layer", Setting, u(self.min_exit_layer)),
+            f("exit_interval", Setting, u(self.exit_interval)),
+            f("baseline", Setting, self.baseline.name().into()),
+            f("static_layer", Setting, u(self.static_layer)),
+            f("machine", Scope, self.machine.clone()),
+            f("max_new_tokens", Scope, self.max_new_tokens.to_string()),
+        ]
     }
 
-    /// Key of the configuration group (what a full-depth baseline is matched on).
+    fn joined(&self, keep: impl Fn(KeyRole) -> bool) -> String {
+        self.fields().into_iter().filter(|f| keep(f.role)).map(|f| f.value).collect::<Vec<_>>().join("|")
+    }
+
+    /// A stable id of the cell (used by --resume, merge, check and round records).
+    pub fn id(&self) -> String {
+        self.joined(|_| true)
+    }
+
+    /// Id of the configuration group: everything but the exit setting (what a full-depth
+    /// baseline is matched on).
     pub fn group_id(&self) -> String {
-        format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-            self.model, self.weights_hash, self.dataset, self.dataset_hash, self.backend, self.device, self.dtype, self.threads, self.machine,
-            self.max_new_tokens
-        )
+        self.joined(|r| r != KeyRole::Setting)
+    }
+
+    /// Id of the exit setting alone, whatever group runs it.
+    pub fn setting_id(&self) -> String {
+        self.joined(|r| r == KeyRole::Setting)
+    }
+
+    /// The runtime as reports name it: `candle cpu f32 1t`.
+    pub fn runtime_label(&self) -> String {
+        runtime_label(self.backend, self.device, self.dtype, self.threads)
+    }
+
+    /// The cell as tables and benchmark exports name it: `softmax-diff@0.9 [candle cpu f32 1t]`.
+    pub fn display_name(&self) -> String {
+        format!("{} [{}]", self.label(), self.runtime_label())
+    }
+
+    /// True for candle on the CPU in f32, the reference runtime comparisons are made against.
+    pub fn is_reference_runtime(&self) -> bool {
+        self.backend == BackendKind::Candle && self.device == DeviceKind::Cpu && self.dtype == Precision::F32
     }
 
     /// A short human label: `softmax-diff@0.8`, `full`, `static@3`, `oracle`.
@@ -148,21 +189,63 @@ impl CellKey {
             Baseline::FullUnsplit => "full (no time split)".into(),
             Baseline::Static => format!("static@{}", self.static_layer.unwrap_or(0)),
             Baseline::Oracle => "oracle".into(),
-            Baseline::None => format!("{}@{}{}", self.measure, self.threshold.unwrap_or(0.0), self.knobs()),
+            Baseline::None => format!("{}@{}{}", self.measure_name(), self.threshold.unwrap_or(0.0), self.knobs()),
         }
+    }
+
+    /// The measure's name, `-` for a baseline.
+    pub fn measure_name(&self) -> &'static str {
+        self.measure.map(Measure::name).unwrap_or("-")
     }
 
     /// The exit knobs that differ from the defaults, as a label suffix: ` (decaying(tau=4))`,
     /// ` [min 2 every 1]`; empty for a fixed schedule from layer 1 at every layer.
     pub fn knobs(&self) -> String {
         let mut s = String::new();
-        if self.schedule != "fixed" {
-            s.push_str(&format!(" ({})", self.schedule));
+        if let Some(schedule) = self.schedule.filter(|s| *s != Schedule::Fixed) {
+            s.push_str(&format!(" ({})", schedule.key_name()));
         }
         if self.min_exit_layer.unwrap_or(1) != 1 || self.exit_interval.unwrap_or(1) != 1 {
             s.push_str(&format!(" [min {} every {}]", self.min_exit_layer.unwrap_or(1), self.exit_interval.unwrap_or(1)));
         }
         s
+    }
+}
+
+/// Serde for key fields written `-` when they do not apply.
+mod dash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn read<'de, D: Deserializer<'de>, T>(d: D, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s == "-" {
+            return Ok(None);
+        }
+        parse(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("unknown {what} `{s}`")))
+    }
+
+    pub mod measure {
+        use crate::exit::Measure;
+
+        pub fn serialize<S: super::Serializer>(m: &Option<Measure>, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(m.map(Measure::name).unwrap_or("-"))
+        }
+
+        pub fn deserialize<'de, D: super::Deserializer<'de>>(d: D) -> Result<Option<Measure>, D::Error> {
+            super::read(d, "measure", |s| Measure::parse(s).ok())
+        }
+    }
+
+    pub mod schedule {
+        use crate::exit::Schedule;
+
+        pub fn serialize<S: super::Serializer>(m: &Option<Schedule>, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&m.map(|x| x.key_name()).unwrap_or_else(|| "-".into()))
+        }
+
+        pub fn deserialize<'de, D: super::Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
+            super::read(d, "schedule", Schedule::from_key_name)
+        }
     }
 }
 
@@ -226,7 +309,7 @@ pub struct TimeSplit {
 #[serde(default)]
 pub struct Energy {
     /// Where the figure comes from: `none`, `rapl`, `nvml`, `nvml+rapl`, `estimate`...
-    pub source: String,
+    pub source: crate::meter::Sources,
     /// True when the joules are modelled from CPU time (not measured).
     pub estimate: bool,
     /// Gross joules of one pass over the samples (as measured).

@@ -119,7 +119,7 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     let gpu = c.rounds.iter().filter_map(|r| r.peak_device_mem.clone()).max_by(|a, b| a.0.total_cmp(&b.0));
     (rec.peak_device_mem_mb, rec.device_mem_scope) = (gpu.as_ref().map(|g| g.0), gpu.map(|g| g.1));
     rec.rouge = corpus(&scores, plan.seed);
-    let element = if rec.key.dtype == "f32" { 4.0 } else { 2.0 };
+    let element = if rec.key.dtype == crate::model::Precision::F32 { 4.0 } else { 2.0 };
     rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
     rec.achieved_gb_s = rec.bytes_per_token.zip((rec.ms_per_token.n > 0).then_some(rec.ms_per_token.median)).filter(|(_, ms)| *ms > 0.0).map(|(b, ms)| b / (ms / 1e3) / 1e9);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
@@ -237,7 +237,7 @@ mod tests {
             passes: 1,
             generate_s: 0.0,
             wall_s: 0.0,
-            energy: WindowJoules { source: "none".into(), ..Default::default() },
+            energy: WindowJoules { source: crate::meter::Sources::none(), ..Default::default() },
             layer_s: vec![],
             layer_runs: vec![],
             peak_mem_mb: 0.0,

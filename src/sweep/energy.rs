@@ -60,9 +60,9 @@ pub fn prefill_j_per_query<B: Backend>(backend: &mut B, prompts: &[Vec<u32>], mo
 /// summed over the rounds: one pass over the cell's samples). `prefill_per_query` is the
 /// prefill-only window's figure where one was measured.
 pub fn repetition_energy(rounds: &[&RoundRecord], prefill_per_query: Option<f64>, e: &EnergySettings) -> Energy {
-    let Some(first) = rounds.first() else { return Energy { source: "none".into(), ..Default::default() } };
-    if first.energy.source == "none" {
-        return Energy { source: "none".into(), ..Default::default() };
+    let Some(first) = rounds.first() else { return Energy { source: crate::meter::Sources::none(), ..Default::default() } };
+    if first.energy.source.is_none() {
+        return Energy { source: crate::meter::Sources::none(), ..Default::default() };
     }
     let per = |f: fn(&WindowJoules) -> Option<f64>| -> Option<f64> {
         let xs: Vec<f64> = rounds.iter().filter_map(|r| f(&r.energy).map(|j| j / r.passes.max(1) as f64)).collect();
@@ -124,7 +124,7 @@ pub fn repetition_energy(rounds: &[&RoundRecord], prefill_per_query: Option<f64>
 /// over all repetitions attached.
 pub fn median_energy(mut v: Vec<Energy>) -> Energy {
     if v.is_empty() {
-        return Energy { source: "none".into(), ..Default::default() };
+        return Energy { source: crate::meter::Sources::none(), ..Default::default() };
     }
     let over = |f: fn(&Energy) -> Option<f64>, v: &[Energy]| {
         let xs: Vec<f64> = v.iter().filter_map(f).collect();
@@ -168,7 +168,7 @@ mod tests {
             passes,
             generate_s: 0.0,
             wall_s: 0.0,
-            energy: WindowJoules { source: "rapl".into(), total_j, net_j: total_j - 1.0, duration_s: 2.0, ..Default::default() },
+            energy: WindowJoules { source: crate::meter::Sources::of([crate::meter::Source::Rapl]), total_j, net_j: total_j - 1.0, duration_s: 2.0, ..Default::default() },
             layer_s: vec![],
             layer_runs: vec![],
             peak_mem_mb: 0.0,

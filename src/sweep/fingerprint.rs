@@ -51,19 +51,19 @@ impl GroupCtx<'_> {
     pub fn key(&self, cell: &CellMode, weights_hash: &str) -> CellKey {
         let g = self.group;
         let (measure, threshold, schedule, min, interval, static_layer) = match &cell.mode {
-            ExitMode::Full => ("-".into(), None, "-".into(), None, None, None),
-            ExitMode::Static { layer } => ("-".into(), None, "-".into(), None, None, Some(*layer)),
-            ExitMode::Oracle { min_exit_layer, exit_interval } => ("-".into(), None, "-".into(), Some(*min_exit_layer), Some(*exit_interval), None),
-            ExitMode::Dynamic(p) => (p.measure.name().to_string(), Some(p.threshold), p.schedule.key_name(), Some(p.min_exit_layer), Some(p.exit_interval), None),
+            ExitMode::Full => (None, None, None, None, None, None),
+            ExitMode::Static { layer } => (None, None, None, None, None, Some(*layer)),
+            ExitMode::Oracle { min_exit_layer, exit_interval } => (None, None, None, Some(*min_exit_layer), Some(*exit_interval), None),
+            ExitMode::Dynamic(p) => (Some(p.measure), Some(p.threshold), Some(p.schedule), Some(p.min_exit_layer), Some(p.exit_interval), None),
         };
         CellKey {
             model: g.model_dir.display().to_string(),
             weights_hash: weights_hash.to_string(),
             dataset: self.plan.dataset.name(),
             dataset_hash: self.dataset_hash.to_string(),
-            backend: g.backend.name().into(),
-            device: g.device.name(),
-            dtype: g.dtype.name().into(),
+            backend: g.backend,
+            device: g.device,
+            dtype: g.dtype,
             threads: g.threads,
             measure,
             threshold,
@@ -96,7 +96,7 @@ impl GroupCtx<'_> {
             tokens_per_s: Stats::default(),
             duration_s: Stats::default(),
             time_split: TimeSplit::default(),
-            energy: Energy { source: "none".into(), ..Default::default() },
+            energy: Energy { source: crate::meter::Sources::none(), ..Default::default() },
             peak_mem_mb: 0.0,
             peak_device_mem_mb: None,
             device_mem_scope: None,

@@ -5,6 +5,7 @@ use super::plan::Plan;
 use crate::backend::{default_threads, BackendKind, DeviceKind};
 use crate::exit::{ExitMode, ExitPolicy};
 use crate::model::Precision;
+use crate::results::record::runtime_label;
 use std::path::PathBuf;
 
 /// Cells sharing everything but the exit knobs, with their full-depth baseline first.
@@ -27,9 +28,10 @@ pub struct Group {
 }
 
 impl Group {
-    /// A stable textual key (used to order and shard groups).
+    /// A stable textual key (used to order and shard groups): the model directory and
+    /// [`runtime_label`], the runtime fields of the cells' [`crate::results::CellKey`].
     pub fn key(&self) -> String {
-        format!("{}|{}|{}|{}|{}", self.model_dir.display(), self.backend.name(), self.device.name(), self.dtype.name(), self.threads)
+        format!("{}|{}", self.model_dir.display(), runtime_label(self.backend, self.device, self.dtype, self.threads))
     }
 }
 

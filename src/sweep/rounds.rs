@@ -21,16 +21,21 @@ pub use crate::results::store::ROUNDS_FILE;
 /// Samples per round where no hardware meter needs a minimum window.
 pub const DEFAULT_ROUND_SAMPLES: usize = 2;
 
-/// The order cells take within the rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum RoundOrder {
-    /// Round by round, every cell of the group in a shuffled order per round.
-    #[default]
-    Interleaved,
-    /// Each cell over all its rounds before the next cell (the old way: drift lands in the
-    /// speedups; for comparisons only).
-    Sequential,
+crate::named_enum! {
+    /// The order cells take within the rounds.
+    pub enum RoundOrder: "round order", "--round-order" {
+        /// Round by round, every cell of the group in a shuffled order per round.
+        Interleaved = "interleaved",
+        /// Each cell over all its rounds before the next cell (the old way: drift lands in the
+        /// speedups; for comparisons only).
+        Sequential = "sequential",
+    }
+}
+
+impl Default for RoundOrder {
+    fn default() -> Self {
+        RoundOrder::Interleaved
+    }
 }
 
 /// One round: which samples every cell runs, in which repetition.
@@ -108,7 +113,7 @@ impl SampleRun {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct WindowJoules {
     /// `rapl`, `nvml`, `estimate`...
-    pub source: String,
+    pub source: crate::meter::Sources,
     /// True when modelled from CPU time.
     pub estimate: bool,
     /// Gross joules of the counted meters.
