@@ -68,6 +68,12 @@ impl Error {
         Error::BadFile { path: path.into(), line, message: message.into() }
     }
 
+    /// The `classifier` measure asked of a model without exit classifiers (one message for the
+    /// decode loop, both backends and the sweep's `unsupported` rows).
+    pub fn no_classifiers() -> Self {
+        Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none (train them with `exitbench train --classifier-only`)".into())
+    }
+
     /// Shorthand for an I/O failure on a path.
     pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io { path: path.into(), message: err.to_string() }

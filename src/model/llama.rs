@@ -431,10 +431,7 @@ impl LlamaModel {
     /// Exit-classifier probability for layer `layer` (1-based) on the last position of `x`:
     /// sigmoid(w · finalnorm(x) + b).
     pub fn classifier_prob(&self, layer: usize, x: &Tensor) -> Result<f32> {
-        let cls = self.classifiers.as_ref().ok_or_else(|| {
-            Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none \
-                (train them with `exitbench train --classifier-only`)".into())
-        })?;
+        let cls = self.classifiers.as_ref().ok_or_else(Error::no_classifiers)?;
         let (w, b) = &cls[layer - 1];
         let t = x.dim(1)?;
         let h = self.final_norm_f32(&x.narrow(1, t - 1, 1)?)?.flatten_all()?;

@@ -343,7 +343,7 @@ impl GroupRun<'_> {
             if matches!(cell.mode, ExitMode::Dynamic(p) if p.measure == Measure::Classifier) && !backend.has_classifier() {
                 (0..self.per_cell).for_each(|_| progress.tick());
                 done.insert(key.id());
-                tally.write(&self.files.results, finish(ctx.base_record(key, layers, CellStatus::Unsupported, Some("the classifier measure needs exit classifiers; this model has none".into()))))?;
+                tally.write(&self.files.results, finish(ctx.base_record(key, layers, CellStatus::Unsupported, Some(Error::no_classifiers().to_string()))))?;
                 continue;
             }
             running.push(Running { cell: *cell, key, partner_only: false, warmup_s: 0.0, failed: false });

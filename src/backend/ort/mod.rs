@@ -424,7 +424,7 @@ impl Backend for OrtBackend {
 
     fn classifier(&mut self, layer: usize, h: &Hidden) -> Result<f32> {
         let Some(c) = self.classifier.as_mut() else {
-            return Err(Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none (train them with `exitbench train --classifier-only`)".into()));
+            return Err(Error::no_classifiers());
         };
         let l = Tensor::from_array(([1usize], vec![(layer - 1) as i64])).map_err(oe)?.into_dyn();
         let mut out = c.run(&[("hidden", h), ("layer", &l)])?;
