@@ -170,11 +170,7 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
     check_prompt(backend, prompt)?;
     if let ExitMode::Dynamic(p) = &opts.mode {
         if p.measure == Measure::Classifier && !backend.has_classifier() {
-            return Err(Error::Unsupported(
-                "the `classifier` measure needs exit classifiers, and this model has none \
-                 (train them with `exitbench train --classifier-only`)"
-                    .into(),
-            ));
+            return Err(Error::no_classifiers());
         }
     }
     backend.reset();

@@ -24,9 +24,11 @@ pub struct ModelBytes {
 impl ModelBytes {
     /// The sizes of a config's tensors at `bytes_per_element` (4 for f32, 2 for f16/bf16).
     pub fn of(cfg: &crate::model::LlamaConfig, bytes_per_element: f64) -> Self {
-        let (d, v, f) = (cfg.hidden_size as f64, cfg.vocab_size as f64, cfg.intermediate_size as f64);
-        let (q, kv) = ((cfg.num_attention_heads * cfg.head_dim()) as f64, (cfg.kv_heads() * cfg.head_dim()) as f64);
-        let proj = d * q + 2.0 * d * kv + q * d + 3.0 * d * f;
+        use crate::model::names::Proj;
+        let (d, v) = (cfg.hidden_size as f64, cfg.vocab_size as f64);
+        let kv = cfg.proj_shape(Proj::K)[0] as f64;
+        // The same count as the config's parameter count: one definition of a layer's matrices.
+        let proj = cfg.layer_matrix_params() as f64;
         ModelBytes {
             embed_row: d * bytes_per_element,
             layer: proj * bytes_per_element + 2.0 * d * 4.0,

@@ -21,9 +21,16 @@ pub enum Error {
     /// A request the model cannot serve (prompt too long, no exit classifier...).
     #[error("{0}")]
     Unsupported(String),
-    /// A failure inside a runtime (candle, ONNX Runtime) that is not attributable to user input.
-    #[error("{backend}: {message}")]
-    Backend { backend: &'static str, message: String },
+    /// A failure inside a runtime (candle, ONNX Runtime) that is not attributable to user input:
+    /// `message` says what failed (empty when the runtime's own error says it all), `source` is
+    /// the runtime's error, printed after it in a chain (`{err:#}`, [`Error::report`]).
+    #[error("{backend}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Backend {
+        backend: &'static str,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
     /// The user (Ctrl-C) or the scheduler (SIGTERM) asked the run to stop.
     #[error("interrupted")]
     Interrupted,
@@ -66,6 +73,29 @@ impl Error {
     /// Shorthand for a malformed file, optionally at a line (1-based).
     pub fn file(path: impl Into<PathBuf>, line: Option<usize>, message: impl Into<String>) -> Self {
         Error::BadFile { path: path.into(), line, message: message.into() }
+    }
+
+    /// A runtime's error kept as the cause (`message`: what failed, or empty).
+    pub fn backend(backend: &'static str, message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Backend { backend, message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    /// The error with its causes, `outer: inner: ...` (as `{:#}` of an anyhow chain): the text
+    /// kept where an error becomes a record's reason.
+    pub fn report(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        s
+    }
+
+    /// The `classifier` measure asked of a model without exit classifiers (one message for the
+    /// decode loop, both backends and the sweep's `unsupported` rows).
+    pub fn no_classifiers() -> Self {
+        Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none (train them with `exitbench train --classifier-only`)".into())
     }
 
     /// Shorthand for an I/O failure on a path.

@@ -88,8 +88,8 @@ pub fn write_random_classifiers(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Res
     let loader = TensorLoader::new(WeightSource::Random { seed }, DType::F32, Device::Cpu, dir);
     let mut tensors = HashMap::new();
     for i in 0..cfg.num_hidden_layers {
-        let w = format!("{}.{i}.weight", crate::model::llama::CLASSIFIER_PREFIX);
-        let b = format!("{}.{i}.bias", crate::model::llama::CLASSIFIER_PREFIX);
+        let w = crate::model::names::classifier_weight(i);
+        let b = crate::model::names::classifier_bias(i);
         tensors.insert(w.clone(), loader.get(&w, &[1, cfg.hidden_size])?);
         tensors.insert(b.clone(), loader.get(&b, &[1])?);
     }

@@ -833,7 +833,7 @@ fn drifting_speedup(order: &str, slow_from: u64, dir: &Path) -> (f64, u64) {
     let mut settings = RawSettings::defaults().overridden_by(over);
     settings.energy.min_window = Some(0.0);
     settings.energy.idle_seconds = Some(0.0);
-    settings.energy.powercap_root = Some("/nonexistent/powercap".into());
+    settings.energy.meter.powercap_root = Some("/nonexistent/powercap".into());
     let plan = Plan::from_settings(settings).unwrap();
     let files = exitbench::model::ModelFiles::open(&m, None).unwrap();
     let inner = CandleBackend::open(&files, DeviceKind::Cpu, exitbench::model::Precision::F32, 1).unwrap();

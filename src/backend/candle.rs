@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Backend { backend: "candle", message: e.to_string() }
+        Error::backend("candle", "", e)
     }
 }
 

@@ -15,18 +15,15 @@ use std::time::Duration;
 /// Flags choosing and tuning the meters.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MeterFlags {
-    /// Powercap root (default /sys/class/powercap, or $EXITBENCH_POWERCAP_ROOT).
-    #[arg(long, value_name = "DIR")]
-    pub powercap_root: Option<PathBuf>,
+    /// Where RAPL is read and the estimate's TDP (shared with `run` and `calibrate`).
+    #[command(flatten)]
+    pub source: meter::MeterSourceArgs,
     /// Count RAPL psys (the whole platform) instead of package + DRAM.
     #[arg(long)]
     pub psys: bool,
     /// GPUs to meter by NVML index, comma-separated (default: all).
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
-    /// CPU TDP in watts for the estimate (default: a table of common CPUs, else 85 W).
-    #[arg(long, value_name = "W")]
-    pub cpu_tdp_watts: Option<f64>,
     /// Instant-power sampling rate (default: twice per measured update period, at least 10 Hz).
     #[arg(long, value_name = "HZ")]
     pub sample_hz: Option<f64>,
@@ -43,14 +40,7 @@ impl MeterFlags {
                     .collect::<Result<Vec<u32>>>()?,
             ),
         };
-        let o = MeterOptions {
-            powercap_root: self.powercap_root.clone().unwrap_or_else(meter::default_powercap_root),
-            psys: self.psys,
-            gpus,
-            cpu_tdp_watts: self.cpu_tdp_watts,
-            sample_hz: self.sample_hz,
-            nvml_both: false,
-        };
+        let o = MeterOptions { psys: self.psys, gpus, sample_hz: self.sample_hz, nvml_both: false, ..self.source.options()? };
         o.validate()?;
         Ok(o)
     }

@@ -112,11 +112,9 @@ fn interrupted(out: &std::path::Path, done: usize, total: usize, rounds: usize, 
 fn from_config_file(e: Error, config: Option<&std::path::Path>, flags: &RawSettings) -> Error {
     let (Error::BadSetting { field, message }, Some(path)) = (&e, config) else { return e };
     let key = field.trim_start_matches("--");
-    let given_as_flag = serde_json::to_value(flags).ok().and_then(|v| v.get(key).cloned()).is_some_and(|v| !v.is_null());
     let Ok(text) = std::fs::read_to_string(path) else { return e };
-    let line = text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')));
-    match line {
-        Some(i) if !given_as_flag => Error::file(path, Some(i + 1), format!("{key}: {message}")),
+    match crate::sweep::plan::toml_file::line_of_key(&text, key) {
+        Some(line) if !flags.sets(key) => Error::file(path, Some(line), format!("{key}: {message}")),
         _ => e,
     }
 }
@@ -133,7 +131,7 @@ pub fn run(a: RunArgs) -> Result<i32> {
     })?;
     a.settings.check_finite()?;
     let out_given = file.out.is_some() || a.settings.out.is_some();
-    let settings = RawSettings::defaults().overridden_by(file).overridden_by(a.settings.clone());
+    let settings = RawSettings::layered(file, a.settings.clone());
     if (a.resume || a.extend) && !out_given {
         return Err(Error::setting("--resume", "needs --out DIR (the sweep to continue): without --out every run starts a fresh results/run-<time>"));
     }

@@ -23,9 +23,7 @@ pub struct ExitPolicy {
 impl ExitPolicy {
     /// Checks the policy against a model of `layers` layers.
     pub fn validate(&self, layers: usize) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.threshold) || self.threshold.is_nan() {
-            return Err(Error::setting("--threshold", format!("{} is outside [0, 1]", self.threshold)));
-        }
+        check_threshold("--threshold", self.threshold)?;
         check_exit_points(self.min_exit_layer, self.exit_interval, layers)
     }
 
@@ -36,14 +34,40 @@ impl ExitPolicy {
     }
 }
 
+// The exit knobs' checks: the one home of their rules and messages, used by the decode loop's
+// modes here and by the sweep's plan (which checks every value of every list up front).
+
+/// A threshold λ must lie in [0, 1] (NaN does not).
+pub fn check_threshold(flag: &str, t: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&t) {
+        Ok(())
+    } else {
+        Err(Error::setting(flag, format!("{t} is outside [0, 1]")))
+    }
+}
+
+/// An exit layer (`--min-exit-layer`, `--static-exit`) must be one of the model's `layers`
+/// (numbered from 1); `whose` names the model in the message when there are several.
+pub fn check_exit_layer(flag: &str, k: usize, layers: usize, whose: Option<&std::path::Path>) -> Result<()> {
+    if (1..=layers).contains(&k) {
+        return Ok(());
+    }
+    let whose = whose.map(|d| format!(" for model {}", d.display())).unwrap_or_default();
+    Err(Error::setting(flag, format!("{k} is outside 1..={layers} (layers are numbered from 1){whose}")))
+}
+
+/// An exit interval (check every k-th layer) must be at least 1.
+pub fn check_exit_interval(k: usize) -> Result<()> {
+    if k == 0 {
+        Err(Error::setting("--exit-interval", "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_exit_points(min_exit_layer: usize, exit_interval: usize, layers: usize) -> Result<()> {
-    if min_exit_layer == 0 || min_exit_layer > layers {
-        return Err(Error::setting("--min-exit-layer", format!("{min_exit_layer} is outside 1..={layers} (layers are numbered from 1)")));
-    }
-    if exit_interval == 0 {
-        return Err(Error::setting("--exit-interval", "must be at least 1"));
-    }
-    Ok(())
+    check_exit_layer("--min-exit-layer", min_exit_layer, layers, None)?;
+    check_exit_interval(exit_interval)
 }
 
 fn is_exit_point(l: usize, layers: usize, min: usize, interval: usize) -> bool {
@@ -79,13 +103,7 @@ impl ExitMode {
         match self {
             ExitMode::Full => Ok(()),
             ExitMode::Dynamic(p) => p.validate(layers),
-            ExitMode::Static { layer } => {
-                if *layer == 0 || *layer > layers {
-                    Err(Error::setting("--static-exit", format!("{layer} is outside 1..={layers}")))
-                } else {
-                    Ok(())
-                }
-            }
+            ExitMode::Static { layer } => check_exit_layer("--static-exit", *layer, layers, None),
             ExitMode::Oracle { min_exit_layer, exit_interval } => check_exit_points(*min_exit_layer, *exit_interval, layers),
         }
     }

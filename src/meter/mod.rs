@@ -200,6 +200,32 @@ pub struct MeterOptions {
     pub nvml_both: bool,
 }
 
+/// The meter flags every command that measures energy takes (`run` and `calibrate` with the same
+/// TOML keys, `meter`, `info`), declared once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case")]
+pub struct MeterSourceArgs {
+    /// CPU TDP in watts for the estimate meter [default: from the CPU model table, else 85 W].
+    #[arg(long, value_name = "W")]
+    pub cpu_tdp_watts: Option<f64>,
+    /// Powercap root for RAPL [default: /sys/class/powercap or $EXITBENCH_POWERCAP_ROOT].
+    #[arg(long, value_name = "DIR")]
+    pub powercap_root: Option<PathBuf>,
+}
+
+impl MeterSourceArgs {
+    /// The default meter options with these flags applied, validated (bad values name their flag).
+    pub fn options(&self) -> Result<MeterOptions> {
+        let o = MeterOptions {
+            powercap_root: self.powercap_root.clone().unwrap_or_else(default_powercap_root),
+            cpu_tdp_watts: self.cpu_tdp_watts,
+            ..MeterOptions::default()
+        };
+        o.validate()?;
+        Ok(o)
+    }
+}
+
 impl Default for MeterOptions {
     fn default() -> Self {
         MeterOptions { powercap_root: default_powercap_root(), psys: false, gpus: None, cpu_tdp_watts: None, sample_hz: None, nvml_both: false }

@@ -1,6 +1,7 @@
 //! `config.json` of a Llama-family decoder (Hugging Face `LlamaForCausalLM` layout), parsed and
 //! validated. Unknown keys are ignored (real configs carry many); known keys are checked.
 
+use super::names::{self, Proj};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -180,11 +181,51 @@ impl LlamaConfig {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
+    /// `[out, in]` of a decoder layer's projection `p`.
+    pub fn proj_shape(&self, p: Proj) -> [usize; 2] {
+        let (d, f) = (self.hidden_size, self.intermediate_size);
+        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.kv_heads() * self.head_dim());
+        match p {
+            Proj::Q => [q, d],
+            Proj::K | Proj::V => [kv, d],
+            Proj::O => [d, q],
+            Proj::Gate | Proj::Up => [f, d],
+            Proj::Down => [d, f],
+        }
+    }
+
+    /// Elements of one decoder layer's projection matrices (norms and biases left out).
+    pub fn layer_matrix_params(&self) -> usize {
+        Proj::ALL.iter().map(|&p| self.proj_shape(p).iter().product::<usize>()).sum()
+    }
+
+    /// Every decoder tensor this config needs: its Hugging Face name ([`super::names`]), its
+    /// shape, and whether it is required (biases are optional; the LM head is optional with tied
+    /// embeddings). The one table loading, checking and training read.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, bool)> {
+        let (v, d) = (self.vocab_size, self.hidden_size);
+        let mut out = vec![(names::EMBED.to_string(), vec![v, d], true)];
+        for i in 0..self.num_hidden_layers {
+            out.push((names::input_norm(i), vec![d], true));
+            out.push((names::post_norm(i), vec![d], true));
+            for p in Proj::ALL {
+                let m = names::proj(i, p);
+                let [rows, cols] = self.proj_shape(p);
+                out.push((names::weight(&m), vec![rows, cols], true));
+                if p.may_have_bias() {
+                    out.push((names::bias(&m), vec![rows], false));
+                }
+            }
+        }
+        out.push((names::FINAL_NORM.to_string(), vec![d], true));
+        out.push((names::LM_HEAD.to_string(), vec![v, d], !self.tie_word_embeddings));
+        out
+    }
+
     /// Parameter count of the decoder (embedding, layers, norm, head; untied head counted).
     pub fn param_count(&self) -> usize {
-        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.kv_heads() * self.head_dim());
-        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let (d, v) = (self.hidden_size, self.vocab_size);
+        let layer = self.layer_matrix_params() + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_hidden_layers * layer + d + head
     }
@@ -332,6 +373,21 @@ mod tests {
         assert_eq!(c.kv_heads(), 2);
         assert_eq!(c.eos_ids(), vec![1, 2]);
         assert_eq!(c.rope_theta, 10000.0);
+    }
+
+    #[test]
+    fn param_count_is_the_tensor_tables_required_elements() {
+        for tied in [false, true] {
+            let mut v = base();
+            v["tie_word_embeddings"] = tied.into();
+            let c = LlamaConfig::from_json(&v.to_string()).unwrap();
+            let table: usize = c.tensors().iter().filter(|t| t.2).map(|t| t.1.iter().product::<usize>()).sum();
+            assert_eq!(c.param_count(), table, "tied {tied}");
+        }
+        // By hand: embedding 100×64, 4 layers of (q 64×64, k/v 32×64, o 64×64, 3 × 128×64, 2 norms), norm, head.
+        let c = LlamaConfig::from_json(&base().to_string()).unwrap();
+        let layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64 + 2 * 64;
+        assert_eq!(c.param_count(), 100 * 64 + 4 * layer + 64 + 100 * 64);
     }
 
     #[test]

@@ -8,14 +8,12 @@
 //! weights' dtype. Caches live outside the weights (`LayerCache`).
 
 use super::config::LlamaConfig;
+use super::names::{self, Proj};
 use super::weights::TensorLoader;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 
-/// Tensor-name prefix of the optional exit classifiers: `exit_classifier.layers.{i}.weight`
-/// (shape `[1, hidden]`) and `.bias` (shape `[1]`), `i` the 0-based index of `model.layers.{i}`.
-pub const CLASSIFIER_PREFIX: &str = "exit_classifier.layers";
 
 /// An RMSNorm whose statistics are computed in f32.
 #[derive(Debug, Clone)]
@@ -62,8 +60,8 @@ pub struct Linear {
 
 impl Linear {
     fn load(w: &TensorLoader, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
-        let bias = if bias { w.get_opt(&format!("{prefix}.bias"), &[out])? } else { None };
+        let weight = w.get(&names::weight(prefix), &[out, inp])?;
+        let bias = if bias { w.get_opt(&names::bias(prefix), &[out])? } else { None };
         Ok(Self { weight, bias })
     }
 
@@ -193,25 +191,27 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     fn load(w: &TensorLoader, cfg: &LlamaConfig, i: usize) -> Result<Self> {
-        let p = format!("model.layers.{i}");
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-        let (nh, nkv, f) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.intermediate_size);
+        let d = cfg.hidden_size;
         let eps = cfg.rms_norm_eps;
+        let lin = |p: Proj| {
+            let [rows, cols] = cfg.proj_shape(p);
+            Linear::load(w, &names::proj(i, p), rows, cols, p.may_have_bias())
+        };
         Ok(Self {
-            input_norm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), d, eps)?,
-            post_norm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm.weight"), d, eps)?,
+            input_norm: RmsNorm::load(w, &names::input_norm(i), d, eps)?,
+            post_norm: RmsNorm::load(w, &names::post_norm(i), d, eps)?,
             attn: Attention {
-                q: Linear::load(w, &format!("{p}.self_attn.q_proj"), nh * hd, d, true)?,
-                k: Linear::load(w, &format!("{p}.self_attn.k_proj"), nkv * hd, d, true)?,
-                v: Linear::load(w, &format!("{p}.self_attn.v_proj"), nkv * hd, d, true)?,
-                o: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, nh * hd, false)?,
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: hd,
+                q: lin(Proj::Q)?,
+                k: lin(Proj::K)?,
+                v: lin(Proj::V)?,
+                o: lin(Proj::O)?,
+                heads: cfg.num_attention_heads,
+                kv_heads: cfg.kv_heads(),
+                head_dim: cfg.head_dim(),
             },
-            gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), f, d, false)?,
-            up: Linear::load(w, &format!("{p}.mlp.up_proj"), f, d, false)?,
-            down: Linear::load(w, &format!("{p}.mlp.down_proj"), d, f, false)?,
+            gate: lin(Proj::Gate)?,
+            up: lin(Proj::Up)?,
+            down: lin(Proj::Down)?,
         })
     }
 
@@ -313,11 +313,11 @@ impl LlamaModel {
     /// Builds the model from a tensor loader (HF tensor names).
     pub fn load(cfg: &LlamaConfig, w: &TensorLoader) -> Result<Self> {
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = w.get("model.embed_tokens.weight", &[v, d])?;
+        let embed = w.get(names::EMBED, &[v, d])?;
         let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::load(w, cfg, i)).collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(w, "model.norm.weight", d, cfg.rms_norm_eps)?;
-        let head_is_embedding = cfg.tie_word_embeddings && !w.contains("lm_head.weight");
-        let lm_head = if head_is_embedding { embed.clone() } else { w.get("lm_head.weight", &[v, d])? };
+        let norm = RmsNorm::load(w, names::FINAL_NORM, d, cfg.rms_norm_eps)?;
+        let head_is_embedding = cfg.tie_word_embeddings && !w.contains(names::LM_HEAD);
+        let lm_head = if head_is_embedding { embed.clone() } else { w.get(names::LM_HEAD, &[v, d])? };
         let classifiers = load_classifiers(w, cfg)?;
         let rope = Rope::new(cfg, w.dtype(), w.device())?;
         Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), head_is_embedding, differentiable: false })
@@ -372,16 +372,16 @@ impl LlamaModel {
         let finite = |t: &Tensor| -> Result<bool> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite())) };
         let mut h = self.embed(&[0])?;
         if !finite(&h)? {
-            return Ok(Some("model.embed_tokens.weight (the embedding of token 0)".into()));
+            return Ok(Some(format!("{} (the embedding of token 0)", names::EMBED)));
         }
         for l in 1..=self.layers.len() {
             h = self.layer_forward(l, &h, 0, None)?;
             if !finite(&h)? {
-                return Ok(Some(format!("model.layers.{}.* (the output of layer {l})", l - 1)));
+                return Ok(Some(format!("{}.* (the output of layer {l})", names::layer(l - 1))));
             }
         }
         if !finite(&self.head(&h)?)? {
-            return Ok(Some("model.norm.weight or lm_head.weight (the head's logits)".into()));
+            return Ok(Some(format!("{} or {} (the head's logits)", names::FINAL_NORM, names::LM_HEAD)));
         }
         Ok(None)
     }
@@ -431,10 +431,7 @@ impl LlamaModel {
     /// Exit-classifier probability for layer `layer` (1-based) on the last position of `x`:
     /// sigmoid(w · finalnorm(x) + b).
     pub fn classifier_prob(&self, layer: usize, x: &Tensor) -> Result<f32> {
-        let cls = self.classifiers.as_ref().ok_or_else(|| {
-            Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none \
-                (train them with `exitbench train --classifier-only`)".into())
-        })?;
+        let cls = self.classifiers.as_ref().ok_or_else(Error::no_classifiers)?;
         let (w, b) = &cls[layer - 1];
         let t = x.dim(1)?;
         let h = self.final_norm_f32(&x.narrow(1, t - 1, 1)?)?.flatten_all()?;
@@ -445,25 +442,23 @@ impl LlamaModel {
 
     /// Named tensors of the model (HF names), e.g. for saving.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        let mut out = vec![(names::EMBED.to_string(), self.embed.clone())];
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.weight.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.weight.clone()));
-            for (n, lin) in [("q_proj", &l.attn.q), ("k_proj", &l.attn.k), ("v_proj", &l.attn.v), ("o_proj", &l.attn.o)] {
-                out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.clone()));
+            out.push((names::input_norm(i), l.input_norm.weight.clone()));
+            out.push((names::post_norm(i), l.post_norm.weight.clone()));
+            let projs = [(Proj::Q, &l.attn.q), (Proj::K, &l.attn.k), (Proj::V, &l.attn.v), (Proj::O, &l.attn.o), (Proj::Gate, &l.gate), (Proj::Up, &l.up), (Proj::Down, &l.down)];
+            for (p, lin) in projs {
+                let m = names::proj(i, p);
+                out.push((names::weight(&m), lin.weight.clone()));
                 if let Some(b) = &lin.bias {
-                    out.push((format!("{p}.self_attn.{n}.bias"), b.clone()));
+                    out.push((names::bias(&m), b.clone()));
                 }
             }
-            for (n, lin) in [("gate_proj", &l.gate), ("up_proj", &l.up), ("down_proj", &l.down)] {
-                out.push((format!("{p}.mlp.{n}.weight"), lin.weight.clone()));
-            }
         }
-        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        out.push((names::FINAL_NORM.to_string(), self.norm.weight.clone()));
         // A tied model may still ship its own `lm_head.weight`, which candle then uses: keep it.
         if !self.head_is_embedding {
-            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+            out.push((names::LM_HEAD.to_string(), self.lm_head.clone()));
         }
         out
     }
@@ -472,8 +467,8 @@ impl LlamaModel {
     pub fn classifier_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, (w, b)) in self.classifiers.iter().flatten().enumerate() {
-            out.push((format!("{CLASSIFIER_PREFIX}.{i}.weight"), w.clone()));
-            out.push((format!("{CLASSIFIER_PREFIX}.{i}.bias"), b.clone()));
+            out.push((names::classifier_weight(i), w.clone()));
+            out.push((names::classifier_bias(i), b.clone()));
         }
         out
     }
@@ -482,33 +477,15 @@ impl LlamaModel {
 /// Every decoder tensor a config needs, with its shape and whether it is required (biases are
 /// optional; the LM head is optional with tied embeddings): what `LlamaModel::load` reads.
 pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>, bool)> {
-    let (v, d, hd) = (cfg.vocab_size, cfg.hidden_size, cfg.head_dim());
-    let (nh, nkv, f) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.intermediate_size);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], true)];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![d], true));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], true));
-        for (n, rows) in [("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)] {
-            out.push((format!("{p}.self_attn.{n}.weight"), vec![rows, d], true));
-            out.push((format!("{p}.self_attn.{n}.bias"), vec![rows], false));
-        }
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, nh * hd], true));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d], true));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d], true));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f], true));
-    }
-    out.push(("model.norm.weight".to_string(), vec![d], true));
-    out.push(("lm_head.weight".to_string(), vec![v, d], !cfg.tie_word_embeddings));
-    out
+    cfg.tensors()
 }
 
 fn load_classifiers(w: &TensorLoader, cfg: &LlamaConfig) -> Result<Option<Vec<(Tensor, Tensor)>>> {
     let d = cfg.hidden_size;
     let mut out = Vec::new();
     for i in 0..cfg.num_hidden_layers {
-        let wn = format!("{CLASSIFIER_PREFIX}.{i}.weight");
-        let bn = format!("{CLASSIFIER_PREFIX}.{i}.bias");
+        let wn = names::classifier_weight(i);
+        let bn = names::classifier_bias(i);
         match (w.contains(&wn), w.contains(&bn)) {
             (true, true) => out.push((w.get_as(&wn, &[1, d], DType::F32)?, w.get_as(&bn, &[1], DType::F32)?)),
             (false, false) if i == 0 => return Ok(None),

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod names;
 pub mod st_header;
 pub mod tokenizer;
 pub mod weights;

@@ -145,7 +145,7 @@ impl SafetensorFiles {
     /// beyond it (a config that would silently build a shallower model) or layers missing.
     pub fn check_layers(&self, dir: &Path, cfg: &super::LlamaConfig) -> Result<()> {
         let l = cfg.num_hidden_layers;
-        let layer_of = |name: &str| name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        let layer_of = super::names::layer_of;
         let held = self.routing.keys().filter_map(|n| layer_of(n.as_str())).max().map_or(0, |m| m + 1);
         let mut extra: Vec<&String> = self.routing.keys().filter(|n| layer_of(n.as_str()).is_some_and(|i| i >= l)).collect();
         if !extra.is_empty() {
@@ -154,7 +154,8 @@ impl SafetensorFiles {
             return Err(Error::BadModel {
                 dir: dir.to_path_buf(),
                 message: format!(
-                    "config.json says num_hidden_layers = {l}, but the weights hold {held} layers: unexpected tensors `model.layers.{first}.*` ({} tensors, e.g. `{}`)",
+                    "config.json says num_hidden_layers = {l}, but the weights hold {held} layers: unexpected tensors `{}.*` ({} tensors, e.g. `{}`)",
+                    super::names::layer(first),
                     extra.len(),
                     extra[0]
                 ),
@@ -163,7 +164,7 @@ impl SafetensorFiles {
         if held < l {
             return Err(Error::BadModel {
                 dir: dir.to_path_buf(),
-                message: format!("config.json says num_hidden_layers = {l}, but the weights hold only {held} layers (tensors `model.layers.{held}.*` are missing)"),
+                message: format!("config.json says num_hidden_layers = {l}, but the weights hold only {held} layers (tensors `{}.*` are missing)", super::names::layer(held)),
             });
         }
         Ok(())
@@ -178,10 +179,8 @@ impl SafetensorFiles {
         }
         let s = Self::open_paths(std::slice::from_ref(&cls))?;
         let (_, st) = &s.files[0];
-        let prefix = super::llama::CLASSIFIER_PREFIX;
         for i in 0..cfg.num_hidden_layers {
-            for (part, shape) in [("weight", vec![1, cfg.hidden_size]), ("bias", vec![1])] {
-                let name = format!("{prefix}.{i}.{part}");
+            for (name, shape) in [(super::names::classifier_weight(i), vec![1, cfg.hidden_size]), (super::names::classifier_bias(i), vec![1])] {
                 let Ok(view) = st.get(&name) else {
                     return Err(Error::file(&cls, None, format!("tensor `{name}` is missing (every layer needs a weight and a bias)")));
                 };

@@ -266,12 +266,14 @@ fn run_group(ctx: &GroupCtx, meter: &mut MeterCtx, files: &Files, done: &mut Has
     }
     let mut backend = match crate::backend::open(g.backend, &model, g.device, g.dtype, g.threads) {
         Ok(b) => b,
-        Err(e @ Error::Unsupported(_)) => {
-            // The whole group cannot run here: one `unsupported` row per cell, never a crash.
+        Err(e @ (Error::Unsupported(_) | Error::Backend { .. })) => {
+            // The whole group cannot run here: one row per cell, never a crash; `unsupported`
+            // when the runtime cannot serve it (no provider, no kernel), `error` when it failed.
+            let status = if matches!(e, Error::Unsupported(_)) { CellStatus::Unsupported } else { CellStatus::Error };
             for c in &cells {
                 let key = ctx.key(c, &wh);
                 if done.insert(key.id()) {
-                    tally.write(&files.results, ctx.base_record(key, layers, CellStatus::Unsupported, Some(e.to_string())))?;
+                    tally.write(&files.results, ctx.base_record(key, layers, status, Some(e.report())))?;
                 } else {
                     tally.skipped += 1;
                 }
@@ -343,7 +345,7 @@ impl GroupRun<'_> {
             if matches!(cell.mode, ExitMode::Dynamic(p) if p.measure == Measure::Classifier) && !backend.has_classifier() {
                 (0..self.per_cell).for_each(|_| progress.tick());
                 done.insert(key.id());
-                tally.write(&self.files.results, finish(ctx.base_record(key, layers, CellStatus::Unsupported, Some("the classifier measure needs exit classifiers; this model has none".into()))))?;
+                tally.write(&self.files.results, finish(ctx.base_record(key, layers, CellStatus::Unsupported, Some(Error::no_classifiers().to_string()))))?;
                 continue;
             }
             running.push(Running { cell: *cell, key, partner_only: false, warmup_s: 0.0, failed: false });
@@ -479,7 +481,7 @@ impl GroupRun<'_> {
         }
         progress.warn(&format!("{}: failed: {e}", r.key.label()));
         done.insert(r.key.id());
-        tally.write(&self.files.results, finish(self.ctx.base_record(r.key.clone(), layers, CellStatus::Error, Some(e.to_string()))))
+        tally.write(&self.files.results, finish(self.ctx.base_record(r.key.clone(), layers, CellStatus::Error, Some(e.report()))))
     }
 }
 

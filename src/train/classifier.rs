@@ -7,7 +7,7 @@
 use super::all_layer_states;
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::llama::CLASSIFIER_PREFIX;
+use crate::model::names;
 use crate::model::weights::{decoder_fingerprint, CLASSIFIER_FILE, CLASSIFIER_INFO_FILE};
 use crate::model::{LoadedModel, TextTokenizer};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -81,8 +81,8 @@ pub fn train_classifiers(m: &LoadedModel, fingerprint: &str, examples: &[Example
         let x = Tensor::cat(&feats[l], 0)?;
         let y = Tensor::new(labels[l].as_slice(), &Device::Cpu)?;
         let (w, b, fit) = fit_logistic(&x, &y, epochs, lr, l + 1)?;
-        tensors.insert(format!("{CLASSIFIER_PREFIX}.{l}.weight"), w.clone());
-        tensors.insert(format!("{CLASSIFIER_PREFIX}.{l}.bias"), b.clone());
+        tensors.insert(names::classifier_weight(l), w.clone());
+        tensors.insert(names::classifier_bias(l), b.clone());
         cls.push((w, b));
         fits.push(fit);
     }

@@ -257,26 +257,10 @@ fn ensure_tokenizer(o: &TrainOptions) -> Result<tokenizers::Tokenizer> {
     tokenizer::train_tokenizer(&texts, o.vocab, &path)
 }
 
-/// Names and shapes of every trainable tensor.
+/// Names and shapes of every trainable tensor: the config's tensor table without the optional
+/// biases (training builds a bias-free Llama with its own LM head).
 pub fn param_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, f, v, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim());
-    let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    out.push(("lm_head.weight".to_string(), vec![v, d]));
-    out
+    cfg.tensors().into_iter().filter(|(name, _, required)| *required || name == crate::model::names::LM_HEAD).map(|(name, shape, _)| (name, shape)).collect()
 }
 
 type Resumed = (Vec<(String, Var)>, usize, Option<HashMap<String, Tensor>>);

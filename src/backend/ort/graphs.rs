@@ -17,6 +17,7 @@
 
 use super::onnx::{dt, Attr, Dim, Graph};
 use crate::error::{Error, Result};
+use crate::model::names::{self, Proj};
 use crate::model::{LlamaConfig, Precision};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
@@ -127,9 +128,9 @@ impl Weights<'_> {
 
     /// `x W^T (+ b)` for the `[out, in]` matrix `prefix.weight`.
     fn linear(&self, g: &mut Graph, x: &str, prefix: &str) -> Result<String> {
-        let w = self.init_t(g, &format!("{prefix}.weight"))?;
+        let w = self.init_t(g, &names::weight(prefix))?;
         let y = g.node("MatMul", &[x, &w], &[]);
-        let b = format!("{prefix}.bias");
+        let b = names::bias(prefix);
         if self.t.contains_key(&b) {
             let b = self.init(g, &b)?;
             return Ok(g.node("Add", &[&y, &b], &[]));
@@ -182,11 +183,10 @@ fn split_heads(g: &mut Graph, x: &str, heads: usize, hd: usize) -> String {
 /// Keys (rotated) and values of the normed `h` for this layer: `[1, kv, t, hd]` each.
 fn kv_of_normed(w: &Weights, g: &mut Graph, i: usize, h: &str, cos: &str, sin: &str) -> Result<(String, String)> {
     let (kvh, hd) = (w.cfg.kv_heads(), w.cfg.head_dim());
-    let p = format!("model.layers.{i}.self_attn");
-    let k = w.linear(g, h, &format!("{p}.k_proj"))?;
+    let k = w.linear(g, h, &names::proj(i, Proj::K))?;
     let k = split_heads(g, &k, kvh, hd);
     let k = rope(w, g, &k, cos, sin);
-    let v = w.linear(g, h, &format!("{p}.v_proj"))?;
+    let v = w.linear(g, h, &names::proj(i, Proj::V))?;
     Ok((k, split_heads(g, &v, kvh, hd)))
 }
 
@@ -196,9 +196,8 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
     let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
     let rep = nh / kvh;
     let (cos, sin) = rope_cs;
-    let p = format!("model.layers.{i}");
-    let h = w.rms_norm(g, x, &format!("{p}.input_layernorm.weight"))?;
-    let q = w.linear(g, &h, &format!("{p}.self_attn.q_proj"))?;
+    let h = w.rms_norm(g, x, &names::input_norm(i))?;
+    let q = w.linear(g, &h, &names::proj(i, Proj::Q))?;
     let q = split_heads(g, &q, nh, hd);
     let q = rope(w, g, &q, cos, sin);
     let (k, v) = kv_of_normed(w, g, i, &h, cos, sin)?;
@@ -236,15 +235,15 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
     let att = g.node("Transpose", &[&att], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
     let flat = g.ints(&[1, -1, (nh * hd) as i64]);
     let att = g.node("Reshape", &[&att, &flat], &[]);
-    let o = w.linear(g, &att, &format!("{p}.self_attn.o_proj"))?;
+    let o = w.linear(g, &att, &names::proj(i, Proj::O))?;
     let x = g.node("Add", &[x, &o], &[]);
-    let h = w.rms_norm(g, &x, &format!("{p}.post_attention_layernorm.weight"))?;
-    let gate = w.linear(g, &h, &format!("{p}.mlp.gate_proj"))?;
+    let h = w.rms_norm(g, &x, &names::post_norm(i))?;
+    let gate = w.linear(g, &h, &names::proj(i, Proj::Gate))?;
     let sg = g.node("Sigmoid", &[&gate], &[]);
     let gate = g.node("Mul", &[&gate, &sg], &[]);
-    let up = w.linear(g, &h, &format!("{p}.mlp.up_proj"))?;
+    let up = w.linear(g, &h, &names::proj(i, Proj::Up))?;
     let m = g.node("Mul", &[&gate, &up], &[]);
-    let down = w.linear(g, &m, &format!("{p}.mlp.down_proj"))?;
+    let down = w.linear(g, &m, &names::proj(i, Proj::Down))?;
     let out = g.node("Add", &[&x, &down], &[]);
     Ok((out, pk, pv))
 }
@@ -252,8 +251,8 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
 /// The exit head on the last position: (summary, logits).
 pub fn emit_head(w: &Weights, g: &mut Graph, x: &str) -> Result<(String, String)> {
     let last = w.last(g, x);
-    let h = w.rms_norm(g, &last, "model.norm.weight")?;
-    let lm = if w.t.contains_key("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
+    let h = w.rms_norm(g, &last, names::FINAL_NORM)?;
+    let lm = if w.t.contains_key(names::LM_HEAD) { names::LM_HEAD } else { names::EMBED };
     let wt = w.init_t(g, lm)?;
     let logits = g.node("MatMul", &[&h, &wt], &[]);
     let logits = w.to_f32(g, &logits);
@@ -284,7 +283,7 @@ fn kv_dims(w: &Weights, len: &'static str) -> [Dim; 4] {
 pub fn embed_graph(w: &Weights) -> Result<Graph> {
     let mut g = Graph::new("embed");
     let ids = g.input("ids", dt::INT64, &[Dim::Named("t")]);
-    let e = w.init(&mut g, "model.embed_tokens.weight")?;
+    let e = w.init(&mut g, names::EMBED)?;
     let rows = g.node("Gather", &[&e, &ids], &[("axis", Attr::Int(0))]);
     let ax = g.ints(&[0]);
     let h = g.node("Unsqueeze", &[&rows, &ax], &[]);
@@ -323,7 +322,7 @@ pub fn propagate_graph(w: &Weights, i: usize) -> Result<Graph> {
     let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Fixed(1));
     let last = w.last(&mut g, &x);
     let (c, s) = emit_rope(w, &mut g, &pos);
-    let h = w.rms_norm(&mut g, &last, &format!("model.layers.{i}.input_layernorm.weight"))?;
+    let h = w.rms_norm(&mut g, &last, &names::input_norm(i))?;
     let (k, v) = kv_of_normed(w, &mut g, i, &h, &c, &s)?;
     let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
     let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
@@ -344,17 +343,16 @@ pub fn head_graph(w: &Weights) -> Result<Graph> {
 /// `classifier`: sigmoid(w_l · finalnorm(x) + b_l), the final norm's output rounded to the
 /// export dtype as candle's is. `None` when the model has no classifiers.
 pub fn classifier_graph(w: &Weights) -> Result<Option<Graph>> {
-    let prefix = crate::model::llama::CLASSIFIER_PREFIX;
     let l = w.cfg.num_hidden_layers;
-    if !w.t.contains_key(&format!("{prefix}.0.weight")) {
+    if !w.t.contains_key(&names::classifier_weight(0)) {
         return Ok(None);
     }
     let d = w.cfg.hidden_size;
     let mut ws = Vec::with_capacity(l * d * 4);
     let mut bs = Vec::with_capacity(l * 4);
     for i in 0..l {
-        ws.extend(raw_bytes(w.get(&format!("{prefix}.{i}.weight"))?)?);
-        bs.extend(raw_bytes(w.get(&format!("{prefix}.{i}.bias"))?)?);
+        ws.extend(raw_bytes(w.get(&names::classifier_weight(i))?)?);
+        bs.extend(raw_bytes(w.get(&names::classifier_bias(i))?)?);
     }
     let mut g = Graph::new("classifier");
     let x = g.input("hidden", elem(w.p), &hidden_dims());
@@ -362,7 +360,7 @@ pub fn classifier_graph(w: &Weights) -> Result<Option<Graph>> {
     let wm = g.init("cls_w", dt::FLOAT, &[l as i64, d as i64], ws);
     let bm = g.init("cls_b", dt::FLOAT, &[l as i64], bs);
     let last = w.last(&mut g, &x);
-    let h = w.rms_norm(&mut g, &last, "model.norm.weight")?;
+    let h = w.rms_norm(&mut g, &last, names::FINAL_NORM)?;
     let h = w.to_f32(&mut g, &h);
     let flat = g.ints(&[-1]);
     let h = g.node("Reshape", &[&h, &flat], &[]);
@@ -406,7 +404,7 @@ pub fn full_graph(w: &Weights) -> Result<Graph> {
     let mut g = Graph::new("full");
     let ids = g.input("ids", dt::INT64, &[Dim::Named("t")]);
     let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
-    let e = w.init(&mut g, "model.embed_tokens.weight")?;
+    let e = w.init(&mut g, names::EMBED)?;
     let rows = g.node("Gather", &[&e, &ids], &[("axis", Attr::Int(0))]);
     let ax = g.ints(&[0]);
     let mut h = g.node("Unsqueeze", &[&rows, &ax], &[]);

@@ -20,8 +20,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 /// Maps an `ort` error into the library's.
-pub(crate) fn oe(e: impl std::fmt::Display) -> Error {
-    Error::Backend { backend: "ort", message: e.to_string() }
+pub(crate) fn oe(e: impl Into<ort::Error>) -> Error {
+    Error::backend("ort", "", e.into())
 }
 
 /// One session with its IO binding (inputs rebound per call, outputs bound to the device).
@@ -106,15 +106,24 @@ fn mem_info(device: DeviceKind) -> Result<MemoryInfo<'static>> {
     }
 }
 
-/// A session creation failure: a precision or provider the runtime cannot serve is
-/// `Unsupported` with the runtime's own message.
-fn creation_error(file: &Path, p: Precision, device: DeviceKind, e: impl std::fmt::Display) -> Error {
-    let msg = e.to_string();
-    if msg.contains("NOT_IMPLEMENTED") || msg.contains("Could not find an implementation") || device != DeviceKind::Cpu {
-        Error::Unsupported(format!("ONNX Runtime cannot run {} in {} on {}: {msg}", file.display(), p.name(), device.name()))
+/// A session creation failure, classified by ONNX Runtime's error code: a precision or operator
+/// the runtime has no kernel for (`NotImplemented`) is `Unsupported` with the runtime's own
+/// message; anything else is a runtime failure (an `error` row), on a GPU too. (A missing CUDA
+/// provider is refused earlier, when the session builder registers it.)
+fn creation_error(file: &Path, p: Precision, device: DeviceKind, e: impl Into<ort::Error>) -> Error {
+    let e: ort::Error = e.into();
+    if e.code() == ort::error::ErrorCode::NotImplemented {
+        Error::Unsupported(format!("ONNX Runtime cannot run {} in {} on {}: {e}", file.display(), p.name(), device.name()))
     } else {
-        Error::Backend { backend: "ort", message: format!("{}: {msg}", file.display()) }
+        Error::backend("ort", file.display().to_string(), e)
     }
+}
+
+/// True for the failure ONNX Runtime reports when CPU fallback is disabled and a node (a small
+/// shape computation it keeps on its CPU provider on purpose) would need it: a plain failure
+/// (`ORT_FAIL`), not a missing kernel, file or provider.
+fn may_be_cpu_fallback_refusal<R>(e: &ort::Error<R>) -> bool {
+    e.code() == ort::error::ErrorCode::GenericFailure
 }
 
 impl OrtBackend {
@@ -145,7 +154,8 @@ impl OrtBackend {
                 // ONNX Runtime keeps small shape computations (Shape, Range...) on its CPU provider
                 // on purpose; with CPU fallback disabled it refuses such a graph. Then the graph
                 // runs with those nodes on the CPU, and the record says so (never silently).
-                Err(e) if device != DeviceKind::Cpu && e.to_string().to_ascii_lowercase().contains("fallback") => {
+                // If the retry fails too, its own error is classified.
+                Err(e) if device != DeviceKind::Cpu && may_be_cpu_fallback_refusal(&e) => {
                     cpu_nodes.borrow_mut().push(format!("{name}: {e}"));
                     build(true)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?
                 }
@@ -424,7 +434,7 @@ impl Backend for OrtBackend {
 
     fn classifier(&mut self, layer: usize, h: &Hidden) -> Result<f32> {
         let Some(c) = self.classifier.as_mut() else {
-            return Err(Error::Unsupported("the `classifier` measure needs exit classifiers, and this model has none (train them with `exitbench train --classifier-only`)".into()));
+            return Err(Error::no_classifiers());
         };
         let l = Tensor::from_array(([1usize], vec![(layer - 1) as i64])).map_err(oe)?.into_dyn();
         let mut out = c.run(&[("hidden", h), ("layer", &l)])?;
