@@ -3,7 +3,9 @@
 //! - one decode step at full depth vs the per-layer loop with exit checks at every layer
 //!   (threshold 1.0: never met, so every check is paid and all layers run);
 //! - the cost of one layer and of each confidence measure's check;
-//! - 1 vs 2 CPU threads.
+//! - 1 vs 2 CPU threads;
+//! - one layer's decode step with 64, 512 and 2,048 cached positions (the attention's cost as
+//!   the context grows; the cache is read in place, never copied per token).
 //!
 //! Run: `cargo bench --bench decode`.
 
@@ -82,8 +84,36 @@ fn bench_components(c: &mut Criterion, m: &LoadedModel) {
     g.finish();
 }
 
+fn bench_context(c: &mut Criterion) {
+    // The default shape with room for 2,048 + 1 positions.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = exitbench::model::LlamaConfig { max_position_embeddings: 4096, ..default_shape() };
+    write_tiny_model(dir.path(), &cfg, 1).unwrap();
+    let m = &LoadedModel::load(dir.path(), &LoadOptions { precision: Precision::F32, device: candle_core::Device::Cpu, random_weights: None }).unwrap();
+    set_cpu_threads(1);
+    let mut g = c.benchmark_group("layer_step_by_context/1t");
+    g.sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    for cached in [64usize, 512, 2048] {
+        let mut b = CandleBackend::new(&m.model);
+        let prompt: Vec<u32> = (0..cached as u32).map(|i| 3 + (i * 7) % 250).collect();
+        let h = b.embed(&prompt).unwrap();
+        b.layer(1, &h).unwrap();
+        let x = b.embed(&[5]).unwrap();
+        let mut cache = b.cache(1).clone();
+        g.bench_function(format!("{cached}_positions"), |bch| {
+            bch.iter(|| {
+                let y = m.model.layer_forward(1, &x, cached, Some(&mut cache)).unwrap();
+                cache.truncate(cached);
+                y
+            })
+        });
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let (_dir, m) = setup();
+    bench_context(c);
     bench_components(c, &m);
     bench_steps(c, &m, 1);
     bench_steps(c, &m, 2);

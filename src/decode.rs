@@ -295,10 +295,11 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
                 }
             }
             let t = Instant::now();
-            let last = backend.head(&h)?;
+            let last = apply_head(backend, &h, &opts.sampling)?;
+            let last_argmax = last.summary.argmax;
             let (id, gap) = choose(backend, &h, Some(last), &opts.sampling, rng)?;
             clock.checks += t.elapsed().as_secs_f64();
-            let credited = argmaxes.iter().find(|(_, a)| *a == last.argmax).map(|(l, _)| *l).unwrap_or(layers);
+            let credited = argmaxes.iter().find(|(_, a)| *a == last_argmax).map(|(l, _)| *l).unwrap_or(layers);
             (id, credited, None, gap)
         }
         ExitMode::Dynamic(policy) => {
@@ -315,10 +316,10 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
                 from = l + 1;
                 if point {
                     let t = Instant::now();
-                    let (conf, summary) = confidence(backend, policy.measure, l, &prev, &cur)?;
+                    let (conf, head) = confidence(backend, policy.measure, l, &prev, &cur, &opts.sampling)?;
                     let m = (conf as f64 - lambda).abs() as f32;
                     margin = Some(margin.map_or(m, |x| x.min(m)));
-                    let chosen = if conf as f64 >= lambda { Some(choose(backend, &cur, summary, &opts.sampling, rng)?) } else { None };
+                    let chosen = if conf as f64 >= lambda { Some(choose(backend, &cur, head, &opts.sampling, rng)?) } else { None };
                     clock.checks += t.elapsed().as_secs_f64();
                     if let Some((id, gap)) = chosen {
                         let t = Instant::now();
@@ -347,18 +348,34 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
     Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop, top2_gap: gap, min_margin: margin })
 }
 
-/// The token the exit head picks at `h`: the device-side argmax when greedy (reusing `summary`
-/// when the measure already computed it), else full logits to the host for sampling. Returns the
-/// top-2 logit gap when greedy.
-fn choose<B: Backend>(backend: &mut B, h: &B::Hidden, summary: Option<HeadSummary>, s: &Sampling, rng: &mut rand::rngs::StdRng) -> Result<(u32, Option<f32>)> {
+/// The exit head applied once at a state: its summary, and the full logits when sampling needs
+/// them (the summary is then reduced from those logits on the host, so the head runs once).
+struct HeadOut {
+    summary: HeadSummary,
+    logits: Option<Vec<f32>>,
+}
+
+/// Applies the exit head at `h`: on the device when greedy, to host logits when sampling.
+fn apply_head<B: Backend>(backend: &mut B, h: &B::Hidden, s: &Sampling) -> Result<HeadOut> {
     if s.temperature == 0.0 {
-        let sm = match summary {
-            Some(sm) => sm,
-            None => backend.head(h)?,
-        };
-        return Ok((sm.argmax, Some(sm.logit_gap)));
+        return Ok(HeadOut { summary: backend.head(h)?, logits: None });
     }
-    Ok((select(&backend.exit_logits(h)?, s, rng), None))
+    let logits = backend.exit_logits(h)?;
+    Ok(HeadOut { summary: HeadSummary::of_logits(&logits), logits: Some(logits) })
+}
+
+/// The token the exit head picks at `h`: the device-side argmax when greedy, else a sample from
+/// the full logits; `head` is the head already applied at `h` (by the measure), reused. Returns
+/// the top-2 logit gap when greedy.
+fn choose<B: Backend>(backend: &mut B, h: &B::Hidden, head: Option<HeadOut>, s: &Sampling, rng: &mut rand::rngs::StdRng) -> Result<(u32, Option<f32>)> {
+    let head = match head {
+        Some(x) if s.temperature == 0.0 || x.logits.is_some() => x,
+        _ => apply_head(backend, h, s)?,
+    };
+    match head.logits {
+        None => Ok((head.summary.argmax, Some(head.summary.logit_gap))),
+        Some(logits) => Ok((select(&logits, s, rng), None)),
+    }
 }
 
 /// Runs layers `range` from `h` back to back and synchronizes once at the end (after each layer
@@ -393,12 +410,13 @@ fn timed_layers<B: Backend>(backend: &mut B, h: &B::Hidden, range: std::ops::Ran
     Ok((prev, h))
 }
 
-/// The measure's confidence at layer `l` (and the exit head's summary when the measure computed it).
-fn confidence<B: Backend>(backend: &mut B, measure: Measure, l: usize, prev: &B::Hidden, cur: &B::Hidden) -> Result<(f32, Option<HeadSummary>)> {
+/// The measure's confidence at layer `l` (and the exit head's output when the measure applied it).
+fn confidence<B: Backend>(backend: &mut B, measure: Measure, l: usize, prev: &B::Hidden, cur: &B::Hidden, s: &Sampling) -> Result<(f32, Option<HeadOut>)> {
     match measure {
         Measure::SoftmaxDiff | Measure::SoftmaxMax => {
-            let sm = backend.head(cur)?;
-            Ok((if measure == Measure::SoftmaxMax { sm.p1 } else { sm.p1 - sm.p2 }, Some(sm)))
+            let out = apply_head(backend, cur, s)?;
+            let sm = out.summary;
+            Ok((if measure == Measure::SoftmaxMax { sm.p1 } else { sm.p1 - sm.p2 }, Some(out)))
         }
         Measure::Saturation => Ok((backend.cosine(prev, cur)?, None)),
         Measure::Classifier => Ok((backend.classifier(l, cur)?, None)),
@@ -418,16 +436,30 @@ pub fn select(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32
         .collect();
     let z: f64 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= z);
-    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
-    let mut kept = 0;
-    let mut mass = 0.0;
-    for p in &probs {
-        kept += 1;
-        mass += p.1;
-        if mass >= s.top_p {
-            break;
+    // The smallest set of most probable tokens holding `top_p` of the mass, in descending order
+    // (ties by index): only a growing prefix is selected and sorted, not all V probabilities;
+    // the prefix equals a full sort's, so the draw does too.
+    let by_prob = |a: &(u32, f64), b: &(u32, f64)| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0));
+    let n = probs.len();
+    let mut prefix = n.min(64);
+    let (kept, mass) = loop {
+        if prefix < n {
+            probs.select_nth_unstable_by(prefix - 1, by_prob);
         }
-    }
+        probs[..prefix].sort_by(by_prob);
+        let (mut kept, mut mass) = (0, 0.0);
+        for p in &probs[..prefix] {
+            kept += 1;
+            mass += p.1;
+            if mass >= s.top_p {
+                break;
+            }
+        }
+        if mass >= s.top_p || prefix == n {
+            break (kept, mass);
+        }
+        prefix = (prefix * 4).min(n);
+    };
     let r: f64 = rng.random::<f64>() * mass;
     let mut acc = 0.0;
     for p in &probs[..kept] {

@@ -43,8 +43,8 @@ pub struct CandleBackend {
     model: LlamaModel,
     threads: usize,
     caches: Vec<LayerCache>,
-    /// `-inf` of the vocabulary's length, for the on-device top-2 (non-CPU devices only).
-    neg_inf: Option<Tensor>,
+    /// Constants of the on-device top-2, made at the first exit check (non-CPU devices only).
+    scratch: Option<HeadScratch>,
 }
 
 impl CandleBackend {
@@ -53,7 +53,7 @@ impl CandleBackend {
         let n = model.config().max_position_embeddings.min(4096);
         let caches = (0..model.num_layers()).map(|_| LayerCache::new(n)).collect();
         let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-        Self { model: model.clone(), threads, caches, neg_inf: None }
+        Self { model: model.clone(), threads, caches, scratch: None }
     }
 
     /// Sets candle's threads, builds the model from `files` on `device` in `precision`.
@@ -82,19 +82,45 @@ impl CandleBackend {
     }
 }
 
+/// Constants the on-device exit-head reduction needs, built once per backend rather than at
+/// every exit check: `-inf` and the indices `0..V`.
+#[derive(Debug, Clone)]
+pub struct HeadScratch {
+    neg_inf: Tensor,
+    index: Tensor,
+}
+
+impl HeadScratch {
+    /// The constants for a vocabulary of `v` on `device`.
+    pub fn new(v: usize, device: &Device) -> Result<Self> {
+        Ok(Self { neg_inf: Tensor::full(f32::NEG_INFINITY, v, device)?, index: Tensor::arange(0u32, v as u32, device)? })
+    }
+}
+
 /// The exit-head reductions with candle ops, leaving only four f32 scalars to copy (argmax,
 /// max, second max, normaliser): what a non-CPU device runs. `logits` is `[V]` f32.
-pub fn head_summary_on_device(logits: &Tensor, neg_inf: &Tensor) -> Result<HeadSummary> {
-    let v = logits.dim(0)?;
+pub fn head_summary_on_device(logits: &Tensor, scratch: &HeadScratch) -> Result<HeadSummary> {
     let m = logits.max_keepdim(0)?;
     let idx = logits.argmax_keepdim(0)?;
     let z = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(0)?;
-    let ar = Tensor::arange(0u32, v as u32, logits.device())?;
-    let masked = ar.broadcast_eq(&idx)?.where_cond(neg_inf, logits)?;
+    let masked = scratch.index.broadcast_eq(&idx)?.where_cond(&scratch.neg_inf, logits)?;
     let m2 = masked.max_keepdim(0)?;
     // Indices below 2^24 are exact in f32 (vocabularies are far smaller).
     let s = Tensor::cat(&[idx.to_dtype(DType::F32)?, m, m2, z], 0)?.to_vec1::<f32>()?;
     Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
+}
+
+/// The exit-head summary of CPU logits `[.., V]` (f32), read in place from candle's storage
+/// rather than copied into a new vector first.
+pub fn head_summary_on_cpu(logits: &Tensor) -> Result<HeadSummary> {
+    let logits = logits.contiguous()?;
+    let (storage, layout) = logits.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(crate::error::Error::Internal("head_summary_on_cpu: logits are not on the CPU".into()));
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let (from, to) = layout.contiguous_offsets().ok_or_else(|| crate::error::Error::Internal("head_summary_on_cpu: strided logits".into()))?;
+    Ok(HeadSummary::of_logits(&all[from..to]))
 }
 
 impl Backend for CandleBackend {
@@ -139,14 +165,14 @@ impl Backend for CandleBackend {
     }
 
     fn head(&mut self, h: &Tensor) -> Result<HeadSummary> {
-        if self.model.device().is_cpu() {
-            return Ok(HeadSummary::of_logits(&self.model.head_last(h)?));
-        }
         let logits = self.model.head(&Self::last(h)?)?.flatten_all()?;
-        if self.neg_inf.is_none() {
-            self.neg_inf = Some(Tensor::full(f32::NEG_INFINITY, logits.dim(0)?, logits.device())?);
+        if self.model.device().is_cpu() {
+            return head_summary_on_cpu(&logits);
         }
-        head_summary_on_device(&logits, self.neg_inf.as_ref().expect("set above"))
+        if self.scratch.is_none() {
+            self.scratch = Some(HeadScratch::new(logits.dim(0)?, logits.device())?);
+        }
+        head_summary_on_device(&logits, self.scratch.as_ref().expect("set above"))
     }
 
     fn exit_logits(&mut self, h: &Tensor) -> Result<Vec<f32>> {
@@ -202,8 +228,9 @@ mod tests {
         let logits = vec![0.5f32, 3.0, -1.0, 2.5, 3.0 - 1e-3, -7.0];
         let host = HeadSummary::of_logits(&logits);
         let t = Tensor::new(logits.as_slice(), &Device::Cpu).unwrap();
-        let neg = Tensor::full(f32::NEG_INFINITY, logits.len(), &Device::Cpu).unwrap();
-        let dev = head_summary_on_device(&t, &neg).unwrap();
+        let dev = head_summary_on_device(&t, &HeadScratch::new(logits.len(), &Device::Cpu).unwrap()).unwrap();
+        let cpu = head_summary_on_cpu(&t).unwrap();
+        assert_eq!((cpu.argmax, cpu.p1, cpu.p2, cpu.logit_gap), (host.argmax, host.p1, host.p2, host.logit_gap));
         assert_eq!(host.argmax, 1);
         assert_eq!(dev.argmax, host.argmax);
         assert!((dev.p1 - host.p1).abs() < 1e-6 && (dev.p2 - host.p2).abs() < 1e-6, "{dev:?} vs {host:?}");
@@ -211,7 +238,7 @@ mod tests {
         // An exact tie: the first index wins, p2 = p1, gap 0, on both paths.
         let tie = [1.0f32, 2.0, 2.0];
         let h = HeadSummary::of_logits(&tie);
-        let d = head_summary_on_device(&Tensor::new(&tie, &Device::Cpu).unwrap(), &Tensor::full(f32::NEG_INFINITY, 3, &Device::Cpu).unwrap()).unwrap();
+        let d = head_summary_on_device(&Tensor::new(&tie, &Device::Cpu).unwrap(), &HeadScratch::new(3, &Device::Cpu).unwrap()).unwrap();
         assert_eq!((h.argmax, h.logit_gap), (1, 0.0));
         assert_eq!((d.argmax, d.logit_gap), (1, 0.0));
         assert_eq!(h.p1, h.p2);

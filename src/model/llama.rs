@@ -12,7 +12,8 @@ use super::names::{self, Proj};
 use super::weights::TensorLoader;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::kv_cache::KvCache;
+use super::kv::KvBuffer;
+use super::matvec;
 
 
 /// An RMSNorm whose statistics are computed in f32.
@@ -70,7 +71,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, inp))?;
+        let y = match matvec::try_row_times_transposed(&x2, &self.weight)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -133,36 +138,38 @@ impl Rope {
 /// One layer's key/value cache.
 #[derive(Debug, Clone)]
 pub struct LayerCache {
-    kv: KvCache,
+    kv: KvBuffer,
 }
 
 impl LayerCache {
-    /// An empty cache able to grow to `max_len` positions.
+    /// An empty cache whose first allocation holds `max_len` positions (it grows beyond).
     pub fn new(max_len: usize) -> Self {
-        Self { kv: KvCache::new(2, max_len) }
+        Self { kv: KvBuffer::new(max_len) }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.kv.current_seq_len()
+        self.kv.len()
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.kv.is_empty()
     }
 
-    /// Cached keys and values, `[1, kv_heads, len, head_dim]` each.
+    /// Cached keys and values, `[1, kv_heads, len, head_dim]` each (views of the buffers).
     pub fn kv(&self) -> Result<Option<(Tensor, Tensor)>> {
-        match (self.kv.k()?, self.kv.v()?) {
-            (Some(k), Some(v)) => Ok(Some((k, v))),
-            _ => Ok(None),
-        }
+        self.kv.kv()
     }
 
-    /// Drops every cached position.
+    /// Drops every cached position, keeping the buffers for the next sequence.
     pub fn reset(&mut self) {
-        self.kv.reset()
+        self.kv.clear()
+    }
+
+    /// Keeps the first `n` positions (drops rejected drafts).
+    pub fn truncate(&mut self, n: usize) {
+        self.kv.truncate(n)
     }
 }
 
@@ -241,7 +248,7 @@ impl DecoderLayer {
         let q = rope.apply(&q, pos, differentiable)?;
         let (k, v) = self.kv_of_normed(&h, pos, rope, differentiable)?;
         let (k, v) = match cache {
-            Some(c) => c.kv.append(&k.contiguous()?, &v)?,
+            Some(c) => c.kv.append(&k, &v)?,
             None => (k, v),
         };
         let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
@@ -263,7 +270,8 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kv_heads: usize, pos: usize, diffe
     // Fold the query heads of a group into rows so keys and values are never copied per head.
     let qg = q.reshape((b, kv_heads, rep * t, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (qg.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
+    // `k.t()` is a strided view of the cache (no copy of the cached keys per token).
+    let scores = (qg.contiguous()?.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
     let scores = if t > 1 {
         let mask = causal_mask(rep, t, total, pos, q.device())?;
         scores.broadcast_add(&mask)?
@@ -395,7 +403,7 @@ impl LlamaModel {
     /// projections of the exited state `x`, appended to its cache; the state passes unchanged.
     pub fn propagate(&self, layer: usize, x: &Tensor, pos: usize, cache: &mut LayerCache) -> Result<()> {
         let (k, v) = self.layers[layer - 1].project_kv(x, pos, &self.rope, false)?;
-        cache.kv.append(&k.contiguous()?, &v)?;
+        cache.kv.append(&k, &v)?;
         Ok(())
     }
 
@@ -415,7 +423,11 @@ impl LlamaModel {
         let dims = h.dims().to_vec();
         let d = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let logits = h.reshape((rows, d))?.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let h2 = h.reshape((rows, d))?;
+        let logits = match matvec::try_row_times_transposed(&h2, &self.lm_head)? {
+            Some(y) => y,
+            None => h2.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
+        };
         let mut out = dims;
         *out.last_mut().unwrap() = self.cfg.vocab_size;
         Ok(logits.reshape(out)?)

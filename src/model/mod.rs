@@ -3,7 +3,9 @@
 //! `exit_classifier.safetensors`. Loading checks every file and names the one that is wrong.
 
 pub mod config;
+pub mod kv;
 pub mod llama;
+pub mod matvec;
 pub mod names;
 pub mod st_header;
 pub mod tokenizer;

@@ -24,7 +24,7 @@ pub struct RawSettings {
     #[serde(default, deserialize_with = "lenient::strings")]
     pub model: Option<Vec<String>>,
     /// Runtimes.
-    #[arg(long, value_delimiter = ',', value_enum)]
+    #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, deserialize_with = "lenient::list")]
     pub backend: Option<Vec<BackendKind>>,
     /// Devices: cpu, cuda or cuda:N.
@@ -45,7 +45,7 @@ pub struct RawSettings {
     #[arg(long, value_name = "CPUS")]
     pub pin_cpus: Option<String>,
     /// Confidence measures.
-    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum)]
+    #[arg(long, visible_alias = "measures", value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, deserialize_with = "lenient::list")]
     pub measure: Option<Vec<Measure>>,
     /// Thresholds: numbers or start:stop:step ranges (inclusive).
@@ -100,7 +100,7 @@ pub struct RawSettings {
     pub round_samples: Option<usize>,
     /// The cells' order within the rounds: interleaved, or sequential (each cell over all its
     /// samples before the next; drift then lands in the speedups: for comparisons only).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub order: Option<crate::sweep::rounds::RoundOrder>,
     /// Add a full-depth row timed without the layers / checks / propagation split, showing what
     /// the split's synchronization costs [default: on for CUDA devices].
