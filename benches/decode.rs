@@ -4,10 +4,13 @@
 //!   (threshold 1.0: never met, so every check is paid and all layers run);
 //! - the cost of one layer and of each confidence measure's check;
 //! - 1 vs 2 CPU threads;
+//! - one row times a weight matrix (`x W^T`, what every decode step does), candle's gemm vs
+//!   exitbench's row-split kernel, on the embedded model's LM head and the Llama-3.2-1B shape's
+//!   MLP and LM head, at 1 and 2 threads;
 //! - one layer's decode step with 64, 512 and 2,048 cached positions (the attention's cost as
 //!   the context grows; the cache is read in place, never copied per token).
 //!
-//! Run: `cargo bench --bench decode`.
+//! Run: `cargo bench --bench decode` (one group: `cargo bench --bench decode -- matvec`).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use exitbench::backend::candle::CandleBackend;
@@ -111,7 +114,27 @@ fn bench_context(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_matvec(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        set_cpu_threads(threads);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut g = c.benchmark_group(format!("matvec/{threads}t"));
+        g.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+        for (rows, cols, what) in [(1024usize, 256usize, "cricket LM head"), (8192, 2048, "1B MLP up"), (128_256, 2048, "1B LM head")] {
+            let w = candle_core::Tensor::randn(0f32, 1.0, (rows, cols), &candle_core::Device::Cpu).unwrap();
+            let x = candle_core::Tensor::randn(0f32, 1.0, (1, cols), &candle_core::Device::Cpu).unwrap();
+            let wt = w.t().unwrap();
+            g.bench_function(format!("{what} {rows}x{cols}/candle gemm"), |b| b.iter(|| pool.install(|| x.matmul(&wt).unwrap())));
+            g.bench_function(format!("{what} {rows}x{cols}/row split"), |b| {
+                b.iter(|| pool.install(|| exitbench::model::matvec::try_row_times_transposed(&x, &w).unwrap().unwrap()))
+            });
+        }
+        g.finish();
+    }
+}
+
 fn benches(c: &mut Criterion) {
+    bench_matvec(c);
     let (_dir, m) = setup();
     bench_context(c);
     bench_components(c, &m);

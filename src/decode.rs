@@ -348,6 +348,58 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
     Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop, top2_gap: gap, min_margin: margin })
 }
 
+/// What the decode loop runs for one generated token (after the prefill's) that a trace records
+/// at `exit_layer`: the one description of which layers, exit heads, classifier checks, cosines
+/// and propagations each mode pays for. `decode_bytes` counts bytes from it, and a counting
+/// backend checks it against [`decode_token`]'s calls (tests/decoder.rs), so they cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepWork {
+    /// Decoder layers run.
+    pub layers: usize,
+    /// Exit-head applications (final norm + LM head), the one that picks the token included.
+    pub heads: usize,
+    /// Exit-classifier checks.
+    pub classifiers: usize,
+    /// Cosine (saturation) checks.
+    pub cosines: usize,
+    /// Skipped layers given propagated key/value entries.
+    pub propagations: usize,
+}
+
+impl std::ops::AddAssign for StepWork {
+    fn add_assign(&mut self, o: StepWork) {
+        self.layers += o.layers;
+        self.heads += o.heads;
+        self.classifiers += o.classifiers;
+        self.cosines += o.cosines;
+        self.propagations += o.propagations;
+    }
+}
+
+/// The work of one decoded token of `mode` on a model of `layers` layers whose trace records
+/// `exit_layer` (for the oracle, the credited layer; it runs every layer).
+pub fn step_work(mode: &ExitMode, exit_layer: usize, layers: usize) -> StepWork {
+    match mode {
+        ExitMode::Full => StepWork { layers, heads: 1, ..Default::default() },
+        ExitMode::Static { layer } => StepWork { layers: *layer, heads: 1, ..Default::default() },
+        ExitMode::Oracle { min_exit_layer, exit_interval } => {
+            let points = (1..layers).filter(|&x| ExitMode::oracle_point(x, layers, *min_exit_layer, *exit_interval)).count();
+            StepWork { layers, heads: points + 1, ..Default::default() }
+        }
+        ExitMode::Dynamic(p) => {
+            let checked = (1..=exit_layer).filter(|&x| p.is_exit_point(x, layers)).count();
+            let base = StepWork { layers: exit_layer, propagations: layers - exit_layer, ..Default::default() };
+            // The softmax measures' exit head picks the token too (one more head when no layer
+            // exits); the other measures apply one head for the token, at the exit or the end.
+            match p.measure {
+                Measure::SoftmaxDiff | Measure::SoftmaxMax => StepWork { heads: checked + usize::from(exit_layer == layers), ..base },
+                Measure::Classifier => StepWork { heads: 1, classifiers: checked, ..base },
+                Measure::Saturation => StepWork { heads: 1, cosines: checked, ..base },
+            }
+        }
+    }
+}
+
 /// The exit head applied once at a state: its summary, and the full logits when sampling needs
 /// them (the summary is then reduced from those logits on the host, so the head runs once).
 struct HeadOut {

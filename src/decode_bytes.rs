@@ -1,5 +1,6 @@
 //! Bytes a decoded token reads (weights and KV cache), counted from the exit trace with the same
-//! rules the decode loop follows for which heads, classifiers and propagations each mode runs: the
+//! rules the decode loop follows for which heads, classifiers and propagations each mode runs (`decode::step_work`, the one
+//! description): the
 //! figure that `achieved_gb_s` divides by decode time. An estimate by counting, not a hardware
 //! counter.
 
@@ -55,32 +56,15 @@ impl ModelBytes {
 /// exit layers of its generated tokens, the prefill's first) for `mode` on a model of `cfg` at
 /// `bytes_per_element`; None without decoded tokens.
 pub fn bytes_per_token<'a>(mode: &crate::exit::ExitMode, cfg: &crate::model::LlamaConfig, bytes_per_element: f64, samples: impl IntoIterator<Item = (usize, &'a [usize])>) -> Option<f64> {
-    use crate::exit::{ExitMode, Measure};
     let l = cfg.num_hidden_layers;
     let b = ModelBytes::of(cfg, bytes_per_element);
     let (mut total, mut n) = (0.0, 0usize);
     for (prompt_tokens, exits) in samples {
         for (i, &exit_layer) in exits.iter().enumerate().skip(1) {
             let cached = prompt_tokens + i - 1;
-            let bytes = match mode {
-                ExitMode::Full => b.token(l, 1, 0, 0, cached),
-                ExitMode::Static { layer } => b.token(*layer, 1, 0, 0, cached),
-                ExitMode::Oracle { min_exit_layer, exit_interval } => {
-                    let points = (1..=l).filter(|&x| ExitMode::oracle_point(x, l, *min_exit_layer, *exit_interval)).count();
-                    b.token(l, points + 1, 0, 0, cached)
-                }
-                ExitMode::Dynamic(p) => {
-                    let checked = (1..=exit_layer).filter(|&x| p.is_exit_point(x, l)).count();
-                    // The softmax measures' exit head picks the token too; other measures need one
-                    // head for the token (at the exit, or the final one).
-                    let (heads, classifiers) = match p.measure {
-                        Measure::SoftmaxDiff | Measure::SoftmaxMax => (checked + usize::from(exit_layer == l), 0),
-                        Measure::Classifier => (1, checked),
-                        Measure::Saturation => (1, 0),
-                    };
-                    b.token(exit_layer, heads, classifiers, l - exit_layer, cached)
-                }
-            };
+            let w = crate::decode::step_work(mode, exit_layer, l);
+            // Cosine checks read two hidden states and no weights.
+            let bytes = b.token(w.layers, w.heads, w.classifiers, w.propagations, cached);
             total += bytes;
             n += 1;
         }

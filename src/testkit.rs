@@ -186,3 +186,67 @@ impl<B: crate::backend::Backend> crate::backend::Backend for Drifting<B> {
         self.inner.runtime_info()
     }
 }
+
+/// A backend that counts what the decode loop asks of it (layers, exit heads, classifier checks,
+/// cosines, propagations), to check `decode::step_work` against the loop.
+pub struct Counting<B> {
+    /// The backend doing the work.
+    pub inner: B,
+    /// What was asked so far.
+    pub work: crate::decode::StepWork,
+}
+
+impl<B: crate::backend::Backend> crate::backend::Backend for Counting<B> {
+    type Hidden = B::Hidden;
+    fn num_layers(&self) -> usize {
+        self.inner.num_layers()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        self.inner.max_positions()
+    }
+    fn has_classifier(&self) -> bool {
+        self.inner.has_classifier()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn cache_len(&self, layer: usize) -> usize {
+        self.inner.cache_len(layer)
+    }
+    fn embed(&mut self, tokens: &[u32]) -> Result<Self::Hidden> {
+        self.inner.embed(tokens)
+    }
+    fn layer(&mut self, layer: usize, h: &Self::Hidden) -> Result<Self::Hidden> {
+        self.work.layers += 1;
+        self.inner.layer(layer, h)
+    }
+    fn propagate(&mut self, layer: usize, h: &Self::Hidden) -> Result<()> {
+        self.work.propagations += 1;
+        self.inner.propagate(layer, h)
+    }
+    fn head(&mut self, h: &Self::Hidden) -> Result<crate::backend::HeadSummary> {
+        self.work.heads += 1;
+        self.inner.head(h)
+    }
+    fn exit_logits(&mut self, h: &Self::Hidden) -> Result<Vec<f32>> {
+        self.work.heads += 1;
+        self.inner.exit_logits(h)
+    }
+    fn cosine(&mut self, a: &Self::Hidden, b: &Self::Hidden) -> Result<f32> {
+        self.work.cosines += 1;
+        self.inner.cosine(a, b)
+    }
+    fn classifier(&mut self, layer: usize, h: &Self::Hidden) -> Result<f32> {
+        self.work.classifiers += 1;
+        self.inner.classifier(layer, h)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn runtime_info(&self) -> crate::backend::RuntimeInfo {
+        self.inner.runtime_info()
+    }
+}

@@ -356,3 +356,43 @@ fn random_weights_need_only_config_json() {
     assert_eq!(recompute(&a, &ids), recompute(&b, &ids), "same seed, same weights");
     assert_eq!(a.model.num_layers(), 3);
 }
+
+/// `decode::step_work` (what `decode_bytes` counts) is what the decode loop really runs, for
+/// every mode and measure, greedy and sampling: a counting backend tallies the calls.
+#[test]
+fn step_work_describes_what_the_decode_loop_runs() {
+    use exitbench::decode::{step_work, StepWork};
+    use exitbench::testkit::{write_random_classifiers, Counting};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_tiny_model(dir.path(), &tiny_config(4, 300), 7).unwrap();
+    write_random_classifiers(dir.path(), &cfg, 3).unwrap();
+    let m = load(dir.path(), Precision::F32);
+    let layers = m.model.num_layers();
+    let prompt = m.tokenizer.encode(PROMPT).unwrap();
+    let knobs = |measure, threshold, min_exit_layer, exit_interval| ExitMode::Dynamic(ExitPolicy { measure, threshold, schedule: Schedule::Fixed, min_exit_layer, exit_interval });
+    let mut modes = vec![ExitMode::Full, ExitMode::Static { layer: 2 }, ExitMode::Oracle { min_exit_layer: 1, exit_interval: 1 }, ExitMode::Oracle { min_exit_layer: 2, exit_interval: 2 }];
+    for &measure in Measure::ALL {
+        for threshold in [0.0, 0.3, 0.6, 1.0] {
+            modes.push(knobs(measure, threshold, 1, 1));
+        }
+        modes.push(knobs(measure, 0.3, 2, 2));
+    }
+    let mut exits_seen = std::collections::BTreeSet::new();
+    for mode in modes {
+        for temperature in [0.0, 0.8] {
+            let mut o = opts(mode, 12);
+            o.sampling = Sampling { temperature, top_p: 0.9, seed: 5 };
+            let mut b = Counting { inner: CandleBackend::new(&m.model), work: StepWork::default() };
+            let g = generate(&mut b, &prompt, &o).unwrap();
+            // The prefill: every layer up to the mode's depth and one head for the first token.
+            let mut want = StepWork { layers: mode.depth(layers), heads: 1, ..Default::default() };
+            for t in &g.tokens[1..] {
+                want += step_work(&mode, t.exit_layer, layers);
+                exits_seen.insert(t.exit_layer);
+            }
+            assert_eq!(b.work, want, "{mode:?} at temperature {temperature}");
+        }
+    }
+    // Tokens exited at intermediate layers and at the last one, so both branches were checked.
+    assert!(exits_seen.contains(&1) && exits_seen.contains(&layers) && exits_seen.len() > 2, "{exits_seen:?}");
+}

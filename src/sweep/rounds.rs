@@ -32,6 +32,7 @@ crate::named_enum! {
     }
 }
 
+#[allow(clippy::derivable_impls)] // named_enum! defines the enum; Default is not among its derives
 impl Default for RoundOrder {
     fn default() -> Self {
         RoundOrder::Interleaved
