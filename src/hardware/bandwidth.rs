@@ -47,13 +47,27 @@ fn best(threads: usize, budget: Duration, a: &mut [f64], b: &[f64], c: &[f64]) -
 
 /// Measures both figures within about `budget` in total.
 pub fn measure(budget: Duration) -> Bandwidth {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let all = all_threads();
+    let by = measure_threads(&[1, all], budget);
+    let at = |n: usize| by.iter().find(|(t, _)| *t == n).map(|x| x.1).unwrap_or(0.0);
+    Bandwidth { one_thread_gb_s: at(1), all_threads_gb_s: at(all) }
+}
+
+/// The machine's logical CPUs.
+pub fn all_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The triad bandwidth at each of `threads` (distinct, sorted; 0 left out), sharing `budget`.
+pub fn measure_threads(threads: &[usize], budget: Duration) -> Vec<(usize, f64)> {
+    let mut counts: Vec<usize> = threads.iter().copied().filter(|&t| t > 0).collect();
+    counts.sort_unstable();
+    counts.dedup();
     let mut a = vec![0f64; N];
     let b = vec![1f64; N];
     let c = vec![2f64; N];
-    let one = best(1, budget / 2, &mut a, &b, &c);
-    let all = best(threads, budget / 2, &mut a, &b, &c);
-    Bandwidth { one_thread_gb_s: one, all_threads_gb_s: all }
+    let each = budget / counts.len().max(1) as u32;
+    counts.iter().map(|&t| (t, best(t, each, &mut a, &b, &c))).collect()
 }
 
 #[cfg(test)]
@@ -65,5 +79,8 @@ mod tests {
         let bw = measure(Duration::from_millis(200));
         assert!(bw.one_thread_gb_s.is_finite() && bw.one_thread_gb_s > 0.1, "{bw:?}");
         assert!(bw.all_threads_gb_s.is_finite() && bw.all_threads_gb_s > 0.1, "{bw:?}");
+        let by = measure_threads(&[2, 1, 2, 0], Duration::from_millis(100));
+        assert_eq!(by.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(by.iter().all(|x| x.1.is_finite() && x.1 > 0.1), "{by:?}");
     }
 }

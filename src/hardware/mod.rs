@@ -55,6 +55,10 @@ pub struct Hardware {
     /// Memory bandwidth on all threads, GB/s (as above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_bandwidth_all_gb_s: Option<f64>,
+    /// Memory bandwidth at each CPU thread count the run's cells use, GB/s (as above): what a
+    /// cell's `achieved_gb_s` is compared with.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mem_bandwidth_by_threads: std::collections::BTreeMap<usize, f64>,
 }
 
 /// The GPUs NVML sees.
@@ -103,11 +107,32 @@ impl Hardware {
     }
 
     /// This fingerprint with the memory bandwidth measured now (about `budget`).
-    pub fn with_bandwidth(mut self, budget: std::time::Duration) -> Hardware {
-        let bw = bandwidth::measure(budget);
-        self.mem_bandwidth_gb_s = Some(bw.one_thread_gb_s);
-        self.mem_bandwidth_all_gb_s = Some(bw.all_threads_gb_s);
+    pub fn with_bandwidth(self, budget: std::time::Duration) -> Hardware {
+        self.with_bandwidth_at(&[], budget)
+    }
+
+    /// This fingerprint with the memory bandwidth measured now on one thread, on all threads and
+    /// at each of `threads` (about `budget` in total).
+    pub fn with_bandwidth_at(mut self, threads: &[usize], budget: std::time::Duration) -> Hardware {
+        let all = bandwidth::all_threads();
+        let mut counts = vec![1, all];
+        counts.extend(threads.iter().map(|&t| t.min(all)));
+        let by = bandwidth::measure_threads(&counts, budget);
+        let at = |n: usize| by.iter().find(|(t, _)| *t == n).map(|x| x.1);
+        self.mem_bandwidth_gb_s = at(1);
+        self.mem_bandwidth_all_gb_s = at(all);
+        self.mem_bandwidth_by_threads = threads.iter().filter_map(|&t| Some((t, at(t.min(all))?))).collect();
         self
+    }
+
+    /// The bandwidth measured at `threads` CPU threads: that count's own measurement, else one
+    /// thread's or all threads' when `threads` is 1 or at least the machine's CPUs.
+    pub fn bandwidth_at(&self, threads: usize) -> Option<f64> {
+        self.mem_bandwidth_by_threads.get(&threads).copied().or(match threads {
+            1 => self.mem_bandwidth_gb_s,
+            t if t >= self.logical_cpus => self.mem_bandwidth_all_gb_s,
+            _ => None,
+        })
     }
 
     /// Probes this machine, GPUs included when NVML loads.
@@ -146,6 +171,7 @@ impl Hardware {
             onnxruntime_library: None,
             mem_bandwidth_gb_s: None,
             mem_bandwidth_all_gb_s: None,
+            mem_bandwidth_by_threads: Default::default(),
         }
     }
 }
@@ -164,6 +190,17 @@ pub fn machine_id(cpu_model: &str, logical_cpus: usize, memory_mib: u64, os: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_thread_count_has_its_own_bandwidth() {
+        let mut h = Hardware::probe();
+        (h.logical_cpus, h.mem_bandwidth_gb_s, h.mem_bandwidth_all_gb_s) = (4, Some(10.0), Some(30.0));
+        assert_eq!((h.bandwidth_at(1), h.bandwidth_at(2), h.bandwidth_at(4), h.bandwidth_at(8)), (Some(10.0), None, Some(30.0), Some(30.0)));
+        h.mem_bandwidth_by_threads.insert(2, 18.0);
+        assert_eq!(h.bandwidth_at(2), Some(18.0));
+        let back: Hardware = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back.bandwidth_at(2), Some(18.0));
+    }
 
     #[test]
     fn cpu_only_machine_id_is_unchanged() {

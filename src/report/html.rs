@@ -244,7 +244,8 @@ fn bandwidth_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
     }
     let h = &records[rows[0].record].hardware;
     let limit = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "n/a".into());
-    let title = format!("Achieved GB/s (measured limit: {} one thread, {} all threads)", limit(h.mem_bandwidth_gb_s), limit(h.mem_bandwidth_all_gb_s));
+    let k = &records[rows[0].record].key;
+    let title = format!("Achieved GB/s (measured limit at {}: {})", super::plural(k.threads, "thread"), limit(h.bandwidth_at(k.threads)));
     stacked_bars(&title, "GB/s", &data, &[("weights + KV read per token ÷ decode time", PALETTE[3])])
 }
 

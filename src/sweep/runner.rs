@@ -98,7 +98,9 @@ pub fn run(plan: &Plan, opts: RunOptions, progress: &mut dyn Progress) -> Result
     }
     let mut rounds_done = rounds::read(&plan.out)?;
     // Measured once per run, before any cell: the ceiling a batch-1 decode step is held to.
-    let hardware = Hardware::probe().with_bandwidth(std::time::Duration::from_secs(1));
+    // At every CPU thread count of the grid, so each cell is held to the limit of its own count.
+    let threads: Vec<usize> = super::grid::groups(plan).iter().filter(|g| g.device == DeviceKind::Cpu).map(|g| g.threads).collect();
+    let hardware = Hardware::probe().with_bandwidth_at(&threads, std::time::Duration::from_secs(1));
     let detected = crate::meter::detect(&plan.energy.meters);
     let mut window = detected.into_window();
     // The estimate is derived from CPU time: an idle baseline (≈ 0 CPU time) and minimum windows
