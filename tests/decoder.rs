@@ -202,11 +202,51 @@ fn seeded_sampling_is_reproducible_and_oracle_keeps_full_tokens(open: Opener, va
     });
 }
 
+/// Self-speculative greedy decoding emits full depth's tokens for every draft layer E in 1..L−1,
+/// k ∈ {1, 3, 8} and both cache modes; some drafts are rejected (so rollback is exercised) and
+/// some accepted; afterwards every layer's cache equals plain full-depth decoding's.
+fn speculative_greedy_equals_full_depth_and_rolls_back_exactly(open: Opener, variant: bool) {
+    use exitbench::backend::Inspect;
+    use exitbench::decode::speculative::{generate_speculative, DraftCache, Speculation};
+    let layers = 4;
+    let (dir, _) = model_dir(variant, layers, 13);
+    let prompt = prompt_of(dir.path());
+    with_backend!(&mut open(dir.path()), b => {
+        let full = generate(b, &prompt, &opts(ExitMode::Full, 24)).unwrap();
+        let reference: Vec<_> = (1..=layers).map(|l| b.cached_kv(l).unwrap().unwrap()).collect();
+        let (mut drafted, mut accepted) = (0, 0);
+        for draft_layer in 1..layers {
+            for draft_tokens in [1, 3, 8] {
+                for cache in [DraftCache::Shared, DraftCache::Separate] {
+                    let spec = Speculation { draft_layer, draft_tokens, cache };
+                    let g = generate_speculative(b, &prompt, &opts(ExitMode::Full, 24), &spec).unwrap();
+                    assert_eq!(g.generation.ids(), full.ids(), "{spec:?}");
+                    assert!(g.accepted_draft.iter().filter(|&&a| a).count() <= g.stats.accepted, "{spec:?}");
+                    drafted += g.stats.drafted;
+                    accepted += g.stats.accepted;
+                    for l in 1..=layers {
+                        let (got, want) = (b.cached_kv(l).unwrap().unwrap(), &reference[l - 1]);
+                        assert_eq!(got.len, want.len, "{spec:?} layer {l}: cached positions");
+                        assert!(max_abs_diff(&got.k, &want.k) <= 1e-4 && max_abs_diff(&got.v, &want.v) <= 1e-4, "{spec:?} layer {l}: cache differs after rollback");
+                    }
+                }
+            }
+        }
+        assert!(accepted > 0 && accepted < drafted, "drafts accepted {accepted} of {drafted}: both outcomes must occur");
+    });
+}
+
 /// Instantiates every conformance property for one backend on both model shapes.
 macro_rules! conformance {
     ($name:ident, $open:expr) => {
         mod $name {
             use super::*;
+            #[test]
+            fn speculative_greedy_equals_full_depth_and_rolls_back_exactly() {
+                for v in [false, true] {
+                    super::speculative_greedy_equals_full_depth_and_rolls_back_exactly($open, v);
+                }
+            }
             #[test]
             fn cached_decoding_matches_recomputation() {
                 for v in [false, true] {

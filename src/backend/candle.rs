@@ -2,7 +2,7 @@
 //! layer. Exit-head reductions run on the device; on the CPU the device is the host, so they are
 //! one pass over the logits there.
 
-use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo};
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
 use crate::error::{Error, Result};
 use crate::model::llama::{LayerCache, LlamaModel};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
@@ -216,6 +216,34 @@ impl super::Inspect for CandleBackend {
         let len = k.dim(2)?;
         let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
         Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
+    }
+}
+
+impl Speculate for CandleBackend {
+    fn truncate(&mut self, layer: usize, n: usize) -> Result<()> {
+        self.caches[layer - 1].truncate(n);
+        Ok(())
+    }
+
+    fn heads(&mut self, h: &Tensor) -> Result<Vec<HeadSummary>> {
+        let logits = self.model.head(h)?;
+        let t = logits.dim(1)?;
+        (0..t)
+            .map(|i| {
+                let row = logits.narrow(1, i, 1)?.flatten_all()?;
+                if self.model.device().is_cpu() {
+                    return head_summary_on_cpu(&row);
+                }
+                if self.scratch.is_none() {
+                    self.scratch = Some(HeadScratch::new(row.dim(0)?, row.device())?);
+                }
+                head_summary_on_device(&row, self.scratch.as_ref().expect("set above"))
+            })
+            .collect()
+    }
+
+    fn join(&mut self, parts: &[Tensor]) -> Result<Tensor> {
+        Ok(Tensor::cat(parts, 1)?)
     }
 }
 

@@ -176,6 +176,19 @@ pub trait Backend {
     fn runtime_info(&self) -> RuntimeInfo;
 }
 
+/// What self-speculative decoding needs beyond [`Backend`]: rolling a cache back, the exit head
+/// at every position of a multi-token state, and a state assembled from saved per-position
+/// states. A backend without it cannot run the `speculative` mode (an `unsupported` cell).
+pub trait Speculate: Backend {
+    /// Keeps the first `n` positions of `layer`'s cache (drops rejected drafts).
+    fn truncate(&mut self, layer: usize, n: usize) -> Result<()>;
+    /// The exit head at every position of `h` `[1, t, d]`, one summary per position, reduced on
+    /// the device.
+    fn heads(&mut self, h: &Self::Hidden) -> Result<Vec<HeadSummary>>;
+    /// The states `parts` (each `[1, t_i, d]`) joined along positions, in order.
+    fn join(&mut self, parts: &[Self::Hidden]) -> Result<Self::Hidden>;
+}
+
 /// Host copies of a backend's state, for conformance tests and analysis (never timed, never
 /// needed to decode): a new backend implements [`Backend`] to run, and this to be checked.
 pub trait Inspect: Backend {

@@ -7,9 +7,10 @@
 pub mod export;
 pub mod graphs;
 pub mod onnx;
+pub mod positions;
 pub mod runtime;
 
-use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo};
+use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -462,3 +463,32 @@ impl crate::backend::Inspect for OrtBackend {
     }
 }
 
+
+impl Speculate for OrtBackend {
+    fn truncate(&mut self, layer: usize, n: usize) -> Result<()> {
+        let Some(c) = &self.caches[layer - 1] else { return Ok(()) };
+        if n >= c.len {
+            return Ok(());
+        }
+        if n == 0 {
+            self.caches[layer - 1] = None;
+            return Ok(());
+        }
+        let (k, v) = (positions::gather(&[(&c.k, 0, n)], 2)?, positions::gather(&[(&c.v, 0, n)], 2)?);
+        self.caches[layer - 1] = Some(Cache { k, v, len: n });
+        Ok(())
+    }
+
+    fn heads(&mut self, h: &Hidden) -> Result<Vec<HeadSummary>> {
+        let t = Self::t_of(h)?;
+        (0..t).map(|i| {
+            let row = positions::gather(&[(h.as_ref(), i, i + 1)], 1)?;
+            self.summary(&row)
+        }).collect()
+    }
+
+    fn join(&mut self, parts: &[Hidden]) -> Result<Hidden> {
+        let spans: Vec<(&DynValue, usize, usize)> = parts.iter().map(|p| Ok((p.as_ref(), 0, Self::t_of(p)?))).collect::<Result<_>>()?;
+        Ok(Rc::new(positions::gather(&spans, 1)?))
+    }
+}

@@ -2,6 +2,8 @@
 //! layer by layer, asking the exit policy at each exit point, propagating the exited state into
 //! the skipped layers' caches, and timing layers / exit checks / propagation separately.
 
+pub mod speculative;
+
 use crate::backend::{Backend, HeadSummary};
 use crate::error::{Error, Result};
 use crate::head::argmax;
@@ -210,7 +212,7 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
     Ok(Generation { prompt_tokens: prompt.len(), tokens, prefill_s, stop, layer_s, layer_runs })
 }
 
-fn check_prompt<B: Backend>(backend: &B, prompt: &[u32]) -> Result<()> {
+pub(crate) fn check_prompt<B: Backend>(backend: &B, prompt: &[u32]) -> Result<()> {
     if prompt.is_empty() {
         return Err(Error::setting("--prompt", "the prompt encodes to zero tokens"));
     }
