@@ -2,8 +2,8 @@
 //! and ORT layer by layer against ORT's full-depth graph (the price of dynamic depth).
 //!
 //! Default model: always. The Llama-3.2-1B shape (random weights, f32, 16 layers, vocabulary
-//! 128,256): only under `cargo bench` (it exports ~15 GB of graphs into
-//! models/shapes/llama-3.2-1b/.exitbench-onnx/ on first use and needs ~16 GB of memory).
+//! 128,256): only under `cargo bench` (it exports ~12 GB of graphs into the ONNX export cache,
+//! `exitbench info` shows where, on first use, and needs ~16 GB of memory).
 //! Each measured step feeds the model's own greedy token after a prefilled prompt; every 32 steps
 //! the context is rebuilt outside the timing, so the steps see contexts of prompt + 0..32 tokens.
 

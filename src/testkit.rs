@@ -250,3 +250,11 @@ impl<B: crate::backend::Backend> crate::backend::Backend for Counting<B> {
         self.inner.runtime_info()
     }
 }
+
+/// Points this process's ONNX export cache (`EXITBENCH_ONNX_CACHE`) at `dir` the first time it
+/// is called; later calls keep the first directory. Tests that open the `ort` backend in-process
+/// call it before anything else, so the variable is set once, before their threads use it.
+pub fn onnx_cache_once(dir: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| crate::backend::ort::export::set_cache_root(dir));
+}

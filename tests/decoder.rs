@@ -282,6 +282,7 @@ macro_rules! conformance {
 }
 
 fn open_ort(dir: &Path) -> OpenBackend {
+    exitbench::testkit::onnx_cache_once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-cache"));
     let files = ModelFiles::open(dir, None).unwrap();
     // A test that cannot find ONNX Runtime fails (CI installs it with scripts/setup-venv.sh).
     exitbench::backend::open(BackendKind::Ort, &files, DeviceKind::Cpu, Precision::F32, 1).unwrap_or_else(|e| panic!("ONNX Runtime backend: {e}"))

@@ -13,7 +13,16 @@ use exitbench::with_backend;
 use std::path::Path;
 use std::process::Command;
 
+/// The export cache of this test process: `target/tmp/onnx-cache` (subprocesses inherit it
+/// unless a test gives its own).
+fn test_cache() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-cache");
+    exitbench::testkit::onnx_cache_once(&dir);
+    dir
+}
+
 fn open(kind: BackendKind, dir: &Path, p: Precision) -> OpenBackend {
+    test_cache();
     let files = ModelFiles::open(dir, None).unwrap();
     backend::open(kind, &files, DeviceKind::Cpu, p, 1).unwrap_or_else(|e| panic!("{kind:?} {p:?}: {e}"))
 }
@@ -157,15 +166,17 @@ fn export_onnx_writes_a_verified_cache_and_refuses_an_existing_out() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), &tiny_config(2, 300), 61).unwrap();
     let d = dir.path().display().to_string();
-    let (code, out, err) = exitbench(&["export-onnx", "--model", &d], NO_ENV);
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EXITBENCH_ONNX_CACHE", cache.path().to_str().unwrap())];
+    let (code, out, err) = exitbench(&["export-onnx", "--model", &d], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("files") && out.contains("dtype f32"), "{out}");
-    let (code, _, err) = exitbench(&["export-onnx", "--model", &d], NO_ENV);
+    let (code, _, err) = exitbench(&["export-onnx", "--model", &d], &env);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("up to date"), "{err}");
     let target = dir.path().join("mine");
     let t = target.display().to_string();
-    assert_eq!(exitbench(&["export-onnx", "--model", &d, "--out", &t, "--dtype", "f16"], NO_ENV).0, 0);
+    assert_eq!(exitbench(&["export-onnx", "--model", &d, "--out", &t, "--dtype", "f16"], &env).0, 0);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(target.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["dtype"], "f16");
     refused(&["export-onnx".into(), "--model".into(), d.clone(), "--out".into(), t.clone()], &[], &["--out", "already exists"]);
@@ -225,11 +236,13 @@ fn bad_libraries_caches_and_devices_are_errors_not_panics() {
     // CUDA asked where it is absent: unsupported with the runtime's reason, never the CPU.
     refused(&gen(dir.path(), &["--device", "cuda:0"]), &[], &["CUDA"]);
     // A corrupt and a truncated graph in the cache: re-exported with a warning, then it runs.
-    let ok = gen(dir.path(), &["--json"]);
+    let own = tempfile::tempdir().unwrap();
+    let cache_flag = own.path().display().to_string();
+    let ok = gen(dir.path(), &["--json", "--onnx-cache", &cache_flag]);
     let okr: Vec<&str> = ok.iter().map(String::as_str).collect();
     let (code, first, err) = exitbench(&okr, NO_ENV);
     assert_eq!(code, 0, "{err}");
-    let cache = std::fs::read_dir(dir.path().join(".exitbench-onnx")).unwrap().next().unwrap().unwrap().path();
+    let cache = std::fs::read_dir(own.path()).unwrap().next().unwrap().unwrap().path();
     for damage in ["corrupt", "truncate"] {
         let f = cache.join("layer_1.onnx");
         let bytes = std::fs::read(&f).unwrap();
@@ -256,4 +269,97 @@ fn the_export_cache_is_keyed_by_the_config_too() {
     std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
     let b = ModelFiles::open(dir.path(), None).unwrap();
     assert_ne!(exitbench::backend::ort::export::cache_dir(&b, &wh, Precision::F32), before);
+}
+
+#[test]
+fn the_cache_is_in_the_cache_directory_and_copies_of_a_model_share_one_export() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_tiny_model(a.path(), &tiny_config(2, 300), 81).unwrap();
+    for f in std::fs::read_dir(a.path()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), b.path().join(f.file_name())).unwrap();
+    }
+    let (da, db) = (a.path().display().to_string(), b.path().display().to_string());
+    let export = |model: &str, env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["export-onnx", "--model", model];
+        args.extend(extra);
+        let (code, out, err) = exitbench(&args, env);
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    let only_entry = |d: &Path| {
+        let v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v[0].clone()
+    };
+    // EXITBENCH_ONNX_CACHE: one export for both copies, none inside the model directories.
+    let cache = tempfile::tempdir().unwrap();
+    let env = [("EXITBENCH_ONNX_CACHE", cache.path().to_str().unwrap())];
+    let (out, _) = export(&da, &env, &[]);
+    let leaf = only_entry(cache.path());
+    assert!(out.starts_with(&leaf.display().to_string()), "{out}");
+    let (_, err) = export(&db, &env, &[]);
+    assert!(err.contains("up to date") && err.contains(&leaf.display().to_string()), "the copy did not reuse the export: {err}");
+    assert_eq!(only_entry(cache.path()), leaf);
+    for m in [a.path(), b.path()] {
+        assert!(std::fs::read_dir(m).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("onnx")), "an export was written into {}", m.display());
+    }
+    // XDG_CACHE_HOME (the variable unset): `$XDG_CACHE_HOME/exitbench/onnx`; --onnx-cache wins.
+    let xdg = tempfile::tempdir().unwrap();
+    let xenv = [("EXITBENCH_ONNX_CACHE", ""), ("XDG_CACHE_HOME", xdg.path().to_str().unwrap())];
+    export(&db, &xenv, &[]);
+    let root = xdg.path().join("exitbench").join("onnx");
+    assert_eq!(only_entry(&root).file_name(), leaf.file_name());
+    let flagged = tempfile::tempdir().unwrap();
+    export(&da, &xenv, &["--onnx-cache", flagged.path().to_str().unwrap()]);
+    assert_eq!(only_entry(flagged.path()).file_name(), leaf.file_name());
+    // `info` shows the directory, its exports and size; --clear-onnx-cache empties it.
+    let (code, out, err) = exitbench(&["info", "--json"], &xenv);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["onnx_cache"]["dir"], root.display().to_string());
+    assert_eq!(v["onnx_cache"]["exports"], 1);
+    assert!(v["onnx_cache"]["bytes"].as_u64().unwrap() > 10_000, "{v}");
+    let (code, out, err) = exitbench(&["info", "--clear-onnx-cache"], &xenv);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 1 ONNX export"), "{out}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+#[test]
+fn streamed_external_data_is_the_inline_graph_byte_for_byte() {
+    use exitbench::backend::ort::{export, onnx};
+    use prost::Message;
+    test_cache();
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_variant_config(2, 300), 91).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let wh = files.weights_hash().unwrap();
+    let (inline, external) = (dir.path().join("inline"), dir.path().join("external"));
+    let mi = export::write_export(&files, &wh, Precision::F32, &inline, false).unwrap();
+    let me = export::write_export(&files, &wh, Precision::F32, &external, true).unwrap();
+    // Both verify against their manifests (hashes computed while writing = hashes re-read).
+    assert_eq!(export::verify(&inline).unwrap().files, mi.files);
+    assert_eq!(export::verify(&external).unwrap().files, me.files);
+    // Every other file is the same; full.onnx + full.onnx.data put back together is the inline one.
+    let others = |m: &export::Manifest| m.files.iter().filter(|f| !f.name.starts_with("full.onnx")).cloned().collect::<Vec<_>>();
+    assert_eq!(others(&mi), others(&me));
+    let mut model = onnx::ModelProto::decode(std::fs::read(external.join("full.onnx")).unwrap().as_slice()).unwrap();
+    let data = std::fs::read(external.join("full.onnx.data")).unwrap();
+    let mut moved = 0;
+    for t in &mut model.graph.as_mut().unwrap().initializer {
+        if t.data_location != 1 {
+            continue;
+        }
+        let kv = |k: &str| t.external_data.iter().find(|e| e.key == k).unwrap().value.clone();
+        assert_eq!(kv("location"), "full.onnx.data");
+        let (off, len): (usize, usize) = (kv("offset").parse().unwrap(), kv("length").parse().unwrap());
+        assert_eq!(off % 4096, 0, "external data not aligned");
+        t.raw_data = data[off..off + len].to_vec();
+        t.external_data.clear();
+        t.data_location = 0;
+        moved += 1;
+    }
+    assert!(moved > 10, "only {moved} initializers were external");
+    assert!(model.encode_to_vec() == std::fs::read(inline.join("full.onnx")).unwrap(), "external + data differs from the inline graph");
 }

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary, its ONNX export cache in `target/tmp/onnx-cache`.
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_exitbench"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_exitbench"));
+    c.env("EXITBENCH_ONNX_CACHE", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-cache"));
+    c
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {

@@ -1,6 +1,6 @@
 //! `exitbench export-onnx`: writes the model's ONNX graphs (embedding, each layer, each
 //! propagation step, the exit head with its reductions, the exit classifier, cosine, full depth)
-//! with a manifest, to the cache directory `run` and `generate` use, or to `--out`.
+//! with a manifest, to the export cache `run` and `generate` use (`--onnx-cache`), or to `--out`.
 
 use crate::backend::ort::export;
 use crate::error::Result;
@@ -19,9 +19,15 @@ pub struct ExportArgs {
     /// Build random weights of config.json's shape with this seed.
     #[arg(long)]
     pub random_weights: Option<u64>,
-    /// Output directory (default: the cache directory under the model, `.exitbench-onnx/...`).
+    /// Output directory (default: a folder of the export cache, named by the weights, config,
+    /// dtype and exporter version).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// ONNX export cache directory (sets EXITBENCH_ONNX_CACHE for this
+    /// process and its children; default: $EXITBENCH_ONNX_CACHE, else
+    /// $XDG_CACHE_HOME/exitbench/onnx, else ~/.cache/exitbench/onnx).
+    #[arg(long, value_name = "DIR")]
+    pub onnx_cache: Option<PathBuf>,
 }
 
 /// Runs `exitbench export-onnx`.

@@ -31,6 +31,11 @@ pub struct ModelArgs {
     /// Build random weights of config.json's shape with this seed (quality is meaningless).
     #[arg(long)]
     pub random_weights: Option<u64>,
+    /// ONNX export cache directory for the `ort` backend (sets EXITBENCH_ONNX_CACHE for this
+    /// process and its children; default: $EXITBENCH_ONNX_CACHE, else
+    /// $XDG_CACHE_HOME/exitbench/onnx, else ~/.cache/exitbench/onnx).
+    #[arg(long, value_name = "DIR")]
+    pub onnx_cache: Option<PathBuf>,
 }
 
 /// The threshold `generate` uses when --measure is given without --threshold.

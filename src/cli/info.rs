@@ -1,11 +1,13 @@
 //! `exitbench info [--json]`: every meter, available or not and why, and the hardware fingerprint
-//! with the memory bandwidth measured now (about 1 s).
+//! with the memory bandwidth measured now (about 1 s), and the ONNX export cache's directory and
+//! size; `--clear-onnx-cache` empties that cache instead.
 
 #![warn(missing_docs)]
 
 use super::meter::MeterFlags;
 use crate::error::{Error, Result};
 use crate::hardware::Hardware;
+use crate::backend::ort::export::{self, CacheUsage};
 use crate::meter::{self, MeterStatus};
 use serde::Serialize;
 
@@ -18,6 +20,9 @@ pub struct InfoArgs {
     /// Meter selection.
     #[command(flatten)]
     pub meters: MeterFlags,
+    /// Remove every ONNX export from the export cache (and nothing else there), then exit.
+    #[arg(long)]
+    pub clear_onnx_cache: bool,
 }
 
 /// What `info` prints.
@@ -29,15 +34,22 @@ pub struct Info {
     pub source_label: crate::meter::Sources,
     /// The fingerprint recorded with results.
     pub hardware: Hardware,
+    /// The ONNX export cache: directory, number of exports, bytes.
+    pub onnx_cache: CacheUsage,
 }
 
 /// Detects meters and probes the machine, then prints.
 pub fn run(a: InfoArgs) -> Result<()> {
+    if a.clear_onnx_cache {
+        let was = export::clear_cache()?;
+        println!("removed {} ONNX export(s), {}, from {}", was.exports, gb(was.bytes), was.dir.display());
+        return Ok(());
+    }
     let mut opts = a.meters.options()?;
     opts.nvml_both = true;
     let detected = meter::detect(&opts);
     let source_label = detected.source_label();
-    let info = Info { meters: detected.status, source_label, hardware: Hardware::probe().with_bandwidth(std::time::Duration::from_secs(1)) };
+    let info = Info { meters: detected.status, source_label, hardware: Hardware::probe().with_bandwidth(std::time::Duration::from_secs(1)), onnx_cache: export::cache_usage() };
     if a.json {
         let s = serde_json::to_string_pretty(&info).map_err(|e| Error::Internal(e.to_string()))?;
         println!("{s}");
@@ -82,5 +94,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
         println!("  memory bw  {one:.1} GB/s on one thread, {all:.1} GB/s on all threads (STREAM-like triad, measured now)");
     }
     println!("  versions   exitbench {}, candle {}{}", h.exitbench_version, h.candle_version, h.git_commit.as_deref().map(|c| format!(", commit {c}")).unwrap_or_default());
+    let c = &info.onnx_cache;
+    println!("\nONNX export cache: {} ({} export(s), {}; clear with `exitbench info --clear-onnx-cache`)", c.dir.display(), c.exports, gb(c.bytes));
     Ok(())
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
 }

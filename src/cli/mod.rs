@@ -92,6 +92,16 @@ pub fn parse() -> Cli {
 /// `check` finds a regression, the command's own code for `meter -- COMMAND`, else 0).
 pub fn run(cli: Cli) -> Result<i32> {
     let done = |r: Result<()>| r.map(|()| 0);
+    let onnx_cache = match &cli.command {
+        Command::Generate(a) => a.model.onnx_cache.as_deref(),
+        Command::Calibrate(a) => a.model.onnx_cache.as_deref(),
+        Command::Run(a) => a.onnx_cache.as_deref(),
+        Command::ExportOnnx(a) => a.onnx_cache.as_deref(),
+        _ => None,
+    };
+    if let Some(dir) = onnx_cache {
+        crate::backend::ort::export::set_cache_root(dir);
+    }
     match cli.command {
         Command::Generate(a) => done(generate::run(a)),
         Command::Rouge(a) => done(rouge::run(a)),

@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// Errors only: no progress bar, warnings or summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// ONNX export cache directory for the `ort` backend (sets EXITBENCH_ONNX_CACHE for this
+    /// process and its children; default: $EXITBENCH_ONNX_CACHE, else
+    /// $XDG_CACHE_HOME/exitbench/onnx, else ~/.cache/exitbench/onnx).
+    #[arg(long, value_name = "DIR")]
+    pub onnx_cache: Option<PathBuf>,
 }
 
 struct Bar(ProgressBar);

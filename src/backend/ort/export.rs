@@ -1,16 +1,24 @@
-//! Exporting a model directory's weights to ONNX graphs (see `graphs.rs`), cached per weights
-//! hash, dtype and exporter version: `DIR/.exitbench-onnx/<weights-hash>-<dtype>-v<N>/`, or a
-//! user cache directory when DIR is read-only. An export is written to a temporary folder and
-//! renamed, so concurrent shards share one; a manifest records each file's size and SHA-256,
-//! and a cache that does not match it is re-exported with a warning.
+//! Exporting a model directory's weights to ONNX graphs (see `graphs.rs`), cached by content in
+//! the user's cache directory ([`cache_root`]: `$EXITBENCH_ONNX_CACHE`, else
+//! `$XDG_CACHE_HOME/exitbench/onnx`, else `~/.cache/exitbench/onnx`), one folder per weights
+//! hash, config hash, dtype and exporter version, so two copies of a model share one export.
+//! An export is written to a temporary folder and renamed, so concurrent shards share one; a
+//! manifest records each file's size and SHA-256 (computed while writing), and a cache that does
+//! not match it is re-exported with a warning. Files are streamed: each tensor's bytes are
+//! produced from the model's own tensor when written and dropped after, so an export needs
+//! little memory beyond the model.
 
 use super::graphs::{self, Weights};
 use crate::error::{Error, Result};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Environment variable naming the export cache directory (`--onnx-cache` sets it).
+pub const CACHE_ENV: &str = "EXITBENCH_ONNX_CACHE";
 
 /// Version of the exporter: bump it whenever a graph changes, so old caches are not reused.
 pub const EXPORTER_VERSION: u32 = 1;
@@ -65,21 +73,69 @@ pub struct Export {
     pub fresh: bool,
 }
 
-/// Where the export of `files` in `p` lives (the model's folder, or the user cache directory
-/// when that folder cannot be written).
-pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBuf {
-    let leaf = format!("{}-c{}-{}-v{EXPORTER_VERSION}", weights_hash.replace(':', "-"), config_hash(files), p.name());
-    let local = files.dir.join(".exitbench-onnx");
-    if writable(&files.dir) || local.join(&leaf).is_dir() {
-        return local.join(leaf);
+/// The directory holding every cached export: `$EXITBENCH_ONNX_CACHE`, else
+/// `$XDG_CACHE_HOME/exitbench/onnx`, else `$HOME/.cache/exitbench/onnx`, else the temporary
+/// directory's `exitbench/onnx`.
+pub fn cache_root() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(d) = var(CACHE_ENV) {
+        return d;
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let abs = std::fs::canonicalize(&files.dir).unwrap_or_else(|_| files.dir.clone());
-    let tag = crate::hex::encode(&Sha256::digest(abs.display().to_string().as_bytes())[..6]);
-    base.join("exitbench").join("onnx").join(tag).join(leaf)
+    var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).unwrap_or_else(std::env::temp_dir).join("exitbench").join("onnx")
+}
+
+/// Makes `dir` the cache directory of this process and of the processes it starts (Slurm shards,
+/// `ab`'s sides): sets [`CACHE_ENV`] to its absolute path. Call it before any thread starts.
+pub fn set_cache_root(dir: &Path) {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::env::set_var(CACHE_ENV, abs);
+}
+
+/// Where the export of `files` in `p` lives: a folder of [`cache_root`] named by content only
+/// (weights hash, config hash, dtype, exporter version), never by the model's path.
+pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBuf {
+    cache_root().join(format!("{}-c{}-{}-v{EXPORTER_VERSION}", weights_hash.replace(':', "-"), config_hash(files), p.name()))
+}
+
+/// What the export cache holds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CacheUsage {
+    /// [`cache_root`].
+    pub dir: PathBuf,
+    /// Number of exports (folders with a manifest).
+    pub exports: usize,
+    /// Bytes of everything in it (temporaries of unfinished exports included).
+    pub bytes: u64,
+}
+
+/// The size of the export cache (zero when it does not exist).
+pub fn cache_usage() -> CacheUsage {
+    let dir = cache_root();
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    let exports = entries.iter().filter(|p| p.join(MANIFEST).is_file()).count();
+    let bytes = entries.iter().map(|p| tree_bytes(p)).sum();
+    CacheUsage { dir, exports, bytes }
+}
+
+/// Removes every export (and leftover temporary) from the cache, nothing else; returns what
+/// was there.
+pub fn clear_cache() -> Result<CacheUsage> {
+    let before = cache_usage();
+    for e in std::fs::read_dir(&before.dir).into_iter().flatten().flatten() {
+        let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
+        if path.join(MANIFEST).is_file() || name.starts_with(".tmp-") || name.contains(".trash-") {
+            std::fs::remove_dir_all(&path).map_err(|err| Error::io(&path, err))?;
+        }
+    }
+    Ok(before)
+}
+
+fn tree_bytes(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| tree_bytes(&e.path())).sum(),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 /// A hash of the parsed config (shape, RoPE, norms): the graphs depend on it as much as on the
@@ -87,13 +143,6 @@ pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBu
 pub fn config_hash(files: &ModelFiles) -> String {
     let json = serde_json::to_string(&files.config).unwrap_or_default();
     crate::hex::encode(&Sha256::digest(json.as_bytes())[..4])
-}
-
-fn writable(dir: &Path) -> bool {
-    let probe = dir.join(format!(".exitbench-write-probe-{}", std::process::id()));
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 /// The export of `files` in precision `p`, written if absent and rewritten (with a warning
@@ -180,8 +229,44 @@ fn sha256_file(p: &Path) -> Result<String> {
     Ok(crate::hex::encode(&h.finalize()))
 }
 
+/// A file written through a buffer while its SHA-256 and length are computed.
+struct HashingFile {
+    path: PathBuf,
+    name: String,
+    w: std::io::BufWriter<std::fs::File>,
+    h: Sha256,
+    n: u64,
+}
+
+impl HashingFile {
+    fn create(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(HashingFile { path, name: name.into(), w: std::io::BufWriter::with_capacity(1 << 20, f), h: Sha256::new(), n: 0 })
+    }
+
+    /// Flushes it and describes it, or gives the error `written` (what wrote it) returned.
+    fn finish(mut self, written: std::io::Result<()>) -> Result<ExportedFile> {
+        written.and_then(|()| self.w.flush()).map_err(|e| Error::io(&self.path, e))?;
+        Ok(ExportedFile { name: self.name, bytes: self.n, sha256: crate::hex::encode(&self.h.finalize()) })
+    }
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.w.write(buf)?;
+        self.h.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
 /// Writes every graph of `files` in `p` into `dest` (through a temporary sibling folder renamed
-/// into place; when another process got there first, its export is kept). `full` forces the
+/// into place; when another process got there first, its export is kept). `force_external` forces the
 /// full-depth graph's weights into external data (tests).
 pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: &Path, force_external: bool) -> Result<Manifest> {
     let t = Instant::now();
@@ -196,24 +281,20 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
         t_map.extend(m.model.classifier_tensors());
         let w = Weights { cfg: &files.config, t: t_map, p };
         let mut out = Vec::new();
-        let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
-            let path = tmp.join(name);
-            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-            out.push(ExportedFile { name: name.into(), bytes: bytes.len() as u64, sha256: crate::hex::encode(&Sha256::digest(bytes)) });
-            Ok(())
-        };
         // A graph whose weights pass 1 GiB keeps them in `<name>.data` (protobufs stop at 2 GiB:
         // the full-depth graph of any real model, the embedding and head of a large vocabulary).
-        let mut put_graph = |name: &str, g: super::onnx::Graph, force: bool| -> Result<()> {
+        // Each file is streamed and hashed as it is written.
+        let mut put_graph = |name: &str, mut g: super::onnx::Graph, force: bool| -> Result<()> {
             if force || g.initializer_bytes() > EXTERNAL_ABOVE {
-                let mut data = Vec::new();
                 let file = format!("{name}.data");
-                let proto = g.finish(Some((&file, &mut data)));
-                put(&file, &data)?;
-                put(name, &proto)
-            } else {
-                put(name, &g.finish(None))
+                let mut data = HashingFile::create(&tmp, &file)?;
+                let r = g.externalize(&file, &mut data);
+                out.push(data.finish(r)?);
             }
+            let mut proto = HashingFile::create(&tmp, name)?;
+            let r = g.write_model(&mut proto);
+            out.push(proto.finish(r)?);
+            Ok(())
         };
         put_graph("embed.onnx", graphs::embed_graph(&w)?, false)?;
         for i in 0..files.config.num_hidden_layers {

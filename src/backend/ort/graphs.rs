@@ -15,7 +15,7 @@
 //! - `cosine`: `a`, `b` → `cosine` f32 `[1]` of their last positions
 //! - `full`: `ids`, `positions`, `past_k_i`/`past_v_i` → `summary`, `logits`, `present_k_i`/`present_v_i`
 
-use super::onnx::{dt, Attr, Dim, Graph};
+use super::onnx::{dt, Attr, Dim, Graph, Payload};
 use crate::error::{Error, Result};
 use crate::model::names::{self, Proj};
 use crate::model::{LlamaConfig, Precision};
@@ -40,6 +40,47 @@ pub fn raw_bytes(t: &Tensor) -> Result<Vec<u8>> {
         DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
         other => return Err(Error::Internal(format!("cannot export a {other:?} tensor"))),
     })
+}
+
+/// A model tensor (or its transpose) as an initializer's bytes, converted only when the graph
+/// is written: the graph shares the tensor's storage instead of holding a copy.
+struct TensorPayload {
+    t: Tensor,
+    /// Write the transpose `[in, out]` of the `[out, in]` matrix (made contiguous then, the only
+    /// copy the export makes of a tensor).
+    transpose: bool,
+}
+
+impl Payload for TensorPayload {
+    fn byte_len(&self) -> usize {
+        self.t.elem_count() * self.t.dtype().size_in_bytes()
+    }
+
+    fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let err = |e: candle_core::Error| std::io::Error::other(format!("export: {e}"));
+        let t = if self.transpose { self.t.t().and_then(|t| t.contiguous()).map_err(err)? } else { self.t.to_device(&candle_core::Device::Cpu).map_err(err)? };
+        let t = t.contiguous().map_err(err)?;
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| std::io::Error::other("export: a contiguous tensor has no contiguous offsets"))?;
+        let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(std::io::Error::other("export: tensor not on the CPU")) };
+        match t.dtype() {
+            DType::F32 => write_le(w, &cpu.as_slice::<f32>().map_err(err)?[start..end], |x| x.to_le_bytes()),
+            DType::F16 => write_le(w, &cpu.as_slice::<half::f16>().map_err(err)?[start..end], |x| x.to_bits().to_le_bytes()),
+            DType::BF16 => write_le(w, &cpu.as_slice::<half::bf16>().map_err(err)?[start..end], |x| x.to_bits().to_le_bytes()),
+            other => Err(std::io::Error::other(format!("cannot export a {other:?} tensor"))),
+        }
+    }
+}
+
+/// Writes `v` as little-endian bytes through a small buffer (64 Ki elements at a time).
+fn write_le<T: Copy, const N: usize>(w: &mut dyn std::io::Write, v: &[T], le: impl Fn(T) -> [u8; N]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(N << 16);
+    for chunk in v.chunks(1 << 16) {
+        buf.clear();
+        buf.extend(chunk.iter().flat_map(|&x| le(x)));
+        w.write_all(&buf)?;
+    }
+    Ok(())
 }
 
 /// The model's tensors by Hugging Face name, in the export's precision (norms and classifiers
@@ -68,14 +109,17 @@ impl Weights<'_> {
             other => return Err(Error::Internal(format!("cannot export a {other:?} tensor"))),
         };
         let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
-        Ok(g.init("w", el, &dims, raw_bytes(t)?))
+        Ok(g.init_lazy("w", el, &dims, Box::new(TensorPayload { t: t.clone(), transpose: false })))
     }
 
     /// An initializer holding the transpose `[in, out]` of the `[out, in]` matrix `name`.
     fn init_t(&self, g: &mut Graph, name: &str) -> Result<String> {
-        let t = self.get(name)?.t()?.contiguous()?;
-        let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
-        Ok(g.init("wt", elem(self.p), &dims, raw_bytes(&t)?))
+        let t = self.get(name)?;
+        let (out, inp) = t.dims2()?;
+        if t.dtype() != self.p.dtype() {
+            return Err(Error::Internal(format!("export: `{name}` is {:?}, the export is {}", t.dtype(), self.p.name())));
+        }
+        Ok(g.init_lazy("wt", elem(self.p), &[inp as i64, out as i64], Box::new(TensorPayload { t: t.clone(), transpose: true })))
     }
 
     /// A scalar constant in the export's precision.

@@ -1,8 +1,14 @@
 //! The few ONNX protobuf messages exitbench writes, declared by hand with onnx.proto's field
 //! numbers (no protoc, no Python), and a small graph builder that names every value it adds.
 //! Models are opset 21, IR version 10.
+//!
+//! Initializers may hold their bytes, or a [`Payload`] that produces them only when the graph is
+//! written: [`Graph::externalize`] streams the large ones into a `.data` file and
+//! [`Graph::write_model`] streams the protobuf, so an export never holds a graph's weights twice
+//! (the files are byte for byte what prost's `encode_to_vec` of the whole model gives).
 
 use prost::Message;
+use std::io::{self, Write};
 
 /// IR version written.
 pub const IR_VERSION: i64 = 10;
@@ -228,11 +234,28 @@ pub enum Attr {
     Tensor(TensorProto),
 }
 
+/// Bytes of an initializer produced when the graph is written (a model tensor, converted then),
+/// so a graph under construction holds no copy of the weights.
+pub trait Payload {
+    /// Number of bytes [`Payload::write_to`] writes.
+    fn byte_len(&self) -> usize;
+    /// Writes exactly [`Payload::byte_len`] little-endian bytes.
+    fn write_to(&self, w: &mut dyn Write) -> io::Result<()>;
+}
+
+/// Initializers of at least this many bytes go to the external data file.
+const EXTERNAL_MIN: usize = 1024;
+/// Alignment of external data (ONNX Runtime memory-maps it).
+const EXTERNAL_ALIGN: u64 = 4096;
+
 /// Builds one graph: values are named by the builder (`prefix` + a counter) unless named by the
 /// caller, so subgraphs can be emitted into one graph side by side.
 #[derive(Default)]
 pub struct Graph {
     g: GraphProto,
+    /// Beside `g.initializer`, one per initializer: the bytes still to produce (the proto's
+    /// `raw_data` is empty then).
+    payloads: Vec<Option<Box<dyn Payload>>>,
     next: usize,
     /// Prepended to generated names.
     pub prefix: String,
@@ -241,7 +264,7 @@ pub struct Graph {
 impl Graph {
     /// An empty graph.
     pub fn new(name: &str) -> Self {
-        Graph { g: GraphProto { name: name.into(), ..Default::default() }, next: 0, prefix: String::new() }
+        Graph { g: GraphProto { name: name.into(), ..Default::default() }, ..Default::default() }
     }
 
     fn fresh(&mut self, hint: &str) -> String {
@@ -267,6 +290,15 @@ impl Graph {
     pub fn init(&mut self, hint: &str, elem: i32, dims: &[i64], raw: Vec<u8>) -> String {
         let name = self.fresh(hint);
         self.g.initializer.push(TensorProto { dims: dims.to_vec(), data_type: elem, name: name.clone(), raw_data: raw, ..Default::default() });
+        self.payloads.push(None);
+        name
+    }
+
+    /// Adds a constant tensor whose bytes `payload` produces when the graph is written; returns
+    /// its name.
+    pub fn init_lazy(&mut self, hint: &str, elem: i32, dims: &[i64], payload: Box<dyn Payload>) -> String {
+        let name = self.init(hint, elem, dims, Vec::new());
+        *self.payloads.last_mut().expect("init pushed one") = Some(payload);
         name
     }
 
@@ -313,43 +345,157 @@ impl Graph {
         });
     }
 
-    /// Total bytes of the initializers.
-    pub fn initializer_bytes(&self) -> usize {
-        self.g.initializer.iter().map(|t| t.raw_data.len()).sum()
+    /// Byte length of initializer `i`, produced or not.
+    fn init_len(&self, i: usize) -> usize {
+        self.payloads[i].as_ref().map_or(self.g.initializer[i].raw_data.len(), |p| p.byte_len())
     }
 
-    /// The model protobuf. Initializers larger than `external_above` bytes go to `data_file`
-    /// (written through `data`, offsets relative to its start) when given, for models whose
-    /// protobuf would pass the 2 GiB limit.
-    pub fn finish(mut self, external: Option<(&str, &mut Vec<u8>)>) -> Vec<u8> {
-        if let Some((file, data)) = external {
-            for t in &mut self.g.initializer {
-                if t.raw_data.len() < 1024 {
-                    continue;
+    /// Total bytes of the initializers (without producing them).
+    pub fn initializer_bytes(&self) -> usize {
+        (0..self.g.initializer.len()).map(|i| self.init_len(i)).sum()
+    }
+
+    /// Moves every initializer of at least 1 KiB into external data `file` (for models whose
+    /// protobuf would pass the 2 GiB limit), written through `data` in initializer order, each
+    /// aligned to 4 KiB (offsets from the file's start); smaller lazy ones are produced in place.
+    /// Each tensor's bytes go straight to `data` and are dropped when written.
+    pub fn externalize(&mut self, file: &str, data: &mut dyn Write) -> io::Result<()> {
+        let mut at: u64 = 0;
+        let zeros = [0u8; EXTERNAL_ALIGN as usize];
+        for i in 0..self.g.initializer.len() {
+            let len = self.init_len(i);
+            if len < EXTERNAL_MIN {
+                if let Some(p) = self.payloads[i].take() {
+                    self.g.initializer[i].raw_data = produce(p.as_ref())?;
                 }
-                // ORT wants external data aligned for memory mapping.
-                while data.len() % 4096 != 0 {
-                    data.push(0);
-                }
-                let offset = data.len();
-                data.extend_from_slice(&t.raw_data);
-                t.external_data = vec![
-                    StringStringEntryProto { key: "location".into(), value: file.into() },
-                    StringStringEntryProto { key: "offset".into(), value: offset.to_string() },
-                    StringStringEntryProto { key: "length".into(), value: t.raw_data.len().to_string() },
-                ];
-                t.data_location = 1;
-                t.raw_data = Vec::new();
+                continue;
+            }
+            let pad = (EXTERNAL_ALIGN - at % EXTERNAL_ALIGN) % EXTERNAL_ALIGN;
+            data.write_all(&zeros[..pad as usize])?;
+            at += pad;
+            let t = &mut self.g.initializer[i];
+            match self.payloads[i].take() {
+                Some(p) => write_exactly(p.as_ref(), data)?,
+                None => data.write_all(&std::mem::take(&mut t.raw_data))?,
+            }
+            t.external_data = vec![
+                StringStringEntryProto { key: "location".into(), value: file.into() },
+                StringStringEntryProto { key: "offset".into(), value: at.to_string() },
+                StringStringEntryProto { key: "length".into(), value: len.to_string() },
+            ];
+            t.data_location = 1;
+            at += len as u64;
+        }
+        Ok(())
+    }
+
+    /// Streams the model protobuf to `w`, producing each lazy initializer's bytes as it is
+    /// written (one tensor's bytes at a time). The bytes equal `self.into_model()?.encode_to_vec()`.
+    pub fn write_model(self, w: &mut dyn Write) -> io::Result<()> {
+        let Graph { g, payloads, .. } = self;
+        // prost writes fields in tag order, and a tensor's raw_data (9) is its last field when
+        // its data is not external (13, 14): so a lazy tensor is its other fields, then field 9.
+        let head = GraphProto { node: g.node, name: g.name, ..Default::default() };
+        let tail = GraphProto { input: g.input, output: g.output, value_info: g.value_info, ..Default::default() };
+        let raw_len = |p: &Option<Box<dyn Payload>>| p.as_ref().map_or(0, |p| p.byte_len());
+        let field_len = |n: usize| if n == 0 { 0 } else { 1 + varint_len(n as u64) + n };
+        let tensor_len = |t: &TensorProto, p: &Option<Box<dyn Payload>>| t.encoded_len() + field_len(raw_len(p));
+        let graph_len = head.encoded_len()
+            + g.initializer.iter().zip(&payloads).map(|(t, p)| 1 + varint_len(tensor_len(t, p) as u64) + tensor_len(t, p)).sum::<usize>()
+            + tail.encoded_len();
+        let front = ModelProto { ir_version: IR_VERSION, producer_name: "exitbench".into(), producer_version: env!("CARGO_PKG_VERSION").into(), graph: None, opset_import: vec![] };
+        let back = ModelProto { opset_import: opset(), ..Default::default() };
+        w.write_all(&front.encode_to_vec())?;
+        write_key_len(w, 7, graph_len)?;
+        w.write_all(&head.encode_to_vec())?;
+        for (t, p) in g.initializer.iter().zip(&payloads) {
+            write_key_len(w, 5, tensor_len(t, p))?;
+            w.write_all(&t.encode_to_vec())?;
+            if let Some(p) = p.as_ref().filter(|p| p.byte_len() > 0) {
+                debug_assert!(t.raw_data.is_empty() && t.external_data.is_empty() && t.data_location == 0);
+                write_key_len(w, 9, p.byte_len())?;
+                write_exactly(p.as_ref(), w)?;
             }
         }
-        let m = ModelProto {
+        w.write_all(&tail.encode_to_vec())?;
+        w.write_all(&back.encode_to_vec())
+    }
+
+    /// The whole model protobuf in memory, every initializer produced.
+    pub fn into_model(mut self) -> io::Result<ModelProto> {
+        for (t, p) in self.g.initializer.iter_mut().zip(std::mem::take(&mut self.payloads)) {
+            if let Some(p) = p {
+                t.raw_data = produce(p.as_ref())?;
+            }
+        }
+        Ok(ModelProto {
             ir_version: IR_VERSION,
             producer_name: "exitbench".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.g),
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
-        };
-        m.encode_to_vec()
+            opset_import: opset(),
+        })
+    }
+}
+
+fn opset() -> Vec<OperatorSetIdProto> {
+    vec![OperatorSetIdProto { domain: String::new(), version: OPSET }]
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// A length-delimited field's key and length.
+fn write_key_len(w: &mut dyn Write, field: u32, len: usize) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(11);
+    let mut v = u64::from(field << 3 | 2);
+    for _ in 0..2 {
+        while v >= 0x80 {
+            buf.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+        v = len as u64;
+    }
+    w.write_all(&buf)
+}
+
+/// Writes `p`, checking that it wrote the length it announced (the protobuf's lengths and the
+/// external offsets depend on it).
+fn write_exactly(p: &dyn Payload, w: &mut dyn Write) -> io::Result<()> {
+    let mut c = Counting { inner: w, n: 0 };
+    p.write_to(&mut c)?;
+    if c.n != p.byte_len() as u64 {
+        return Err(io::Error::other(format!("an initializer wrote {} bytes, not the {} it announced", c.n, p.byte_len())));
+    }
+    Ok(())
+}
+
+fn produce(p: &dyn Payload) -> io::Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(p.byte_len());
+    write_exactly(p, &mut v)?;
+    Ok(v)
+}
+
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -405,4 +551,99 @@ pub fn value_types(model: &ModelProto) -> std::collections::HashMap<String, i32>
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` bytes counting up from `seed`, produced on demand.
+    struct Counter(usize, u8);
+
+    impl Payload for Counter {
+        fn byte_len(&self) -> usize {
+            self.0
+        }
+        fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+            let v: Vec<u8> = (0..self.0).map(|i| (i as u8).wrapping_add(self.1)).collect();
+            // In two pieces, as a chunked writer would.
+            w.write_all(&v[..self.0 / 2])?;
+            w.write_all(&v[self.0 / 2..])
+        }
+    }
+
+    /// Small and large initializers, raw and lazy, in mixed order (sizes cross 1 KiB, 4 KiB
+    /// alignment and the one- and two-byte varint lengths).
+    fn graph() -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.input("x", dt::FLOAT, &[Dim::Fixed(1), Dim::Named("t")]);
+        let sizes = [(5, false), (300, true), (1024, true), (5000, false), (0, true), (70_000, true), (1023, true), (4096, false)];
+        for (i, &(n, lazy)) in sizes.iter().enumerate() {
+            let name = if lazy { g.init_lazy("w", dt::FLOAT, &[n as i64], Box::new(Counter(n, i as u8))) } else { g.init("r", dt::FLOAT, &[n as i64], Counter(n, i as u8).produce()) };
+            let y = g.node("Add", &[&x, &name], &[("k", Attr::Int(i as i64))]);
+            g.output(&y, &format!("y{i}"), dt::FLOAT, &[Dim::Fixed(1)]);
+        }
+        g
+    }
+
+    impl Counter {
+        fn produce(&self) -> Vec<u8> {
+            produce(self).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_streamed_model_is_prosts_encoding() {
+        let mut streamed = Vec::new();
+        graph().write_model(&mut streamed).unwrap();
+        assert_eq!(streamed, graph().into_model().unwrap().encode_to_vec());
+        assert_eq!(graph().initializer_bytes(), 5 + 300 + 1024 + 5000 + 70_000 + 1023 + 4096);
+    }
+
+    #[test]
+    fn streamed_external_data_matches_the_in_memory_layout() {
+        // The layout exitbench wrote before streaming: every raw initializer of at least 1 KiB
+        // appended to one buffer at the next 4 KiB boundary.
+        let mut model = graph().into_model().unwrap();
+        let mut want_data = Vec::new();
+        for t in &mut model.graph.as_mut().unwrap().initializer {
+            if t.raw_data.len() < 1024 {
+                continue;
+            }
+            while want_data.len() % 4096 != 0 {
+                want_data.push(0);
+            }
+            let offset = want_data.len();
+            want_data.extend_from_slice(&t.raw_data);
+            t.external_data = vec![
+                StringStringEntryProto { key: "location".into(), value: "t.data".into() },
+                StringStringEntryProto { key: "offset".into(), value: offset.to_string() },
+                StringStringEntryProto { key: "length".into(), value: t.raw_data.len().to_string() },
+            ];
+            t.data_location = 1;
+            t.raw_data = Vec::new();
+        }
+        let (mut g, mut data, mut proto) = (graph(), Vec::new(), Vec::new());
+        g.externalize("t.data", &mut data).unwrap();
+        g.write_model(&mut proto).unwrap();
+        assert_eq!(data, want_data);
+        assert_eq!(proto, model.encode_to_vec());
+    }
+
+    #[test]
+    fn a_payload_of_the_wrong_length_is_an_error() {
+        struct Liar;
+        impl Payload for Liar {
+            fn byte_len(&self) -> usize {
+                8
+            }
+            fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+                w.write_all(&[1, 2, 3])
+            }
+        }
+        let mut g = Graph::new("t");
+        g.init_lazy("w", dt::FLOAT, &[2], Box::new(Liar));
+        let err = g.write_model(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("wrote 3 bytes, not the 8"), "{err}");
+    }
 }
