@@ -187,6 +187,19 @@ impl<B: crate::backend::Backend> crate::backend::Backend for Drifting<B> {
     }
 }
 
+impl<B: crate::backend::Speculate> crate::backend::Speculate for Drifting<B> {
+    fn truncate(&mut self, layer: usize, n: usize) -> Result<()> {
+        self.inner.truncate(layer, n)
+    }
+    fn heads(&mut self, h: &Self::Hidden) -> Result<Vec<crate::backend::HeadSummary>> {
+        self.spin();
+        self.inner.heads(h)
+    }
+    fn join(&mut self, parts: &[Self::Hidden]) -> Result<Self::Hidden> {
+        self.inner.join(parts)
+    }
+}
+
 /// A backend that counts what the decode loop asks of it (layers, exit heads, classifier checks,
 /// cosines, propagations), to check `decode::step_work` against the loop.
 pub struct Counting<B> {

@@ -916,3 +916,45 @@ fn each_group_computes_on_exactly_its_thread_count() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--pin-cpus") && !out3.exists(), "{err}");
 }
+
+/// Speculative cells run in a sweep beside the early-exit cells (both backends, both cache
+/// modes): their tokens are full depth's, sample for sample; they record an acceptance rate and
+/// tokens per verification; the report lists them; cells of older kinds keep their ids (no
+/// draft fields in their keys).
+#[test]
+fn speculative_cells_in_a_sweep_keep_full_depths_tokens() {
+    let (m, d, data) = fixture(3);
+    let out = d.path().join("spec");
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
+        ("--backend", "candle,ort"), ("--max-new-tokens", "16"), ("--draft-layer", "1,3"), ("--draft-tokens", "1,4"), ("--draft-cache", "shared,separate"),
+    ]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let recs = exitbench::results::store::read(&out.join("results.jsonl")).unwrap();
+    let mut speculative = 0;
+    for backend in ["candle", "ort"] {
+        let of = |b: Baseline| recs.iter().filter(move |r| r.key.backend.name() == backend && r.key.baseline == b);
+        let full = of(Baseline::Full).next().expect("full depth");
+        assert!(full.key.draft_layer.is_none() && !serde_json::to_string(&full.key).unwrap().contains("draft"));
+        for r in of(Baseline::Speculative) {
+            speculative += 1;
+            assert_eq!(r.status, CellStatus::Ok, "{:?}", r.reason);
+            for (o, f) in r.outputs.iter().zip(&full.outputs) {
+                assert_eq!((&o.id, &o.token_ids), (&f.id, &f.token_ids), "{}", r.key.label());
+            }
+            let s = r.speculation.as_ref().expect("speculation figures");
+            let rate = s.acceptance_rate.expect("drafted");
+            assert!((0.0..=1.0).contains(&rate) && s.tokens_per_verify.unwrap() >= 1.0, "{s:?}");
+            assert!(r.key.id().contains("|speculative|") && r.key.label().starts_with("speculative E"));
+        }
+    }
+    assert_eq!(speculative, 2 * 2 * 2 * 2);
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("speculative E1 k4 (separate cache)"), "{summary}");
+    // A draft layer the model does not have is bad input, named.
+    let bad_out = d.path().join("bad");
+    let bad = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), bad_out.to_str().unwrap(), &[("--draft-layer", "4")]);
+    let (code, _, err) = run(&bad);
+    assert!(code == 2 && err.contains("--draft-layer"), "{code} {err}");
+    assert!(!d.path().join("bad").exists());
+}

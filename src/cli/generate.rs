@@ -123,6 +123,16 @@ pub struct GenerateArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Self-speculative decoding: draft with the first E layers and verify with all (greedy;
+    /// the output is full depth's). Marks each token drafted-and-accepted or not.
+    #[arg(long, value_name = "E")]
+    pub draft_layer: Option<usize>,
+    /// Most tokens drafted per verification (with --draft-layer).
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub draft_tokens: usize,
+    /// Where the draft's cache entries live (with --draft-layer).
+    #[arg(long, value_enum, ignore_case = true, default_value = "shared")]
+    pub draft_cache: crate::decode::speculative::DraftCache,
 }
 
 /// A model ready to run, with the settings it was opened with.
@@ -191,8 +201,47 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     mode.validate(m.config.num_hidden_layers)?;
     let prompt = m.tokenizer.encode(&a.prompt)?;
     let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
+    if let Some(draft_layer) = a.draft_layer {
+        let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens: a.draft_tokens, cache: a.draft_cache };
+        let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompt, &opts, &spec))?;
+        return print_speculative(&p, &s, a.json);
+    }
     let g = crate::with_backend!(&mut p.backend, b => generate(b, &prompt, &opts))?;
     print_generation(&p, &g, &opts, a.json)
+}
+
+/// A speculative generation: the text with each accepted draft in brackets (text) or flagged
+/// (JSON), then the acceptance rate, tokens per verification and the time split.
+fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGeneration, json: bool) -> Result<()> {
+    let g = &s.generation;
+    let ids = g.ids();
+    let pieces = p.files.tokenizer.pieces(&ids)?;
+    let st = &s.stats;
+    if json {
+        let out = serde_json::json!({
+            "text": p.files.tokenizer.decode(&ids)?,
+            "token_ids": ids,
+            "tokens": pieces.iter().zip(&s.accepted_draft).zip(&ids).map(|((t, a), id)| serde_json::json!({"id": id, "text": t, "accepted_draft": a})).collect::<Vec<_>>(),
+            "acceptance_rate": st.acceptance_rate(),
+            "tokens_per_verify": s.tokens_per_verify(),
+            "stats": st,
+            "prefill_ms": g.prefill_s * 1e3,
+            "decode_ms": g.decode_s() * 1e3,
+            "stop": g.stop,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    let marked: String = pieces.iter().zip(&s.accepted_draft).map(|(t, &a)| if a { format!("[{t}]") } else { t.clone() }).collect();
+    println!("{marked}");
+    println!();
+    let rate = st.acceptance_rate().map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "n/a".into());
+    let per = s.tokens_per_verify().map(|x| format!("{x:.2}")).unwrap_or_else(|| "n/a".into());
+    let decoded = g.tokens.len().saturating_sub(1);
+    let ms = if decoded > 0 { format!("{:.3} ms/token", g.decode_s() * 1e3 / decoded as f64) } else { "n/a".into() };
+    println!("[bracketed] tokens were drafted and accepted. {} drafted, {} accepted ({rate}), {} verification passes ({per} tokens each); {ms} over the decoded tokens (draft {:.1} ms, verify {:.1} ms, rollback {:.2} ms); stop: {}",
+        st.drafted, st.accepted, st.verifies, st.draft_s * 1e3, st.verify_s * 1e3, st.rollback_s * 1e3, g.stop.name());
+    Ok(())
 }
 
 fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: bool) -> Result<()> {

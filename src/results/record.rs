@@ -4,6 +4,7 @@
 //! report time, never stored.
 
 use crate::backend::{BackendKind, DeviceKind};
+use crate::decode::speculative::DraftCache;
 use crate::exit::{Measure, Schedule};
 use crate::hardware::Hardware;
 use crate::model::Precision;
@@ -43,6 +44,8 @@ crate::named_enum! {
         Oracle = "oracle",
         /// An early-exit cell (a measure and a threshold).
         None = "none",
+        /// Self-speculative decoding (draft layer, draft tokens, cache mode): full depth's output.
+        Speculative = "speculative",
     }
 }
 
@@ -89,6 +92,15 @@ pub struct CellKey {
     /// Maximum new tokens per sample (the decaying schedule depends on it too).
     #[serde(default)]
     pub max_new_tokens: usize,
+    /// Layers the draft runs (speculative cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_layer: Option<usize>,
+    /// Most tokens drafted per verification (speculative cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_tokens: Option<usize>,
+    /// Where the draft's cache entries live (speculative cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_cache: Option<DraftCache>,
 }
 
 /// A runtime as reports (and the grid's group order) name it: `candle cpu f32 1t`.
@@ -126,7 +138,7 @@ impl CellKey {
         let dash = |x: Option<String>| x.unwrap_or_else(|| "-".into());
         let u = |x: Option<usize>| dash(x.map(|v| v.to_string()));
         let f = |name, role, value| KeyField { name, role, value };
-        vec![
+        let mut fields = vec![
             f("model", Scope, self.model.clone()),
             f("weights_hash", Scope, self.weights_hash.clone()),
             f("dataset", Scope, self.dataset.clone()),
@@ -144,7 +156,15 @@ impl CellKey {
             f("static_layer", Setting, u(self.static_layer)),
             f("machine", Scope, self.machine.clone()),
             f("max_new_tokens", Scope, self.max_new_tokens.to_string()),
-        ]
+        ];
+        // Dimensions added later appear only where set, so the ids of older cells do not change.
+        let optional = [
+            ("draft_layer", self.draft_layer.map(|x| x.to_string())),
+            ("draft_tokens", self.draft_tokens.map(|x| x.to_string())),
+            ("draft_cache", self.draft_cache.map(|x| x.to_string())),
+        ];
+        fields.extend(optional.into_iter().filter_map(|(name, v)| Some(f(name, Setting, v?))));
+        fields
     }
 
     fn joined(&self, keep: impl Fn(KeyRole) -> bool) -> String {
@@ -190,6 +210,12 @@ impl CellKey {
             Baseline::Static => format!("static@{}", self.static_layer.unwrap_or(0)),
             Baseline::Oracle => "oracle".into(),
             Baseline::None => format!("{}@{}{}", self.measure_name(), self.threshold.unwrap_or(0.0), self.knobs()),
+            Baseline::Speculative => format!(
+                "speculative E{} k{}{}",
+                self.draft_layer.unwrap_or(0),
+                self.draft_tokens.unwrap_or(0),
+                if self.draft_cache == Some(DraftCache::Separate) { " (separate cache)" } else { "" }
+            ),
         }
     }
 
@@ -247,6 +273,17 @@ mod dash {
             super::read(d, "schedule", Schedule::from_key_name)
         }
     }
+}
+
+/// What a speculative cell drafted and accepted, over its samples' first passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeculationSummary {
+    /// Accepted drafted tokens ÷ drafted tokens (LayerSkip's acceptance rate).
+    pub acceptance_rate: Option<f64>,
+    /// Mean tokens emitted per verification pass (decoded tokens ÷ passes).
+    pub tokens_per_verify: Option<f64>,
+    /// Drafted, accepted and passes, with seconds drafting, verifying and rolling back.
+    pub totals: crate::decode::speculative::SpeculationStats,
 }
 
 /// Summary statistics of repeated measurements.
@@ -534,6 +571,9 @@ pub struct CellRecord {
     /// estimate by counting, not a hardware counter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_token: Option<f64>,
+    /// Self-speculative decoding's figures (speculative cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpeculationSummary>,
     /// `bytes_per_token` ÷ the median decode time per token, GB/s: compare with the hardware
     /// block's measured `mem_bandwidth_gb_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

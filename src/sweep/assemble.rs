@@ -2,6 +2,7 @@
 //! ms/token per repetition, the paired speedup against full depth's rounds, per-layer times,
 //! bytes per token and energy.
 
+use crate::results::record::SpeculationSummary;
 use super::energy::{median_energy, repetition_energy};
 use super::fingerprint::{CellMode, GroupCtx};
 use super::rounds::{RoundRecord, SampleRun};
@@ -120,7 +121,23 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     (rec.peak_device_mem_mb, rec.device_mem_scope) = (gpu.as_ref().map(|g| g.0), gpu.map(|g| g.1));
     rec.rouge = corpus(&scores, plan.seed);
     let element = if rec.key.dtype == crate::model::Precision::F32 { 4.0 } else { 2.0 };
-    rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
+    // A speculative token's reads depend on its pass (drafts, verification): not counted yet.
+    if c.cell.speculation.is_none() {
+        rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
+    }
+    rec.speculation = c.cell.speculation.map(|_| {
+        let mut t = crate::decode::speculative::SpeculationStats::default();
+        for s in first.iter().filter_map(|s| s.speculation.as_ref()) {
+            (t.drafted, t.accepted, t.verifies) = (t.drafted + s.drafted, t.accepted + s.accepted, t.verifies + s.verifies);
+            (t.draft_s, t.verify_s, t.rollback_s) = (t.draft_s + s.draft_s, t.verify_s + s.verify_s, t.rollback_s + s.rollback_s);
+        }
+        let decoded: usize = first.iter().map(|s| s.decode_tokens).sum();
+        SpeculationSummary {
+            acceptance_rate: t.acceptance_rate(),
+            tokens_per_verify: (t.verifies > 0).then(|| decoded as f64 / t.verifies as f64),
+            totals: t,
+        }
+    });
     rec.achieved_gb_s = rec.bytes_per_token.zip((rec.ms_per_token.n > 0).then_some(rec.ms_per_token.median)).filter(|(_, ms)| *ms > 0.0).map(|(b, ms)| b / (ms / 1e3) / 1e9);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
@@ -232,6 +249,7 @@ mod tests {
                     decode_s,
                     decode_tokens: decoded,
                     split: [0.0; 3],
+                    speculation: None,
                 })
                 .collect(),
             passes: 1,

@@ -5,7 +5,8 @@ use super::energy::window_joules;
 use super::fingerprint::CellMode;
 use super::plan::Plan;
 use super::rounds::{Round, RoundRecord, SampleRun};
-use crate::backend::{Backend, DeviceKind};
+use crate::backend::{DeviceKind, Speculate};
+use crate::decode::speculative::{generate_speculative, SpeculationStats};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::Result;
 use crate::meter::EnergyWindow;
@@ -22,6 +23,18 @@ pub struct MeterCtx<'a> {
 /// Tokens of the untimed re-warm that opens every cell's round.
 pub const REWARM_TOKENS: usize = 4;
 
+/// Generates one sample of `cell`: plain decoding, or self-speculative decoding in a speculative
+/// cell (with its drafting statistics).
+pub fn generate_cell<B: Speculate>(backend: &mut B, prompt: &[u32], opts: &GenerateOptions, cell: &CellMode) -> Result<(Generation, Option<SpeculationStats>)> {
+    match &cell.speculation {
+        None => Ok((generate(backend, prompt, opts)?, None)),
+        Some(s) => {
+            let g = generate_speculative(backend, prompt, opts, s)?;
+            Ok((g.generation, Some(g.stats)))
+        }
+    }
+}
+
 /// What a cell generates with: its mode, the plan's limits, and the sample's seed.
 pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], profile_layers: bool) -> GenerateOptions {
     GenerateOptions {
@@ -35,12 +48,12 @@ pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], pro
 }
 
 /// Runs `cell` over the first `n` prompts, measuring nothing (caches and clocks warm up).
-pub fn warm_up<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
+pub fn warm_up<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
     let mut generate_s = 0.0;
     for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
         crate::interrupt::check()?;
         let t = Instant::now();
-        generate(backend, p, &options(plan, cell, i, eos_ids, false))?;
+        generate_cell(backend, p, &options(plan, cell, i, eos_ids, false), cell)?;
         generate_s += t.elapsed().as_secs_f64();
         tick();
     }
@@ -49,12 +62,12 @@ pub fn warm_up<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, prompt
 
 /// Per-layer seconds and runs of an untimed pass over `samples` that synchronizes after every
 /// layer (GPUs, where the timed rounds must not).
-pub fn profile_pass<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
+pub fn profile_pass<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
     let layers = backend.num_layers();
     let (mut s, mut n) = (vec![0.0; layers], vec![0u64; layers]);
     for i in samples {
         crate::interrupt::check()?;
-        let g = generate(backend, &prompts[i], &options(plan, cell, i, eos_ids, true))?;
+        let (g, _) = generate_cell(backend, &prompts[i], &options(plan, cell, i, eos_ids, true), cell)?;
         add_profile(&mut s, &mut n, &g);
     }
     Ok((s, n))
@@ -71,7 +84,7 @@ fn add_profile(s: &mut [f64], n: &mut [u64], g: &Generation) {
 /// window lasts --min-window for meters that need it). Layers are profiled in the timed passes
 /// only where synchronizing is free (the CPU).
 #[allow(clippy::too_many_arguments)]
-pub fn run_round<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
+pub fn run_round<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
     let start = Instant::now();
     let layers = backend.num_layers();
     let profile = device == DeviceKind::Cpu;
@@ -87,7 +100,7 @@ pub fn run_round<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, cell
     if let Some(first) = round.samples.clone().next() {
         let t = Instant::now();
         let rewarm = GenerateOptions { max_new_tokens: plan.max_new_tokens.min(REWARM_TOKENS), ..options(plan, cell, first, eos_ids, false) };
-        generate(backend, &prompts[first], &rewarm)?;
+        generate_cell(backend, &prompts[first], &rewarm, cell)?;
         generate_s += t.elapsed().as_secs_f64();
     }
     backend.sync()?;
@@ -98,14 +111,16 @@ pub fn run_round<B: Backend>(backend: &mut B, plan: &Plan, cell: &CellMode, cell
             for (k, i) in round.samples.clone().enumerate() {
                 crate::interrupt::check()?;
                 let t = Instant::now();
-                let g = generate(backend, &prompts[i], &options(plan, cell, i, eos_ids, profile && passes == 0))?;
+                let (g, spec) = generate_cell(backend, &prompts[i], &options(plan, cell, i, eos_ids, profile && passes == 0), cell)?;
                 generate_s += t.elapsed().as_secs_f64();
                 gpu_mem.sample();
                 if passes == 0 {
                     if profile {
                         add_profile(&mut layer_s, &mut layer_runs, &g);
                     }
-                    samples.push(sample_run(i, &g, round.repetition == 0 && i < plan.trace_samples));
+                    let mut run = sample_run(i, &g, round.repetition == 0 && i < plan.trace_samples);
+                    run.speculation = spec;
+                    samples.push(run);
                     tick();
                 } else {
                     samples[k].decode_s += g.decode_s();
@@ -151,6 +166,7 @@ pub fn sample_run(sample: usize, g: &Generation, traced: bool) -> SampleRun {
         decode_s: g.decode_s(),
         decode_tokens: g.tokens.len().saturating_sub(1),
         split: decoded.fold([0.0; 3], |a, t| [a[0] + t.layers_s, a[1] + t.exit_checks_s, a[2] + t.propagation_s]),
+        speculation: None,
     }
 }
 

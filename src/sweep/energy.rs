@@ -163,6 +163,7 @@ mod tests {
                     decode_s,
                     decode_tokens: decoded,
                     split: [0.0; 3],
+                    speculation: None,
                 })
                 .collect(),
             passes,

@@ -18,12 +18,17 @@ pub struct CellMode {
     pub mode: ExitMode,
     /// False for the split-cost row (full depth timed as one piece).
     pub time_split: bool,
+    /// Self-speculative decoding (with `mode` full depth): the cell's output is full depth's.
+    pub speculation: Option<crate::decode::speculative::Speculation>,
 }
 
 impl CellMode {
     /// The cell's kind of baseline: `full` (or `full (no time split)`), `static`, `oracle`, or
     /// `none` for an early-exit setting.
     pub fn baseline(&self) -> Baseline {
+        if self.speculation.is_some() {
+            return Baseline::Speculative;
+        }
         match self.mode {
             ExitMode::Full if !self.time_split => Baseline::FullUnsplit,
             ExitMode::Full => Baseline::Full,
@@ -73,6 +78,9 @@ impl GroupCtx<'_> {
             baseline: cell.baseline(),
             static_layer,
             machine: self.hardware.machine_id.clone(),
+            draft_layer: cell.speculation.map(|s| s.draft_layer),
+            draft_tokens: cell.speculation.map(|s| s.draft_tokens),
+            draft_cache: cell.speculation.map(|s| s.cache),
             max_new_tokens: self.plan.max_new_tokens,
         }
     }
@@ -106,6 +114,7 @@ impl GroupCtx<'_> {
             generate_s: 0.0,
             compute_dtype: None,
             bytes_per_token: None,
+            speculation: None,
             achieved_gb_s: None,
             speedup: None,
             rounds: 0,

@@ -101,6 +101,9 @@ pub struct SampleRun {
     pub decode_tokens: usize,
     /// Seconds in decoder layers, exit checks and propagation (first pass).
     pub split: [f64; 3],
+    /// Drafts, acceptances and the draft / verify / rollback split (speculative cells, first pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<crate::decode::speculative::SpeculationStats>,
 }
 
 impl SampleRun {

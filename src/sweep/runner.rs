@@ -14,7 +14,7 @@ use super::grid::{groups, Group, Shard};
 use super::plan::Plan;
 use super::planfile::check_and_record_plan;
 use super::rounds::{self, RoundOrder, RoundRecord, ROUNDS_FILE};
-use crate::backend::{Backend, DeviceKind};
+use crate::backend::DeviceKind;
 use crate::error::{Error, Result};
 use crate::exit::{ExitMode, Measure};
 use crate::hardware::Hardware;
@@ -197,7 +197,7 @@ fn refuse_if_nothing_runs(plan: &Plan) -> Result<()> {
 /// Runs the plan's first configuration group on `backend` instead of the runtime the plan names
 /// (a scripted backend in tests, or a runtime exitbench does not build), into a fresh `plan.out`,
 /// with the meters found here. Returns the records written.
-pub fn run_on<B: Backend>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
+pub fn run_on<B: crate::backend::Speculate>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
     std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
     let files = Files { results: plan.out.join(store::RESULTS_FILE), rounds: plan.out.join(ROUNDS_FILE) };
     if files.results.exists() {
@@ -223,10 +223,11 @@ pub fn run_on<B: Backend>(plan: &Plan, backend: &mut B, progress: &mut dyn Progr
 /// The cells of a group: its exit modes, plus on a GPU (or when asked) full depth timed without
 /// the time split, which shows what the split's synchronization costs.
 pub fn cells_of(plan: &Plan, g: &Group) -> Vec<CellMode> {
-    let mut out: Vec<CellMode> = g.modes.iter().map(|&mode| CellMode { mode, time_split: true }).collect();
+    let mut out: Vec<CellMode> = g.modes.iter().map(|&mode| CellMode { mode, time_split: true, speculation: None }).collect();
     if plan.split_cost_row.unwrap_or(matches!(g.device, DeviceKind::Cuda(_))) {
-        out.insert(1, CellMode { mode: ExitMode::Full, time_split: false });
+        out.insert(1, CellMode { mode: ExitMode::Full, time_split: false, speculation: None });
     }
+    out.extend(plan.speculations.iter().map(|&s| CellMode { mode: ExitMode::Full, time_split: true, speculation: Some(s) }));
     out
 }
 
@@ -319,7 +320,7 @@ struct Running {
 
 impl GroupRun<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn run<B: Backend>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
+    fn run<B: crate::backend::Speculate>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
         let info = RuntimeInfo { compute: self.compute.clone(), ..backend.runtime_info() };

@@ -61,6 +61,8 @@ pub struct Plan {
     pub static_exits: Vec<usize>,
     /// Oracle analysis on or off.
     pub oracle: bool,
+    /// Self-speculative settings (empty: no speculative cells).
+    pub speculations: Vec<crate::decode::speculative::Speculation>,
     /// Dataset.
     pub dataset: DatasetSpec,
     /// The examples (loaded and validated up front).

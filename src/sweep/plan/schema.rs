@@ -78,6 +78,20 @@ pub struct RawSettings {
     #[arg(long, overrides_with = "oracle")]
     #[serde(skip)]
     pub no_oracle: bool,
+    /// Self-speculative cells: draft layers E (1..L−1), each with every --draft-tokens and
+    /// --draft-cache (none unless given; greedy, lossless: full depth's tokens).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::counts")]
+    pub draft_layer: Option<Vec<usize>>,
+    /// Most tokens drafted per verification in speculative cells (default 4).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::counts")]
+    pub draft_tokens: Option<Vec<usize>>,
+    /// Where the draft's cache entries live: shared (LayerSkip) or separate (transformers;
+    /// the verifier recomputes every layer). Default shared.
+    #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
     /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
     #[arg(long)]
     pub dataset: Option<String>,
@@ -177,6 +191,9 @@ impl RawSettings {
             static_exit: Some(vec![]),
             oracle: Some(true),
             no_oracle: false,
+            draft_layer: None,
+            draft_tokens: None,
+            draft_cache: None,
             dataset: Some("synth:test".into()),
             samples: Some(40),
             max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),

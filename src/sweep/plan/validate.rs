@@ -79,6 +79,7 @@ impl Plan {
             None => PathBuf::from(format!("results/run-{}", local_timestamp())),
         };
         let static_exits = s.static_exit.clone().unwrap_or_default();
+        let speculations = speculations(&s)?;
         let oracle = need(s.oracle, "--oracle")?;
         let smallest = dtypes.iter().copied().min_by_key(|p| p.dtype().size_in_bytes()).unwrap_or(Precision::F32);
         let models = list("--model", &nonempty(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights, smallest))?;
@@ -89,6 +90,9 @@ impl Plan {
             }
             for &k in &static_exits {
                 policy::check_exit_layer("--static-exit", k, l, Some(&m.dir))?;
+            }
+            for sp in &speculations {
+                sp.validate(l).map_err(|e| Error::setting("--draft-layer", format!("{e} (model {})", m.dir.display())))?;
             }
         }
         let dataset = DatasetSpec::parse(&need(s.dataset.clone(), "--dataset")?)?;
@@ -125,6 +129,7 @@ impl Plan {
             exit_intervals: dedup_keep_order(exit_intervals),
             static_exits: dedup_keep_order(static_exits),
             oracle,
+            speculations,
             dataset,
             examples,
             max_new_tokens,
@@ -172,4 +177,35 @@ fn plan_model(dir: &Path, random_weights: Option<u64>, precision: Precision) -> 
         }
     }
     Ok(PlannedModel { dir: dir.to_path_buf(), config })
+}
+
+/// Every (draft layer, draft tokens, draft cache) combination the settings ask for; none without
+/// `--draft-layer`. The layer is checked per model by the caller.
+fn speculations(s: &RawSettings) -> Result<Vec<crate::decode::speculative::Speculation>> {
+    use crate::decode::speculative::{DraftCache, Speculation, MAX_DRAFT_TOKENS};
+    let Some(layers) = s.draft_layer.clone() else {
+        if s.draft_tokens.is_some() || s.draft_cache.is_some() {
+            return Err(Error::setting("--draft-tokens", "speculative cells need --draft-layer (the layers the draft runs)"));
+        }
+        return Ok(vec![]);
+    };
+    let tokens = s.draft_tokens.clone().unwrap_or_else(|| vec![4]);
+    let caches = s.draft_cache.clone().unwrap_or_else(|| vec![DraftCache::Shared]);
+    for (flag, empty) in [("--draft-layer", layers.is_empty()), ("--draft-tokens", tokens.is_empty()), ("--draft-cache", caches.is_empty())] {
+        if empty {
+            return Err(Error::setting(flag, "is empty"));
+        }
+    }
+    if let Some(&k) = tokens.iter().find(|&&k| k == 0 || k > MAX_DRAFT_TOKENS) {
+        return Err(Error::setting("--draft-tokens", format!("{k} is outside 1..={MAX_DRAFT_TOKENS}")));
+    }
+    let mut out = Vec::new();
+    for &draft_layer in &dedup_keep_order(layers) {
+        for &draft_tokens in &dedup_keep_order(tokens.clone()) {
+            for &cache in &dedup_keep_order(caches.clone()) {
+                out.push(Speculation { draft_layer, draft_tokens, cache });
+            }
+        }
+    }
+    Ok(out)
 }
