@@ -125,9 +125,11 @@ fn bench_matvec(c: &mut Criterion) {
             let x = candle_core::Tensor::randn(0f32, 1.0, (1, cols), &candle_core::Device::Cpu).unwrap();
             let wt = w.t().unwrap();
             g.bench_function(format!("{what} {rows}x{cols}/candle gemm"), |b| b.iter(|| pool.install(|| x.matmul(&wt).unwrap())));
-            g.bench_function(format!("{what} {rows}x{cols}/row split"), |b| {
-                b.iter(|| pool.install(|| exitbench::model::matvec::try_row_times_transposed(&x, &w).unwrap().unwrap()))
-            });
+            // The row-split kernel itself on exactly `threads` threads (the decode path uses it
+            // from two threads on, candle's gemm on one).
+            let (xs, ws) = (x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let mut y = vec![0f32; rows];
+            g.bench_function(format!("{what} {rows}x{cols}/row split"), |b| b.iter(|| pool.install(|| exitbench::model::matvec::matvec(&ws, &xs, &mut y))));
         }
         g.finish();
     }

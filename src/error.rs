@@ -6,9 +6,16 @@ use std::path::PathBuf;
 /// Errors raised by the exitbench library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file or directory the user named could not be read.
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
+    /// A file or directory the user named could not be read. `message` says what was wrong
+    /// where no system error did; otherwise the system error is the `source` (so `{err:#}` and
+    /// [`Error::report`] print `path: cause` once).
+    #[error("{path}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Io {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A user-supplied file has malformed content (JSON, TOML, JSONL line, tensor...).
     #[error("{path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     BadFile { path: PathBuf, line: Option<usize>, message: String },
@@ -100,7 +107,7 @@ impl Error {
 
     /// Shorthand for an I/O failure on a path.
     pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
-        Error::Io { path: path.into(), message: err.to_string() }
+        Error::Io { path: path.into(), message: String::new(), source: Some(err) }
     }
 }
 

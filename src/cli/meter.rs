@@ -140,7 +140,7 @@ pub fn run(a: MeterArgs) -> Result<i32> {
             Ok(st) => Some(exit_code(st)),
             Err(e) => {
                 let _ = window.end();
-                return Err(Error::Io { path: PathBuf::from(&a.command[0]), message: format!("cannot run the command: {e}") });
+                return Err(Error::Io { path: PathBuf::from(&a.command[0]), message: format!("cannot run the command: {e}"), source: None });
             }
         },
     };

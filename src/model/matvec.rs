@@ -3,7 +3,8 @@
 //! threads, see `backend::threads`), each row a dot product with eight independent
 //! accumulators that the compiler vectorises. At batch 1 every decode step is such a product
 //! and is bound by how fast the weights stream from memory; splitting rows as llama2.c's OpenMP
-//! loop does keeps every requested thread streaming.
+//! loop does keeps every requested thread streaming. Used from two threads on; on one, candle's
+//! gemm is as fast.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -101,7 +102,10 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 pub fn try_row_times_transposed(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     // Never on a tensor autograd tracks: the product would drop out of the graph.
     let applies = !x.track_op() && !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() && w.rank() == 2 && x.elem_count() == w.dim(1)?;
-    if !applies {
+    // On one thread candle's gemm streams as fast or faster (criterion, `cargo bench --bench
+    // decode -- matvec`: 1B LM head 89.9 ms vs 95.9 ms); its m = 1 product does not speed up
+    // with a second thread (88.2 ms), which the row split does (58.2 ms).
+    if !applies || rayon::current_num_threads() < 2 {
         return Ok(None);
     }
     let x = x.contiguous()?;
@@ -123,7 +127,10 @@ mod tests {
         let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
         let wt = Tensor::from_vec(w, (rows, n), &Device::Cpu).unwrap();
         let xt = Tensor::from_vec(x, (1, n), &Device::Cpu).unwrap();
-        let ours = try_row_times_transposed(&xt, &wt).unwrap().expect("applies").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let ours = pool.install(|| try_row_times_transposed(&xt, &wt)).unwrap().expect("applies on two threads").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert!(one.install(|| try_row_times_transposed(&xt, &wt)).unwrap().is_none(), "one thread keeps candle's gemm");
         let theirs = xt.matmul(&wt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(ours.len(), rows);
         for (a, b) in ours.iter().zip(&theirs) {
@@ -134,8 +141,8 @@ mod tests {
         let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - plain).abs() < 1e-3 && (dot_portable(&a, &b) - plain).abs() < 1e-3);
         // Not for f16 or several rows.
-        assert!(try_row_times_transposed(&xt.to_dtype(DType::F16).unwrap(), &wt.to_dtype(DType::F16).unwrap()).unwrap().is_none());
+        assert!(pool.install(|| try_row_times_transposed(&xt.to_dtype(DType::F16).unwrap(), &wt.to_dtype(DType::F16).unwrap())).unwrap().is_none());
         let two = Tensor::cat(&[&xt, &xt], 0).unwrap();
-        assert!(try_row_times_transposed(&two, &wt).unwrap().is_none());
+        assert!(pool.install(|| try_row_times_transposed(&two, &wt)).unwrap().is_none());
     }
 }

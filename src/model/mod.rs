@@ -185,9 +185,9 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         Ok(())
     } else if dir.exists() {
-        Err(Error::Io { path: dir.to_path_buf(), message: "is a file, not a model directory (--model takes a directory holding config.json, model.safetensors and tokenizer.json)".into() })
+        Err(Error::Io { path: dir.to_path_buf(), message: "is a file, not a model directory (--model takes a directory holding config.json, model.safetensors and tokenizer.json)".into(), source: None })
     } else {
-        Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into() })
+        Err(Error::Io { path: dir.to_path_buf(), message: "model directory not found".into(), source: None })
     }
 }
 

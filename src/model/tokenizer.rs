@@ -30,7 +30,7 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` and checks that its vocabulary fits the model's.
     pub fn from_file(path: &Path, model_vocab: usize) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::Io { path: path.to_path_buf(), message: "tokenizer.json not found".into() });
+            return Err(Error::Io { path: path.to_path_buf(), message: "tokenizer.json not found".into(), source: None });
         }
         let tok = load_hf(path)?;
         let n = tok.get_vocab_size(true);

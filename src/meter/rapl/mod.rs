@@ -107,6 +107,7 @@ fn read_trimmed(path: &Path) -> Result<String> {
 pub fn list_zones(root: &Path) -> Result<Vec<Zone>> {
     let entries = std::fs::read_dir(root).map_err(|e| Error::Io {
         path: root.to_path_buf(),
+        source: None,
         message: format!(
             "no powercap tree ({e}): RAPL needs Linux powercap (intel_rapl_common, which also serves AMD Zen since 5.8); \
              if it is mounted elsewhere, pass --powercap-root or set EXITBENCH_POWERCAP_ROOT"
@@ -173,7 +174,7 @@ pub fn read_energy_uj(path: &Path, root: &Path) -> Result<u64> {
         } else {
             format!("cannot read the RAPL energy counter: {e}")
         };
-        Error::Io { path: path.to_path_buf(), message }
+        Error::Io { path: path.to_path_buf(), message, source: None }
     })?;
     let t = s.trim();
     t.parse::<u64>().map_err(|_| Error::file(path, None, format!("expected a whole number of microjoules, found {t:?}")))
