@@ -99,26 +99,15 @@ impl TokenTrace {
     }
 }
 
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StopReason {
-    /// An end-of-sequence token was generated (it is included in the tokens).
-    Eos,
-    /// The maximum number of new tokens was reached.
-    MaxNewTokens,
-    /// The model's maximum sequence length was reached.
-    MaxPositions,
-}
-
-impl StopReason {
-    /// The name records and JSON use (`eos`, `max-new-tokens`, `max-positions`).
-    pub fn name(self) -> &'static str {
-        match self {
-            StopReason::Eos => "eos",
-            StopReason::MaxNewTokens => "max-new-tokens",
-            StopReason::MaxPositions => "max-positions",
-        }
+crate::named_enum! {
+    /// Why generation stopped.
+    pub enum StopReason: "stop reason", "stop" {
+        /// An end-of-sequence token was generated (it is included in the tokens).
+        Eos = "eos",
+        /// The maximum number of new tokens was reached.
+        MaxNewTokens = "max-new-tokens",
+        /// The model's maximum sequence length was reached.
+        MaxPositions = "max-positions",
     }
 }
 
