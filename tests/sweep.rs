@@ -951,6 +951,10 @@ fn speculative_cells_in_a_sweep_keep_full_depths_tokens() {
     assert_eq!(speculative, 2 * 2 * 2 * 2);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("speculative E1 k4 (separate cache)"), "{summary}");
+    for cache in ["shared", "separate"] {
+        assert_eq!(summary.matches(&format!("**Self-speculative decoding ({cache} cache)**")).count(), 2, "one table per group: {summary}");
+    }
+    assert!(summary.contains("| E \\ k | 1 | 4 |") && summary.lines().any(|l| l.starts_with("| 3 | ") && l.contains("%)")), "{summary}");
     // A draft layer the model does not have is bad input, named.
     let bad_out = d.path().join("bad");
     let bad = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), bad_out.to_str().unwrap(), &[("--draft-layer", "4")]);

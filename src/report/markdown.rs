@@ -66,6 +66,7 @@ impl Exporter for MarkdownExporter {
             }
             let _ = writeln!(s);
             write_memory(&mut s, &members, records);
+            write_speculative(&mut s, &members, records);
             for r in rows.iter().filter(|r| r.group == g) {
                 let rec = &records[r.record];
                 if rec.status != CellStatus::Ok {
@@ -74,6 +75,37 @@ impl Exporter for MarkdownExporter {
             }
         }
         Ok(s)
+    }
+}
+
+/// The speculative cells of a group as a draft-layer × draft-tokens table per cache mode: the
+/// measured speedup over full depth (paired by round) and the acceptance rate.
+fn write_speculative(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) {
+    use crate::decode::speculative::DraftCache;
+    let spec: Vec<(&ReportRow, &CellRecord)> = members.iter().map(|r| (*r, &records[r.record])).filter(|(_, c)| c.key.baseline == Baseline::Speculative && c.status == CellStatus::Ok).collect();
+    for cache in DraftCache::ALL {
+        let cells: Vec<&(&ReportRow, &CellRecord)> = spec.iter().filter(|(_, c)| c.key.draft_cache == Some(*cache)).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let mut layers: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_layer).collect();
+        let mut tokens: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_tokens).collect();
+        (layers.sort_unstable(), layers.dedup(), tokens.sort_unstable(), tokens.dedup());
+        let _ = writeln!(s, "**Self-speculative decoding ({cache} cache)**: measured speedup over full depth (decode, paired by round) and acceptance rate (accepted ÷ drafted tokens), by draft layer E and most tokens drafted k; every cell emits full depth's tokens.\n");
+        let _ = writeln!(s, "| E \\ k | {} |", tokens.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(s, "|---|{}", "---|".repeat(tokens.len()));
+        for e in &layers {
+            let row: Vec<String> = tokens
+                .iter()
+                .map(|k| {
+                    let Some((r, c)) = cells.iter().find(|(_, c)| c.key.draft_layer == Some(*e) && c.key.draft_tokens == Some(*k)) else { return "–".into() };
+                    let rate = c.speculation.as_ref().and_then(|x| x.acceptance_rate).map(|a| format!("{:.0}%", a * 100.0)).unwrap_or_else(|| "n/a".into());
+                    format!("{} ({rate})", super::speedup_text(r).unwrap_or_else(|| "n/a".into()))
+                })
+                .collect();
+            let _ = writeln!(s, "| {e} | {} |", row.join(" | "));
+        }
+        let _ = writeln!(s);
     }
 }
 
