@@ -90,7 +90,10 @@ fn write_speculative(s: &mut String, members: &[&ReportRow], records: &[CellReco
         }
         let mut layers: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_layer).collect();
         let mut tokens: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_tokens).collect();
-        (layers.sort_unstable(), layers.dedup(), tokens.sort_unstable(), tokens.dedup());
+        layers.sort_unstable();
+        layers.dedup();
+        tokens.sort_unstable();
+        tokens.dedup();
         let _ = writeln!(s, "**Self-speculative decoding ({cache} cache)**: measured speedup over full depth (decode, paired by round) and acceptance rate (accepted ÷ drafted tokens), by draft layer E and most tokens drafted k; every cell emits full depth's tokens.\n");
         let _ = writeln!(s, "| E \\ k | {} |", tokens.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(s, "|---|{}", "---|".repeat(tokens.len()));
