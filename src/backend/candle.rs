@@ -2,9 +2,9 @@
 //! layer. Exit-head reductions run on the device; on the CPU the device is the host, so they are
 //! one pass over the logits there.
 
-use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
+use super::{Backend, Batch, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
 use crate::error::{Error, Result};
-use crate::model::llama::{LayerCache, LlamaModel};
+use crate::model::llama::{LayerCache, LlamaModel, RowSegments};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
 use candle_core::{DType, Device, Tensor};
 
@@ -43,6 +43,8 @@ pub struct CandleBackend {
     model: LlamaModel,
     threads: usize,
     caches: Vec<LayerCache>,
+    /// Batched decoding's caches, `[layer - 1][row]` (empty until [`Batch::start_rows`]).
+    row_caches: Vec<Vec<LayerCache>>,
     /// Constants of the on-device top-2, made at the first exit check (non-CPU devices only).
     scratch: Option<HeadScratch>,
 }
@@ -53,7 +55,7 @@ impl CandleBackend {
         let n = model.config().max_position_embeddings.min(4096);
         let caches = (0..model.num_layers()).map(|_| LayerCache::new(n)).collect();
         let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-        Self { model: model.clone(), threads, caches, scratch: None }
+        Self { model: model.clone(), threads, caches, row_caches: Vec::new(), scratch: None }
     }
 
     /// Sets candle's threads, builds the model from `files` on `device` in `precision`.
@@ -79,6 +81,43 @@ impl CandleBackend {
     fn last(x: &Tensor) -> Result<Tensor> {
         let t = x.dim(1)?;
         Ok(x.narrow(1, t - 1, 1)?)
+    }
+
+    /// The exit-head summary of `logits` `[V]` f32, on the host or reduced on the device.
+    fn summarize(&mut self, logits: &Tensor) -> Result<HeadSummary> {
+        if self.model.device().is_cpu() {
+            return head_summary_on_cpu(logits);
+        }
+        if self.scratch.is_none() {
+            self.scratch = Some(HeadScratch::new(logits.dim(0)?, logits.device())?);
+        }
+        head_summary_on_device(logits, self.scratch.as_ref().expect("set above"))
+    }
+}
+
+/// Several rows' states for the candle backend: `[1, n, d]` and each row's segment length.
+#[derive(Debug, Clone)]
+pub struct CandleRows {
+    /// The positions of every row side by side.
+    pub h: Tensor,
+    /// Positions per segment (row), in order.
+    pub lens: Vec<usize>,
+}
+
+impl CandleRows {
+    /// Index of the last position of every segment.
+    fn last_indices(&self) -> Vec<u32> {
+        let mut end = 0u32;
+        self.lens.iter().map(|&t| { end += t as u32; end - 1 }).collect()
+    }
+
+    /// The last position of every segment, `[1, segments, d]`.
+    fn lasts(&self) -> Result<Tensor> {
+        if self.lens.iter().all(|&t| t == 1) {
+            return Ok(self.h.clone());
+        }
+        let idx = Tensor::new(self.last_indices(), self.h.device())?;
+        Ok(self.h.index_select(&idx, 1)?)
     }
 }
 
@@ -166,13 +205,7 @@ impl Backend for CandleBackend {
 
     fn head(&mut self, h: &Tensor) -> Result<HeadSummary> {
         let logits = self.model.head(&Self::last(h)?)?.flatten_all()?;
-        if self.model.device().is_cpu() {
-            return head_summary_on_cpu(&logits);
-        }
-        if self.scratch.is_none() {
-            self.scratch = Some(HeadScratch::new(logits.dim(0)?, logits.device())?);
-        }
-        head_summary_on_device(&logits, self.scratch.as_ref().expect("set above"))
+        self.summarize(&logits)
     }
 
     fn exit_logits(&mut self, h: &Tensor) -> Result<Vec<f32>> {
@@ -207,15 +240,94 @@ impl Backend for CandleBackend {
 
 }
 
+impl Batch for CandleBackend {
+    type Rows = CandleRows;
+
+    fn shares_weight_reads(&self) -> bool {
+        true
+    }
+
+    fn start_rows(&mut self, n: usize, capacity: usize) -> Result<()> {
+        let layers = self.model.num_layers();
+        if self.row_caches.len() != layers || self.row_caches.first().map_or(0, Vec::len) != n {
+            self.row_caches = (0..layers).map(|_| (0..n).map(|_| LayerCache::new(capacity)).collect()).collect();
+        }
+        self.row_caches.iter_mut().flatten().for_each(LayerCache::reset);
+        Ok(())
+    }
+
+    fn row_cache_len(&self, row: usize, layer: usize) -> usize {
+        self.row_caches[layer - 1][row].len()
+    }
+
+    fn embed_rows(&mut self, tokens: &[&[u32]]) -> Result<CandleRows> {
+        let all: Vec<u32> = tokens.iter().flat_map(|t| t.iter().copied()).collect();
+        Ok(CandleRows { h: self.model.embed(&all)?, lens: tokens.iter().map(|t| t.len()).collect() })
+    }
+
+    fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &CandleRows) -> Result<CandleRows> {
+        let segs = RowSegments { rows, lens: &h.lens };
+        let out = self.model.layer_forward_rows(layer, &h.h, segs, &mut self.row_caches[layer - 1])?;
+        Ok(CandleRows { h: out, lens: h.lens.clone() })
+    }
+
+    fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &CandleRows) -> Result<()> {
+        let x = h.lasts()?;
+        self.model.propagate_rows(layer, &x, rows, &mut self.row_caches[layer - 1])
+    }
+
+    fn head_rows(&mut self, h: &CandleRows) -> Result<Vec<HeadSummary>> {
+        let logits = self.model.head(&h.lasts()?)?;
+        (0..h.lens.len()).map(|i| self.summarize(&logits.narrow(1, i, 1)?.flatten_all()?)).collect()
+    }
+
+    fn exit_logits_rows(&mut self, h: &CandleRows) -> Result<Vec<Vec<f32>>> {
+        let logits = self.model.head(&h.lasts()?)?.squeeze(0)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    fn cosine_rows(&mut self, a: &CandleRows, b: &CandleRows) -> Result<Vec<f32>> {
+        let (a, b) = (a.lasts()?.squeeze(0)?.to_dtype(DType::F32)?, b.lasts()?.squeeze(0)?.to_dtype(DType::F32)?);
+        let (a, b) = (a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        Ok(a.iter().zip(&b).map(|(x, y)| crate::head::cosine(x, y)).collect())
+    }
+
+    fn classifier_rows(&mut self, layer: usize, h: &CandleRows) -> Result<Vec<f32>> {
+        self.model.classifier_probs(layer, &h.lasts()?)
+    }
+
+    fn pick_rows(&mut self, parts: &[&CandleRows], picks: &[(usize, usize)]) -> Result<CandleRows> {
+        let mut offsets = Vec::with_capacity(parts.len());
+        let mut base = 0u32;
+        for p in parts {
+            offsets.push((base, p.last_indices()));
+            base += p.h.dim(1)? as u32;
+        }
+        let idx: Vec<u32> = picks.iter().map(|&(p, i)| offsets[p].0 + offsets[p].1[i]).collect();
+        let all = if parts.len() == 1 { parts[0].h.clone() } else { Tensor::cat(&parts.iter().map(|p| &p.h).collect::<Vec<_>>(), 1)? };
+        let idx = Tensor::new(idx, all.device())?;
+        Ok(CandleRows { h: all.index_select(&idx, 1)?, lens: vec![1; picks.len()] })
+    }
+
+    fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
+        snapshot(&self.row_caches[layer - 1][row])
+    }
+}
+
+/// A host copy of one cache.
+fn snapshot(cache: &LayerCache) -> Result<Option<KvSnapshot>> {
+    let Some((k, v)) = cache.kv()? else { return Ok(None) };
+    let len = k.dim(2)?;
+    let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+    Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
+}
+
 impl super::Inspect for CandleBackend {
     fn hidden_to_host(&self, h: &Tensor) -> Result<Vec<f32>> {
         Ok(h.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
-        let Some((k, v)) = self.caches[layer - 1].kv()? else { return Ok(None) };
-        let len = k.dim(2)?;
-        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
-        Ok(Some(KvSnapshot { k: host(&k)?, v: host(&v)?, len }))
+        snapshot(&self.caches[layer - 1])
     }
 }
 
@@ -228,18 +340,7 @@ impl Speculate for CandleBackend {
     fn heads(&mut self, h: &Tensor) -> Result<Vec<HeadSummary>> {
         let logits = self.model.head(h)?;
         let t = logits.dim(1)?;
-        (0..t)
-            .map(|i| {
-                let row = logits.narrow(1, i, 1)?.flatten_all()?;
-                if self.model.device().is_cpu() {
-                    return head_summary_on_cpu(&row);
-                }
-                if self.scratch.is_none() {
-                    self.scratch = Some(HeadScratch::new(row.dim(0)?, row.device())?);
-                }
-                head_summary_on_device(&row, self.scratch.as_ref().expect("set above"))
-            })
-            .collect()
+        (0..t).map(|i| self.summarize(&logits.narrow(1, i, 1)?.flatten_all()?)).collect()
     }
 
     fn join(&mut self, parts: &[Tensor]) -> Result<Tensor> {

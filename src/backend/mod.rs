@@ -5,6 +5,7 @@
 //! caller dispatches once per configuration group (see [`with_backend!`]) into generic code, so
 //! the per-token loop keeps static dispatch.
 
+pub mod batch;
 pub mod candle;
 pub mod ort;
 pub mod threads;
@@ -12,6 +13,7 @@ pub mod threads;
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 pub use crate::head::HeadSummary;
+pub use batch::Batch;
 pub use crate::runtime_info::RuntimeInfo;
 
 crate::named_enum! {

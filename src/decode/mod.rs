@@ -2,6 +2,7 @@
 //! layer by layer, asking the exit policy at each exit point, propagating the exited state into
 //! the skipped layers' caches, and timing layers / exit checks / propagation separately.
 
+pub mod batch;
 pub mod speculative;
 
 use crate::backend::{Backend, HeadSummary};
@@ -82,6 +83,9 @@ pub struct TokenTrace {
     pub exit_checks_s: f64,
     /// Seconds spent propagating the exited state into skipped layers.
     pub propagation_s: f64,
+    /// Seconds spent gathering rows in or out of a batch (batched decoding only; 0 at B = 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gather_s: f64,
     /// Top-1 minus top-2 logit of the exit head that chose the token (None when sampled): below
     /// ~1e-5 two runtimes may pick different tokens without either being wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,8 +99,12 @@ pub struct TokenTrace {
 impl TokenTrace {
     /// Total seconds for this token.
     pub fn total_s(&self) -> f64 {
-        self.layers_s + self.exit_checks_s + self.propagation_s
+        self.layers_s + self.exit_checks_s + self.propagation_s + self.gather_s
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 crate::named_enum! {
@@ -177,7 +185,7 @@ pub fn generate<B: Backend>(backend: &mut B, prompt: &[u32], opts: &GenerateOpti
     let (first, gap) = choose(backend, &h, None, &opts.sampling, &mut rng)?;
     backend.sync()?;
     let prefill_s = start.elapsed().as_secs_f64();
-    let mut tokens = vec![TokenTrace { id: first, exit_layer: depth, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0, top2_gap: gap, min_margin: None }];
+    let mut tokens = vec![TokenTrace { id: first, exit_layer: depth, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0, gather_s: 0.0, top2_gap: gap, min_margin: None }];
 
     let stop = loop {
         let last = tokens.last().map(|t| t.id).unwrap_or(first);
@@ -336,7 +344,7 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
             }
         }
     };
-    Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop, top2_gap: gap, min_margin: margin })
+    Ok(TokenTrace { id, exit_layer, confidence, layers_s: clock.layers, exit_checks_s: clock.checks, propagation_s: clock.prop, gather_s: 0.0, top2_gap: gap, min_margin: margin })
 }
 
 /// What the decode loop runs for one generated token (after the prefill's) that a trace records

@@ -122,7 +122,7 @@ pub fn generate_speculative<B: Speculate>(backend: &mut B, prompt: &[u32], opts:
     let first = backend.head(&h)?;
     backend.sync()?;
     let prefill_s = start.elapsed().as_secs_f64();
-    let trace = |id: u32, gap: Option<f32>, s: f64| TokenTrace { id, exit_layer: layers, confidence: None, layers_s: s, exit_checks_s: 0.0, propagation_s: 0.0, top2_gap: gap, min_margin: None };
+    let trace = |id: u32, gap: Option<f32>, s: f64| TokenTrace { id, exit_layer: layers, confidence: None, layers_s: s, exit_checks_s: 0.0, propagation_s: 0.0, gather_s: 0.0, top2_gap: gap, min_margin: None };
     let mut tokens = vec![trace(first.argmax, Some(first.logit_gap), 0.0)];
     let mut accepted_draft = vec![false];
     let mut stats = SpeculationStats::default();

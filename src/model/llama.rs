@@ -133,6 +133,14 @@ impl Rope {
             candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?
         })
     }
+
+    /// Rotates `[1, heads, n, hd]` whose position i is `positions[i]` (positions of several rows
+    /// side by side); the same table entries as [`Rope::apply`], so the same values.
+    fn apply_at(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
 }
 
 /// One layer's key/value cache.
@@ -257,6 +265,80 @@ impl DecoderLayer {
         let h = self.post_norm.forward(&x, differentiable)?;
         let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
         Ok((x + mlp)?)
+    }
+}
+
+/// Several rows side by side in one state `[1, n, d]`: row `rows[i]` owns the next `lens[i]`
+/// positions, which continue that row's own cache (per-row offsets, no padding: each row's
+/// positions start at its own cache length and its attention sees only its own cache).
+#[derive(Debug, Clone, Copy)]
+pub struct RowSegments<'a> {
+    /// Which row (index into the layer's caches) each segment belongs to, in order.
+    pub rows: &'a [usize],
+    /// Positions in each segment.
+    pub lens: &'a [usize],
+}
+
+impl RowSegments<'_> {
+    /// The absolute position of every position of the state, from each row's cache length.
+    fn positions(&self, caches: &[LayerCache], device: &Device) -> Result<Tensor> {
+        let mut p = Vec::with_capacity(self.lens.iter().sum());
+        for (&r, &t) in self.rows.iter().zip(self.lens) {
+            let start = caches[r].len() as u32;
+            p.extend(start..start + t as u32);
+        }
+        Ok(Tensor::new(p, device)?)
+    }
+}
+
+impl DecoderLayer {
+    /// Runs the block on the rows of `x` `[1, n, d]` laid out by `segs`: one matrix product per
+    /// projection for every row (each weight read once), then each row's attention over its own
+    /// cache `caches[row]`, to which its keys and values are appended.
+    pub fn forward_rows(&self, x: &Tensor, segs: RowSegments<'_>, rope: &Rope, caches: &mut [LayerCache]) -> Result<Tensor> {
+        let (_, n, _) = x.dims3()?;
+        let a = &self.attn;
+        let positions = segs.positions(caches, x.device())?;
+        let h = self.input_norm.forward(x, false)?;
+        let q = a.q.forward(&h)?.reshape((1, n, a.heads, a.head_dim))?.transpose(1, 2)?;
+        let q = rope.apply_at(&q, &positions)?;
+        let (k, v) = self.kv_rows(&h, &positions, rope)?;
+        let mut outs = Vec::with_capacity(segs.rows.len());
+        let mut start = 0;
+        for (&r, &t) in segs.rows.iter().zip(segs.lens) {
+            let pos = caches[r].len();
+            let (kc, vc) = caches[r].kv.append(&k.narrow(2, start, t)?.contiguous()?, &v.narrow(2, start, t)?.contiguous()?)?;
+            outs.push(attend(&q.narrow(2, start, t)?, &kc, &vc, a.kv_heads, pos, false)?);
+            start += t;
+        }
+        let att = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, n, a.heads * a.head_dim))?;
+        let x = (x + a.o.forward(&att)?)?;
+        let h = self.post_norm.forward(&x, false)?;
+        let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
+        Ok((x + mlp)?)
+    }
+
+    /// Propagation for several rows at once: the layer's norm and k/v projections of `x`
+    /// `[1, n, d]` (one position per row, `rows[i]` owning position i), appended to each row's
+    /// cache at its own position.
+    pub fn propagate_rows(&self, x: &Tensor, rows: &[usize], rope: &Rope, caches: &mut [LayerCache]) -> Result<()> {
+        let ones = vec![1; rows.len()];
+        let positions = RowSegments { rows, lens: &ones }.positions(caches, x.device())?;
+        let h = self.input_norm.forward(x, false)?;
+        let (k, v) = self.kv_rows(&h, &positions, rope)?;
+        for (i, &r) in rows.iter().enumerate() {
+            caches[r].kv.append(&k.narrow(2, i, 1)?.contiguous()?, &v.narrow(2, i, 1)?.contiguous()?)?;
+        }
+        Ok(())
+    }
+
+    /// Rotated keys and values `[1, kv_heads, n, hd]` of normed `h` `[1, n, d]` at `positions`.
+    fn kv_rows(&self, h: &Tensor, positions: &Tensor, rope: &Rope) -> Result<(Tensor, Tensor)> {
+        let (_, n, _) = h.dims3()?;
+        let a = &self.attn;
+        let k = a.k.forward(h)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
+        let v = a.v.forward(h)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?.contiguous()?;
+        Ok((rope.apply_at(&k, positions)?, v))
     }
 }
 
@@ -399,6 +481,18 @@ impl LlamaModel {
         self.layers[layer - 1].forward(x, pos, &self.rope, cache, self.differentiable)
     }
 
+    /// Runs layer `layer` (1-based) on several rows side by side (see [`RowSegments`]), each
+    /// row's cache being `caches[row]`.
+    pub fn layer_forward_rows(&self, layer: usize, x: &Tensor, segs: RowSegments<'_>, caches: &mut [LayerCache]) -> Result<Tensor> {
+        self.layers[layer - 1].forward_rows(x, segs, &self.rope, caches)
+    }
+
+    /// Propagation into layer `layer` for several rows: `x` `[1, n, d]` holds one exited state
+    /// per row, `rows[i]` owning position i.
+    pub fn propagate_rows(&self, layer: usize, x: &Tensor, rows: &[usize], caches: &mut [LayerCache]) -> Result<()> {
+        self.layers[layer - 1].propagate_rows(x, rows, &self.rope, caches)
+    }
+
     /// CALM's state propagation into layer `layer` (1-based): the layer's own input norm and k/v
     /// projections of the exited state `x`, appended to its cache; the state passes unchanged.
     pub fn propagate(&self, layer: usize, x: &Tensor, pos: usize, cache: &mut LayerCache) -> Result<()> {
@@ -450,6 +544,16 @@ impl LlamaModel {
         let z = (h.unsqueeze(0)?.matmul(&w.t()?)?.flatten_all()? + b)?;
         let z = z.to_vec1::<f32>()?[0];
         Ok(1.0 / (1.0 + (-z).exp()))
+    }
+
+    /// Exit-classifier probabilities of layer `layer` for every position of `x` `[1, n, d]`.
+    pub fn classifier_probs(&self, layer: usize, x: &Tensor) -> Result<Vec<f32>> {
+        let cls = self.classifiers.as_ref().ok_or_else(Error::no_classifiers)?;
+        let (w, b) = &cls[layer - 1];
+        let (_, n, d) = x.dims3()?;
+        let h = self.final_norm_f32(x)?.reshape((n, d))?;
+        let z = h.matmul(&w.t()?)?.flatten_all()?.broadcast_add(b)?.to_vec1::<f32>()?;
+        Ok(z.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect())
     }
 
     /// Named tensors of the model (HF names), e.g. for saving.

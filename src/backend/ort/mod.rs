@@ -64,6 +64,8 @@ pub struct OrtBackend {
     classifier: Option<Graph>,
     cosine: Graph,
     caches: Vec<Option<Cache>>,
+    /// Batched decoding's caches, `[row][layer - 1]`, swapped into `caches` while a row runs.
+    row_caches: Vec<Vec<Option<Cache>>>,
     /// `[1, kv, 0, hd]` in the export dtype: the past of an empty cache.
     empty: DynValue,
     /// Set-up facts for the record.
@@ -206,6 +208,7 @@ impl OrtBackend {
             classifier,
             cosine,
             caches: (0..l).map(|_| None).collect(),
+            row_caches: Vec::new(),
             empty,
             setup,
         })
@@ -490,5 +493,86 @@ impl Speculate for OrtBackend {
     fn join(&mut self, parts: &[Hidden]) -> Result<Hidden> {
         let spans: Vec<(&DynValue, usize, usize)> = parts.iter().map(|p| Ok((p.as_ref(), 0, Self::t_of(p)?))).collect::<Result<_>>()?;
         Ok(Rc::new(positions::gather(&spans, 1)?))
+    }
+}
+
+impl OrtBackend {
+    /// Runs `f` with `row`'s caches in place of the single-row caches.
+    fn with_row<T>(&mut self, row: usize, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let mut caches = std::mem::take(&mut self.row_caches[row]);
+        std::mem::swap(&mut self.caches, &mut caches);
+        let out = f(self);
+        std::mem::swap(&mut self.caches, &mut caches);
+        self.row_caches[row] = caches;
+        out
+    }
+
+    /// The last position of `h` `[1, t, d]`.
+    fn last_of(h: &Hidden) -> Result<Hidden> {
+        let t = Self::t_of(h)?;
+        Ok(if t == 1 { h.clone() } else { Rc::new(positions::gather(&[(h.as_ref(), t - 1, t)], 1)?) })
+    }
+}
+
+/// Batched decoding on ONNX Runtime runs its rows one by one through the single-row graphs
+/// (exported with batch 1), each row with its own caches: every row's outputs are exactly its
+/// single-row outputs, but each weight is read once per row, so batching saves nothing here
+/// (`shares_weight_reads` is false, and records say so).
+impl crate::backend::Batch for OrtBackend {
+    type Rows = Vec<Hidden>;
+
+    fn shares_weight_reads(&self) -> bool {
+        false
+    }
+
+    fn start_rows(&mut self, n: usize, _capacity: usize) -> Result<()> {
+        let l = self.cfg.num_hidden_layers;
+        self.row_caches = (0..n).map(|_| (0..l).map(|_| None).collect()).collect();
+        Ok(())
+    }
+
+    fn row_cache_len(&self, row: usize, layer: usize) -> usize {
+        self.row_caches[row][layer - 1].as_ref().map_or(0, |c| c.len)
+    }
+
+    fn embed_rows(&mut self, tokens: &[&[u32]]) -> Result<Vec<Hidden>> {
+        tokens.iter().map(|t| self.embed(t)).collect()
+    }
+
+    fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &Vec<Hidden>) -> Result<Vec<Hidden>> {
+        rows.iter().zip(h).map(|(&r, x)| self.with_row(r, |b| b.layer(layer, x))).collect()
+    }
+
+    fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &Vec<Hidden>) -> Result<()> {
+        for (&r, x) in rows.iter().zip(h) {
+            let x = Self::last_of(x)?;
+            self.with_row(r, |b| b.propagate(layer, &x))?;
+        }
+        Ok(())
+    }
+
+    fn head_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<HeadSummary>> {
+        h.iter().map(|x| self.head(x)).collect()
+    }
+
+    fn exit_logits_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<f32>>> {
+        h.iter().map(|x| self.exit_logits(x)).collect()
+    }
+
+    fn cosine_rows(&mut self, a: &Vec<Hidden>, b: &Vec<Hidden>) -> Result<Vec<f32>> {
+        a.iter().zip(b).map(|(x, y)| self.cosine(x, y)).collect()
+    }
+
+    fn classifier_rows(&mut self, layer: usize, h: &Vec<Hidden>) -> Result<Vec<f32>> {
+        h.iter().map(|x| self.classifier(layer, x)).collect()
+    }
+
+    fn pick_rows(&mut self, parts: &[&Vec<Hidden>], picks: &[(usize, usize)]) -> Result<Vec<Hidden>> {
+        picks.iter().map(|&(p, i)| Self::last_of(&parts[p][i])).collect()
+    }
+
+    fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
+        let Some(c) = &self.row_caches[row][layer - 1] else { return Ok(None) };
+        Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))
     }
 }

@@ -1,0 +1,48 @@
+//! The batched seam: what a runtime must do to decode several rows at once. Each row owns its
+//! own per-layer caches; a state holds several rows side by side, one segment of positions per
+//! row (a whole prompt at the prefill, one position per step afterwards), so prompts of
+//! different lengths need no padding: each row's positions start at its own cache length and
+//! its attention sees only its own cache (per-row offsets). Every call works on a chosen subset
+//! of rows, so rows that go on through a layer and rows that exited before it both write that
+//! layer's cache, in one call each.
+
+use super::{Backend, HeadSummary, KvSnapshot};
+use crate::error::Result;
+
+/// A runtime that decodes several rows at once (see the module header).
+pub trait Batch: Backend {
+    /// The states of several rows, one segment of positions per row, in order.
+    type Rows: Clone;
+
+    /// True when one call reads each weight once for all its rows (one matrix product per
+    /// projection); false when the runtime runs its rows one by one through its single-row path
+    /// (correct outputs, but no saving in weight reads: recorded with every batched figure).
+    fn shares_weight_reads(&self) -> bool;
+    /// Empties every cache and makes `n` rows with empty caches, whose first allocation holds
+    /// `capacity` positions (they grow beyond).
+    fn start_rows(&mut self, n: usize, capacity: usize) -> Result<()>;
+    /// Cached positions of `row` at `layer`.
+    fn row_cache_len(&self, row: usize, layer: usize) -> usize;
+    /// Embeddings of `tokens[i]` as segment i.
+    fn embed_rows(&mut self, tokens: &[&[u32]]) -> Result<Self::Rows>;
+    /// Runs `layer` on every segment of `h`, segment i belonging to `rows[i]` and continuing
+    /// that row's cache, to which its keys and values are appended.
+    fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &Self::Rows) -> Result<Self::Rows>;
+    /// State propagation into `layer` for `rows[i]`: that layer's norm and k/v projections of
+    /// the last position of segment i, appended to the row's cache.
+    fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &Self::Rows) -> Result<()>;
+    /// The exit head at the last position of every segment, reduced on the device.
+    fn head_rows(&mut self, h: &Self::Rows) -> Result<Vec<HeadSummary>>;
+    /// The exit head's f32 logits at the last position of every segment, on the host.
+    fn exit_logits_rows(&mut self, h: &Self::Rows) -> Result<Vec<Vec<f32>>>;
+    /// Cosine similarity of the last positions of segment i of `a` and of `b`, for every i.
+    fn cosine_rows(&mut self, a: &Self::Rows, b: &Self::Rows) -> Result<Vec<f32>>;
+    /// Exit-classifier probability of `layer` at the last position of every segment.
+    fn classifier_rows(&mut self, layer: usize, h: &Self::Rows) -> Result<Vec<f32>>;
+    /// A state of one position per pick: `picks[j] = (p, i)` takes the last position of segment
+    /// i of `parts[p]` (gathering rows out of a batch, or merging two states row by row).
+    fn pick_rows(&mut self, parts: &[&Self::Rows], picks: &[(usize, usize)]) -> Result<Self::Rows>;
+    /// A copy of `row`'s cache of `layer` on the host (`None` while empty): for conformance
+    /// tests, never timed.
+    fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>>;
+}
