@@ -200,6 +200,49 @@ impl<B: crate::backend::Speculate> crate::backend::Speculate for Drifting<B> {
     }
 }
 
+impl<B: crate::backend::Batch> crate::backend::Batch for Drifting<B> {
+    type Rows = B::Rows;
+    fn shares_weight_reads(&self) -> bool {
+        self.inner.shares_weight_reads()
+    }
+    fn start_rows(&mut self, n: usize, capacity: usize) -> Result<()> {
+        self.inner.start_rows(n, capacity)
+    }
+    fn row_cache_len(&self, row: usize, layer: usize) -> usize {
+        self.inner.row_cache_len(row, layer)
+    }
+    fn embed_rows(&mut self, tokens: &[&[u32]]) -> Result<B::Rows> {
+        self.inner.embed_rows(tokens)
+    }
+    fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &B::Rows) -> Result<B::Rows> {
+        self.calls += 1;
+        self.spin();
+        self.inner.layer_rows(layer, rows, h)
+    }
+    fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &B::Rows) -> Result<()> {
+        self.inner.propagate_rows(layer, rows, h)
+    }
+    fn head_rows(&mut self, h: &B::Rows) -> Result<Vec<crate::backend::HeadSummary>> {
+        self.spin();
+        self.inner.head_rows(h)
+    }
+    fn exit_logits_rows(&mut self, h: &B::Rows) -> Result<Vec<Vec<f32>>> {
+        self.inner.exit_logits_rows(h)
+    }
+    fn cosine_rows(&mut self, a: &B::Rows, b: &B::Rows) -> Result<Vec<f32>> {
+        self.inner.cosine_rows(a, b)
+    }
+    fn classifier_rows(&mut self, layer: usize, h: &B::Rows) -> Result<Vec<f32>> {
+        self.inner.classifier_rows(layer, h)
+    }
+    fn pick_rows(&mut self, parts: &[&B::Rows], picks: &[(usize, usize)]) -> Result<B::Rows> {
+        self.inner.pick_rows(parts, picks)
+    }
+    fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<crate::backend::KvSnapshot>> {
+        self.inner.row_cached_kv(row, layer)
+    }
+}
+
 /// A backend that counts what the decode loop asks of it (layers, exit heads, classifier checks,
 /// cosines, propagations), to check `decode::step_work` against the loop.
 pub struct Counting<B> {

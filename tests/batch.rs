@@ -96,8 +96,8 @@ fn rows_decode_as_alone(kind: BackendKind, variant: bool) {
         let mut compared = 0;
         for mode in &modes {
             // Row 2 stops at EOS before the others: its third decoded token alone is the EOS id.
-            let eos = generate(b, &prompts[2], &opts(mode.clone(), 12, vec![])).unwrap().tokens[3].id;
-            let o = opts(mode.clone(), 12, vec![eos]);
+            let eos = generate(b, &prompts[2], &opts(*mode, 12, vec![])).unwrap().tokens[3].id;
+            let o = opts(*mode, 12, vec![eos]);
             let alone: Vec<(Generation, Vec<Option<KvSnapshot>>)> = prompts.iter().map(|p| {
                 let g = generate(b, p, &o).unwrap();
                 let kv = (1..=LAYERS).map(|l| exitbench::backend::Inspect::cached_kv(b, l).unwrap()).collect();
@@ -309,7 +309,7 @@ impl Batch for Scripted {
 fn batch_min_passengers_and_held_tokens_by_hand() {
     // Threshold 0.5. Row 0 clears at layer 1, row 1 at layer 3, row 2 never (exit points 1..3).
     let conf = vec![vec![0.9, 0.9, 0.9, 0.0], vec![0.1, 0.2, 0.8, 0.0], vec![0.1, 0.1, 0.1, 0.0]];
-    let three = vec![vec![1u32], vec![2], vec![3]];
+    let three = [vec![1u32], vec![2], vec![3]];
     let steps = 5; // decoded tokens per row after the prefill's
     let o = opts(dynamic(Measure::Saturation, 0.5), steps + 1, vec![]);
     let run = |policy, rows: usize| {

@@ -17,7 +17,8 @@ pub fn summary_lines(rows: &[ReportRow], records: &[CellRecord]) -> Vec<String> 
         if group != Some(r.group.as_str()) {
             group = Some(&r.group);
             let k = &rec.key;
-            out.push(format!("{} · {} · {} · {} · {}:", k.backend, k.device, k.dtype, super::plural(k.threads, "thread"), k.model));
+            let batch = k.batch_size.map(|b| format!(" · batch {b}")).unwrap_or_default();
+            out.push(format!("{} · {} · {} · {}{batch} · {}:", k.backend, k.device, k.dtype, super::plural(k.threads, "thread"), k.model));
         }
         let d = r.d_full.map(|x| format!("D = {:.3}", x.mean)).unwrap_or_else(|| "D = n/a".into());
         let pm = |e: Option<f64>| e.map(|e| format!(" ± {e:.2}")).unwrap_or_default();

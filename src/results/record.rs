@@ -101,6 +101,13 @@ pub struct CellKey {
     /// Where the draft's cache entries live (speculative cells only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<DraftCache>,
+    /// Rows decoded together (None: batch size 1, as in every record older than batching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// How the batch served rows that wanted different exit layers (early-exit cells at batch
+    /// sizes above 1; None elsewhere, which at batch size 1 equals `per-row`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_policy: Option<crate::decode::batch::BatchPolicy>,
 }
 
 /// A runtime as reports (and the grid's group order) name it: `candle cpu f32 1t`.
@@ -164,6 +171,10 @@ impl CellKey {
             ("draft_cache", self.draft_cache.map(|x| x.to_string())),
         ];
         fields.extend(optional.into_iter().filter_map(|(name, v)| Some(f(name, Setting, v?))));
+        // The batch size is part of the runtime (full depth at the same batch size is a cell's
+        // baseline); the policy is part of the exit setting.
+        fields.extend(self.batch_size.map(|b| f("batch_size", Runtime, b.to_string())));
+        fields.extend(self.batch_policy.map(|p| f("batch_policy", Setting, p.name().to_string())));
         fields
     }
 
@@ -187,9 +198,18 @@ impl CellKey {
         self.joined(|r| r == KeyRole::Setting)
     }
 
-    /// The runtime as reports name it: `candle cpu f32 1t`.
+    /// The runtime as reports name it: `candle cpu f32 1t`, with ` B8` at batch size 8.
     pub fn runtime_label(&self) -> String {
-        runtime_label(self.backend, self.device, self.dtype, self.threads)
+        let base = runtime_label(self.backend, self.device, self.dtype, self.threads);
+        match self.batch_size {
+            Some(b) => format!("{base} B{b}"),
+            None => base,
+        }
+    }
+
+    /// Rows decoded together (1 unless batched).
+    pub fn batch(&self) -> usize {
+        self.batch_size.unwrap_or(1)
     }
 
     /// The cell as tables and benchmark exports name it: `softmax-diff@0.9 [candle cpu f32 1t]`.
@@ -209,7 +229,13 @@ impl CellKey {
             Baseline::FullUnsplit => "full (no time split)".into(),
             Baseline::Static => format!("static@{}", self.static_layer.unwrap_or(0)),
             Baseline::Oracle => "oracle".into(),
-            Baseline::None => format!("{}@{}{}", self.measure_name(), self.threshold.unwrap_or(0.0), self.knobs()),
+            Baseline::None => format!(
+                "{}@{}{}{}",
+                self.measure_name(),
+                self.threshold.unwrap_or(0.0),
+                self.knobs(),
+                self.batch_policy.map(|p| format!(" ({p})")).unwrap_or_default()
+            ),
             Baseline::Speculative => format!(
                 "speculative E{} k{}{}",
                 self.draft_layer.unwrap_or(0),
@@ -273,6 +299,34 @@ mod dash {
             super::read(d, "schedule", Schedule::from_key_name)
         }
     }
+}
+
+/// What batching did in a cell at batch size above 1, over its samples' first passes (the
+/// first repetition).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct BatchSummary {
+    /// True when the backend read each weight once for all rows of a step (candle); false when it
+    /// ran rows one by one through its single-row path (ONNX Runtime's batch-1 graphs), so
+    /// batching saved no weight reads there.
+    pub shares_weight_reads: bool,
+    /// Decode steps (each decodes one token for every row still going).
+    pub steps: usize,
+    /// Mean rows per step (rows leave when they end).
+    pub mean_rows: f64,
+    /// Layer runs summed over rows, passengers included.
+    pub row_layers: u64,
+    /// Layer runs of rows that had already exited (`per-row`'s passengers).
+    pub wasted_row_layers: u64,
+    /// Tokens whose own measure cleared the threshold at an earlier exit point than the layer
+    /// the batch took (`batch-min`).
+    pub held_row_tokens: u64,
+    /// Share of decode time spent gathering rows out of the batch or merging passengers' states.
+    pub gather_share: f64,
+    /// Per-row decode latency, ms per token: the median over rows of each row's mean step time
+    /// (a row waits for the whole step).
+    pub latency_ms_per_token: f64,
+    /// The 90th percentile over rows of the same.
+    pub latency_ms_per_token_p90: f64,
 }
 
 /// What a speculative cell drafted and accepted, over its samples' first passes.
@@ -604,8 +658,11 @@ pub struct CellRecord {
     pub outputs: Vec<SampleOutput>,
     /// True when weights are random (quality figures meaningless).
     pub random_weights: bool,
-    /// Batch size (always 1).
+    /// Rows decoded together (1 unless the sweep asked for --batch-size; the key says the same).
     pub batch_size: usize,
+    /// Batched decoding's figures (cells at batch sizes above 1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSummary>,
     /// Seed of the sweep.
     pub seed: u64,
     /// The resolved sweep settings.

@@ -2,7 +2,7 @@
 //! ms/token per repetition, the paired speedup against full depth's rounds, per-layer times,
 //! bytes per token and energy.
 
-use crate::results::record::SpeculationSummary;
+use crate::results::record::{BatchSummary, SpeculationSummary};
 use super::energy::{median_energy, repetition_energy};
 use super::fingerprint::{CellMode, GroupCtx};
 use super::rounds::{RoundRecord, SampleRun};
@@ -121,8 +121,9 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     (rec.peak_device_mem_mb, rec.device_mem_scope) = (gpu.as_ref().map(|g| g.0), gpu.map(|g| g.1));
     rec.rouge = corpus(&scores, plan.seed);
     let element = if rec.key.dtype == crate::model::Precision::F32 { 4.0 } else { 2.0 };
-    // A speculative token's reads depend on its pass (drafts, verification): not counted yet.
-    if c.cell.speculation.is_none() {
+    // A speculative token's reads depend on its pass (drafts, verification), a batched one's on
+    // which rows shared its step's weight reads: not counted yet.
+    if c.cell.speculation.is_none() && c.cell.batch.is_none() {
         rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
     }
     rec.speculation = c.cell.speculation.map(|_| {
@@ -138,6 +139,7 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
             totals: t,
         }
     });
+    rec.batch = c.cell.batch.map(|_| batch_summary(&c.rounds, &first));
     rec.achieved_gb_s = rec.bytes_per_token.zip((rec.ms_per_token.n > 0).then_some(rec.ms_per_token.median)).filter(|(_, ms)| *ms > 0.0).map(|(b, ms)| b / (ms / 1e3) / 1e9);
     let facts: Vec<f64> = outputs.iter().filter_map(|o| o.key_facts).map(|b| if b { 1.0 } else { 0.0 }).collect();
     rec.key_facts_exact = (!facts.is_empty()).then(|| crate::metrics::stats::mean(&facts));
@@ -163,6 +165,33 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     rec.generate_s = c.warmup_s + c.rounds.iter().map(|r| r.generate_s).sum::<f64>();
     rec.bookkeeping_s = c.rounds.iter().map(|r| (r.wall_s - r.generate_s).max(0.0)).sum::<f64>() + assembling.elapsed().as_secs_f64();
     Ok((rec, warnings))
+}
+
+/// A batched cell's figures from its first repetition's rounds.
+fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary {
+    let mut t = super::rounds::BatchTally::default();
+    for b in rounds.iter().filter(|r| r.repetition == 0).filter_map(|r| r.batch.as_ref()) {
+        t.shares_weight_reads = b.shares_weight_reads;
+        t.steps += b.steps;
+        t.row_steps += b.row_steps;
+        t.row_layers += b.row_layers;
+        t.wasted_row_layers += b.wasted_row_layers;
+        t.held_row_tokens += b.held_row_tokens;
+        t.gather_s += b.gather_s;
+        t.decode_s += b.decode_s;
+    }
+    let latency: Vec<f64> = first.iter().filter(|s| s.decode_tokens > 0).filter_map(|s| s.latency_s.map(|l| l * 1e3 / s.decode_tokens as f64)).collect();
+    BatchSummary {
+        shares_weight_reads: t.shares_weight_reads,
+        steps: t.steps,
+        mean_rows: if t.steps > 0 { t.row_steps as f64 / t.steps as f64 } else { 0.0 },
+        row_layers: t.row_layers,
+        wasted_row_layers: t.wasted_row_layers,
+        held_row_tokens: t.held_row_tokens,
+        gather_share: if t.decode_s > 0.0 { t.gather_s / t.decode_s } else { 0.0 },
+        latency_ms_per_token: if latency.is_empty() { 0.0 } else { median(&latency) },
+        latency_ms_per_token_p90: if latency.is_empty() { 0.0 } else { crate::metrics::stats::quantile(&latency, 0.9) },
+    }
 }
 
 /// A hyperfine-style warning when the first repetition is much slower than the rest.
@@ -250,6 +279,8 @@ mod tests {
                     decode_tokens: decoded,
                     split: [0.0; 3],
                     speculation: None,
+                    gather_s: 0.0,
+                    latency_s: None,
                 })
                 .collect(),
             passes: 1,
@@ -260,6 +291,7 @@ mod tests {
             layer_runs: vec![],
             peak_mem_mb: 0.0,
             peak_device_mem: None,
+            batch: None,
         }
     }
 

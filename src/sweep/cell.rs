@@ -4,8 +4,9 @@
 use super::energy::window_joules;
 use super::fingerprint::CellMode;
 use super::plan::Plan;
-use super::rounds::{Round, RoundRecord, SampleRun};
-use crate::backend::{DeviceKind, Speculate};
+use super::rounds::{BatchTally, Round, RoundRecord, SampleRun};
+use crate::backend::{Batch, DeviceKind, Speculate};
+use crate::decode::batch::{generate_batch, BatchGeneration};
 use crate::decode::speculative::{generate_speculative, SpeculationStats};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::Result;
@@ -35,6 +36,83 @@ pub fn generate_cell<B: Speculate>(backend: &mut B, prompt: &[u32], opts: &Gener
     }
 }
 
+/// One sample generated as part of a block: its generation, drafting statistics (speculative
+/// cells) and, in a batched cell, its share of the batch's steps.
+pub struct Generated {
+    /// Index of the example.
+    pub sample: usize,
+    /// The generation.
+    pub generation: Generation,
+    /// Drafts and acceptances (speculative cells).
+    pub speculation: Option<SpeculationStats>,
+    /// The row's share of its batch's time (batched cells).
+    pub share: Option<RowShare>,
+}
+
+/// A batch row's share of the batch's decode steps: each step's seconds divided among the rows
+/// it decoded, so that the shares of a batch sum to its decode time (tokens/s over all rows),
+/// and the row's latency (the whole steps it waited for).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowShare {
+    /// Decode seconds attributed to the row.
+    pub decode_s: f64,
+    /// Its layers / exit checks / propagation seconds.
+    pub split: [f64; 3],
+    /// Its gather seconds.
+    pub gather_s: f64,
+    /// Seconds of the steps that decoded its tokens (its latency).
+    pub latency_s: f64,
+}
+
+/// Shares of every row of `g`: row r took part in the first (its decoded tokens) steps.
+fn shares(g: &BatchGeneration) -> Vec<RowShare> {
+    g.rows
+        .iter()
+        .map(|row| {
+            let mut s = RowShare::default();
+            for st in g.steps.iter().take(row.tokens.len().saturating_sub(1)) {
+                let n = st.rows.max(1) as f64;
+                s.decode_s += st.total_s() / n;
+                s.split[0] += st.layers_s / n;
+                s.split[1] += st.exit_checks_s / n;
+                s.split[2] += st.propagation_s / n;
+                s.gather_s += st.gather_s / n;
+                s.latency_s += st.total_s();
+            }
+            s
+        })
+        .collect()
+}
+
+/// Generates `samples` of `cell` in order: one at a time at batch size 1, else in batches of the
+/// cell's size (consecutive samples; the last batch may be smaller). `opts_of(i)` gives sample
+/// i's options; a batch uses its first sample's (row r samples with that seed + r, which is
+/// sample i + r's own seed). Returns the samples and the batches' steps.
+pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u32>], samples: &[usize], cell: &CellMode, opts_of: impl Fn(usize) -> GenerateOptions) -> Result<(Vec<Generated>, Vec<crate::decode::batch::BatchStep>, bool)> {
+    let Some(batch) = cell.batch else {
+        let mut out = Vec::with_capacity(samples.len());
+        for &i in samples {
+            crate::interrupt::check()?;
+            let (generation, speculation) = generate_cell(backend, &prompts[i], &opts_of(i), cell)?;
+            out.push(Generated { sample: i, generation, speculation, share: None });
+        }
+        return Ok((out, Vec::new(), false));
+    };
+    let policy = batch.policy.unwrap_or(crate::decode::batch::BatchPolicy::PerRow);
+    let (mut out, mut steps, mut shared) = (Vec::with_capacity(samples.len()), Vec::new(), false);
+    for chunk in samples.chunks(batch.size) {
+        crate::interrupt::check()?;
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        let g = generate_batch(backend, &rows, &opts_of(chunk[0]), policy, None)?;
+        shared = g.shares_weight_reads;
+        for ((&i, share), generation) in chunk.iter().zip(shares(&g)).zip(g.rows) {
+            out.push(Generated { sample: i, generation, speculation: None, share: Some(share) });
+        }
+        steps.extend(g.steps);
+    }
+    Ok((out, steps, shared))
+}
+
 /// What a cell generates with: its mode, the plan's limits, and the sample's seed.
 pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], profile_layers: bool) -> GenerateOptions {
     GenerateOptions {
@@ -48,21 +126,23 @@ pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], pro
 }
 
 /// Runs `cell` over the first `n` prompts, measuring nothing (caches and clocks warm up).
-pub fn warm_up<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
+pub fn warm_up<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
     let mut generate_s = 0.0;
-    for (i, p) in prompts.iter().take(plan.warmup).enumerate() {
-        crate::interrupt::check()?;
+    // A batched cell warms up on whole batches of its size.
+    let n = if plan.warmup == 0 { 0 } else { plan.warmup.div_ceil(cell.batch_size()) * cell.batch_size() };
+    let samples: Vec<usize> = (0..n.min(prompts.len())).collect();
+    for chunk in samples.chunks(cell.batch_size()) {
         let t = Instant::now();
-        generate_cell(backend, p, &options(plan, cell, i, eos_ids, false), cell)?;
+        generate_samples(backend, prompts, chunk, cell, |i| options(plan, cell, i, eos_ids, false))?;
         generate_s += t.elapsed().as_secs_f64();
-        tick();
+        chunk.iter().filter(|&&i| i < plan.warmup).for_each(|_| tick());
     }
     Ok(generate_s)
 }
 
 /// Per-layer seconds and runs of an untimed pass over `samples` that synchronizes after every
 /// layer (GPUs, where the timed rounds must not).
-pub fn profile_pass<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
+pub fn profile_pass<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
     let layers = backend.num_layers();
     let (mut s, mut n) = (vec![0.0; layers], vec![0u64; layers]);
     for i in samples {
@@ -84,7 +164,7 @@ fn add_profile(s: &mut [f64], n: &mut [u64], g: &Generation) {
 /// window lasts --min-window for meters that need it). Layers are profiled in the timed passes
 /// only where synchronizing is free (the CPU).
 #[allow(clippy::too_many_arguments)]
-pub fn run_round<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
+pub fn run_round<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
     let start = Instant::now();
     let layers = backend.num_layers();
     let profile = device == DeviceKind::Cpu;
@@ -97,33 +177,50 @@ pub fn run_round<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, ce
     // The cell before this one in the round left its own weights in the caches: a few untimed
     // tokens of the block's first sample bring this cell's back (every token runs the cell's
     // layers and heads), so that a cell's figures depend less on which cell ran before it.
-    if let Some(first) = round.samples.clone().next() {
+    let listed: Vec<usize> = round.samples.clone().collect();
+    if let Some(&first) = listed.first() {
         let t = Instant::now();
-        let rewarm = GenerateOptions { max_new_tokens: plan.max_new_tokens.min(REWARM_TOKENS), ..options(plan, cell, first, eos_ids, false) };
-        generate_cell(backend, &prompts[first], &rewarm, cell)?;
+        let rewarm = |i| GenerateOptions { max_new_tokens: plan.max_new_tokens.min(REWARM_TOKENS), ..options(plan, cell, i, eos_ids, false) };
+        // A batched cell re-warms on its first batch.
+        let head = &listed[..cell.batch_size().min(listed.len())];
+        if cell.batch.is_some() {
+            generate_samples(backend, prompts, head, cell, rewarm)?;
+        } else {
+            generate_cell(backend, &prompts[first], &rewarm(first), cell)?;
+        }
         generate_s += t.elapsed().as_secs_f64();
     }
+    let mut batch = BatchTally::default();
     backend.sync()?;
     meter.window.begin()?;
     let window_start = Instant::now();
     let work = (|| -> Result<()> {
         loop {
-            for (k, i) in round.samples.clone().enumerate() {
-                crate::interrupt::check()?;
-                let t = Instant::now();
-                let (g, spec) = generate_cell(backend, &prompts[i], &options(plan, cell, i, eos_ids, profile && passes == 0), cell)?;
-                generate_s += t.elapsed().as_secs_f64();
-                gpu_mem.sample();
-                if passes == 0 {
+            let first_pass = passes == 0;
+            let t = Instant::now();
+            let (runs, steps, shared) = generate_samples(backend, prompts, &listed, cell, |i| options(plan, cell, i, eos_ids, profile && first_pass))?;
+            generate_s += t.elapsed().as_secs_f64();
+            gpu_mem.sample();
+            if first_pass && cell.batch.is_some() {
+                batch.add(&steps, shared);
+            }
+            for (k, g) in runs.into_iter().enumerate() {
+                if first_pass {
                     if profile {
-                        add_profile(&mut layer_s, &mut layer_runs, &g);
+                        add_profile(&mut layer_s, &mut layer_runs, &g.generation);
                     }
-                    let mut run = sample_run(i, &g, round.repetition == 0 && i < plan.trace_samples);
-                    run.speculation = spec;
+                    let mut run = sample_run(g.sample, &g.generation, round.repetition == 0 && g.sample < plan.trace_samples);
+                    run.speculation = g.speculation;
+                    if let Some(share) = g.share {
+                        run.decode_s = share.decode_s;
+                        run.split = share.split;
+                        run.gather_s = share.gather_s;
+                        run.latency_s = Some(share.latency_s);
+                    }
                     samples.push(run);
                     tick();
                 } else {
-                    samples[k].decode_s += g.decode_s();
+                    samples[k].decode_s += g.share.map_or_else(|| g.generation.decode_s(), |s| s.decode_s);
                 }
             }
             passes += 1;
@@ -149,6 +246,7 @@ pub fn run_round<B: Speculate>(backend: &mut B, plan: &Plan, cell: &CellMode, ce
         layer_runs,
         peak_mem_mb: peak_rss_mb(),
         peak_device_mem: gpu_mem.peak,
+        batch: cell.batch.is_some().then_some(batch),
     })
 }
 
@@ -167,6 +265,8 @@ pub fn sample_run(sample: usize, g: &Generation, traced: bool) -> SampleRun {
         decode_tokens: g.tokens.len().saturating_sub(1),
         split: decoded.fold([0.0; 3], |a, t| [a[0] + t.layers_s, a[1] + t.exit_checks_s, a[2] + t.propagation_s]),
         speculation: None,
+        gather_s: 0.0,
+        latency_s: None,
     }
 }
 

@@ -164,6 +164,8 @@ mod tests {
                     decode_tokens: decoded,
                     split: [0.0; 3],
                     speculation: None,
+                    gather_s: 0.0,
+                    latency_s: None,
                 })
                 .collect(),
             passes,
@@ -174,6 +176,7 @@ mod tests {
             layer_runs: vec![],
             peak_mem_mb: 0.0,
             peak_device_mem: None,
+            batch: None,
         }
     }
 

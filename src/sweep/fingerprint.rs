@@ -20,6 +20,24 @@ pub struct CellMode {
     pub time_split: bool,
     /// Self-speculative decoding (with `mode` full depth): the cell's output is full depth's.
     pub speculation: Option<crate::decode::speculative::Speculation>,
+    /// Rows decoded together (None: batch size 1).
+    pub batch: Option<CellBatch>,
+}
+
+/// A cell's batch: its size (above 1) and, for an early-exit cell, the policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellBatch {
+    /// Rows per batch.
+    pub size: usize,
+    /// How rows wanting different exit layers are served (early-exit cells only).
+    pub policy: Option<crate::decode::batch::BatchPolicy>,
+}
+
+impl CellMode {
+    /// Rows per batch (1 unless batched).
+    pub fn batch_size(&self) -> usize {
+        self.batch.map_or(1, |b| b.size)
+    }
 }
 
 impl CellMode {
@@ -81,12 +99,15 @@ impl GroupCtx<'_> {
             draft_layer: cell.speculation.map(|s| s.draft_layer),
             draft_tokens: cell.speculation.map(|s| s.draft_tokens),
             draft_cache: cell.speculation.map(|s| s.cache),
+            batch_size: cell.batch.map(|b| b.size),
+            batch_policy: cell.batch.and_then(|b| b.policy),
             max_new_tokens: self.plan.max_new_tokens,
         }
     }
 
     /// A record with the key, the plan and the machine filled in and nothing measured.
     pub fn base_record(&self, key: CellKey, num_layers: usize, status: CellStatus, reason: Option<String>) -> CellRecord {
+        let batch_size = key.batch();
         CellRecord {
             schema_version: SCHEMA_VERSION,
             exitbench_version: env!("CARGO_PKG_VERSION").into(),
@@ -124,7 +145,8 @@ impl GroupCtx<'_> {
             runtime: None,
             outputs: Vec::new(),
             random_weights: self.plan.random_weights.is_some(),
-            batch_size: 1,
+            batch_size,
+            batch: None,
             seed: self.plan.seed,
             config: serde_json::to_value(&self.plan.resolved).unwrap_or_default(),
             hardware: self.hardware.clone(),

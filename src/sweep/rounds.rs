@@ -21,6 +21,18 @@ pub use crate::results::store::ROUNDS_FILE;
 /// Samples per round where no hardware meter needs a minimum window.
 pub const DEFAULT_ROUND_SAMPLES: usize = 2;
 
+/// The smallest block of at least `block` samples that every batch size divides.
+pub fn whole_batches(block: usize, sizes: impl IntoIterator<Item = usize>) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let lcm = sizes.into_iter().fold(1usize, |l, b| l / gcd(l, b.max(1)) * b.max(1));
+    block.div_ceil(lcm) * lcm
+}
+
 crate::named_enum! {
     /// The order cells take within the rounds.
     pub enum RoundOrder: "round order", "--round-order" {
@@ -104,6 +116,55 @@ pub struct SampleRun {
     /// Drafts, acceptances and the draft / verify / rollback split (speculative cells, first pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculation: Option<crate::decode::speculative::SpeculationStats>,
+    /// Seconds gathering rows in or out of a batch attributed to this sample (batched cells,
+    /// first pass; `decode_s` and `split` are then the sample's shares of its batch's steps).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gather_s: f64,
+    /// Seconds of the batch steps that decoded this sample's tokens: its latency (batched cells,
+    /// first pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_s: Option<f64>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// A batched cell's steps in one round (first pass).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BatchTally {
+    /// Whether the backend read each weight once for all rows.
+    pub shares_weight_reads: bool,
+    /// Decode steps.
+    pub steps: usize,
+    /// Rows decoded, summed over steps.
+    pub row_steps: usize,
+    /// Layer runs summed over rows.
+    pub row_layers: u64,
+    /// Layer runs of rows that had already exited.
+    pub wasted_row_layers: u64,
+    /// Rows held past the exit point where their own measure cleared.
+    pub held_row_tokens: u64,
+    /// Seconds gathering rows.
+    pub gather_s: f64,
+    /// Seconds of the steps.
+    pub decode_s: f64,
+}
+
+impl BatchTally {
+    /// Adds the steps of one or more batches.
+    pub fn add(&mut self, steps: &[crate::decode::batch::BatchStep], shared: bool) {
+        self.shares_weight_reads = shared;
+        for s in steps {
+            self.steps += 1;
+            self.row_steps += s.rows;
+            self.row_layers += s.row_layers as u64;
+            self.wasted_row_layers += s.wasted_row_layers as u64;
+            self.held_row_tokens += s.held_row_tokens as u64;
+            self.gather_s += s.gather_s;
+            self.decode_s += s.total_s();
+        }
+    }
 }
 
 impl SampleRun {
@@ -167,6 +228,9 @@ pub struct RoundRecord {
     /// Peak GPU memory during the round, MiB, and what it covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_device_mem: Option<(f64, String)>,
+    /// A batched cell's steps (first pass); None at batch size 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchTally>,
 }
 
 /// The round records of `dir` (none when the file does not exist), the last of each

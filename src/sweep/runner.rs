@@ -9,7 +9,8 @@ use crate::results::store;
 use crate::results::record::{CellRecord, CellStatus};
 use super::assemble::{assemble, CellRounds};
 use super::cell::{profile_pass, run_round, warm_up, MeterCtx};
-use super::fingerprint::{hash_examples, CellMode, GroupCtx};
+use super::fingerprint::{hash_examples, CellBatch, CellMode, GroupCtx};
+use crate::decode::batch::BatchPolicy;
 use super::grid::{groups, Group, Shard};
 use super::plan::Plan;
 use super::planfile::check_and_record_plan;
@@ -197,7 +198,7 @@ fn refuse_if_nothing_runs(plan: &Plan) -> Result<()> {
 /// Runs the plan's first configuration group on `backend` instead of the runtime the plan names
 /// (a scripted backend in tests, or a runtime exitbench does not build), into a fresh `plan.out`,
 /// with the meters found here. Returns the records written.
-pub fn run_on<B: crate::backend::Speculate>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
+pub fn run_on<B: crate::backend::Speculate + crate::backend::Batch>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
     std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
     let files = Files { results: plan.out.join(store::RESULTS_FILE), rounds: plan.out.join(ROUNDS_FILE) };
     if files.results.exists() {
@@ -223,11 +224,24 @@ pub fn run_on<B: crate::backend::Speculate>(plan: &Plan, backend: &mut B, progre
 /// The cells of a group: its exit modes, plus on a GPU (or when asked) full depth timed without
 /// the time split, which shows what the split's synchronization costs.
 pub fn cells_of(plan: &Plan, g: &Group) -> Vec<CellMode> {
-    let mut out: Vec<CellMode> = g.modes.iter().map(|&mode| CellMode { mode, time_split: true, speculation: None }).collect();
-    if plan.split_cost_row.unwrap_or(matches!(g.device, DeviceKind::Cuda(_))) {
-        out.insert(1, CellMode { mode: ExitMode::Full, time_split: false, speculation: None });
+    let mut out = Vec::new();
+    if plan.batch_sizes.contains(&1) {
+        out.extend(g.modes.iter().map(|&mode| CellMode { mode, time_split: true, speculation: None, batch: None }));
+        if plan.split_cost_row.unwrap_or(matches!(g.device, DeviceKind::Cuda(_))) {
+            out.insert(1, CellMode { mode: ExitMode::Full, time_split: false, speculation: None, batch: None });
+        }
+        out.extend(plan.speculations.iter().map(|&s| CellMode { mode: ExitMode::Full, time_split: true, speculation: Some(s), batch: None }));
     }
-    out.extend(plan.speculations.iter().map(|&s| CellMode { mode: ExitMode::Full, time_split: true, speculation: Some(s) }));
+    // Batched cells: every mode at every batch size above 1, early exit under every policy.
+    for &size in plan.batch_sizes.iter().filter(|&&b| b > 1) {
+        for &mode in &g.modes {
+            let policies: Vec<Option<BatchPolicy>> = match mode {
+                ExitMode::Dynamic(_) => plan.batch_policies.iter().map(|&p| Some(p)).collect(),
+                _ => vec![None],
+            };
+            out.extend(policies.into_iter().map(|policy| CellMode { mode, time_split: true, speculation: None, batch: Some(CellBatch { size, policy }) }));
+        }
+    }
     out
 }
 
@@ -320,7 +334,7 @@ struct Running {
 
 impl GroupRun<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn run<B: crate::backend::Speculate>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
+    fn run<B: crate::backend::Speculate + crate::backend::Batch>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
         let info = RuntimeInfo { compute: self.compute.clone(), ..backend.runtime_info() };
@@ -384,6 +398,8 @@ impl GroupRun<'_> {
             }
         }
         let block = plan.round_samples.unwrap_or(if meter.window.needs_min_window() { plan.examples.len() } else { rounds::DEFAULT_ROUND_SAMPLES });
+        // A round's samples form whole batches of every batch size (its rows in dataset order).
+        let block = rounds::whole_batches(block, self.cells.iter().map(CellMode::batch_size));
         let list = rounds::rounds(self.prompts.len(), block, plan.repetitions);
         let valid = |rec: &RoundRecord, round: &rounds::Round| rec.repetition == round.repetition && rec.samples.iter().map(|s| s.sample).eq(round.samples.clone());
         let have = |rounds_done: &RoundsDone, r: &Running, round: &rounds::Round| rounds_done.get(&(r.key.id(), round.index)).is_some_and(|rec| valid(rec, round));
@@ -442,7 +458,8 @@ impl GroupRun<'_> {
                 std::thread::sleep(std::time::Duration::from_secs_f64(plan.cooldown_s));
             }
         }
-        let full_id = running.iter().find(|r| r.cell.mode == ExitMode::Full && r.cell.time_split && !r.failed).map(|r| r.key.id());
+        // Each cell's partner: full depth at the same batch size.
+        let full_id = |size: usize| running.iter().find(|r| r.cell.mode == ExitMode::Full && r.cell.time_split && r.cell.speculation.is_none() && r.cell.batch_size() == size && !r.failed).map(|r| r.key.id());
         let of = |id: &str| -> Vec<&RoundRecord> { list.iter().filter_map(|round| rounds_done.get(&(id.to_string(), round.index))).collect() };
         let mut records = Vec::new();
         for r in running.iter().filter(|r| !r.partner_only && !r.failed) {
@@ -451,13 +468,16 @@ impl GroupRun<'_> {
                 // Per-layer times on a GPU come from an untimed pass that synchronizes after every layer.
                 _ => Some(profile_pass(backend, plan, &r.cell, self.prompts, list[0].samples.clone(), &eos)?),
             };
+            let full_id = full_id(r.cell.batch_size());
             let is_full = Some(r.key.id()) == full_id;
             let c = CellRounds {
                 cell: r.cell,
                 key: r.key.clone(),
                 rounds: of(&r.key.id()),
                 full: full_id.as_deref().filter(|_| !is_full).map(of),
-                prefill_j_per_query: prefill.get(&r.cell.mode.depth(layers)).copied(),
+                // The prefill-only windows run one prompt at a time: a batched cell's prefill
+                // joules are split by time share instead.
+                prefill_j_per_query: if r.cell.batch.is_some() { None } else { prefill.get(&r.cell.mode.depth(layers)).copied() },
                 profile,
                 warmup_s: r.warmup_s,
                 round_samples: block.min(self.prompts.len()),

@@ -63,6 +63,10 @@ pub struct Plan {
     pub oracle: bool,
     /// Self-speculative settings (empty: no speculative cells).
     pub speculations: Vec<crate::decode::speculative::Speculation>,
+    /// Batch sizes (1 alone unless asked for).
+    pub batch_sizes: Vec<usize>,
+    /// Batch policies of early-exit cells at batch sizes above 1.
+    pub batch_policies: Vec<crate::decode::batch::BatchPolicy>,
     /// Dataset.
     pub dataset: DatasetSpec,
     /// The examples (loaded and validated up front).

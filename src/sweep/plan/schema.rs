@@ -92,6 +92,19 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
+    /// Batch sizes: every cell runs at each (default 1). A batch's rows are consecutive samples;
+    /// a row that ends leaves the batch and the others go on. Self-speculative cells and the
+    /// split-cost row run at batch size 1 only.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::counts")]
+    pub batch_size: Option<Vec<usize>>,
+    /// How a batch serves rows that want different exit layers (early-exit cells at batch sizes
+    /// above 1): batch-min (CALM's rule: the batch exits when every row clears the threshold),
+    /// per-row (exited rows ride along as passengers), compact (exited rows leave the batch).
+    /// Default: all three.
+    #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_policy: Option<Vec<crate::decode::batch::BatchPolicy>>,
     /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
     #[arg(long)]
     pub dataset: Option<String>,
@@ -194,6 +207,8 @@ impl RawSettings {
             draft_layer: None,
             draft_tokens: None,
             draft_cache: None,
+            batch_size: None,
+            batch_policy: None,
             dataset: Some("synth:test".into()),
             samples: Some(40),
             max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),

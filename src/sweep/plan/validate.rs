@@ -10,6 +10,10 @@ use crate::exit::{policy, Schedule};
 use crate::model::Precision;
 use std::path::{Path, PathBuf};
 
+/// The largest batch a sweep accepts (far beyond what a CPU decodes usefully, low enough that a
+/// typo is an error rather than thousands of row caches).
+pub const MAX_BATCH_SIZE: usize = 256;
+
 fn energy_settings(e: &EnergyArgs) -> Result<EnergySettings> {
     let nonneg = |v: Option<f64>, f: &str| -> Result<f64> {
         let v = need(v, f)?;
@@ -80,6 +84,17 @@ impl Plan {
         };
         let static_exits = s.static_exit.clone().unwrap_or_default();
         let speculations = speculations(&s)?;
+        let batch_sizes = dedup_keep_order(s.batch_size.clone().unwrap_or_else(|| vec![1]));
+        if batch_sizes.is_empty() {
+            return Err(Error::setting("--batch-size", "the list is empty"));
+        }
+        if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH_SIZE) {
+            return Err(Error::setting("--batch-size", format!("{b} is outside 1..={MAX_BATCH_SIZE}")));
+        }
+        let batch_policies = dedup_keep_order(s.batch_policy.clone().unwrap_or_else(|| crate::decode::batch::BatchPolicy::ALL.to_vec()));
+        if batch_policies.is_empty() {
+            return Err(Error::setting("--batch-policy", "the list is empty"));
+        }
         let oracle = need(s.oracle, "--oracle")?;
         let smallest = dtypes.iter().copied().min_by_key(|p| p.dtype().size_in_bytes()).unwrap_or(Precision::F32);
         let models = list("--model", &nonempty(&s.model, "--model")?, |m| plan_model(Path::new(m), s.random_weights, smallest))?;
@@ -130,6 +145,8 @@ impl Plan {
             static_exits: dedup_keep_order(static_exits),
             oracle,
             speculations,
+            batch_sizes,
+            batch_policies,
             dataset,
             examples,
             max_new_tokens,
