@@ -238,6 +238,9 @@ impl<B: crate::backend::Batch> crate::backend::Batch for Drifting<B> {
     fn pick_rows(&mut self, parts: &[&B::Rows], picks: &[(usize, usize)]) -> Result<B::Rows> {
         self.inner.pick_rows(parts, picks)
     }
+    fn truncate_row(&mut self, row: usize, n: usize) -> Result<()> {
+        self.inner.truncate_row(row, n)
+    }
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<crate::backend::KvSnapshot>> {
         self.inner.row_cached_kv(row, layer)
     }

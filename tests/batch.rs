@@ -300,6 +300,9 @@ impl Batch for Scripted {
     fn pick_rows(&mut self, parts: &[&Seg], picks: &[(usize, usize)]) -> exitbench::Result<Seg> {
         Ok(picks.iter().map(|&(p, i)| parts[p][i]).collect())
     }
+    fn truncate_row(&mut self, _: usize, _: usize) -> exitbench::Result<()> {
+        unimplemented!("not used by the decode loop")
+    }
     fn row_cached_kv(&self, _: usize, _: usize) -> exitbench::Result<Option<KvSnapshot>> {
         Ok(None)
     }

@@ -42,6 +42,8 @@ pub trait Batch: Backend {
     /// A state of one position per pick: `picks[j] = (p, i)` takes the last position of segment
     /// i of `parts[p]` (gathering rows out of a batch, or merging two states row by row).
     fn pick_rows(&mut self, parts: &[&Self::Rows], picks: &[(usize, usize)]) -> Result<Self::Rows>;
+    /// Keeps the first `n` positions of every layer's cache of `row` (benches repeat one step).
+    fn truncate_row(&mut self, row: usize, n: usize) -> Result<()>;
     /// A copy of `row`'s cache of `layer` on the host (`None` while empty): for conformance
     /// tests, never timed.
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>>;

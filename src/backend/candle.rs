@@ -309,6 +309,11 @@ impl Batch for CandleBackend {
         Ok(CandleRows { h: all.index_select(&idx, 1)?, lens: vec![1; picks.len()] })
     }
 
+    fn truncate_row(&mut self, row: usize, n: usize) -> Result<()> {
+        self.row_caches.iter_mut().for_each(|layer| layer[row].truncate(n));
+        Ok(())
+    }
+
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
         snapshot(&self.row_caches[layer - 1][row])
     }

@@ -67,6 +67,17 @@ impl KvBuffer {
         }
     }
 
+    /// The buffers' f32 contents on the CPU in place, `[b, kv_heads, capacity, head_dim]` each,
+    /// with the capacity and the cached length, passed to `f`; an error for another device or
+    /// dtype, or an empty cache.
+    pub fn with_host_f32<R>(&self, f: impl FnOnce(&[f32], &[f32], usize, usize) -> R) -> Result<R> {
+        let (Some(k), Some(v)) = (&self.k, &self.v) else {
+            return Err(Error::Internal("kv cache: reading an empty cache".into()));
+        };
+        let cap = k.dim(POS)?;
+        super::attention_cpu::with_host_f32(k, |ks| super::attention_cpu::with_host_f32(v, |vs| f(ks, vs, cap, self.len)))?
+    }
+
     /// Appends `k`, `v` `[b, kv_heads, t, head_dim]` (contiguous) and returns every cached
     /// position, as [`KvBuffer::kv`] does.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -193,6 +193,19 @@ pub struct Attention {
     head_dim: usize,
 }
 
+impl Attention {
+    fn shape(&self) -> super::attention_cpu::Heads {
+        super::attention_cpu::Heads { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+    }
+}
+
+/// True where decode attention runs in place on the host ([`super::attention_cpu`]): f32 on the
+/// CPU (set `EXITBENCH_CANDLE_ATTENTION=1` to use candle's ops instead, for comparison).
+fn host_decode(x: &Tensor) -> bool {
+    static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    x.device().is_cpu() && x.dtype() == DType::F32 && !*CANDLE.get_or_init(|| std::env::var("EXITBENCH_CANDLE_ATTENTION").is_ok_and(|v| v == "1"))
+}
+
 /// One decoder block: pre-norm attention and SwiGLU MLP, each with a residual connection.
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
@@ -255,12 +268,22 @@ impl DecoderLayer {
         let q = a.q.forward(&h)?.reshape((b, t, a.heads, a.head_dim))?.transpose(1, 2)?;
         let q = rope.apply(&q, pos, differentiable)?;
         let (k, v) = self.kv_of_normed(&h, pos, rope, differentiable)?;
-        let (k, v) = match cache {
-            Some(c) => c.kv.append(&k, &v)?,
-            None => (k, v),
+        let att = match cache {
+            // One position of one row on the CPU: attention over the cache in place.
+            Some(c) if b == 1 && t == 1 && !differentiable && host_decode(x) => {
+                c.kv.append(&k, &v)?;
+                let out = super::attention_cpu::attend_rows(&q, &[&c.kv], a.shape())?;
+                Tensor::from_vec(out, (1, 1, a.heads * a.head_dim), x.device())?
+            }
+            cache => {
+                let (k, v) = match cache {
+                    Some(c) => c.kv.append(&k, &v)?,
+                    None => (k, v),
+                };
+                let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
+                att.transpose(1, 2)?.reshape((b, t, a.heads * a.head_dim))?
+            }
         };
-        let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
-        let att = att.transpose(1, 2)?.reshape((b, t, a.heads * a.head_dim))?;
         let x = (x + a.o.forward(&att)?)?;
         let h = self.post_norm.forward(&x, differentiable)?;
         let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
@@ -303,15 +326,26 @@ impl DecoderLayer {
         let q = a.q.forward(&h)?.reshape((1, n, a.heads, a.head_dim))?.transpose(1, 2)?;
         let q = rope.apply_at(&q, &positions)?;
         let (k, v) = self.kv_rows(&h, &positions, rope)?;
-        let mut outs = Vec::with_capacity(segs.rows.len());
-        let mut start = 0;
-        for (&r, &t) in segs.rows.iter().zip(segs.lens) {
-            let pos = caches[r].len();
-            let (kc, vc) = caches[r].kv.append(&k.narrow(2, start, t)?.contiguous()?, &v.narrow(2, start, t)?.contiguous()?)?;
-            outs.push(attend(&q.narrow(2, start, t)?, &kc, &vc, a.kv_heads, pos, false)?);
-            start += t;
-        }
-        let att = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, n, a.heads * a.head_dim))?;
+        let att = if host_decode(x) && segs.lens.iter().all(|&t| t == 1) {
+            // One position per row: append each row's keys and values, then every row's
+            // attention in one pass over the caches in place.
+            for (i, &r) in segs.rows.iter().enumerate() {
+                caches[r].kv.append(&k.narrow(2, i, 1)?.contiguous()?, &v.narrow(2, i, 1)?.contiguous()?)?;
+            }
+            let rows: Vec<&KvBuffer> = segs.rows.iter().map(|&r| &caches[r].kv).collect();
+            let out = super::attention_cpu::attend_rows(&q, &rows, a.shape())?;
+            Tensor::from_vec(out, (1, n, a.heads * a.head_dim), x.device())?
+        } else {
+            let mut outs = Vec::with_capacity(segs.rows.len());
+            let mut start = 0;
+            for (&r, &t) in segs.rows.iter().zip(segs.lens) {
+                let pos = caches[r].len();
+                let (kc, vc) = caches[r].kv.append(&k.narrow(2, start, t)?.contiguous()?, &v.narrow(2, start, t)?.contiguous()?)?;
+                outs.push(attend(&q.narrow(2, start, t)?, &kc, &vc, a.kv_heads, pos, false)?);
+                start += t;
+            }
+            Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, n, a.heads * a.head_dim))?
+        };
         let x = (x + a.o.forward(&att)?)?;
         let h = self.post_norm.forward(&x, false)?;
         let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;

@@ -1,10 +1,10 @@
-//! Matrix-vector products for one decode row on the CPU in f32: `y = W x` with `W` `[out, in]`
-//! row-major, its rows split across the threads of the current rayon pool (the run's computing
-//! threads, see `backend::threads`), each row a dot product with eight independent
-//! accumulators that the compiler vectorises. At batch 1 every decode step is such a product
-//! and is bound by how fast the weights stream from memory; splitting rows as llama2.c's OpenMP
-//! loop does keeps every requested thread streaming. Used from two threads on; on one, candle's
-//! gemm is as fast.
+//! Products of a few decode rows with a weight matrix on the CPU in f32: `y = W x` with `W`
+//! `[out, in]` row-major, its rows split across the threads of the current rayon pool (the run's
+//! computing threads, see `backend::threads`), each output a dot product with eight independent
+//! accumulators. At batch 1 every decode step is such a product and is bound by how fast the
+//! weights stream from memory; splitting rows as llama2.c's OpenMP loop does keeps every
+//! requested thread streaming. A batch of up to [`MAX_ROWS`] rows reads each weight row once for
+//! all of them, and each row's result is the same as alone.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -79,14 +79,145 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y[r] = W[r, :] · x` for every row of `w` (`rows × x.len()`, row-major).
 pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, out)| {
-        let first = task * ROWS_PER_TASK;
-        for (j, o) in out.iter_mut().enumerate() {
-            let r = first + j;
-            *o = dot(&w[r * n..(r + 1) * n], x);
+    matmul_rows(w, x, 1, y)
+}
+
+/// `Y = X W^T` for `m` rows `xs` (`m × n`, row-major) and `w` (`rows × n`): `y` is `m × rows`.
+/// Weight rows are split across the threads in tasks of [`ROWS_PER_TASK`]; within a task a block
+/// of weight rows is read once for a group of input rows (register blocking: 8 weight rows × 1
+/// input row, or 2 × 4), so at a few rows the weights stream from memory once per call. Every
+/// output has its own 8-lane accumulator summed in one fixed order, so a row's result is the same
+/// bits whatever the other rows, the blocking or the thread count: a row of a batch computes
+/// exactly what it computes alone.
+pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
+    let m = m.max(1);
+    let n = xs.len() / m;
+    let rows = y.len() / m;
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let task = |first: usize, out: &mut [f32]| {
+        let count = out.len() / m;
+        block_rows(&w[first * n..(first + count) * n], xs, n, m, out);
+    };
+    if m == 1 {
+        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
+        return;
+    }
+    let mut yt = vec![0f32; rows * m];
+    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
+    for (r, col) in yt.chunks(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            y[i * rows + r] = v;
         }
-    });
+    }
+}
+
+/// `out[r · m + i] = w_r · x_i` for the `count` weight rows of `w` and the `m` rows of `xs`:
+/// blocks of 8 weight rows at batch 1; with several rows, pairs of weight rows (they stay in L1)
+/// against groups of 4 input rows, then against each row left over.
+fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
+    let count = w.len() / n;
+    let wrow = |r: usize| &w[r * n..(r + 1) * n];
+    let xrow = |i: usize| &xs[i * n..(i + 1) * n];
+    let wb = if m == 1 { 8 } else { 2 };
+    let mut r = 0;
+    while r + wb <= count {
+        if m == 1 {
+            let v = products::<8, 1>(std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
+            (0..8).for_each(|k| out[r + k] = v[k][0]);
+        } else {
+            let mut i = 0;
+            while i + 4 <= m {
+                let v = products::<2, 4>([wrow(r), wrow(r + 1)], std::array::from_fn(|j| xrow(i + j)));
+                (0..2).for_each(|k| (0..4).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
+                i += 4;
+            }
+            for i in i..m {
+                let v = products::<2, 1>([wrow(r), wrow(r + 1)], [xrow(i)]);
+                (0..2).for_each(|k| out[(r + k) * m + i] = v[k][0]);
+            }
+        }
+        r += wb;
+    }
+    for r in r..count {
+        for i in 0..m {
+            out[r * m + i] = products::<1, 1>([wrow(r)], [xrow(i)])[0][0];
+        }
+    }
+}
+
+/// The W × X dot products of `w` rows and `x` rows (all of one length): with AVX2 and FMA where
+/// the CPU has them, else the same arithmetic without fused multiply-adds.
+fn products<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `products_avx2` is compiled for.
+            return unsafe { products_avx2::<W, X>(w, x) };
+        }
+    }
+    let n = w[0].len();
+    let mut out = [[0f32; X]; W];
+    for k in 0..W {
+        for j in 0..X {
+            let mut lanes = [0f32; 8];
+            let mut i = 0;
+            while i + 8 <= n {
+                for l in 0..8 {
+                    lanes[l] += w[k][i + l] * x[j][i + l];
+                }
+                i += 8;
+            }
+            out[k][j] = reduce(&lanes, &w[k][i..], &x[j][i..]);
+        }
+    }
+    out
+}
+
+/// One output's 8 lanes summed in a fixed order, plus the tail past the last full lane group.
+fn reduce(lanes: &[f32; 8], wt: &[f32], xt: &[f32]) -> f32 {
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (a, b) in wt.iter().zip(xt) {
+        total += a * b;
+    }
+    total
+}
+
+/// [`products`] with one 8-lane FMA accumulator per output (W·X ≤ 8 keeps them in registers).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
+    use std::arch::x86_64::*;
+    let n = w[0].len();
+    let mut acc = [[_mm256_setzero_ps(); X]; W];
+    let mut i = 0;
+    while i + 8 <= n {
+        let mut xv = [_mm256_setzero_ps(); X];
+        for j in 0..X {
+            // SAFETY: i + 8 ≤ n, the length of every row.
+            xv[j] = _mm256_loadu_ps(x[j].as_ptr().add(i));
+        }
+        for k in 0..W {
+            let wv = _mm256_loadu_ps(w[k].as_ptr().add(i));
+            for j in 0..X {
+                acc[k][j] = _mm256_fmadd_ps(wv, xv[j], acc[k][j]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; X]; W];
+    for k in 0..W {
+        for j in 0..X {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k][j]);
+            out[k][j] = reduce(&lanes, &w[k][i..], &x[j][i..]);
+        }
+    }
+    out
 }
 
 /// Runs `f` on the f32 contents of a contiguous CPU tensor.
@@ -97,22 +228,28 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&cpu.as_slice::<f32>()?[from..to]))
 }
 
-/// `x W^T` for `x` of one row (`[1, in]`) when both are f32 on the CPU and `W` `[out, in]` is
-/// contiguous: `Some([1, out])`; None where this kernel does not apply (the caller uses candle's).
+/// The most rows [`try_row_times_transposed`] serves: above this candle's gemm, whose packing
+/// of the weights is then amortised over enough rows, is faster.
+pub const MAX_ROWS: usize = 16;
+
+/// `x W^T` for `x` of `m ≤ MAX_ROWS` rows (`[m, in]`) when both are f32 on the CPU and `W`
+/// `[out, in]` is contiguous: `Some([m, out])`; None where this kernel does not apply (the caller
+/// uses candle's gemm). At a few rows candle's gemm copies (packs) the whole weight matrix on
+/// every call, which costs more than the product (`cargo bench --bench batch`); at one row on one
+/// thread it is as fast, but the same kernel serves every row count so that a row of a batch
+/// computes exactly what it computes alone.
 pub fn try_row_times_transposed(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     // Never on a tensor autograd tracks: the product would drop out of the graph.
-    let applies = !x.track_op() && !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() && w.rank() == 2 && x.elem_count() == w.dim(1)?;
-    // On one thread candle's gemm streams as fast or faster (criterion, `cargo bench --bench
-    // decode -- matvec`: 1B LM head 89.9 ms vs 95.9 ms); its m = 1 product does not speed up
-    // with a second thread (88.2 ms), which the row split does (58.2 ms).
-    if !applies || rayon::current_num_threads() < 2 {
+    let applies = !x.track_op() && !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() && w.rank() == 2 && x.rank() == 2 && x.dim(1)? == w.dim(1)?;
+    let m = x.dim(0)?;
+    if !applies || m == 0 || m > MAX_ROWS {
         return Ok(None);
     }
     let x = x.contiguous()?;
     let rows = w.dim(0)?;
-    let mut y = vec![0f32; rows];
-    with_slice(&x, |xs| with_slice(w, |ws| matvec(ws, xs, &mut y)))??;
-    Ok(Some(Tensor::from_vec(y, (1, rows), x.device())?))
+    let mut y = vec![0f32; rows * m];
+    with_slice(&x, |xs| with_slice(w, |ws| matmul_rows(ws, xs, m, &mut y)))??;
+    Ok(Some(Tensor::from_vec(y, (m, rows), x.device())?))
 }
 
 #[cfg(test)]
@@ -130,7 +267,8 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let ours = pool.install(|| try_row_times_transposed(&xt, &wt)).unwrap().expect("applies on two threads").flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        assert!(one.install(|| try_row_times_transposed(&xt, &wt)).unwrap().is_none(), "one thread keeps candle's gemm");
+        let single = one.install(|| try_row_times_transposed(&xt, &wt)).unwrap().expect("applies on one thread").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(single, ours, "the thread count does not change a row's result");
         let theirs = xt.matmul(&wt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(ours.len(), rows);
         for (a, b) in ours.iter().zip(&theirs) {
@@ -140,9 +278,14 @@ mod tests {
         let (a, b): (Vec<f32>, Vec<f32>) = ((0..77).map(|i| i as f32 * 0.5 - 9.0).collect(), (0..77).map(|i| (i % 5) as f32 - 2.0).collect());
         let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - plain).abs() < 1e-3 && (dot_portable(&a, &b) - plain).abs() < 1e-3);
-        // Not for f16 or several rows.
+        // Not for f16; several rows each equal the row alone, bit for bit.
         assert!(pool.install(|| try_row_times_transposed(&xt.to_dtype(DType::F16).unwrap(), &wt.to_dtype(DType::F16).unwrap())).unwrap().is_none());
-        let two = Tensor::cat(&[&xt, &xt], 0).unwrap();
-        assert!(pool.install(|| try_row_times_transposed(&two, &wt)).unwrap().is_none());
+        let x2 = (&xt * 0.5).unwrap();
+        let two = Tensor::cat(&[&xt, &x2, &xt], 0).unwrap();
+        let both = pool.install(|| try_row_times_transposed(&two, &wt)).unwrap().expect("three rows").to_vec2::<f32>().unwrap();
+        let alone2 = pool.install(|| try_row_times_transposed(&x2, &wt)).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!((&both[0], &both[1], &both[2]), (&ours, &alone2, &ours));
+        let many = Tensor::cat(&vec![&xt; MAX_ROWS + 1], 0).unwrap();
+        assert!(pool.install(|| try_row_times_transposed(&many, &wt)).unwrap().is_none(), "above MAX_ROWS candle's gemm");
     }
 }

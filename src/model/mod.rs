@@ -3,6 +3,7 @@
 //! `exit_classifier.safetensors`. Loading checks every file and names the one that is wrong.
 
 pub mod config;
+pub mod attention_cpu;
 pub mod kv;
 pub mod llama;
 pub mod matvec;

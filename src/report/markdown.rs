@@ -21,7 +21,7 @@ impl Exporter for MarkdownExporter {
     fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String> {
         let mut s = String::new();
         let _ = writeln!(s, "# exitbench summary\n");
-        let _ = writeln!(s, "Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F of the setting's outputs against full depth's; \
+        let _ = writeln!(s, "Batch size 1 unless a heading says otherwise (see *Batched decoding*). D(Y_early, Y_full) = 1 − ROUGE-L F of the setting's outputs against full depth's; \
             R_early − R_full = difference of ROUGE-L F against the references (rougeL F, no stemmer, corpus mean, 95% bootstrap \
             interval in brackets). Measured speedup = per sample, full depth's decode ms/token ÷ the setting's, both measured in the same round (cells interleaved in rounds), \
             the median over samples with its 95% bootstrap interval; theoretical = L ÷ average layers. Speedups are decode-only; J/token includes the prefill \
@@ -34,7 +34,8 @@ impl Exporter for MarkdownExporter {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
             let first = &records[members[0].record];
             let k = &first.key;
-            let _ = writeln!(s, "## {} · {} · {} · {} · {} · {}\n", k.model, k.dataset, k.backend, k.device, super::plural(k.threads, "thread"), k.dtype);
+            let batch = k.batch_size.map(|b| format!(" · batch {b}")).unwrap_or_default();
+            let _ = writeln!(s, "## {} · {} · {} · {} · {} · {}{batch}\n", k.model, k.dataset, k.backend, k.device, super::plural(k.threads, "thread"), k.dtype);
             let h = &first.hardware;
             let _ = writeln!(s, "Machine `{}`: {}, {}. {} samples, energy source: {}.{}\n",
                 k.machine, h.summary(), h.os, first.samples, first.energy.source,
@@ -74,6 +75,7 @@ impl Exporter for MarkdownExporter {
                 }
             }
         }
+        super::batching::write_batching(&mut s, rows, records);
         Ok(s)
     }
 }

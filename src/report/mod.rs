@@ -1,6 +1,7 @@
 //! Reports from result records: derived comparisons against full depth, then exports behind one
 //! `Exporter` trait (CSV, Markdown, HTML), and the terminal summary.
 
+pub mod batching;
 pub mod between;
 pub mod compare;
 pub mod csv;

@@ -571,6 +571,11 @@ impl crate::backend::Batch for OrtBackend {
         picks.iter().map(|&(p, i)| Self::last_of(&parts[p][i])).collect()
     }
 
+    fn truncate_row(&mut self, row: usize, n: usize) -> Result<()> {
+        let layers = self.cfg.num_hidden_layers;
+        self.with_row(row, |b| (1..=layers).try_for_each(|l| b.truncate(l, n)))
+    }
+
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
         let Some(c) = &self.row_caches[row][layer - 1] else { return Ok(None) };
         Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))

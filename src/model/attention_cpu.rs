@@ -1,0 +1,80 @@
+//! Decode attention on the CPU in f32, one query position per row, read in place from each row's
+//! cache buffers: for every row and query head, scores against the row's cached keys, a softmax
+//! in f32 and the weighted sum of its cached values, in one pass with no tensor op per row. The
+//! candle path builds a dozen small tensors per row and layer (views, copies, two matrix
+//! products, a softmax), each paying a dispatch cost that at small widths outweighs the
+//! arithmetic; batched decoding pays it once per row.
+
+use super::kv::KvBuffer;
+use crate::error::{Error, Result};
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+/// The f32 contents of a CPU tensor, in place (contiguous), passed to `f`.
+pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Internal("host attention: a tensor is not on the CPU".into()));
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let (from, to) = layout.contiguous_offsets().ok_or_else(|| Error::Internal("host attention: a strided tensor".into()))?;
+    Ok(f(&all[from..to]))
+}
+
+/// Shapes of one layer's attention.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (each serves `heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// Attention of one query position per row: `q` is `[1, heads, n, hd]` (contiguous, rotated),
+/// row i's keys and values are `caches[i]` (the new position already appended). Returns
+/// `[n, heads · hd]` row-major.
+pub fn attend_rows(q: &Tensor, caches: &[&KvBuffer], h: Heads) -> Result<Vec<f32>> {
+    let n = caches.len();
+    let (heads, hd) = (h.heads, h.head_dim);
+    let rep = heads / h.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q = q.contiguous()?;
+    let mut out = vec![0f32; n * heads * hd];
+    with_host_f32(&q, |q| -> Result<()> {
+        let row = |(r, o): (usize, &mut [f32])| -> Result<()> {
+            caches[r].with_host_f32(|k, v, cap, len| {
+                let mut scores = vec![0f32; len];
+                for head in 0..heads {
+                    let g = head / rep;
+                    let qv = &q[(head * n + r) * hd..(head * n + r + 1) * hd];
+                    let (kg, vg) = (&k[g * cap * hd..], &v[g * cap * hd..]);
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s = super::matvec::dot(qv, &kg[j * hd..(j + 1) * hd]) * scale;
+                        max = max.max(*s);
+                    }
+                    let mut z = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        z += *s;
+                    }
+                    let acc = &mut o[head * hd..(head + 1) * hd];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let p = p / z;
+                        for (a, &x) in acc.iter_mut().zip(&vg[j * hd..(j + 1) * hd]) {
+                            *a += p * x;
+                        }
+                    }
+                }
+            })
+        };
+        if n > 1 && rayon::current_num_threads() > 1 {
+            out.par_chunks_mut(heads * hd).enumerate().try_for_each(row)
+        } else {
+            out.chunks_mut(heads * hd).enumerate().try_for_each(row)
+        }
+    })??;
+    Ok(out)
+}
