@@ -1,6 +1,7 @@
 //! Sweeps end to end through the binary on a tiny random-weight model: golden reports, SIGKILL
 //! and --resume, shards merged, the CI gate, and bad settings.
 
+use exitbench::decode::batch::BatchPolicy;
 use exitbench::results::{Baseline, CellStatus};
 use exitbench::testkit::{tiny_config, write_tiny_model};
 use std::path::{Path, PathBuf};
@@ -961,4 +962,103 @@ fn speculative_cells_in_a_sweep_keep_full_depths_tokens() {
     let (code, _, err) = run(&bad);
     assert!(code == 2 && err.contains("--draft-layer"), "{code} {err}");
     assert!(!d.path().join("bad").exists());
+}
+
+/// Batched cells in a sweep: keys carry the batch size (and the policy for early exit) only at
+/// B > 1, so batch-1 ids are unchanged; per-row and compact cells emit each sample's batch-1
+/// tokens and exit layers (rows of 3 samples, a last batch of 2); batch-min exits no earlier;
+/// each record has its batch figures; the summary has the batch section; a SIGKILL mid-run and
+/// --resume leave every cell once; records without batch fields read as batch size 1.
+#[test]
+fn batched_cells_in_a_sweep() {
+    let (m, d, data) = fixture(5);
+    let out = d.path().join("batch");
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
+        ("--backend", "candle,ort"), ("--max-new-tokens", "12"), ("--samples", "5"), ("--batch-size", "1,3"), ("--thresholds", "0.3"),
+        ("--repetitions", "2"),
+    ]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let recs = exitbench::results::store::read(&out.join("results.jsonl")).unwrap();
+    for backend in ["candle", "ort"] {
+        let mine: Vec<_> = recs.iter().filter(|r| r.key.backend.name() == backend).collect();
+        let one = |r: &exitbench::results::CellRecord| mine.iter().find(|o| o.key.batch_size.is_none() && o.key.setting_id() == exitbench::results::CellKey { batch_size: None, batch_policy: None, ..r.key.clone() }.setting_id()).copied();
+        let mut batched = 0;
+        for r in mine.iter().filter(|r| r.key.batch_size == Some(3)) {
+            batched += 1;
+            assert_eq!(r.status, CellStatus::Ok, "{:?}", r.reason);
+            assert_eq!(r.batch_size, 3);
+            let b = r.batch.as_ref().expect("batch figures");
+            assert_eq!(b.shares_weight_reads, backend == "candle");
+            assert!(b.steps > 0 && b.mean_rows > 1.0 && b.mean_rows <= 3.0 && b.latency_ms_per_token > 0.0, "{b:?}");
+            assert!(r.key.id().ends_with(&match r.key.batch_policy { Some(p) => format!("|3|{p}"), None => "|3".into() }), "{}", r.key.id());
+            let alone = one(r).unwrap_or_else(|| panic!("{}: no batch-1 cell", r.key.label()));
+            let policy = r.key.batch_policy;
+            for (o, a) in r.outputs.iter().zip(&alone.outputs) {
+                let exits = |t: &Option<Vec<exitbench::results::record::TraceToken>>| t.as_ref().map(|t| t.iter().map(|x| x.exit_layer).collect::<Vec<_>>());
+                match policy {
+                    Some(BatchPolicy::BatchMin) => {
+                        // The batch waits for its least confident row: no token exits earlier.
+                        if o.token_ids == a.token_ids {
+                            assert!(o.avg_layers >= a.avg_layers - 1e-9, "{}: {} < {}", r.key.label(), o.avg_layers, a.avg_layers);
+                        }
+                    }
+                    _ => {
+                        assert_eq!((&o.id, &o.token_ids), (&a.id, &a.token_ids), "{}", r.key.label());
+                        assert_eq!(exits(&o.trace), exits(&a.trace), "{}", r.key.label());
+                    }
+                }
+            }
+            match policy {
+                Some(BatchPolicy::PerRow) => assert_eq!(b.held_row_tokens, 0),
+                Some(BatchPolicy::Compact) => assert_eq!((b.wasted_row_layers, b.held_row_tokens), (0, 0)),
+                Some(BatchPolicy::BatchMin) => assert_eq!(b.wasted_row_layers, 0),
+                None => assert_eq!((b.wasted_row_layers, b.held_row_tokens), (0, 0)),
+            }
+            if r.key.baseline != Baseline::Full && r.key.baseline != Baseline::Oracle {
+                assert!(r.speedup.is_some(), "{}: paired with full depth at B = 3", r.key.label());
+            }
+        }
+        // full, static, oracle at B = 3, and 2 measures × 3 policies.
+        assert_eq!(batched, 3 + 2 * 3, "{backend}");
+        for r in mine.iter().filter(|r| r.key.batch_size.is_none()) {
+            assert!(r.batch.is_none() && r.batch_size == 1 && !serde_json::to_string(&r.key).unwrap().contains("batch"));
+        }
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Batched decoding") && summary.contains("softmax-diff@0.3 (compact)") && summary.contains("*rows one by one*"), "{summary}");
+    assert!(summary.contains("Does early exit beat it?"), "{summary}");
+
+    // SIGKILL while the rounds run, then --resume: every cell once, the same deterministic outputs.
+    let out2 = d.path().join("killed");
+    let args2 = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out2.to_str().unwrap(), &[
+        ("--max-new-tokens", "24"), ("--samples", "5"), ("--batch-size", "3"), ("--thresholds", "0.3"), ("--repetitions", "4"), ("--round-samples", "3"),
+    ]);
+    let rounds = out2.join("rounds.jsonl");
+    let mut child = bin().args(&args2).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while round_keys(&rounds).len() < 12 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no rounds appeared");
+        assert!(child.try_wait().unwrap().is_none(), "the sweep finished before it could be killed; make it longer");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut resume = args2.clone();
+    resume.push("--resume");
+    let (code, _, err) = run(&resume);
+    assert_eq!(code, 0, "{err}");
+    let again = exitbench::results::store::read(&out2.join("results.jsonl")).unwrap();
+    let mut ids: Vec<String> = again.iter().map(|r| r.cell_id.clone()).collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((ids.len(), n), (9, 9), "each batched cell once");
+    let first = exitbench::results::store::read(&out.join("results.jsonl")).unwrap();
+    for r in again.iter().filter(|r| r.key.baseline == Baseline::Full) {
+        let f = first.iter().find(|f| f.key.backend == r.key.backend && f.key.batch_size == Some(3) && f.key.baseline == Baseline::Full).unwrap();
+        for (a, b) in r.outputs.iter().zip(&f.outputs) {
+            assert_eq!(&a.token_ids[..b.token_ids.len().min(a.token_ids.len())], &b.token_ids[..b.token_ids.len().min(a.token_ids.len())]);
+        }
+    }
 }

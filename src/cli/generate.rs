@@ -105,9 +105,16 @@ pub struct GenerateArgs {
     /// Exit mode.
     #[command(flatten)]
     pub exit: ExitArgs,
-    /// The prompt text.
-    #[arg(long)]
-    pub prompt: String,
+    /// The prompt text (repeat for several prompts, decoded in batches of --batch-size).
+    #[arg(long, required = true)]
+    pub prompt: Vec<String>,
+    /// Rows decoded together: the prompts form batches of this size in order.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// How a batch serves rows that want different exit layers (early exit at --batch-size
+    /// above 1).
+    #[arg(long, value_enum, ignore_case = true, default_value = "per-row")]
+    pub batch_policy: crate::decode::batch::BatchPolicy,
     /// Maximum new tokens.
     #[arg(long, default_value_t = crate::sweep::plan::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
@@ -199,15 +206,58 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut p = prepare(&a.model)?;
     let m = &p.files;
     mode.validate(m.config.num_hidden_layers)?;
-    let prompt = m.tokenizer.encode(&a.prompt)?;
+    if a.batch_size == 0 || a.batch_size > crate::sweep::plan::MAX_BATCH_SIZE {
+        return Err(Error::setting("--batch-size", format!("{} is outside 1..={}", a.batch_size, crate::sweep::plan::MAX_BATCH_SIZE)));
+    }
+    let prompts = a.prompt.iter().map(|t| m.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
     let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
+    if a.draft_layer.is_some() && (prompts.len() > 1 || a.batch_size > 1) {
+        return Err(Error::setting("--draft-layer", "self-speculative decoding takes one prompt at batch size 1"));
+    }
     if let Some(draft_layer) = a.draft_layer {
         let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens: a.draft_tokens, cache: a.draft_cache };
-        let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompt, &opts, &spec))?;
+        let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompts[0], &opts, &spec))?;
         return print_speculative(&p, &s, a.json);
     }
-    let g = crate::with_backend!(&mut p.backend, b => generate(b, &prompt, &opts))?;
-    print_generation(&p, &g, &opts, a.json)
+    if a.batch_size == 1 {
+        for prompt in &prompts {
+            let g = crate::with_backend!(&mut p.backend, b => generate(b, prompt, &opts))?;
+            print_generation(&p, &g, &opts, a.json)?;
+        }
+        return Ok(());
+    }
+    for chunk in prompts.chunks(a.batch_size) {
+        let g = crate::with_backend!(&mut p.backend, b => crate::decode::batch::generate_batch(b, chunk, &opts, a.batch_policy, None))?;
+        for row in &g.rows {
+            print_generation(&p, row, &opts, a.json)?;
+        }
+        print_batch(&g, a.batch_policy, a.json)?;
+    }
+    Ok(())
+}
+
+/// A batch's figures after its rows: steps, tokens/s over all rows, each row's latency, and
+/// the policy's waste.
+fn print_batch(g: &crate::decode::batch::BatchGeneration, policy: crate::decode::batch::BatchPolicy, json: bool) -> Result<()> {
+    let decode_s = g.decode_s();
+    let tokens = g.decoded_tokens();
+    let tok_s = if decode_s > 0.0 { tokens as f64 / decode_s } else { 0.0 };
+    let wasted: usize = g.steps.iter().map(|s| s.wasted_row_layers).sum();
+    let held: usize = g.steps.iter().map(|s| s.held_row_tokens).sum();
+    let gather: f64 = g.steps.iter().map(|s| s.gather_s).sum();
+    if json {
+        let out = serde_json::json!({
+            "batch": g.rows.len(), "policy": policy, "steps": g.steps.len(), "decoded_tokens": tokens, "decode_ms": decode_s * 1e3,
+            "tokens_per_s": tok_s, "prefill_ms": g.prefill_s * 1e3, "wasted_row_layers": wasted, "held_row_tokens": held,
+            "gather_ms": gather * 1e3, "shares_weight_reads": g.shares_weight_reads,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        return Ok(());
+    }
+    println!("batch of {} ({policy}): {} steps, {tokens} decoded tokens in {:.1} ms ({tok_s:.1} tokens/s over all rows), prefill {:.1} ms, wasted row layers {wasted}, held tokens {held}, gather {:.2} ms{}",
+        g.rows.len(), g.steps.len(), decode_s * 1e3, g.prefill_s * 1e3, gather * 1e3,
+        if g.shares_weight_reads { "" } else { " (this runtime runs rows one by one: no weight reads shared)" });
+    Ok(())
 }
 
 /// A speculative generation: the text with each accepted draft in brackets (text) or flagged

@@ -124,7 +124,9 @@ pub fn generate_batch<B: Batch>(backend: &mut B, prompts: &[Vec<u32>], opts: &Ge
     let n = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     backend.start_rows(n, (longest + opts.max_new_tokens + 1).min(backend.max_positions()))?;
-    let mut rngs: Vec<StdRng> = (0..n).map(|_| StdRng::seed_from_u64(opts.sampling.seed)).collect();
+    // Row r samples with seed + r: a sweep's batch starting at sample i gives each row its own
+    // sample's seed, as at batch size 1.
+    let mut rngs: Vec<StdRng> = (0..n).map(|r| StdRng::seed_from_u64(opts.sampling.seed.wrapping_add(r as u64))).collect();
     let depth = opts.mode.depth(layers);
     let all: Vec<usize> = (0..n).collect();
 

@@ -285,7 +285,7 @@ mod tests {
         let both = pool.install(|| try_row_times_transposed(&two, &wt)).unwrap().expect("three rows").to_vec2::<f32>().unwrap();
         let alone2 = pool.install(|| try_row_times_transposed(&x2, &wt)).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!((&both[0], &both[1], &both[2]), (&ours, &alone2, &ours));
-        let many = Tensor::cat(&vec![&xt; MAX_ROWS + 1], 0).unwrap();
+        let many = Tensor::cat(&[&xt; MAX_ROWS + 1], 0).unwrap();
         assert!(pool.install(|| try_row_times_transposed(&many, &wt)).unwrap().is_none(), "above MAX_ROWS candle's gemm");
     }
 }

@@ -83,7 +83,7 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         let _ = writeln!(s, "| setting | B | tokens/s | ms/token | row latency ms/token (median, p90) | J/token | speedup vs full at B (paired) | vs full at B = 1 | avg layers | batch-min predicted avg layer | wasted row layers | held tokens | gather share |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut ordered: Vec<&Point> = mine.iter().copied().filter(|p| matches!(p.rec.key.baseline, Baseline::Full | Baseline::None | Baseline::Static)).collect();
-        ordered.sort_by(|a, b| (a.rec.key.baseline != Baseline::Full, unbatched(&a.rec.key).setting_id(), a.rec.key.batch_policy, a.b()).cmp(&(b.rec.key.baseline != Baseline::Full, unbatched(&b.rec.key).setting_id(), b.rec.key.batch_policy, b.b())));
+        ordered.sort_by_key(|p| (p.rec.key.baseline != Baseline::Full, unbatched(&p.rec.key).setting_id(), p.rec.key.batch_policy, p.b()));
         for p in &ordered {
             let r = p.rec;
             let bs = r.batch.as_ref();

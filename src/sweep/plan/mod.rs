@@ -16,7 +16,7 @@ pub mod toml_file;
 pub mod validate;
 
 pub use dedup::{dedup_by_key, dedup_keep_order};
-pub use schema::{EnergyArgs, RawSettings, DEFAULT_MAX_NEW_TOKENS, MAX_SAMPLES};
+pub use schema::{EnergyArgs, RawSettings, DEFAULT_MAX_NEW_TOKENS, MAX_BATCH_SIZE, MAX_SAMPLES};
 pub use thresholds::{parse_thresholds, MAX_RANGE_THRESHOLDS};
 
 use crate::backend::{BackendKind, DeviceKind};

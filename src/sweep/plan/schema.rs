@@ -178,6 +178,10 @@ pub struct EnergyArgs {
     pub cooldown: Option<f64>,
 }
 
+/// The largest batch a sweep or `generate` accepts (far beyond what a CPU decodes usefully, low
+/// enough that a typo is an error rather than thousands of row caches).
+pub const MAX_BATCH_SIZE: usize = 256;
+
 /// The most samples a sweep takes from its dataset (the synthetic task builds them in memory).
 pub const MAX_SAMPLES: usize = 1_000_000;
 

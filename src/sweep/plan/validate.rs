@@ -3,16 +3,12 @@
 
 use super::dedup::{dedup_by_key, dedup_keep_order};
 use super::thresholds::parse_thresholds;
-use super::{local_timestamp, EnergyArgs, EnergySettings, Plan, PlannedModel, RawSettings, MAX_SAMPLES};
+use super::{local_timestamp, EnergyArgs, EnergySettings, Plan, PlannedModel, RawSettings, MAX_BATCH_SIZE, MAX_SAMPLES};
 use crate::data::DatasetSpec;
 use crate::error::{Error, Result};
 use crate::exit::{policy, Schedule};
 use crate::model::Precision;
 use std::path::{Path, PathBuf};
-
-/// The largest batch a sweep accepts (far beyond what a CPU decodes usefully, low enough that a
-/// typo is an error rather than thousands of row caches).
-pub const MAX_BATCH_SIZE: usize = 256;
 
 fn energy_settings(e: &EnergyArgs) -> Result<EnergySettings> {
     let nonneg = |v: Option<f64>, f: &str| -> Result<f64> {
