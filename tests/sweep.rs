@@ -53,7 +53,9 @@ fn sweep_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
 fn sweep_args_with<'a>(model: &'a str, data: &'a str, out: &'a str, over: &[(&'a str, &'a str)]) -> Vec<&'a str> {
     let mut flags: Vec<(&str, &str)> = vec![("--model", model), ("--dataset", data), ("--out", out), ("--measure", "softmax-diff,saturation"),
         ("--thresholds", "0.9,0.3"), ("--static-exit", "2"), ("--samples", "4"), ("--max-new-tokens", "8"), ("--warmup", "0"),
-        ("--min-window", "0"), ("--idle-seconds", "0"), ("--powercap-root", "/nonexistent/powercap"), ("--backend", "candle")];
+        ("--min-window", "0"), ("--idle-seconds", "0"), ("--powercap-root", "/nonexistent/powercap"), ("--backend", "candle"),
+        // Batch size 1 alone unless a test asks (the default grid adds batch 8).
+        ("--batch-size", "1")];
     for (k, v) in over {
         match flags.iter_mut().find(|(f, _)| f == k) {
             Some(slot) => slot.1 = v,
@@ -975,7 +977,7 @@ fn batched_cells_in_a_sweep() {
     let out = d.path().join("batch");
     let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
         ("--backend", "candle,ort"), ("--max-new-tokens", "12"), ("--samples", "5"), ("--batch-size", "1,3"), ("--thresholds", "0.3"),
-        ("--repetitions", "2"),
+        ("--repetitions", "2"), ("--batch-settings", "all"),
     ]);
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
@@ -1033,6 +1035,7 @@ fn batched_cells_in_a_sweep() {
     let out2 = d.path().join("killed");
     let args2 = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out2.to_str().unwrap(), &[
         ("--max-new-tokens", "24"), ("--samples", "5"), ("--batch-size", "3"), ("--thresholds", "0.3"), ("--repetitions", "4"), ("--round-samples", "3"),
+        ("--batch-settings", "all"),
     ]);
     let rounds = out2.join("rounds.jsonl");
     let mut child = bin().args(&args2).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();

@@ -83,6 +83,8 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         max_new_tokens: Some(a.max_new_tokens),
         repetitions: Some(a.repetitions),
         energy: a.energy.clone(),
+        // Thresholds are calibrated at batch size 1 (the default grid's batch 8 is left out).
+        batch_size: Some(vec![1]),
         ..RawSettings::default()
     });
     let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone(),

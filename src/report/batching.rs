@@ -82,7 +82,9 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         let full1 = full_at(1);
         let _ = writeln!(s, "| setting | B | tokens/s | ms/token | row latency ms/token (median, p90) | J/token | speedup vs full at B (paired) | vs full at B = 1 | avg layers | batch-min predicted avg layer | wasted row layers | held tokens | gather share |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        let mut ordered: Vec<&Point> = mine.iter().copied().filter(|p| matches!(p.rec.key.baseline, Baseline::Full | Baseline::None | Baseline::Static)).collect();
+        // Full depth, and every setting that also ran batched (its batch-1 cell beside).
+        let batched_settings: Vec<String> = mine.iter().filter(|p| p.b() > 1).map(|p| unbatched(&p.rec.key).setting_id()).collect();
+        let mut ordered: Vec<&Point> = mine.iter().copied().filter(|p| p.rec.key.baseline == Baseline::Full || (p.rec.key.baseline != Baseline::Oracle && batched_settings.contains(&unbatched(&p.rec.key).setting_id()))).collect();
         ordered.sort_by_key(|p| (p.rec.key.baseline != Baseline::Full, unbatched(&p.rec.key).setting_id(), p.rec.key.batch_policy, p.b()));
         for p in &ordered {
             let r = p.rec;
@@ -120,6 +122,75 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
             let _ = writeln!(s);
         }
     }
+}
+
+/// The batch section of report.html: per runtime, tokens/s and J/token against batch size, one
+/// line per early-exit setting and policy beside full depth's own (black, dashed), each point's
+/// tooltip naming the cell; then the same green-AI answers as summary.md.
+pub fn html_section(rows: &[ReportRow], records: &[CellRecord]) -> String {
+    use super::svg::{esc, Chart, Series, PALETTE};
+    if !records.iter().any(|r| r.key.batch_size.is_some()) {
+        return String::new();
+    }
+    let mut md = String::new();
+    write_batching(&mut md, rows, records);
+    let points: Vec<Point> = rows.iter().map(|row| Point { rec: &records[row.record], row }).filter(|p| p.rec.status == CellStatus::Ok).collect();
+    let mut runtimes: Vec<String> = Vec::new();
+    for p in &points {
+        let g = unbatched(&p.rec.key).group_id();
+        if !runtimes.contains(&g) {
+            runtimes.push(g);
+        }
+    }
+    let mut s = String::from("<h2>Batched decoding</h2><p>tokens/s counts every row's decoded tokens over the batch's decode time; J/token as in the tables (its source in the tooltips). Full depth is the dashed black line. The table and the answers are in summary.md's Batched decoding section.</p>");
+    for g in &runtimes {
+        let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g && matches!(p.rec.key.baseline, Baseline::Full | Baseline::None)).collect();
+        if mine.iter().all(|p| p.b() == 1) {
+            continue;
+        }
+        // One line per setting (and policy); batch-1 cells join every policy's line.
+        let mut lines: Vec<(String, bool)> = Vec::new();
+        for p in &mine {
+            let full = p.rec.key.baseline == Baseline::Full;
+            let name = if full { "full depth".to_string() } else { p.row.label.clone() };
+            if p.b() > 1 && !lines.iter().any(|(n, _)| *n == name) {
+                lines.push((name, full));
+            }
+        }
+        let series = |y: &dyn Fn(&Point) -> Option<f64>| -> Vec<Series> {
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, (name, full))| {
+                    let base = |p: &Point| unbatched(&p.rec.key).setting_id();
+                    let on_line = |p: &&&Point| {
+                        if *full {
+                            p.rec.key.baseline == Baseline::Full
+                        } else {
+                            p.rec.key.baseline == Baseline::None && (p.row.label == *name || (p.b() == 1 && mine.iter().any(|q| q.row.label == *name && base(q) == base(p))))
+                        }
+                    };
+                    let mut pts: Vec<(f64, f64, String)> = mine.iter().filter(on_line).filter_map(|p| y(p).map(|v| (p.b() as f64, v, format!("{} at B = {}: {v:.4}", p.row.label, p.b())))).collect();
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    Series { label: name.clone(), points: pts, line: true, dashed: *full, hollow: false, color: if *full { "#000000".into() } else { PALETTE[i % 7].to_string() } }
+                })
+                .collect()
+        };
+        let k = &mine[0].rec.key;
+        let _ = write!(s, "<h3>{} · {} · {} · {} · {}</h3>", esc(&k.model), k.backend, k.device, esc(&super::plural(k.threads, "thread")), k.dtype);
+        s.push_str(&Chart { title: "Throughput against batch size".into(), x_label: "batch size B".into(), y_label: "tokens/s (all rows)".into(), series: series(&|p| Some(p.tok_s())) }.render());
+        s.push_str(&Chart { title: "J/token against batch size".into(), x_label: "batch size B".into(), y_label: "joules per token".into(), series: series(&|p| p.j()) }.render());
+    }
+    // The answers, as list items (from the Markdown section).
+    let answers: Vec<&str> = md.lines().filter(|l| l.starts_with("- ") || l.starts_with("Full depth's lowest")).collect();
+    if !answers.is_empty() {
+        s.push_str("<ul>");
+        for a in answers {
+            let _ = write!(s, "<li>{}</li>", esc(a.trim_start_matches("- ")).replace("**", ""));
+        }
+        s.push_str("</ul>");
+    }
+    s
 }
 
 #[cfg(test)]

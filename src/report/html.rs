@@ -49,7 +49,7 @@ impl Exporter for HtmlExporter {
     fn render(&self, rows: &[ReportRow], records: &[CellRecord]) -> Result<String> {
         let mut s = String::new();
         let _ = write!(s, "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>exitbench report</title><style>{STYLE}</style></head><body>");
-        let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1. D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
+        let _ = write!(s, "<h1>exitbench report</h1><p>Batch size 1 unless a heading says otherwise (see Batched decoding). D(Y_early, Y_full) = 1 − ROUGE-L F against full depth's outputs; \
             R_early − R_full = difference in ROUGE-L F against the references (rougeL F, no stemmer, corpus mean; 95% bootstrap intervals). \
             Measured speedup = per sample, full depth's decode ms/token ÷ the setting's measured in the same round, the median with its 95% bootstrap interval (decode only); theoretical = L ÷ average layers. J/token includes the prefill.</p>");
         let _ = write!(s, "<p>{}</p>", super::svg::esc(super::INTERVALS_COVER));
@@ -109,6 +109,7 @@ impl Exporter for HtmlExporter {
             let members: Vec<&ReportRow> = rows.iter().filter(|r| r.group == g).collect();
             group_section(&mut s, &members, records);
         }
+        s.push_str(&super::batching::html_section(rows, records));
         s.push_str("</body></html>\n");
         Ok(s)
     }

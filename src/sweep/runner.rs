@@ -232,9 +232,15 @@ pub fn cells_of(plan: &Plan, g: &Group) -> Vec<CellMode> {
         }
         out.extend(plan.speculations.iter().map(|&s| CellMode { mode: ExitMode::Full, time_split: true, speculation: Some(s), batch: None }));
     }
-    // Batched cells: every mode at every batch size above 1, early exit under every policy.
+    // Batched cells at every batch size above 1: full depth, the chosen early-exit settings under
+    // every policy (every mode with `--batch-settings all`).
+    let batched = |mode: &ExitMode| match (&plan.batch_settings, mode) {
+        (None, _) | (_, ExitMode::Full) => true,
+        (Some(list), ExitMode::Dynamic(p)) => list.iter().any(|&(m, t)| m == p.measure && t == p.threshold),
+        _ => false,
+    };
     for &size in plan.batch_sizes.iter().filter(|&&b| b > 1) {
-        for &mode in &g.modes {
+        for &mode in g.modes.iter().filter(|m| batched(m)) {
             let policies: Vec<Option<BatchPolicy>> = match mode {
                 ExitMode::Dynamic(_) => plan.batch_policies.iter().map(|&p| Some(p)).collect(),
                 _ => vec![None],

@@ -67,6 +67,9 @@ pub struct Plan {
     pub batch_sizes: Vec<usize>,
     /// Batch policies of early-exit cells at batch sizes above 1.
     pub batch_policies: Vec<crate::decode::batch::BatchPolicy>,
+    /// The early-exit settings (measure, threshold) that also run at batch sizes above 1; None:
+    /// every cell of the grid.
+    pub batch_settings: Option<Vec<(crate::exit::Measure, f64)>>,
     /// Dataset.
     pub dataset: DatasetSpec,
     /// The examples (loaded and validated up front).

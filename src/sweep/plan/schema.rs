@@ -92,7 +92,7 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
-    /// Batch sizes: every cell runs at each (default 1). A batch's rows are consecutive samples;
+    /// Batch sizes: full depth and the --batch-settings cells run at each. A batch's rows are consecutive samples;
     /// a row that ends leaves the batch and the others go on. Self-speculative cells and the
     /// split-cost row run at batch size 1 only.
     #[arg(long, value_delimiter = ',')]
@@ -105,6 +105,12 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_policy: Option<Vec<crate::decode::batch::BatchPolicy>>,
+    /// Which early-exit settings also run at batch sizes above 1, as measure@threshold
+    /// (`softmax-diff@0.9`), or `all` for every cell of the grid (static exits and the oracle
+    /// included). Full depth always runs at every batch size.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::strings")]
+    pub batch_settings: Option<Vec<String>>,
     /// Dataset: synth:test, synth:validation, synth:train or a JSONL file.
     #[arg(long)]
     pub dataset: Option<String>,
@@ -211,8 +217,9 @@ impl RawSettings {
             draft_layer: None,
             draft_tokens: None,
             draft_cache: None,
-            batch_size: None,
+            batch_size: Some(vec![1, 8]),
             batch_policy: None,
+            batch_settings: Some(vec!["softmax-diff@0.9".into(), "softmax-diff@0.7".into()]),
             dataset: Some("synth:test".into()),
             samples: Some(40),
             max_new_tokens: Some(DEFAULT_MAX_NEW_TOKENS),

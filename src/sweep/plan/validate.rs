@@ -87,6 +87,7 @@ impl Plan {
         if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH_SIZE) {
             return Err(Error::setting("--batch-size", format!("{b} is outside 1..={MAX_BATCH_SIZE}")));
         }
+        let batch_settings = batch_settings(s.batch_settings.as_deref())?;
         let batch_policies = dedup_keep_order(s.batch_policy.clone().unwrap_or_else(|| crate::decode::batch::BatchPolicy::ALL.to_vec()));
         if batch_policies.is_empty() {
             return Err(Error::setting("--batch-policy", "the list is empty"));
@@ -143,6 +144,7 @@ impl Plan {
             speculations,
             batch_sizes,
             batch_policies,
+            batch_settings,
             dataset,
             examples,
             max_new_tokens,
@@ -190,6 +192,24 @@ fn plan_model(dir: &Path, random_weights: Option<u64>, precision: Precision) -> 
         }
     }
     Ok(PlannedModel { dir: dir.to_path_buf(), config })
+}
+
+/// `--batch-settings`: `all` (None), or measure@threshold pairs.
+fn batch_settings(v: Option<&[String]>) -> Result<Option<Vec<(crate::exit::Measure, f64)>>> {
+    let v = v.unwrap_or(&[]);
+    if v.iter().any(|x| x.trim().eq_ignore_ascii_case("all")) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for x in v {
+        let bad = |why: &str| Error::setting("--batch-settings", format!("`{x}`: {why} (expected measure@threshold such as softmax-diff@0.9, or all)"));
+        let (m, t) = x.trim().split_once('@').ok_or_else(|| bad("no @"))?;
+        let measure = crate::exit::Measure::parse(m).map_err(|e| bad(&e.to_string()))?;
+        let threshold: f64 = t.trim().parse().map_err(|_| bad("the threshold is not a number"))?;
+        policy::check_threshold("--batch-settings", threshold)?;
+        out.push((measure, threshold));
+    }
+    Ok(Some(out))
 }
 
 /// Every (draft layer, draft tokens, draft cache) combination the settings ask for; none without
