@@ -6,20 +6,10 @@
 //! arithmetic; batched decoding pays it once per row.
 
 use super::kv::KvBuffer;
-use crate::error::{Error, Result};
-use candle_core::{Storage, Tensor};
+use super::matvec::with_slice as with_host_f32;
+use crate::error::Result;
+use candle_core::Tensor;
 use rayon::prelude::*;
-
-/// The f32 contents of a CPU tensor, in place (contiguous), passed to `f`.
-pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Internal("host attention: a tensor is not on the CPU".into()));
-    };
-    let all = cpu.as_slice::<f32>()?;
-    let (from, to) = layout.contiguous_offsets().ok_or_else(|| Error::Internal("host attention: a strided tensor".into()))?;
-    Ok(f(&all[from..to]))
-}
 
 /// Shapes of one layer's attention.
 #[derive(Debug, Clone, Copy)]

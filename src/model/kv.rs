@@ -75,7 +75,7 @@ impl KvBuffer {
             return Err(Error::Internal("kv cache: reading an empty cache".into()));
         };
         let cap = k.dim(POS)?;
-        super::attention_cpu::with_host_f32(k, |ks| super::attention_cpu::with_host_f32(v, |vs| f(ks, vs, cap, self.len)))?
+        super::matvec::with_slice(k, |ks| super::matvec::with_slice(v, |vs| f(ks, vs, cap, self.len)))?
     }
 
     /// Appends `k`, `v` `[b, kv_heads, t, head_dim]` (contiguous) and returns every cached

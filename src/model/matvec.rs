@@ -220,8 +220,8 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
     out
 }
 
-/// Runs `f` on the f32 contents of a contiguous CPU tensor.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// Runs `f` on the f32 contents of a contiguous CPU tensor, in place.
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else { return Err(Error::Internal("matvec: tensor not on the CPU".into())) };
     let (from, to) = layout.contiguous_offsets().ok_or_else(|| Error::Internal("matvec: strided tensor".into()))?;
