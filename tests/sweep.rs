@@ -834,6 +834,7 @@ fn drifting_speedup(order: &str, slow_from: u64, dir: &Path) -> (f64, u64) {
         round_samples: Some(1),
         order: Some(serde_json::from_value(serde_json::json!(order)).unwrap()),
         random_weights: None,
+        batch_size: Some(vec![1]),
         ..Default::default()
     };
     let mut settings = RawSettings::defaults().overridden_by(over);
