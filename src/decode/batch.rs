@@ -282,8 +282,10 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                     both
                 };
                 let t = Instant::now();
+                // Gathers inside the exit checks' stretch count as gather time only.
+                let gathered = info.gather_s;
                 let batch_of: Vec<usize> = undecided.iter().map(|&j| run[j]).collect();
-                let (confs, heads) = confidence_rows(backend, p.measure, l, &pu, &cu, &opts.sampling, &batch_of.iter().map(|&i| rows[i]).collect::<Vec<_>>())?;
+                let (confs, heads) = confidence_rows(backend, p.measure, l, &pu, &cu, &opts.sampling)?;
                 let mut clears = Vec::with_capacity(confs.len());
                 for (k, &conf) in confs.iter().enumerate() {
                     let i = batch_of[k];
@@ -322,7 +324,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 let exit_rows: Vec<usize> = exiting.iter().map(|&k| batch_of[k]).collect();
                 let globals: Vec<usize> = exit_rows.iter().map(|&i| rows[i]).collect();
                 let picked = choose_rows(backend, &state, heads, &opts.sampling, rngs, &globals)?;
-                info.exit_checks_s += t.elapsed().as_secs_f64();
+                info.exit_checks_s += t.elapsed().as_secs_f64() - (info.gather_s - gathered);
                 for (k, (id, gap)) in picked.into_iter().enumerate() {
                     let i = exit_rows[k];
                     decided[i] = Some(Chosen { id, layer: l, confidence: Some(confs[exiting[k]]), gap });
@@ -370,6 +372,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 let out = run_layers_with_passengers(backend, rows, &run, &cur, from..=layers, &frozen, &frozen_at, &mut info)?.1;
                 let undecided: Vec<usize> = (0..run.len()).filter(|&j| decided[run[j]].is_none()).collect();
                 let t = Instant::now();
+                let gathered = info.gather_s;
                 let state = if undecided.len() == run.len() {
                     out
                 } else {
@@ -380,7 +383,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 };
                 let globals: Vec<usize> = undecided.iter().map(|&j| rows[run[j]]).collect();
                 let picked = choose_rows(backend, &state, None, &opts.sampling, rngs, &globals)?;
-                info.exit_checks_s += t.elapsed().as_secs_f64();
+                info.exit_checks_s += t.elapsed().as_secs_f64() - (info.gather_s - gathered);
                 for (k, (id, gap)) in picked.into_iter().enumerate() {
                     decided[run[undecided[k]]] = Some(Chosen { id, layer: layers, confidence: None, gap });
                 }
@@ -495,7 +498,7 @@ fn choose_rows<B: Batch>(backend: &mut B, h: &B::Rows, heads: Option<Vec<HeadOut
 }
 
 /// The measure's confidence at layer `l` for every segment (and the heads when it applied them).
-fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling, _rows: &[usize]) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
+fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
     match measure {
         Measure::SoftmaxDiff | Measure::SoftmaxMax => {
             let heads = apply_head_rows(backend, cur, s)?;

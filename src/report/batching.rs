@@ -49,13 +49,10 @@ impl Point<'_> {
     }
 }
 
-/// Writes the batch section when any record is batched.
-pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]) {
-    if !records.iter().any(|r| r.key.batch_size.is_some()) {
-        return;
-    }
+/// The cells that ran, and their runtimes without the batch size (group ids in first-seen
+/// order): each runtime's full-depth curve and settings across batch sizes.
+fn points_by_runtime<'a>(rows: &'a [ReportRow], records: &'a [CellRecord]) -> (Vec<Point<'a>>, Vec<String>) {
     let points: Vec<Point> = rows.iter().map(|row| Point { rec: &records[row.record], row }).filter(|p| p.rec.status == CellStatus::Ok).collect();
-    // Runtimes without their batch size: the full-depth curve and the settings of each.
     let mut runtimes: Vec<String> = Vec::new();
     for p in &points {
         let g = unbatched(&p.rec.key).group_id();
@@ -63,6 +60,15 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
             runtimes.push(g);
         }
     }
+    (points, runtimes)
+}
+
+/// Writes the batch section when any record is batched.
+pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]) {
+    if !records.iter().any(|r| r.key.batch_size.is_some()) {
+        return;
+    }
+    let (points, runtimes) = points_by_runtime(rows, records);
     let _ = writeln!(s, "## Batched decoding\n");
     let _ = writeln!(s, "Rows of a batch are consecutive samples; a row that ends leaves the batch. tokens/s counts every row's decoded tokens over the batch's decode time; \
         ms/token is its inverse; row latency is each row's mean step time (a row waits for the whole step), median and p90 over rows. \
@@ -134,14 +140,7 @@ pub fn html_section(rows: &[ReportRow], records: &[CellRecord]) -> String {
     }
     let mut md = String::new();
     write_batching(&mut md, rows, records);
-    let points: Vec<Point> = rows.iter().map(|row| Point { rec: &records[row.record], row }).filter(|p| p.rec.status == CellStatus::Ok).collect();
-    let mut runtimes: Vec<String> = Vec::new();
-    for p in &points {
-        let g = unbatched(&p.rec.key).group_id();
-        if !runtimes.contains(&g) {
-            runtimes.push(g);
-        }
-    }
+    let (points, runtimes) = points_by_runtime(rows, records);
     let mut s = String::from("<h2>Batched decoding</h2><p>tokens/s counts every row's decoded tokens over the batch's decode time; J/token as in the tables (its source in the tooltips). Full depth is the dashed black line. The table and the answers are in summary.md's Batched decoding section.</p>");
     for g in &runtimes {
         let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g && matches!(p.rec.key.baseline, Baseline::Full | Baseline::None)).collect();
