@@ -72,6 +72,41 @@ pub fn bytes_per_token<'a>(mode: &crate::exit::ExitMode, cfg: &crate::model::Lla
     (n > 0).then(|| total / n as f64)
 }
 
+/// Mean bytes read per decoded token of self-speculative decoding over `samples` (each
+/// generation's prompt length and its verification passes) with `spec` on a model of `cfg` at
+/// `bytes_per_element`; None without decoded tokens. Each draft step reads layers 1..E (and
+/// their caches) and the head for one token; a verification pass reads each of its layers'
+/// weights once for all its positions, and their caches up to the pass's last position
+/// (`speculative::pass_work` says which calls a pass makes).
+pub fn speculative_bytes_per_token<'a>(spec: &crate::decode::speculative::Speculation, cfg: &crate::model::LlamaConfig, bytes_per_element: f64, samples: impl IntoIterator<Item = (usize, &'a [crate::decode::speculative::Pass])>) -> Option<f64> {
+    let l = cfg.num_hidden_layers;
+    let b = ModelBytes::of(cfg, bytes_per_element);
+    let (mut total, mut n) = (0.0, 0usize);
+    for (prompt_tokens, passes) in samples {
+        // Positions cached before the pass's first token (the prefill wrote the prompt's).
+        let mut base = prompt_tokens;
+        let [step, _] = crate::decode::speculative::pass_work(spec, l, 1);
+        for p in passes {
+            let [_, verify] = crate::decode::speculative::pass_work(spec, l, p.drafted);
+            // Draft step i reads E layers with base + i positions cached before it.
+            for i in 0..p.drafted {
+                total += b.token(step.layers, step.heads, step.classifiers, 0, base + i);
+            }
+            // Verification: the new positions' embeddings, each layer's weights once and its
+            // cache through the last position, one head pass.
+            let positions = p.drafted + 1;
+            let embedded = match spec.cache {
+                crate::decode::speculative::DraftCache::Shared => 1,
+                crate::decode::speculative::DraftCache::Separate => positions,
+            };
+            total += embedded as f64 * b.embed_row + verify.layers as f64 * (b.layer + b.kv_per_position * (base + positions) as f64) + verify.heads as f64 * b.head;
+            base += p.emitted;
+            n += p.emitted;
+        }
+    }
+    (n > 0).then(|| total / n as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +127,32 @@ mod tests {
         // with 10 positions cached: embedding + 2 layers (+ 11 positions of K/V each) + 2 heads + 2 propagations.
         let want = d * 4.0 + 2.0 * (layer + 11.0 * 256.0) + 2.0 * b.head + 2.0 * b.propagation;
         assert_eq!(b.token(2, 2, 0, 2, 10), want);
+    }
+
+    #[test]
+    fn speculative_bytes_per_token_by_hand() {
+        use crate::decode::speculative::{DraftCache, DraftStop, Pass, Speculation};
+        let cfg = crate::testkit::tiny_config(4, 300);
+        let b = ModelBytes::of(&cfg, 4.0);
+        let kv = b.kv_per_position;
+        // Prompt of 5; pass 1 drafts 3 and emits 2, pass 2 drafts 0 and emits 1.
+        let passes = [Pass { drafted: 3, emitted: 2 }, Pass { drafted: 0, emitted: 1 }];
+        let shared = Speculation { draft_layer: 1, draft_tokens: 3, cache: DraftCache::Shared, stop: None };
+        // Pass 1: draft steps with 5, 6, 7 positions cached (1 layer + head each); verify reads
+        // one embedding row, 4 layers with 9 positions each, one head. Pass 2 (base 7): 4 layers
+        // with 8 positions, one embedding row, one head.
+        let draft = (0..3).map(|i| b.embed_row + b.layer + kv * (5 + i + 1) as f64 + b.head).sum::<f64>();
+        let verify1 = b.embed_row + 4.0 * (b.layer + kv * 9.0) + b.head;
+        let verify2 = b.embed_row + 4.0 * (b.layer + kv * 8.0) + b.head;
+        let got = speculative_bytes_per_token(&shared, &cfg, 4.0, [(5, passes.as_slice())]).unwrap();
+        assert!((got - (draft + verify1 + verify2) / 3.0).abs() < 1e-6, "{got}");
+        // Separate: the verifier embeds every position of the pass; a classifier stop reads one
+        // classifier per draft step.
+        let sep = Speculation { cache: DraftCache::Separate, stop: Some(DraftStop { measure: crate::exit::Measure::Classifier, threshold: 0.5 }), ..shared };
+        let draft = draft + 3.0 * b.classifier;
+        let verify1 = 4.0 * b.embed_row + 4.0 * (b.layer + kv * 9.0) + b.head;
+        let got = speculative_bytes_per_token(&sep, &cfg, 4.0, [(5, passes.as_slice())]).unwrap();
+        assert!((got - (draft + verify1 + verify2) / 3.0).abs() < 1e-6, "{got}");
+        assert_eq!(speculative_bytes_per_token(&shared, &cfg, 4.0, [(5, &[][..])]), None);
     }
 }

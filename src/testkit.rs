@@ -195,6 +195,27 @@ impl<B: crate::backend::Speculate> crate::backend::Speculate for Drifting<B> {
         self.spin();
         self.inner.heads(h)
     }
+    fn position_logits(&mut self, h: &Self::Hidden) -> Result<Vec<Vec<f32>>> {
+        self.spin();
+        self.inner.position_logits(h)
+    }
+    fn join(&mut self, parts: &[Self::Hidden]) -> Result<Self::Hidden> {
+        self.inner.join(parts)
+    }
+}
+
+impl<B: crate::backend::Speculate> crate::backend::Speculate for Counting<B> {
+    fn truncate(&mut self, layer: usize, n: usize) -> Result<()> {
+        self.inner.truncate(layer, n)
+    }
+    fn heads(&mut self, h: &Self::Hidden) -> Result<Vec<crate::backend::HeadSummary>> {
+        self.work.heads += 1;
+        self.inner.heads(h)
+    }
+    fn position_logits(&mut self, h: &Self::Hidden) -> Result<Vec<Vec<f32>>> {
+        self.work.heads += 1;
+        self.inner.position_logits(h)
+    }
     fn join(&mut self, parts: &[Self::Hidden]) -> Result<Self::Hidden> {
         self.inner.join(parts)
     }

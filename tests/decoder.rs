@@ -218,7 +218,7 @@ fn speculative_greedy_equals_full_depth_and_rolls_back_exactly(open: Opener, var
         for draft_layer in 1..layers {
             for draft_tokens in [1, 3, 8] {
                 for cache in [DraftCache::Shared, DraftCache::Separate] {
-                    let spec = Speculation { draft_layer, draft_tokens, cache };
+                    let spec = Speculation { draft_layer, draft_tokens, cache, stop: None };
                     let g = generate_speculative(b, &prompt, &opts(ExitMode::Full, 24), &spec).unwrap();
                     assert_eq!(g.generation.ids(), full.ids(), "{spec:?}");
                     assert!(g.accepted_draft.iter().filter(|&&a| a).count() <= g.stats.accepted, "{spec:?}");

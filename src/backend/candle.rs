@@ -348,6 +348,12 @@ impl Speculate for CandleBackend {
         (0..t).map(|i| self.summarize(&logits.narrow(1, i, 1)?.flatten_all()?)).collect()
     }
 
+    fn position_logits(&mut self, h: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let logits = self.model.head(h)?.to_dtype(DType::F32)?;
+        let t = logits.dim(1)?;
+        (0..t).map(|i| Ok(logits.narrow(1, i, 1)?.flatten_all()?.to_vec1::<f32>()?)).collect()
+    }
+
     fn join(&mut self, parts: &[Tensor]) -> Result<Tensor> {
         Ok(Tensor::cat(parts, 1)?)
     }

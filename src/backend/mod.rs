@@ -187,6 +187,10 @@ pub trait Speculate: Backend {
     /// The exit head at every position of `h` `[1, t, d]`, one summary per position, reduced on
     /// the device.
     fn heads(&mut self, h: &Self::Hidden) -> Result<Vec<HeadSummary>>;
+    /// The exit head's full logits at every position of `h` `[1, t, d]`, on the host (what
+    /// speculative sampling compares); one pass of the head over all positions where the
+    /// backend can.
+    fn position_logits(&mut self, h: &Self::Hidden) -> Result<Vec<Vec<f32>>>;
     /// The states `parts` (each `[1, t_i, d]`) joined along positions, in order.
     fn join(&mut self, parts: &[Self::Hidden]) -> Result<Self::Hidden>;
 }

@@ -130,8 +130,9 @@ pub struct GenerateArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Self-speculative decoding: draft with the first E layers and verify with all (greedy;
-    /// the output is full depth's). Marks each token drafted-and-accepted or not.
+    /// Self-speculative decoding: draft with the first E layers and verify with all (the output
+    /// is full depth's: token for token when greedy, in distribution when sampling). Marks each
+    /// token drafted-and-accepted or not.
     #[arg(long, value_name = "E")]
     pub draft_layer: Option<usize>,
     /// Most tokens drafted per verification (with --draft-layer).
@@ -140,6 +141,10 @@ pub struct GenerateArgs {
     /// Where the draft's cache entries live (with --draft-layer).
     #[arg(long, value_enum, ignore_case = true, default_value = "shared")]
     pub draft_cache: crate::decode::speculative::DraftCache,
+    /// Stop drafting when the draft's confidence falls below a threshold: MEASURE@THRESHOLD
+    /// (with --draft-layer).
+    #[arg(long, value_name = "MEASURE@THRESHOLD")]
+    pub draft_stop: Option<String>,
 }
 
 /// A model ready to run, with the settings it was opened with.
@@ -215,7 +220,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return Err(Error::setting("--draft-layer", "self-speculative decoding takes one prompt at batch size 1"));
     }
     if let Some(draft_layer) = a.draft_layer {
-        let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens: a.draft_tokens, cache: a.draft_cache };
+        let stop = a.draft_stop.as_deref().map(|x| crate::decode::speculative::DraftStop::parse("--draft-stop", x)).transpose()?;
+        let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens: a.draft_tokens, cache: a.draft_cache, stop };
         let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompts[0], &opts, &spec))?;
         return print_speculative(&p, &s, a.json);
     }

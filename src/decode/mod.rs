@@ -479,6 +479,24 @@ pub fn select(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32
     if s.temperature == 0.0 {
         return argmax(logits);
     }
+    let (probs, mass) = nucleus(logits, s);
+    let r: f64 = rng.random::<f64>() * mass;
+    let mut acc = 0.0;
+    for p in &probs {
+        acc += p.1;
+        if r < acc {
+            return p.0;
+        }
+    }
+    probs[probs.len() - 1].0
+}
+
+/// The sampling distribution of `logits` (temperature > 0): the smallest set of most probable
+/// tokens holding `top_p` of the mass, in descending order (ties by index), as (id, softmax
+/// probability) pairs, and their total mass (the pairs ÷ the mass are the distribution drawn
+/// from). Only a growing prefix is selected and sorted, not all V probabilities; the prefix
+/// equals a full sort's.
+pub fn nucleus(logits: &[f32], s: &Sampling) -> (Vec<(u32, f64)>, f64) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<(u32, f64)> = logits
         .iter()
@@ -487,9 +505,6 @@ pub fn select(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32
         .collect();
     let z: f64 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= z);
-    // The smallest set of most probable tokens holding `top_p` of the mass, in descending order
-    // (ties by index): only a growing prefix is selected and sorted, not all V probabilities;
-    // the prefix equals a full sort's, so the draw does too.
     let by_prob = |a: &(u32, f64), b: &(u32, f64)| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0));
     let n = probs.len();
     let mut prefix = n.min(64);
@@ -511,13 +526,6 @@ pub fn select(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32
         }
         prefix = (prefix * 4).min(n);
     };
-    let r: f64 = rng.random::<f64>() * mass;
-    let mut acc = 0.0;
-    for p in &probs[..kept] {
-        acc += p.1;
-        if r < acc {
-            return p.0;
-        }
-    }
-    probs[kept - 1].0
+    probs.truncate(kept);
+    (probs, mass)
 }

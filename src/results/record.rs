@@ -101,6 +101,10 @@ pub struct CellKey {
     /// Where the draft's cache entries live (speculative cells only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<DraftCache>,
+    /// The draft's early stop, `measure@threshold` (speculative cells that stop drafting on
+    /// low confidence only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_stop: Option<crate::decode::speculative::DraftStop>,
     /// Rows decoded together (None: batch size 1, as in every record older than batching).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
@@ -169,6 +173,7 @@ impl CellKey {
             ("draft_layer", self.draft_layer.map(|x| x.to_string())),
             ("draft_tokens", self.draft_tokens.map(|x| x.to_string())),
             ("draft_cache", self.draft_cache.map(|x| x.to_string())),
+            ("draft_stop", self.draft_stop.map(|x| x.to_string())),
         ];
         fields.extend(optional.into_iter().filter_map(|(name, v)| Some(f(name, Setting, v?))));
         // The batch size is part of the runtime (full depth at the same batch size is a cell's
@@ -237,9 +242,10 @@ impl CellKey {
                 self.batch_policy.map(|p| format!(" ({p})")).unwrap_or_default()
             ),
             Baseline::Speculative => format!(
-                "speculative E{} k{}{}",
+                "speculative E{} k{}{}{}",
                 self.draft_layer.unwrap_or(0),
                 self.draft_tokens.unwrap_or(0),
+                self.draft_stop.map(|s| format!(" stop {s}")).unwrap_or_default(),
                 if self.draft_cache == Some(DraftCache::Separate) { " (separate cache)" } else { "" }
             ),
         }

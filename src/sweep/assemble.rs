@@ -122,10 +122,12 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     rec.rouge = corpus(&scores, plan.seed);
     let element = if rec.key.dtype == crate::model::Precision::F32 { 4.0 } else { 2.0 };
     // A speculative token's reads depend on its pass (drafts, verification), a batched one's on
-    // which rows shared its step's weight reads: not counted yet.
-    if c.cell.speculation.is_none() && c.cell.batch.is_none() {
-        rec.bytes_per_token = crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice())));
-    }
+    // which rows shared its step's weight reads.
+    rec.bytes_per_token = match (&c.cell.speculation, &c.cell.batch) {
+        (Some(spec), _) => crate::decode_bytes::speculative_bytes_per_token(spec, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.speculation.as_ref().map_or(&[][..], |x| x.passes.as_slice())))),
+        (None, None) => crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice()))),
+        (None, Some(_)) => None,
+    };
     rec.speculation = c.cell.speculation.map(|_| {
         let mut t = crate::decode::speculative::SpeculationStats::default();
         for s in first.iter().filter_map(|s| s.speculation.as_ref()) {

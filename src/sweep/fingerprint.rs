@@ -99,6 +99,7 @@ impl GroupCtx<'_> {
             draft_layer: cell.speculation.map(|s| s.draft_layer),
             draft_tokens: cell.speculation.map(|s| s.draft_tokens),
             draft_cache: cell.speculation.map(|s| s.cache),
+            draft_stop: cell.speculation.and_then(|s| s.stop),
             batch_size: cell.batch.map(|b| b.size),
             batch_policy: cell.batch.and_then(|b| b.policy),
             max_new_tokens: self.plan.max_new_tokens,

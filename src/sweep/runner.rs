@@ -365,7 +365,8 @@ impl GroupRun<'_> {
                 }
                 continue;
             }
-            if matches!(cell.mode, ExitMode::Dynamic(p) if p.measure == Measure::Classifier) && !backend.has_classifier() {
+            let classifier_stop = cell.speculation.is_some_and(|s| s.stop.is_some_and(|st| st.measure == Measure::Classifier));
+            if (classifier_stop || matches!(cell.mode, ExitMode::Dynamic(p) if p.measure == Measure::Classifier)) && !backend.has_classifier() {
                 (0..self.per_cell).for_each(|_| progress.tick());
                 done.insert(key.id());
                 tally.write(&self.files.results, finish(ctx.base_record(key, layers, CellStatus::Unsupported, Some(Error::no_classifiers().to_string()))))?;

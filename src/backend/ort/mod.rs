@@ -490,6 +490,14 @@ impl Speculate for OrtBackend {
         }).collect()
     }
 
+    fn position_logits(&mut self, h: &Hidden) -> Result<Vec<Vec<f32>>> {
+        let t = Self::t_of(h)?;
+        (0..t).map(|i| {
+            let row: Hidden = Rc::new(positions::gather(&[(h.as_ref(), i, i + 1)], 1)?);
+            self.exit_logits(&row)
+        }).collect()
+    }
+
     fn join(&mut self, parts: &[Hidden]) -> Result<Hidden> {
         let spans: Vec<(&DynValue, usize, usize)> = parts.iter().map(|p| Ok((p.as_ref(), 0, Self::t_of(p)?))).collect::<Result<_>>()?;
         Ok(Rc::new(positions::gather(&spans, 1)?))

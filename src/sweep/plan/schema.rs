@@ -92,6 +92,12 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
+    /// Stop drafting when the draft's confidence in its token falls below a threshold:
+    /// MEASURE@THRESHOLD (softmax-max@0.6), or none (always draft k); each a speculative
+    /// setting of its own. Default none.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_stop: Option<Vec<String>>,
     /// Batch sizes: full depth and the --batch-settings cells run at each. A batch's rows are consecutive samples;
     /// a row that ends leaves the batch and the others go on. Self-speculative cells and the
     /// split-cost row run at batch size 1 only.
@@ -217,6 +223,7 @@ impl RawSettings {
             draft_layer: None,
             draft_tokens: None,
             draft_cache: None,
+            draft_stop: None,
             batch_size: Some(vec![1, 8]),
             batch_policy: None,
             batch_settings: Some(vec!["softmax-diff@0.9".into(), "softmax-diff@0.7".into()]),

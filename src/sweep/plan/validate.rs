@@ -104,7 +104,9 @@ impl Plan {
                 policy::check_exit_layer("--static-exit", k, l, Some(&m.dir))?;
             }
             for sp in &speculations {
-                sp.validate(l).map_err(|e| Error::setting("--draft-layer", format!("{e} (model {})", m.dir.display())))?;
+                // Whether a classifier draft stop finds classifiers is the runner's to say (an
+                // `unsupported` cell, as for the classifier measure).
+                sp.validate(l, true).map_err(|e| Error::setting("--draft-layer", format!("{e} (model {})", m.dir.display())))?;
             }
         }
         let dataset = DatasetSpec::parse(&need(s.dataset.clone(), "--dataset")?)?;
@@ -215,15 +217,30 @@ fn batch_settings(v: Option<&[String]>) -> Result<Option<Vec<(crate::exit::Measu
 /// Every (draft layer, draft tokens, draft cache) combination the settings ask for; none without
 /// `--draft-layer`. The layer is checked per model by the caller.
 fn speculations(s: &RawSettings) -> Result<Vec<crate::decode::speculative::Speculation>> {
-    use crate::decode::speculative::{DraftCache, Speculation, MAX_DRAFT_TOKENS};
+    use crate::decode::speculative::{DraftCache, DraftStop, Speculation, MAX_DRAFT_TOKENS};
     let Some(layers) = s.draft_layer.clone() else {
-        if s.draft_tokens.is_some() || s.draft_cache.is_some() {
+        if s.draft_tokens.is_some() || s.draft_cache.is_some() || s.draft_stop.is_some() {
             return Err(Error::setting("--draft-tokens", "speculative cells need --draft-layer (the layers the draft runs)"));
         }
         return Ok(vec![]);
     };
     let tokens = s.draft_tokens.clone().unwrap_or_else(|| vec![4]);
     let caches = s.draft_cache.clone().unwrap_or_else(|| vec![DraftCache::Shared]);
+    // `none` drafts k tokens every pass; each MEASURE@THRESHOLD stops early on low confidence.
+    let stops: Vec<Option<DraftStop>> = match &s.draft_stop {
+        None => vec![None],
+        Some(v) if v.is_empty() => return Err(Error::setting("--draft-stop", "is empty")),
+        Some(v) => {
+            let mut out: Vec<Option<DraftStop>> = Vec::new();
+            for x in v {
+                let stop = if x.trim().eq_ignore_ascii_case("none") { None } else { Some(DraftStop::parse("--draft-stop", x)?) };
+                if !out.contains(&stop) {
+                    out.push(stop);
+                }
+            }
+            out
+        }
+    };
     for (flag, empty) in [("--draft-layer", layers.is_empty()), ("--draft-tokens", tokens.is_empty()), ("--draft-cache", caches.is_empty())] {
         if empty {
             return Err(Error::setting(flag, "is empty"));
@@ -236,7 +253,9 @@ fn speculations(s: &RawSettings) -> Result<Vec<crate::decode::speculative::Specu
     for &draft_layer in &dedup_keep_order(layers) {
         for &draft_tokens in &dedup_keep_order(tokens.clone()) {
             for &cache in &dedup_keep_order(caches.clone()) {
-                out.push(Speculation { draft_layer, draft_tokens, cache });
+                for &stop in &stops {
+                    out.push(Speculation { draft_layer, draft_tokens, cache, stop });
+                }
             }
         }
     }
