@@ -135,6 +135,28 @@ pub struct Chosen {
     pub test_risk: Option<f64>,
 }
 
+/// The self-speculative setting calibration chose: the fastest on validation (lossless, so no
+/// D bar), and its figures on test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChosenSpeculation {
+    /// The setting (draft layer E, most drafted tokens k, cache mode, draft stop).
+    pub setting: crate::decode::speculative::Speculation,
+    /// Settings tried on validation.
+    pub tried: usize,
+    /// Its measured speedup over full depth on validation (paired by round).
+    pub validation_speedup: f64,
+    /// Its measured speedup over full depth on test.
+    pub test_speedup: Option<f64>,
+    /// The interval of the test speedup (bootstrap over rounds, within the run).
+    pub test_speedup_interval: Option<[f64; 2]>,
+    /// Accepted ÷ drafted tokens on test.
+    pub test_acceptance_rate: Option<f64>,
+    /// Tokens emitted per verification pass on test.
+    pub test_tokens_per_verify: Option<f64>,
+    /// D(Y_spec, Y_full) on test: 0 when greedy speculation is lossless, as it must be.
+    pub test_d: Option<f64>,
+}
+
 /// The calibration's figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
@@ -171,6 +193,9 @@ pub struct Calibration {
     /// Learn-then-Test's settings (None: thresholds chosen by mean D ≤ `max_d`, no guarantee).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ltt: Option<LttSummary>,
+    /// The fastest self-speculative setting (only when `--draft-layer` was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<ChosenSpeculation>,
 }
 
 /// Runs the calibration; results land in `out/validation` and `out/test`.
@@ -187,6 +212,8 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     let measures = val_plan.measures.clone();
     let rouge = Rouge::new(false);
 
+    let fastest = fastest_speculation(&val_rows, &val_records);
+    let tried = val_records.iter().filter(|r| r.key.baseline == Baseline::Speculative).count();
     let test_dir = o.out.join("test");
     let mut chosen: Vec<(String, Option<(f64, f64)>)> = Vec::new();
     let mut steps: Vec<Vec<ltt::LttStep>> = Vec::new();
@@ -208,6 +235,8 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
     base.dataset = Some(o.test.clone());
     base.out = Some(test_dir.display().to_string());
     base.static_exit = Some(vec![]);
+    // Only the chosen speculative setting runs on test, after full depth.
+    (base.draft_layer, base.draft_tokens, base.draft_cache, base.draft_stop) = (None, None, None, None);
     let mut first = base.clone();
     first.measure = Some(vec![]);
     first.oracle = Some(true);
@@ -228,10 +257,37 @@ pub fn calibrate(o: &CalibrateOptions, progress: &mut dyn Progress) -> Result<Ca
             runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true, extend: true }, progress)?;
         }
     }
+    if let Some((spec, _)) = fastest {
+        let mut s = base.clone();
+        s.measure = Some(vec![]);
+        s.oracle = Some(false);
+        s.draft_layer = Some(vec![spec.draft_layer]);
+        s.draft_tokens = Some(vec![spec.draft_tokens]);
+        s.draft_cache = Some(vec![spec.cache]);
+        s.draft_stop = Some(vec![spec.stop.map(|x| x.to_string()).unwrap_or_else(|| "none".into())]);
+        runner::run(&Plan::from_settings(s)?, RunOptions { shard: None, resume: true, extend: true }, progress)?;
+    }
     let records = current(&test_plan, store::read(&test_dir)?)?;
     crate::report::write_all(&records, &test_dir)?;
     let rows = derive(&records);
     let mut cal = summarize(&test_plan, &records, &rows, &chosen, o.max_d)?;
+    cal.speculation = fastest.map(|(setting, validation_speedup)| {
+        let row = rows.iter().find(|r| {
+            let k = &records[r.record].key;
+            k.baseline == Baseline::Speculative && k.draft_layer == Some(setting.draft_layer) && k.draft_tokens == Some(setting.draft_tokens) && k.draft_cache == Some(setting.cache) && k.draft_stop == setting.stop
+        });
+        let sp = row.and_then(|r| records[r.record].speculation.as_ref());
+        ChosenSpeculation {
+            setting,
+            tried,
+            validation_speedup,
+            test_speedup: row.and_then(|r| r.speedup_measured),
+            test_speedup_interval: row.and_then(|r| Some([r.speedup_measured_lo?, r.speedup_measured_hi?])),
+            test_acceptance_rate: sp.and_then(|x| x.acceptance_rate),
+            test_tokens_per_verify: sp.and_then(|x| x.tokens_per_verify),
+            test_d: row.and_then(|r| r.d_full).map(|d| d.mean),
+        }
+    });
     if let Some(l) = o.ltt {
         cal.ltt = Some(LttSummary { risk: l.risk, delta: l.delta, epsilon: l.epsilon, n: val_plan.examples.len() });
         for (c, tested) in cal.measures.iter_mut().zip(steps) {
@@ -304,6 +360,26 @@ fn current(plan: &Plan, records: Vec<CellRecord>) -> Result<Vec<CellRecord>> {
     Ok(records.into_iter().filter(|r| r.key.weights_hash == wh && r.key.max_new_tokens == plan.max_new_tokens).collect())
 }
 
+/// The self-speculative cell with the highest measured speedup on validation (ties: lower
+/// ms/token), with that speedup; None without speculative cells. Speculation is lossless, so
+/// there is no D bar; a cell whose output differs from full depth's (a defect) is never chosen.
+fn fastest_speculation(rows: &[ReportRow], records: &[CellRecord]) -> Option<(crate::decode::speculative::Speculation, f64)> {
+    let mut best: Option<(f64, f64, crate::decode::speculative::Speculation)> = None;
+    for r in rows {
+        let rec = &records[r.record];
+        let k = &rec.key;
+        if k.baseline != Baseline::Speculative || rec.status != CellStatus::Ok || r.d_full.is_none_or(|d| d.mean != 0.0) {
+            continue;
+        }
+        let (Some(speedup), Some(draft_layer), Some(draft_tokens), Some(cache)) = (r.speedup_measured, k.draft_layer, k.draft_tokens, k.draft_cache) else { continue };
+        let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens, cache, stop: k.draft_stop };
+        if best.is_none_or(|b| (speedup, -rec.ms_per_token.median) > (b.0, -b.1)) {
+            best = Some((speedup, rec.ms_per_token.median, spec));
+        }
+    }
+    best.map(|b| (b.2, b.0))
+}
+
 /// The cheapest threshold of `measure` with D ≤ max_d: (threshold, D).
 fn pick(rows: &[ReportRow], records: &[CellRecord], measure: &str, max_d: f64) -> Option<(f64, f64)> {
     let mut best: Option<(f64, f64, f64, f64)> = None; // (avg layers, ms/token, threshold, D)
@@ -363,6 +439,7 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         runtime: format!("{} {} {}", full.key.backend, full.key.device.name(), full.key.dtype),
         machine: full.hardware.summary(),
         ltt: None,
+        speculation: None,
     })
 }
 
@@ -422,6 +499,18 @@ pub fn markdown(c: &Calibration) -> String {
         s.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", m.measure, f(m.threshold, 2), f(m.validation_d, 3), d,
             m.rouge_delta.map(|x| format!("{x:+.3}")).unwrap_or_else(|| "n/a".into()), f(m.avg_layers, 2), x(m.speedup_theoretical),
             x(m.speedup_measured), f(m.measured_over_theoretical, 2)));
+    }
+    if let Some(sp) = &c.speculation {
+        let x = sp.setting;
+        let iv = sp.test_speedup_interval.map(|i| format!(" [{:.2}, {:.2}]", i[0], i[1])).unwrap_or_default();
+        s.push_str(&format!(
+            "\nSelf-speculative decoding: the fastest of {} settings on validation is draft layer E = {}, k = {} drafted tokens, {} cache{} ({:.2}× on validation). \
+             On test: {}{iv} over full depth, acceptance rate {}, {} tokens per verification pass, D(Y_spec, Y_full) = {} (lossless).\n",
+            sp.tried, x.draft_layer, x.draft_tokens, x.cache, x.stop.map(|st| format!(", drafting stopped below {st}")).unwrap_or_default(), sp.validation_speedup,
+            sp.test_speedup.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "n/a".into()),
+            sp.test_acceptance_rate.map(|a| format!("{:.0}%", a * 100.0)).unwrap_or_else(|| "n/a".into()),
+            f(sp.test_tokens_per_verify, 2), f(sp.test_d, 3)
+        ));
     }
     if let Some(l) = &c.ltt {
         s.push_str("\n| measure | thresholds tested on validation: λ (R̂, p) | chosen | test risk | validity over random splits |\n|---|---|---|---|---|\n");
@@ -509,6 +598,7 @@ mod tests {
             runtime: "candle cpu f32".into(),
             machine: String::new(),
             ltt: None,
+            speculation: None,
         };
         let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();
         // ROUGE-L ≥ 0.75 yes; 0.80 < 0.60 + 0.25 no; facts yes; diff yes; saturation D no; classifier none; max too slow.

@@ -136,7 +136,7 @@ mod tests {
         let b = ModelBytes::of(&cfg, 4.0);
         let kv = b.kv_per_position;
         // Prompt of 5; pass 1 drafts 3 and emits 2, pass 2 drafts 0 and emits 1.
-        let passes = [Pass { drafted: 3, emitted: 2 }, Pass { drafted: 0, emitted: 1 }];
+        let passes = [Pass { drafted: 3, accepted: 1, emitted: 2 }, Pass { drafted: 0, accepted: 0, emitted: 1 }];
         let shared = Speculation { draft_layer: 1, draft_tokens: 3, cache: DraftCache::Shared, stop: None };
         // Pass 1: draft steps with 5, 6, 7 positions cached (1 layer + head each); verify reads
         // one embedding row, 4 layers with 9 positions each, one head. Pass 2 (base 7): 4 layers

@@ -222,6 +222,18 @@ fn random_model_writes_the_weights_random_weights_builds() {
 }
 
 #[test]
+fn bad_draft_stops_are_refused() {
+    let d = model_dir();
+    run_gen(d.path(), &["--draft-layer", "1", "--draft-stop", "entropy@0.5"], &["--draft-stop", "entropy"]);
+    run_gen(d.path(), &["--draft-layer", "1", "--draft-stop", "softmax-max@1.5"], &["--draft-stop", "1.5"]);
+    run_gen(d.path(), &["--draft-layer", "1", "--draft-stop", "softmax-max"], &["--draft-stop", "no @"]);
+    run_gen(d.path(), &["--draft-layer", "1", "--draft-stop", "classifier@0.5"], &["classifier"]);
+    let m = d.path().display().to_string();
+    assert_bad_input(&["run", "--model", &m, "--samples", "1", "--quiet", "--draft-stop", "softmax-max@0.5"], &["--draft-stop", "--draft-layer"]);
+    assert_bad_input(&["run", "--model", &m, "--samples", "1", "--quiet", "--draft-layer", "1", "--draft-stop", "softmax-max@x"], &["--draft-stop", "not a number"]);
+}
+
+#[test]
 fn non_finite_numbers_are_refused_not_defaulted() {
     let d = model_dir();
     let m = d.path().display().to_string();

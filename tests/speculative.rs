@@ -170,6 +170,8 @@ fn pass_work_describes_what_the_speculative_loop_runs() {
                 assert_eq!(b.work, want, "{spec:?} at temperature {temperature}");
                 assert_eq!(g.stats.passes.iter().map(|p| p.emitted).sum::<usize>(), g.generation.tokens.len() - 1);
                 assert_eq!(g.stats.passes.iter().map(|p| p.drafted).sum::<usize>(), g.stats.drafted);
+                // The per-token flags reports draw are the ones the loop recorded.
+                assert_eq!(exitbench::decode::speculative::Pass::accepted_flags(&g.stats.passes), g.accepted_draft[1..].to_vec());
             }
         }
     }

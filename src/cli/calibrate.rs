@@ -1,5 +1,6 @@
 //! `exitbench calibrate`: choose each measure's threshold on the validation split (cheapest with
-//! D ≤ --max-d), report it on the test split, and optionally write the model card.
+//! D ≤ --max-d) and, with --draft-layer, the fastest self-speculative setting; report them on
+//! the test split, and optionally write the model card.
 
 use crate::calibrate::{self, CalibrateOptions};
 use crate::error::{Error, Result};
@@ -47,6 +48,20 @@ pub struct CalibrateArgs {
     /// splits of the pooled samples count how often the chosen threshold's test risk exceeds δ.
     #[arg(long, requires = "risk")]
     pub check_validity: bool,
+    /// Self-speculative settings to choose from on validation: draft layers E (the fastest
+    /// setting of every --draft-layer × --draft-tokens × --draft-cache × --draft-stop is
+    /// reported on test; none unless given).
+    #[arg(long, value_delimiter = ',')]
+    pub draft_layer: Option<Vec<usize>>,
+    /// Most tokens drafted per verification to choose from (with --draft-layer; default 4).
+    #[arg(long, value_delimiter = ',')]
+    pub draft_tokens: Option<Vec<usize>>,
+    /// Draft cache modes to choose from (with --draft-layer; default shared).
+    #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
+    pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
+    /// Draft stops to choose from, MEASURE@THRESHOLD or none (with --draft-layer; default none).
+    #[arg(long, value_delimiter = ',')]
+    pub draft_stop: Option<Vec<String>>,
     /// Output directory.
     #[arg(long, default_value = "results/calibration")]
     pub out: PathBuf,
@@ -85,6 +100,10 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         energy: a.energy.clone(),
         // Thresholds are calibrated at batch size 1 (the default grid's batch 8 is left out).
         batch_size: Some(vec![1]),
+        draft_layer: a.draft_layer.clone(),
+        draft_tokens: a.draft_tokens.clone(),
+        draft_cache: a.draft_cache.clone(),
+        draft_stop: a.draft_stop.clone(),
         ..RawSettings::default()
     });
     let o = CalibrateOptions { base, max_d: a.max_d, validation: "synth:validation".into(), test: "synth:test".into(), out: a.out.clone(),

@@ -110,8 +110,19 @@ impl Speculation {
 pub struct Pass {
     /// Tokens drafted.
     pub drafted: usize,
-    /// Tokens emitted.
+    /// Drafts the full model accepted.
+    pub accepted: usize,
+    /// Tokens emitted: the accepted drafts and the full model's own token, fewer when the
+    /// generation ended inside the pass.
     pub emitted: usize,
+}
+
+impl Pass {
+    /// Per emitted token of `passes`, in order: true when it was a drafted token the full model
+    /// accepted.
+    pub fn accepted_flags(passes: &[Pass]) -> Vec<bool> {
+        passes.iter().flat_map(|p| (0..p.emitted).map(move |i| i < p.accepted)).collect()
+    }
 }
 
 /// The backend calls one verification pass that drafted `drafted` tokens makes (the one
@@ -432,7 +443,7 @@ pub fn generate_speculative_with<B: Speculate>(backend: &mut B, prompt: &[u32], 
                 break;
             }
         }
-        stats.passes.push(Pass { drafted: drafts.len(), emitted: pushed });
+        stats.passes.push(Pass { drafted: drafts.len(), accepted: n, emitted: pushed });
         let pass_s = pass.elapsed().as_secs_f64();
         let from = tokens.len() - pushed;
         tokens[from..].iter_mut().for_each(|t| t.layers_s = pass_s / pushed as f64);

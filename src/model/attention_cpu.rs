@@ -39,24 +39,7 @@ pub fn attend_rows(q: &Tensor, caches: &[&KvBuffer], h: Heads) -> Result<Vec<f32
                 for head in 0..heads {
                     let g = head / rep;
                     let qv = &q[(head * n + r) * hd..(head * n + r + 1) * hd];
-                    let (kg, vg) = (&k[g * cap * hd..], &v[g * cap * hd..]);
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        *s = super::matvec::dot(qv, &kg[j * hd..(j + 1) * hd]) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut z = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        z += *s;
-                    }
-                    let acc = &mut o[head * hd..(head + 1) * hd];
-                    for (j, &p) in scores.iter().enumerate() {
-                        let p = p / z;
-                        for (a, &x) in acc.iter_mut().zip(&vg[j * hd..(j + 1) * hd]) {
-                            *a += p * x;
-                        }
-                    }
+                    one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores, &mut o[head * hd..(head + 1) * hd]);
                 }
             })
         };
@@ -65,6 +48,57 @@ pub fn attend_rows(q: &Tensor, caches: &[&KvBuffer], h: Heads) -> Result<Vec<f32
         } else {
             out.chunks_mut(heads * hd).enumerate().try_for_each(row)
         }
+    })??;
+    Ok(out)
+}
+
+/// One query head's attention over the first `scores.len()` cached positions (`k`, `v`: its key
+/// group's buffers, position-major), added into `acc`. The one computation every host path
+/// uses, so a position gets the same bits whether it is decoded alone, in a batch or in a
+/// multi-position pass.
+fn one_query(qv: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], acc: &mut [f32]) {
+    let hd = qv.len();
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = super::matvec::dot(qv, &k[j * hd..(j + 1) * hd]) * scale;
+        max = max.max(*s);
+    }
+    let mut z = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        z += *s;
+    }
+    for (j, &p) in scores.iter().enumerate() {
+        let p = p / z;
+        for (a, &x) in acc.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+            *a += p * x;
+        }
+    }
+}
+
+/// Causal attention of `t` new positions of one sequence (a speculative verification pass):
+/// `q` is `[1, heads, t, hd]` (rotated), `cache` holds every earlier position and the `t` new
+/// ones (already appended); new position i sees the positions up to itself. Returns
+/// `[t, heads · hd]` row-major, each position computed as [`attend_rows`] computes one.
+pub fn attend_positions(q: &Tensor, cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
+    let (_, _, t, _) = q.dims4()?;
+    let (heads, hd) = (h.heads, h.head_dim);
+    let rep = heads / h.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let q = q.contiguous()?;
+    let mut out = vec![0f32; t * heads * hd];
+    with_host_f32(&q, |q| -> Result<()> {
+        cache.with_host_f32(|k, v, cap, len| {
+            let mut scores = vec![0f32; len];
+            for (i, o) in out.chunks_mut(heads * hd).enumerate() {
+                let visible = len - t + i + 1;
+                for head in 0..heads {
+                    let g = head / rep;
+                    let qv = &q[(head * t + i) * hd..(head * t + i + 1) * hd];
+                    one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores[..visible], &mut o[head * hd..(head + 1) * hd]);
+                }
+            }
+        })
     })??;
     Ok(out)
 }

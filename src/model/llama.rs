@@ -275,6 +275,14 @@ impl DecoderLayer {
                 let out = super::attention_cpu::attend_rows(&q, &[&c.kv], a.shape())?;
                 Tensor::from_vec(out, (1, 1, a.heads * a.head_dim), x.device())?
             }
+            // A few positions after cached ones (a speculative verification pass), on the CPU:
+            // each position attended as a decode step attends it (the same bits). A prefill,
+            // which starts from an empty cache, keeps candle's matrix products.
+            Some(c) if b == 1 && t <= super::matvec::MAX_ROWS && !c.is_empty() && !differentiable && host_decode(x) => {
+                c.kv.append(&k, &v)?;
+                let out = super::attention_cpu::attend_positions(&q, &c.kv, a.shape())?;
+                Tensor::from_vec(out, (1, t, a.heads * a.head_dim), x.device())?
+            }
             cache => {
                 let (k, v) = match cache {
                     Some(c) => c.kv.append(&k, &v)?,

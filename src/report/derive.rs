@@ -63,7 +63,7 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
         .map_init(|| Rouge::new(false), |rouge, (i, r)| {
             let base = full.get(&r.key.group_id()).map(|&j| &records[j]);
             let ok = r.status == CellStatus::Ok;
-            let theo = (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers);
+            let theo = if r.key.baseline == Baseline::Speculative { speculative_theoretical(r) } else { (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers) };
             let (speed, err, lo, hi) = match (&r.speedup, base) {
                 _ if !ok || r.key.baseline == Baseline::Oracle => (None, None, None, None),
                 (Some(p), _) => (Some(p.measured), Some((p.hi - p.lo) / 2.0), Some(p.lo), Some(p.hi)),
@@ -126,4 +126,16 @@ fn compare_outputs(rouge: &Rouge, full: &CellRecord, cell: &CellRecord, seed: u6
         return (None, None);
     }
     (Some(bootstrap_mean(&agree, 1000, seed)), Some(bootstrap_mean(&delta, 1000, seed)))
+}
+
+/// A self-speculative cell's theoretical speedup in weight reads: full depth reads L layers per
+/// decoded token; a pass reads E layers per drafted token and L layers once for all positions
+/// it verifies (its every token runs all L layers, so L ÷ avg layers says nothing).
+fn speculative_theoretical(r: &CellRecord) -> Option<f64> {
+    let t = &r.speculation.as_ref()?.totals;
+    let e = r.key.draft_layer? as f64;
+    let l = r.num_layers as f64;
+    let decoded = r.exit_histogram.iter().sum::<u64>() as f64;
+    let reads = e * t.drafted as f64 + l * t.verifies as f64;
+    (r.status == CellStatus::Ok && reads > 0.0).then(|| l * decoded / reads)
 }

@@ -15,7 +15,7 @@ pub struct HtmlExporter;
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}\
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}\
-td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}.tok{padding:1px 0;border-radius:2px}\
+td:first-child,th:first-child{text-align:left}.plots{display:flex;flex-wrap:wrap;gap:12px}.tok{padding:1px 0;border-radius:2px}.draft{text-decoration:underline 2px}\
 .sample{font-family:monospace;font-size:13px;line-height:1.9;margin:.5em 0 1.2em}.warn{color:#a40}.legend span{padding:2px 6px;margin-right:2px}";
 
 /// Colour of exit layer `l` of `n`: green (early) to red (late).
@@ -149,6 +149,7 @@ fn group_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) {
     s.push_str("</table><div class=\"plots\">");
     let ok: Vec<&ReportRow> = rows.iter().copied().filter(|r| records[r.record].status == CellStatus::Ok).collect();
     s.push_str(&tradeoff_plot(&ok, records));
+    s.push_str(&distance_plot(&ok, records));
     s.push_str(&speedup_plot(&ok, records));
     s.push_str(&time_split_plot(&ok, records));
     s.push_str(&bandwidth_plot(&ok, records));
@@ -195,6 +196,31 @@ fn tradeoff_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
         series,
     }
     .render()
+}
+
+/// Measured speedup against how much the text changed, D(Y_early, Y_full): CALM's settings
+/// trade text for speed; self-speculative cells are lossless points on the D = 0 axis.
+fn distance_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
+    let mut series: Vec<Series> = Vec::new();
+    for r in rows {
+        let rec = &records[r.record];
+        let (Some(d), Some(x)) = (r.d_full, r.speedup_measured) else { continue };
+        let name = match rec.key.baseline {
+            Baseline::None => rec.key.measure_name().to_string(),
+            Baseline::Speculative => "self-speculative (lossless)".into(),
+            Baseline::Static => "static".into(),
+            _ => continue,
+        };
+        let idx = series.iter().position(|s| s.label == name).unwrap_or_else(|| {
+            series.push(Series { label: name.clone(), points: vec![], line: false, dashed: false, hollow: false, color: PALETTE[series.len() % PALETTE.len()].into() });
+            series.len() - 1
+        });
+        series[idx].points.push((d.mean, x, format!("{}: D {:.3}, {x:.2}×", r.label, d.mean)));
+    }
+    if series.is_empty() {
+        return String::new();
+    }
+    Chart { title: "Speedup vs change of the text".into(), x_label: "D(Y_early, Y_full)".into(), y_label: "measured speedup over full depth (×)".into(), series }.render()
 }
 
 fn speedup_plot(rows: &[&ReportRow], records: &[CellRecord]) -> String {
@@ -289,6 +315,9 @@ fn samples_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) 
     for layer in 1..=l {
         let _ = write!(s, "<span style=\"background:{}\">layer {layer}</span>", layer_color(layer, l));
     }
+    if rows.iter().any(|r| records[r.record].key.baseline == Baseline::Speculative) {
+        s.push_str("<span class=\"draft\">underlined: drafted by the early layers and accepted by the full model</span>");
+    }
     s.push_str("</p>");
     for r in rows {
         let rec = &records[r.record];
@@ -296,7 +325,13 @@ fn samples_section(s: &mut String, rows: &[&ReportRow], records: &[CellRecord]) 
         let _ = write!(s, "<div><b>{}</b> — sample <code>{}</code>, avg layers {:.2}<div class=\"sample\">", esc(&r.label), esc(&out.id), out.avg_layers);
         for t in out.trace.iter().flatten() {
             let conf = t.confidence.map(|c| format!(", confidence {c:.3}")).unwrap_or_default();
-            let _ = write!(s, "<span class=\"tok\" style=\"background:{}\" title=\"layer {}{}\">{}</span>", layer_color(t.exit_layer, l), t.exit_layer, conf, esc(&t.text));
+            // Speculative cells: accepted drafts underlined (every token is the full model's).
+            let (class, note) = match t.accepted_draft {
+                Some(true) => ("tok draft", ", drafted and accepted"),
+                Some(false) => ("tok", ", the full model's own token"),
+                None => ("tok", ""),
+            };
+            let _ = write!(s, "<span class=\"{class}\" style=\"background:{}\" title=\"layer {}{}{note}\">{}</span>", layer_color(t.exit_layer, l), t.exit_layer, conf, esc(&t.text));
         }
         s.push_str("</div></div>");
     }

@@ -85,18 +85,25 @@ impl Exporter for MarkdownExporter {
 fn write_speculative(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) {
     use crate::decode::speculative::DraftCache;
     let spec: Vec<(&ReportRow, &CellRecord)> = members.iter().map(|r| (*r, &records[r.record])).filter(|(_, c)| c.key.baseline == Baseline::Speculative && c.status == CellStatus::Ok).collect();
+    // One table per cache mode and draft stop.
+    let mut tables: Vec<(DraftCache, Option<crate::decode::speculative::DraftStop>)> = Vec::new();
     for cache in DraftCache::ALL {
-        let cells: Vec<&(&ReportRow, &CellRecord)> = spec.iter().filter(|(_, c)| c.key.draft_cache == Some(*cache)).collect();
-        if cells.is_empty() {
-            continue;
+        for (_, c) in spec.iter().filter(|(_, c)| c.key.draft_cache == Some(*cache)) {
+            if !tables.contains(&(*cache, c.key.draft_stop)) {
+                tables.push((*cache, c.key.draft_stop));
+            }
         }
+    }
+    for (cache, stop) in tables {
+        let cells: Vec<&(&ReportRow, &CellRecord)> = spec.iter().filter(|(_, c)| c.key.draft_cache == Some(cache) && c.key.draft_stop == stop).collect();
         let mut layers: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_layer).collect();
         let mut tokens: Vec<usize> = cells.iter().filter_map(|(_, c)| c.key.draft_tokens).collect();
         layers.sort_unstable();
         layers.dedup();
         tokens.sort_unstable();
         tokens.dedup();
-        let _ = writeln!(s, "**Self-speculative decoding ({cache} cache)**: measured speedup over full depth (decode, paired by round) and acceptance rate (accepted ÷ drafted tokens), by draft layer E and most tokens drafted k; every cell emits full depth's tokens.\n");
+        let stop = stop.map(|x| format!(", drafting stops below {x}")).unwrap_or_default();
+        let _ = writeln!(s, "**Self-speculative decoding ({cache} cache{stop})**: measured speedup over full depth (decode, paired by round) and acceptance rate (accepted ÷ drafted tokens), by draft layer E and most tokens drafted k; every cell emits full depth's tokens.\n");
         let _ = writeln!(s, "| E \\ k | {} |", tokens.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" | "));
         let _ = writeln!(s, "|---|{}", "---|".repeat(tokens.len()));
         for e in &layers {
@@ -157,6 +164,24 @@ fn breakdown(r: &ReportRow, rec: &CellRecord, full: &CellRecord) -> Option<Strin
     if n == 0.0 || nf == 0.0 {
         return None;
     }
+    let bytes = rec.bytes_per_token.zip(rec.achieved_gb_s).map(|(b, a)| format!("; {:.2} MB read per token at {a:.1} GB/s", b / 1e6)).unwrap_or_default();
+    if let Some(sp) = &rec.speculation {
+        // The pass's parts per decoded token, against full depth's whole token.
+        let t = &sp.totals;
+        let ms = |x: f64| x * 1e3 / n;
+        let full_total = (full.time_split.layers_s + full.time_split.exit_checks_s) * 1e3 / nf;
+        return Some(format!(
+            "- {}: measured ÷ theoretical (weight reads) {}. Per decoded token: draft {:.3} ms, verify {:.3} ms, rollback {:.4} ms against full depth's {full_total:.3} ms; \
+             {:.2} tokens per verification pass, {} of drafts accepted{bytes}.",
+            r.label,
+            opt(r.measured_over_theoretical, 2),
+            ms(t.draft_s),
+            ms(t.verify_s),
+            ms(t.rollback_s),
+            sp.tokens_per_verify.unwrap_or(0.0),
+            sp.acceptance_rate.map(|a| format!("{:.0}%", a * 100.0)).unwrap_or_else(|| "none".into()),
+        ));
+    }
     let l = rec.num_layers;
     // Share of decoded tokens that ran layer i: those exiting at i or later (static: all up to its layer).
     let ran = |i: usize| rec.exit_histogram[i..].iter().sum::<u64>() as f64 / n;
@@ -172,11 +197,10 @@ fn breakdown(r: &ReportRow, rec: &CellRecord, full: &CellRecord) -> Option<Strin
     let full_total = ms(full.time_split.layers_s + full.time_split.exit_checks_s, nf);
     Some(format!(
         "- {}: measured ÷ theoretical {}. Its layers would take {at_full_cost:.3} ms at full depth's per-layer cost and took {layers:.3} ms (per-layer change {:+.3} ms); \
-         exit checks {checks:.3} ms (full depth's head {full_head:.3} ms); propagation {prop:.3} ms; {total:.3} ms in all against full depth's {full_total:.3} ms{}.",
+         exit checks {checks:.3} ms (full depth's head {full_head:.3} ms); propagation {prop:.3} ms; {total:.3} ms in all against full depth's {full_total:.3} ms{bytes}.",
         r.label,
         opt(r.measured_over_theoretical, 2),
         layers - at_full_cost,
-        rec.bytes_per_token.zip(rec.achieved_gb_s).map(|(b, a)| format!("; {:.2} MB read per token at {a:.1} GB/s", b / 1e6)).unwrap_or_default()
     ))
 }
 

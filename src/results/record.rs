@@ -489,6 +489,10 @@ pub struct TraceToken {
     pub exit_layer: usize,
     /// Confidence at exit (None at full depth).
     pub confidence: Option<f32>,
+    /// Speculative cells: whether the token was drafted and accepted (None elsewhere and for
+    /// the prefill's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_draft: Option<bool>,
 }
 
 /// One sample's output in a cell.

@@ -88,7 +88,13 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
         let key_facts = ex.facts.as_ref().map(|f| crate::data::synth::facts_in(&text, f).all());
         let trace = if !s.confidences.is_empty() {
             let pieces = m.tokenizer.pieces(&s.ids)?;
-            Some(s.ids.iter().zip(&s.exits).zip(&s.confidences).zip(pieces).map(|(((&id, &exit_layer), &confidence), text)| TraceToken { id, text, exit_layer, confidence }).collect())
+            // Speculative cells: the prefill's token, then each pass's accepted drafts and own token.
+            let drafted: Vec<Option<bool>> = match &s.speculation {
+                Some(x) => std::iter::once(None).chain(crate::decode::speculative::Pass::accepted_flags(&x.passes).into_iter().map(Some)).collect(),
+                None => vec![],
+            };
+            let flag = |i: usize| drafted.get(i).copied().flatten();
+            Some(s.ids.iter().zip(&s.exits).zip(&s.confidences).zip(pieces).enumerate().map(|(i, (((&id, &exit_layer), &confidence), text))| TraceToken { id, text, exit_layer, confidence, accepted_draft: flag(i) }).collect())
         } else {
             None
         };

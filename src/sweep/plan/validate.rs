@@ -219,8 +219,9 @@ fn batch_settings(v: Option<&[String]>) -> Result<Option<Vec<(crate::exit::Measu
 fn speculations(s: &RawSettings) -> Result<Vec<crate::decode::speculative::Speculation>> {
     use crate::decode::speculative::{DraftCache, DraftStop, Speculation, MAX_DRAFT_TOKENS};
     let Some(layers) = s.draft_layer.clone() else {
-        if s.draft_tokens.is_some() || s.draft_cache.is_some() || s.draft_stop.is_some() {
-            return Err(Error::setting("--draft-tokens", "speculative cells need --draft-layer (the layers the draft runs)"));
+        let given = [("--draft-tokens", s.draft_tokens.is_some()), ("--draft-cache", s.draft_cache.is_some()), ("--draft-stop", s.draft_stop.is_some())];
+        if let Some((flag, _)) = given.iter().find(|g| g.1) {
+            return Err(Error::setting(*flag, "speculative cells need --draft-layer (the layers the draft runs)"));
         }
         return Ok(vec![]);
     };
