@@ -85,7 +85,7 @@ pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
 /// `Y = X W^T` for `m` rows `xs` (`m × n`, row-major) and `w` (`rows × n`): `y` is `m × rows`.
 /// Weight rows are split across the threads in tasks of [`ROWS_PER_TASK`]; within a task a block
 /// of weight rows is read once for a group of input rows (register blocking: 8 weight rows × 1
-/// input row, or 2 × 4), so at a few rows the weights stream from memory once per call. Every
+/// input row, or 4 × 3: 7 vector loads per 12 FMAs), so at a few rows the weights stream from memory once per call. Every
 /// output has its own 8-lane accumulator summed in one fixed order, so a row's result is the same
 /// bits whatever the other rows, the blocking or the thread count: a row of a batch computes
 /// exactly what it computes alone.
@@ -114,28 +114,29 @@ pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
 }
 
 /// `out[r · m + i] = w_r · x_i` for the `count` weight rows of `w` and the `m` rows of `xs`:
-/// blocks of 8 weight rows at batch 1; with several rows, pairs of weight rows (they stay in L1)
-/// against groups of 4 input rows, then against each row left over.
+/// blocks of 8 weight rows at batch 1; with several rows, blocks of 4 weight rows (they stay in
+/// L1) against groups of 3 input rows, then against each row left over.
 fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     let count = w.len() / n;
     let wrow = |r: usize| &w[r * n..(r + 1) * n];
     let xrow = |i: usize| &xs[i * n..(i + 1) * n];
-    let wb = if m == 1 { 8 } else { 2 };
+    let wb = if m == 1 { 8 } else { 4 };
     let mut r = 0;
     while r + wb <= count {
         if m == 1 {
             let v = products::<8, 1>(std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
             (0..8).for_each(|k| out[r + k] = v[k][0]);
         } else {
+            let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
             let mut i = 0;
-            while i + 4 <= m {
-                let v = products::<2, 4>([wrow(r), wrow(r + 1)], std::array::from_fn(|j| xrow(i + j)));
-                (0..2).for_each(|k| (0..4).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
-                i += 4;
+            while i + 3 <= m {
+                let v = products::<4, 3>(ws, std::array::from_fn(|j| xrow(i + j)));
+                (0..4).for_each(|k| (0..3).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
+                i += 3;
             }
             for i in i..m {
-                let v = products::<2, 1>([wrow(r), wrow(r + 1)], [xrow(i)]);
-                (0..2).for_each(|k| out[(r + k) * m + i] = v[k][0]);
+                let v = products::<4, 1>(ws, [xrow(i)]);
+                (0..4).for_each(|k| out[(r + k) * m + i] = v[k][0]);
             }
         }
         r += wb;
@@ -184,7 +185,7 @@ fn reduce(lanes: &[f32; 8], wt: &[f32], xt: &[f32]) -> f32 {
     total
 }
 
-/// [`products`] with one 8-lane FMA accumulator per output (W·X ≤ 8 keeps them in registers).
+/// [`products`] with one 8-lane FMA accumulator per output (W·X ≤ 12 keeps them in registers).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
