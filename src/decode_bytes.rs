@@ -72,6 +72,13 @@ pub fn bytes_per_token<'a>(mode: &crate::exit::ExitMode, cfg: &crate::model::Lla
     (n > 0).then(|| total / n as f64)
 }
 
+/// Bytes a batched decode step read: `rows` embedding rows, the weights of the calls counted in
+/// `reads` (once per call where the backend shares weight reads across rows, else once per
+/// row), and `attended` cached positions of keys and values (`decode::batch::BatchStep`).
+pub fn batch_step_bytes(b: &ModelBytes, rows: usize, reads: &crate::decode::StepWork, attended: usize) -> f64 {
+    rows as f64 * b.embed_row + reads.layers as f64 * b.layer + reads.heads as f64 * b.head + reads.classifiers as f64 * b.classifier + reads.propagations as f64 * b.propagation + attended as f64 * b.kv_per_position
+}
+
 /// Mean bytes read per decoded token of self-speculative decoding over `samples` (each
 /// generation's prompt length and its verification passes) with `spec` on a model of `cfg` at
 /// `bytes_per_element`; None without decoded tokens. Each draft step reads layers 1..E (and

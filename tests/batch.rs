@@ -362,3 +362,47 @@ fn a_row_that_ends_leaves_the_batch() {
     assert_eq!(g.rows[1].tokens.len(), 6);
     assert_eq!(g.steps.iter().map(|s| s.rows).collect::<Vec<_>>(), vec![2, 1, 1, 1, 1]);
 }
+
+/// Bytes per token at batch size B come from the calls each step counted: at B = 1 they equal
+/// what `decode_bytes` counts from the exit trace of plain decoding, for every mode and measure;
+/// at B = 4 a candle step reads each layer's weights once for all rows (ONNX Runtime once per
+/// row), and the attended positions are every row's own.
+#[test]
+fn batched_reads_count_what_the_steps_ran() {
+    use exitbench::decode_bytes::{batch_step_bytes, bytes_per_token, ModelBytes};
+    let dir = model_dir(false);
+    let cfg = ModelFiles::open(dir.path(), None).unwrap().config;
+    let mb = ModelBytes::of(&cfg, 4.0);
+    let prompts = prompts();
+    let mut c = open(BackendKind::Candle, dir.path());
+    let t = with_backend!(&mut c, b => mixed_threshold(b, Measure::SoftmaxDiff, &prompts));
+    let mut modes = vec![ExitMode::Full, ExitMode::Static { layer: 2 }, ExitMode::Oracle { min_exit_layer: 1, exit_interval: 1 }];
+    modes.extend(Measure::ALL.iter().map(|&m| dynamic(m, if m == Measure::SoftmaxDiff { t } else { 0.5 })));
+    let mut exits = std::collections::BTreeSet::new();
+    for mode in &modes {
+        for p in &prompts {
+            let o = opts(*mode, 10, vec![]);
+            let plain = with_backend!(&mut c, b => generate(b, p, &o).unwrap());
+            let g = with_backend!(&mut c, b => generate_batch(b, std::slice::from_ref(p), &o, BatchPolicy::PerRow, None).unwrap());
+            let exit_layers: Vec<usize> = plain.tokens.iter().map(|x| x.exit_layer).collect();
+            exits.extend(exit_layers[1..].iter().copied());
+            let want = bytes_per_token(mode, &cfg, 4.0, [(p.len(), exit_layers.as_slice())]).unwrap();
+            let got = g.steps.iter().map(|s| batch_step_bytes(&mb, s.rows, &s.reads, s.attended)).sum::<f64>() / g.decoded_tokens() as f64;
+            assert!((got - want).abs() <= 1e-9 * want, "{mode:?}: batched {got} vs plain {want}");
+        }
+    }
+    assert!(exits.len() > 2, "{exits:?}: exits at several layers");
+    // B = 4, full depth: one read per layer per step on candle, one per row on ONNX Runtime.
+    let o = opts(ExitMode::Full, 6, vec![]);
+    let mut ort = open(BackendKind::Ort, dir.path());
+    let a = with_backend!(&mut c, b => generate_batch(b, &prompts, &o, BatchPolicy::PerRow, None).unwrap());
+    let r = with_backend!(&mut ort, b => generate_batch(b, &prompts, &o, BatchPolicy::PerRow, None).unwrap());
+    for (s, z) in a.steps.iter().zip(&r.steps) {
+        assert_eq!((s.reads.layers, s.reads.heads), (LAYERS, 1));
+        assert_eq!((z.reads.layers, z.reads.heads), (LAYERS * z.rows, z.rows));
+        // Both backends attend the same positions: each row its own cache, in every layer.
+        assert_eq!(s.attended, z.attended);
+    }
+    let step0: usize = prompts.iter().map(|p| p.len() + 1).sum::<usize>() * LAYERS;
+    assert_eq!(a.steps[0].attended, step0);
+}

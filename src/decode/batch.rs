@@ -57,6 +57,22 @@ pub struct BatchStep {
     /// Rows whose own measure cleared the threshold at an earlier exit point than the layer
     /// the batch took (`batch-min`).
     pub held_row_tokens: usize,
+    /// Weight reads of the step's calls: a layer, exit head, classifier, cosine or propagation
+    /// call counts once when the backend reads its weights once for all rows, once per row
+    /// otherwise (what `decode_bytes` counts bytes from).
+    #[serde(default)]
+    pub reads: super::StepWork,
+    /// Cached positions whose keys and values the step's layer calls attended, summed over rows
+    /// and layers (the new position included).
+    #[serde(default)]
+    pub attended: usize,
+}
+
+impl BatchStep {
+    /// Counts one call over `rows` rows into `field` of [`BatchStep::reads`].
+    fn read(&mut self, shared: bool, rows: usize, field: fn(&mut super::StepWork) -> &mut usize) {
+        *field(&mut self.reads) += if shared { 1 } else { rows };
+    }
 }
 
 impl BatchStep {
@@ -136,7 +152,7 @@ pub fn generate_batch<B: Batch>(backend: &mut B, prompts: &[Vec<u32>], opts: &Ge
     for l in 1..=depth {
         h = backend.layer_rows(l, &all, &h)?;
     }
-    let firsts = choose_rows(backend, &h, None, &opts.sampling, &mut rngs, &all)?;
+    let firsts = choose_rows(backend, &h, None, &opts.sampling, &mut rngs, &all, &mut BatchStep::default())?;
     backend.sync()?;
     let prefill_s = start.elapsed().as_secs_f64();
     let mut tokens: Vec<Vec<TokenTrace>> = firsts
@@ -215,7 +231,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
             let depth = opts.mode.depth(layers);
             let (_, cur) = run_layers(backend, rows, &h, 1..=depth, &mut info)?;
             let t = Instant::now();
-            let picked = choose_rows(backend, &cur, None, &opts.sampling, rngs, rows)?;
+            let picked = choose_rows(backend, &cur, None, &opts.sampling, rngs, rows, &mut info)?;
             info.exit_checks_s += t.elapsed().as_secs_f64();
             picked.into_iter().map(|(id, gap)| Chosen { id, layer: depth, confidence: None, gap }).collect()
         }
@@ -231,16 +247,18 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 from = l + 1;
                 if l < layers {
                     let t = Instant::now();
-                    for (i, s) in backend.head_rows(&cur)?.into_iter().enumerate() {
+                    let heads = backend.head_rows(&cur)?;
+                    info.read(backend.shares_weight_reads(), heads.len(), |w| &mut w.heads);
+                    for (i, s) in heads.into_iter().enumerate() {
                         argmaxes[i].push((l, s.argmax));
                     }
                     info.exit_checks_s += t.elapsed().as_secs_f64();
                 }
             }
             let t = Instant::now();
-            let heads = apply_head_rows(backend, &cur, &opts.sampling)?;
+            let heads = apply_head_rows(backend, &cur, &opts.sampling, &mut info)?;
             let finals: Vec<u32> = heads.iter().map(|o| o.summary.argmax).collect();
-            let picked = choose_rows(backend, &cur, Some(heads), &opts.sampling, rngs, rows)?;
+            let picked = choose_rows(backend, &cur, Some(heads), &opts.sampling, rngs, rows, &mut info)?;
             info.exit_checks_s += t.elapsed().as_secs_f64();
             picked
                 .into_iter()
@@ -285,7 +303,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 // Gathers inside the exit checks' stretch count as gather time only.
                 let gathered = info.gather_s;
                 let batch_of: Vec<usize> = undecided.iter().map(|&j| run[j]).collect();
-                let (confs, heads) = confidence_rows(backend, p.measure, l, &pu, &cu, &opts.sampling)?;
+                let (confs, heads) = confidence_rows(backend, p.measure, l, &pu, &cu, &opts.sampling, &mut info)?;
                 let mut clears = Vec::with_capacity(confs.len());
                 for (k, &conf) in confs.iter().enumerate() {
                     let i = batch_of[k];
@@ -323,7 +341,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                 };
                 let exit_rows: Vec<usize> = exiting.iter().map(|&k| batch_of[k]).collect();
                 let globals: Vec<usize> = exit_rows.iter().map(|&i| rows[i]).collect();
-                let picked = choose_rows(backend, &state, heads, &opts.sampling, rngs, &globals)?;
+                let picked = choose_rows(backend, &state, heads, &opts.sampling, rngs, &globals, &mut info)?;
                 info.exit_checks_s += t.elapsed().as_secs_f64() - (info.gather_s - gathered);
                 for (k, (id, gap)) in picked.into_iter().enumerate() {
                     let i = exit_rows[k];
@@ -382,7 +400,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
                     s
                 };
                 let globals: Vec<usize> = undecided.iter().map(|&j| rows[run[j]]).collect();
-                let picked = choose_rows(backend, &state, None, &opts.sampling, rngs, &globals)?;
+                let picked = choose_rows(backend, &state, None, &opts.sampling, rngs, &globals, &mut info)?;
                 info.exit_checks_s += t.elapsed().as_secs_f64() - (info.gather_s - gathered);
                 for (k, (id, gap)) in picked.into_iter().enumerate() {
                     decided[run[undecided[k]]] = Some(Chosen { id, layer: layers, confidence: None, gap });
@@ -443,6 +461,10 @@ fn run_layers_with_passengers<B: Batch>(backend: &mut B, rows: &[usize], run: &[
             h
         };
         h = backend.layer_rows(l, &globals, &prev)?;
+        info.read(backend.shares_weight_reads(), globals.len(), |w| &mut w.layers);
+        for &g in &globals {
+            info.attended += backend.row_cache_len(g, l);
+        }
         info.row_layers += run.len();
         info.wasted_row_layers += passengers;
     }
@@ -458,6 +480,7 @@ fn propagate<B: Batch>(backend: &mut B, layers: std::ops::RangeInclusive<usize>,
     let t = Instant::now();
     for l in layers {
         backend.propagate_rows(l, rows, states)?;
+        info.read(backend.shares_weight_reads(), rows.len(), |w| &mut w.propagations);
     }
     backend.sync()?;
     info.propagation_s += t.elapsed().as_secs_f64();
@@ -473,19 +496,22 @@ impl HeadOut {
 
 /// The exit head at every segment's last position: on the device when greedy, host logits when
 /// sampling.
-fn apply_head_rows<B: Batch>(backend: &mut B, h: &B::Rows, s: &Sampling) -> Result<Vec<HeadOut>> {
-    if s.temperature == 0.0 {
-        return Ok(backend.head_rows(h)?.into_iter().map(|summary| HeadOut { summary, logits: None }).collect());
-    }
-    Ok(backend.exit_logits_rows(h)?.into_iter().map(|l| HeadOut { summary: HeadSummary::of_logits(&l), logits: Some(l) }).collect())
+fn apply_head_rows<B: Batch>(backend: &mut B, h: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<Vec<HeadOut>> {
+    let out: Vec<HeadOut> = if s.temperature == 0.0 {
+        backend.head_rows(h)?.into_iter().map(|summary| HeadOut { summary, logits: None }).collect()
+    } else {
+        backend.exit_logits_rows(h)?.into_iter().map(|l| HeadOut { summary: HeadSummary::of_logits(&l), logits: Some(l) }).collect()
+    };
+    info.read(backend.shares_weight_reads(), out.len(), |w| &mut w.heads);
+    Ok(out)
 }
 
 /// The token each segment's head picks (segment i is global row `rows[i]`, whose RNG samples);
 /// `heads` are heads already applied at `h`, reused.
-fn choose_rows<B: Batch>(backend: &mut B, h: &B::Rows, heads: Option<Vec<HeadOut>>, s: &Sampling, rngs: &mut [StdRng], rows: &[usize]) -> Result<Vec<(u32, Option<f32>)>> {
+fn choose_rows<B: Batch>(backend: &mut B, h: &B::Rows, heads: Option<Vec<HeadOut>>, s: &Sampling, rngs: &mut [StdRng], rows: &[usize], info: &mut BatchStep) -> Result<Vec<(u32, Option<f32>)>> {
     let heads = match heads {
         Some(x) if s.temperature == 0.0 || x.iter().all(|o| o.logits.is_some()) => x,
-        _ => apply_head_rows(backend, h, s)?,
+        _ => apply_head_rows(backend, h, s, info)?,
     };
     Ok(heads
         .into_iter()
@@ -498,14 +524,23 @@ fn choose_rows<B: Batch>(backend: &mut B, h: &B::Rows, heads: Option<Vec<HeadOut
 }
 
 /// The measure's confidence at layer `l` for every segment (and the heads when it applied them).
-fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
+fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
+    let shared = backend.shares_weight_reads();
     match measure {
         Measure::SoftmaxDiff | Measure::SoftmaxMax => {
-            let heads = apply_head_rows(backend, cur, s)?;
+            let heads = apply_head_rows(backend, cur, s, info)?;
             let confs = heads.iter().map(|o| if measure == Measure::SoftmaxMax { o.summary.p1 } else { o.summary.p1 - o.summary.p2 }).collect();
             Ok((confs, Some(heads)))
         }
-        Measure::Saturation => Ok((backend.cosine_rows(prev, cur)?, None)),
-        Measure::Classifier => Ok((backend.classifier_rows(l, cur)?, None)),
+        Measure::Saturation => {
+            let c = backend.cosine_rows(prev, cur)?;
+            info.read(shared, c.len(), |w| &mut w.cosines);
+            Ok((c, None))
+        }
+        Measure::Classifier => {
+            let c = backend.classifier_rows(l, cur)?;
+            info.read(shared, c.len(), |w| &mut w.classifiers);
+            Ok((c, None))
+        }
     }
 }

@@ -351,7 +351,7 @@ fn decode_token_profiled<B: Backend>(backend: &mut B, token: u32, step: usize, o
 /// at `exit_layer`: the one description of which layers, exit heads, classifier checks, cosines
 /// and propagations each mode pays for. `decode_bytes` counts bytes from it, and a counting
 /// backend checks it against [`decode_token`]'s calls (tests/decoder.rs), so they cannot drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepWork {
     /// Decoder layers run.
     pub layers: usize,

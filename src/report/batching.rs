@@ -86,8 +86,8 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         let _ = writeln!(s, "### {} · {} · {} · {} · {}\n", k.model, k.backend, k.device, super::plural(k.threads, "thread"), k.dtype);
         let full_at = |b: usize| full.iter().find(|p| p.b() == b).copied();
         let full1 = full_at(1);
-        let _ = writeln!(s, "| setting | B | tokens/s | ms/token | row latency ms/token (median, p90) | J/token | speedup vs full at B (paired) | vs full at B = 1 | avg layers | batch-min predicted avg layer | wasted row layers | held tokens | gather share |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| setting | B | tokens/s | ms/token | row latency ms/token (median, p90) | J/token | speedup vs full at B (paired) | vs full at B = 1 | avg layers | batch-min predicted avg layer | wasted row layers | held tokens | gather share | MB read per token (GB/s) |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         // Full depth, and every setting that also ran batched (its batch-1 cell beside).
         let batched_settings: Vec<String> = mine.iter().filter(|p| p.b() > 1).map(|p| unbatched(&p.rec.key).setting_id()).collect();
         let mut ordered: Vec<&Point> = mine.iter().copied().filter(|p| p.rec.key.baseline == Baseline::Full || (p.rec.key.baseline != Baseline::Oracle && batched_settings.contains(&unbatched(&p.rec.key).setting_id()))).collect();
@@ -105,7 +105,8 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
                 .map(|e| format!("{e:.2}"))
                 .unwrap_or_default();
             let one_by_one = if bs.is_some_and(|b| !b.shares_weight_reads) { " *rows one by one*" } else { "" };
-            let _ = writeln!(s, "| {}{one_by_one} | {} | {:.0} | {:.3} | {latency} | {} | {paired} | {vs1} | {:.2} | {predicted} | {} | {} | {} |",
+            let bytes = r.bytes_per_token.map(|b| format!("{:.2}{}", b / 1e6, r.achieved_gb_s.map(|g| format!(" ({g:.1})")).unwrap_or_default())).unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(s, "| {}{one_by_one} | {} | {:.0} | {:.3} | {latency} | {} | {paired} | {vs1} | {:.2} | {predicted} | {} | {} | {} | {bytes} |",
                 p.row.label, p.b(), p.tok_s(), r.ms_per_token.median,
                 p.j().map(|j| format!("{j:.4} ({})", r.energy.source)).unwrap_or_else(|| "n/a".into()),
                 r.avg_layers,

@@ -132,7 +132,9 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     rec.bytes_per_token = match (&c.cell.speculation, &c.cell.batch) {
         (Some(spec), _) => crate::decode_bytes::speculative_bytes_per_token(spec, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.speculation.as_ref().map_or(&[][..], |x| x.passes.as_slice())))),
         (None, None) => crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice()))),
-        (None, Some(_)) => None,
+        // A batched token's share of its steps' reads: each weight once per step where the
+        // backend shares reads across rows, the rows' own caches, one embedding row each.
+        (None, Some(_)) => batch_bytes_per_token(&c.rounds, &m.config, element),
     };
     rec.speculation = c.cell.speculation.map(|_| {
         let mut t = crate::decode::speculative::SpeculationStats::default();
@@ -176,6 +178,23 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
 }
 
 /// A batched cell's figures from its first repetition's rounds.
+/// Bytes per decoded token of a batched cell's first repetition: its steps' counted reads
+/// (`BatchStep::reads`, `attended`) in bytes, over the tokens those steps decoded; None when
+/// older records lack the counts.
+fn batch_bytes_per_token(rounds: &[&RoundRecord], cfg: &crate::model::LlamaConfig, element: f64) -> Option<f64> {
+    let b = crate::decode_bytes::ModelBytes::of(cfg, element);
+    let (mut total, mut tokens) = (0.0, 0usize);
+    for t in rounds.iter().filter(|r| r.repetition == 0).filter_map(|r| r.batch.as_ref()) {
+        let w = t.reads;
+        if w.layers == 0 {
+            return None;
+        }
+        total += crate::decode_bytes::batch_step_bytes(&b, t.row_steps, &w, t.attended as usize);
+        tokens += t.row_steps;
+    }
+    (tokens > 0).then(|| total / tokens as f64)
+}
+
 fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary {
     let mut t = super::rounds::BatchTally::default();
     for b in rounds.iter().filter(|r| r.repetition == 0).filter_map(|r| r.batch.as_ref()) {
@@ -187,6 +206,8 @@ fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary 
         t.held_row_tokens += b.held_row_tokens;
         t.gather_s += b.gather_s;
         t.decode_s += b.decode_s;
+        t.reads += b.reads;
+        t.attended += b.attended;
     }
     let latency: Vec<f64> = first.iter().filter(|s| s.decode_tokens > 0).filter_map(|s| s.latency_s.map(|l| l * 1e3 / s.decode_tokens as f64)).collect();
     BatchSummary {

@@ -149,6 +149,12 @@ pub struct BatchTally {
     pub gather_s: f64,
     /// Seconds of the steps.
     pub decode_s: f64,
+    /// Weight reads of the steps' calls (see `BatchStep::reads`; absent in older records).
+    #[serde(default)]
+    pub reads: crate::decode::StepWork,
+    /// Cached positions attended, summed over the steps' rows and layers.
+    #[serde(default)]
+    pub attended: u64,
 }
 
 impl BatchTally {
@@ -163,6 +169,8 @@ impl BatchTally {
             self.held_row_tokens += s.held_row_tokens as u64;
             self.gather_s += s.gather_s;
             self.decode_s += s.total_s();
+            self.reads += s.reads;
+            self.attended += s.attended as u64;
         }
     }
 }
