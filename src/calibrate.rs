@@ -193,6 +193,12 @@ pub struct Calibration {
     /// Learn-then-Test's settings (None: thresholds chosen by mean D ≤ `max_d`, no guarantee).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ltt: Option<LttSummary>,
+    /// Rows decoded together in every cell (1 in calibrations older than the field).
+    #[serde(default = "one")]
+    pub batch_size: usize,
+    /// The batch policy at batch sizes above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_policy: Option<crate::decode::batch::BatchPolicy>,
     /// The fastest self-speculative setting (only when `--draft-layer` was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculation: Option<ChosenSpeculation>,
@@ -354,10 +360,11 @@ fn sweep(plan: &Plan, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
 }
 
 /// Only the cells of this plan's model and settings: a reused directory may hold an earlier
-/// calibration of other weights.
+/// calibration of other weights or at another batch size or policy.
 fn current(plan: &Plan, records: Vec<CellRecord>) -> Result<Vec<CellRecord>> {
     let wh = crate::model::weights_hash(&plan.models[0].dir, plan.random_weights)?;
-    Ok(records.into_iter().filter(|r| r.key.weights_hash == wh && r.key.max_new_tokens == plan.max_new_tokens).collect())
+    let policy_fits = |r: &CellRecord| r.key.batch_policy.is_none_or(|p| plan.batch_policies.contains(&p));
+    Ok(records.into_iter().filter(|r| r.key.weights_hash == wh && r.key.max_new_tokens == plan.max_new_tokens && plan.batch_sizes.contains(&r.key.batch()) && policy_fits(r)).collect())
 }
 
 /// The self-speculative cell with the highest measured speedup on validation (ties: lower
@@ -439,8 +446,14 @@ fn summarize(plan: &Plan, records: &[CellRecord], rows: &[ReportRow], chosen: &[
         runtime: format!("{} {} {}", full.key.backend, full.key.device.name(), full.key.dtype),
         machine: full.hardware.summary(),
         ltt: None,
+        batch_size: full.key.batch(),
+        batch_policy: records.iter().find_map(|r| r.key.batch_policy),
         speculation: None,
     })
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Share of full-depth outputs stating each key fact (winner, score, top performer).
@@ -473,9 +486,11 @@ pub fn lead_baseline(ds: &DatasetSpec, n: usize) -> Option<f64> {
 pub fn markdown(c: &Calibration) -> String {
     let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "n/a".into());
     let mut s = format!(
-        "Test split, {} samples, greedy, {}, {} thread(s). Full depth: ROUGE-L {:.3}, key facts exact {}{}, {:.3} ms/token. \
+        "Test split, {} samples, greedy, {}, {} thread(s){}. Full depth: ROUGE-L {:.3}, key facts exact {}{}, {:.3} ms/token. \
          Lead baseline ROUGE-L {}. Oracle average layers {}.\n\n",
-        c.samples, if c.runtime.is_empty() { "candle cpu f32" } else { c.runtime.as_str() }, c.threads, c.full_rouge_l, c.key_facts_exact.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "n/a".into()),
+        c.samples, if c.runtime.is_empty() { "candle cpu f32" } else { c.runtime.as_str() }, c.threads,
+        if c.batch_size > 1 { format!(", batch size {}{}", c.batch_size, c.batch_policy.map(|p| format!(" ({p})")).unwrap_or_default()) } else { String::new() },
+        c.full_rouge_l, c.key_facts_exact.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "n/a".into()),
         c.key_facts_each.map(|e| format!(" (winner {:.1}%, score {:.1}%, top performer {:.1}%)", e[0] * 100.0, e[1] * 100.0, e[2] * 100.0)).unwrap_or_default(),
         c.full_ms_per_token, f(c.lead_rouge_l, 3), f(c.oracle_avg_layers, 2)
     );
@@ -598,6 +613,8 @@ mod tests {
             runtime: "candle cpu f32".into(),
             machine: String::new(),
             ltt: None,
+            batch_size: 1,
+            batch_policy: None,
             speculation: None,
         };
         let verdicts: Vec<bool> = bar(&c).iter().map(|b| b.1).collect();

@@ -62,6 +62,15 @@ pub struct CalibrateArgs {
     /// Draft stops to choose from, MEASURE@THRESHOLD or none (with --draft-layer; default none).
     #[arg(long, value_delimiter = ',')]
     pub draft_stop: Option<Vec<String>>,
+    /// Calibrate for batched decoding: every cell (full depth and each measure's thresholds, on
+    /// both splits) decodes in batches of this size, and each threshold is judged on its D and
+    /// cost at this batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// How the batch serves rows that want different exit layers (with --batch-size above 1;
+    /// `batch-min` changes the outputs, so it changes which thresholds keep D under the bar).
+    #[arg(long, value_enum, ignore_case = true, default_value = "per-row")]
+    pub batch_policy: crate::decode::batch::BatchPolicy,
     /// Output directory.
     #[arg(long, default_value = "results/calibration")]
     pub out: PathBuf,
@@ -85,6 +94,12 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     }
     let m = &a.model;
     RawSettings { energy: a.energy.clone(), ..RawSettings::default() }.check_finite()?;
+    if a.batch_size == 0 || a.batch_size > crate::sweep::plan::MAX_BATCH_SIZE {
+        return Err(Error::setting("--batch-size", format!("{} is outside 1..={}", a.batch_size, crate::sweep::plan::MAX_BATCH_SIZE)));
+    }
+    if a.batch_size > 1 && a.draft_layer.is_some() {
+        return Err(Error::setting("--draft-layer", "self-speculative settings are calibrated at batch size 1 (leave out --batch-size)"));
+    }
     let base = RawSettings::defaults().overridden_by(RawSettings {
         model: Some(vec![m.model.display().to_string()]),
         backend: Some(vec![m.backend]),
@@ -98,8 +113,11 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         max_new_tokens: Some(a.max_new_tokens),
         repetitions: Some(a.repetitions),
         energy: a.energy.clone(),
-        // Thresholds are calibrated at batch size 1 (the default grid's batch 8 is left out).
-        batch_size: Some(vec![1]),
+        // One batch size for every cell (the default grid's batch 8 is left out), every
+        // measure@threshold batched under the one policy.
+        batch_size: Some(vec![a.batch_size]),
+        batch_policy: Some(vec![a.batch_policy]),
+        batch_settings: Some(vec!["all".into()]),
         draft_layer: a.draft_layer.clone(),
         draft_tokens: a.draft_tokens.clone(),
         draft_cache: a.draft_cache.clone(),
