@@ -1066,3 +1066,73 @@ fn batched_cells_in_a_sweep() {
         }
     }
 }
+
+/// `--exit-trace DIR`: early-exit cells of a sweep on an 8-layer model replay, sample by sample,
+/// the exit layers a 4-layer model's sweep recorded (scaled: layer e becomes 2e), at batch size 1
+/// and under per-row and compact at batch size 3, with their own key field and label; full depth
+/// does not replay. A trace without the grid's setting is refused before anything is written.
+#[test]
+fn exit_trace_cells_replay_the_recorded_exits() {
+    let (m, d, data) = fixture(5);
+    let (mp, dp) = (m.path().to_str().unwrap(), data.to_str().unwrap());
+    let src = d.path().join("trace");
+    // Several thresholds: the test replays one whose exits are mixed (this random model's
+    // confidences are not known in advance).
+    let thresholds = ["0.5", "0.8", "0.9", "0.95", "0.98", "0.995"];
+    let list = thresholds.join(",");
+    let args = sweep_args_with(mp, dp, src.to_str().unwrap(), &[("--measure", "saturation"), ("--thresholds", &list), ("--static-exit", "1"), ("--samples", "5"), ("--max-new-tokens", "10")]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let recorded = |dir: &Path, pick: &dyn Fn(&exitbench::results::CellKey) -> bool| -> std::collections::BTreeMap<usize, Vec<usize>> {
+        let recs = exitbench::results::store::read(&dir.join("results.jsonl")).unwrap();
+        let cell = recs.iter().find(|r| pick(&r.key)).unwrap_or_else(|| panic!("no such cell in {}", dir.display()));
+        let rounds = exitbench::sweep::rounds::read(dir).unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for r in rounds.values().filter(|r| r.cell_id == cell.cell_id && r.repetition == 0) {
+            for s in &r.samples {
+                out.insert(s.sample, s.exits[1..].to_vec());
+            }
+        }
+        out
+    };
+    let mixed = |w: &std::collections::BTreeMap<usize, Vec<usize>>| w.values().flatten().any(|&e| e < 4) && w.values().flatten().any(|&e| e == 4);
+    let threshold = thresholds
+        .iter()
+        .find(|t| mixed(&recorded(&src, &|k| k.baseline == Baseline::None && k.threshold == Some(t.parse().unwrap()))))
+        .expect("a threshold whose recorded exits are both early and at full depth");
+    let want = recorded(&src, &|k| k.baseline == Baseline::None && k.threshold == Some(threshold.parse().unwrap()));
+    let deep = tempfile::tempdir().unwrap();
+    write_tiny_model(deep.path(), &tiny_config(8, 300), 5).unwrap();
+    let out = d.path().join("replay");
+    let args = sweep_args_with(deep.path().to_str().unwrap(), dp, out.to_str().unwrap(), &[
+        ("--measure", "saturation"), ("--thresholds", threshold), ("--static-exit", "1"), ("--samples", "5"), ("--max-new-tokens", "10"),
+        ("--batch-size", "1,3"), ("--batch-policy", "per-row,compact"), ("--batch-settings", "all"), ("--exit-trace", src.to_str().unwrap()),
+    ]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let recs = exitbench::results::store::read(&out.join("results.jsonl")).unwrap();
+    let replaying: Vec<_> = recs.iter().filter(|r| r.key.baseline == Baseline::None).collect();
+    assert_eq!(replaying.len(), 3, "B = 1, and per-row and compact at B = 3");
+    for r in &replaying {
+        assert_eq!(r.status, CellStatus::Ok, "{:?}", r.reason);
+        assert!(r.key.exit_trace.is_some() && r.key.label().ends_with("replayed"), "{}", r.key.label());
+        let got = recorded(&out, &|k| k.id() == r.key.id());
+        assert_eq!(got.len(), 5);
+        for (sample, exits) in &got {
+            // Tokens differ between the models, so the generations may end at different steps;
+            // every step both have exits where the trace said, scaled.
+            let scaled: Vec<usize> = want[sample].iter().map(|&e| 2 * e).collect();
+            let n = exits.len().min(scaled.len());
+            assert_eq!(exits[..n], scaled[..n], "{} sample {sample}", r.key.label());
+            assert!(n > 0);
+        }
+    }
+    assert!(recs.iter().filter(|r| r.key.baseline != Baseline::None).all(|r| r.key.exit_trace.is_none()));
+    // A setting the trace lacks: exit 2, naming the flag, nothing written.
+    let out = d.path().join("missing");
+    let args = sweep_args_with(deep.path().to_str().unwrap(), dp, out.to_str().unwrap(), &[("--measure", "softmax-diff"), ("--thresholds", "0.3"), ("--samples", "5"), ("--exit-trace", src.to_str().unwrap())]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--exit-trace") && err.contains("softmax-diff@0.3"), "{err}");
+    assert!(!out.join("results.jsonl").exists());
+}

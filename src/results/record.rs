@@ -105,6 +105,10 @@ pub struct CellKey {
     /// low confidence only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_stop: Option<crate::decode::speculative::DraftStop>,
+    /// Early-exit cells replaying recorded exit layers (`--exit-trace`): the trace's hash (None:
+    /// the cell followed its own confidences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_trace: Option<String>,
     /// Rows decoded together (None: batch size 1, as in every record older than batching).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
@@ -174,6 +178,7 @@ impl CellKey {
             ("draft_tokens", self.draft_tokens.map(|x| x.to_string())),
             ("draft_cache", self.draft_cache.map(|x| x.to_string())),
             ("draft_stop", self.draft_stop.map(|x| x.to_string())),
+            ("exit_trace", self.exit_trace.clone()),
         ];
         fields.extend(optional.into_iter().filter_map(|(name, v)| Some(f(name, Setting, v?))));
         // The batch size is part of the runtime (full depth at the same batch size is a cell's
@@ -235,11 +240,12 @@ impl CellKey {
             Baseline::Static => format!("static@{}", self.static_layer.unwrap_or(0)),
             Baseline::Oracle => "oracle".into(),
             Baseline::None => format!(
-                "{}@{}{}{}",
+                "{}@{}{}{}{}",
                 self.measure_name(),
                 self.threshold.unwrap_or(0.0),
                 self.knobs(),
-                self.batch_policy.map(|p| format!(" ({p})")).unwrap_or_default()
+                self.batch_policy.map(|p| format!(" ({p})")).unwrap_or_default(),
+                if self.exit_trace.is_some() { " replayed" } else { "" }
             ),
             Baseline::Speculative => format!(
                 "speculative E{} k{}{}{}",

@@ -11,6 +11,7 @@ use crate::decode::speculative::{generate_speculative, SpeculationStats};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::Result;
 use crate::meter::EnergyWindow;
+use super::exit_trace::ExitTrace;
 use std::time::Instant;
 
 /// The energy window and the idle baseline shared by every cell.
@@ -88,8 +89,18 @@ fn shares(g: &BatchGeneration) -> Vec<RowShare> {
 /// cell's size (consecutive samples; the last batch may be smaller). `opts_of(i)` gives sample
 /// i's options; a batch uses its first sample's (row r samples with that seed + r, which is
 /// sample i + r's own seed). Returns the samples and the batches' steps.
-pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u32>], samples: &[usize], cell: &CellMode, opts_of: impl Fn(usize) -> GenerateOptions) -> Result<(Vec<Generated>, Vec<crate::decode::batch::BatchStep>, bool)> {
-    let Some(batch) = cell.batch else {
+pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u32>], samples: &[usize], cell: &CellMode, trace: Option<&ExitTrace>, opts_of: impl Fn(usize) -> GenerateOptions) -> Result<(Vec<Generated>, Vec<crate::decode::batch::BatchStep>, bool)> {
+    // An early-exit cell replaying a trace: each batch (of one row at batch size 1) exits where
+    // its samples exited in the trace.
+    let layers = backend.num_layers();
+    let replay = |rows: &[usize]| match (&cell.mode, trace) {
+        (crate::exit::ExitMode::Dynamic(p), Some(t)) => t.replay(p, rows, layers).map(Some).ok_or_else(|| crate::error::Error::Internal(format!("--exit-trace: samples {rows:?} of {}@{} not in the checked trace", p.measure, p.threshold))),
+        _ => Ok(None),
+    };
+    let batch = match cell.batch {
+        Some(b) => b,
+        None if trace.is_some() && matches!(cell.mode, crate::exit::ExitMode::Dynamic(_)) => super::fingerprint::CellBatch { size: 1, policy: None },
+        None => {
         let mut out = Vec::with_capacity(samples.len());
         for &i in samples {
             crate::interrupt::check()?;
@@ -97,13 +108,15 @@ pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u3
             out.push(Generated { sample: i, generation, speculation, share: None });
         }
         return Ok((out, Vec::new(), false));
+        }
     };
     let policy = batch.policy.unwrap_or(crate::decode::batch::BatchPolicy::PerRow);
     let (mut out, mut steps, mut shared) = (Vec::with_capacity(samples.len()), Vec::new(), false);
     for chunk in samples.chunks(batch.size) {
         crate::interrupt::check()?;
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let g = generate_batch(backend, &rows, &opts_of(chunk[0]), policy, None)?;
+        let r = replay(chunk)?;
+        let g = generate_batch(backend, &rows, &opts_of(chunk[0]), policy, r.as_ref())?;
         shared = g.shares_weight_reads;
         for ((&i, share), generation) in chunk.iter().zip(shares(&g)).zip(g.rows) {
             out.push(Generated { sample: i, generation, speculation: None, share: Some(share) });
@@ -133,7 +146,7 @@ pub fn warm_up<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMo
     let samples: Vec<usize> = (0..n.min(prompts.len())).collect();
     for chunk in samples.chunks(cell.batch_size()) {
         let t = Instant::now();
-        generate_samples(backend, prompts, chunk, cell, |i| options(plan, cell, i, eos_ids, false))?;
+        generate_samples(backend, prompts, chunk, cell, plan.exit_trace.as_ref(), |i| options(plan, cell, i, eos_ids, false))?;
         generate_s += t.elapsed().as_secs_f64();
         chunk.iter().filter(|&&i| i < plan.warmup).for_each(|_| tick());
     }
@@ -184,7 +197,7 @@ pub fn run_round<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &Cell
         // A batched cell re-warms on its first batch.
         let head = &listed[..cell.batch_size().min(listed.len())];
         if cell.batch.is_some() {
-            generate_samples(backend, prompts, head, cell, rewarm)?;
+            generate_samples(backend, prompts, head, cell, plan.exit_trace.as_ref(), rewarm)?;
         } else {
             generate_cell(backend, &prompts[first], &rewarm(first), cell)?;
         }
@@ -198,7 +211,7 @@ pub fn run_round<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &Cell
         loop {
             let first_pass = passes == 0;
             let t = Instant::now();
-            let (runs, steps, shared) = generate_samples(backend, prompts, &listed, cell, |i| options(plan, cell, i, eos_ids, profile && first_pass))?;
+            let (runs, steps, shared) = generate_samples(backend, prompts, &listed, cell, plan.exit_trace.as_ref(), |i| options(plan, cell, i, eos_ids, profile && first_pass))?;
             generate_s += t.elapsed().as_secs_f64();
             gpu_mem.sample();
             if first_pass && cell.batch.is_some() {

@@ -100,6 +100,10 @@ impl GroupCtx<'_> {
             draft_tokens: cell.speculation.map(|s| s.draft_tokens),
             draft_cache: cell.speculation.map(|s| s.cache),
             draft_stop: cell.speculation.and_then(|s| s.stop),
+            exit_trace: match cell.mode {
+                ExitMode::Dynamic(_) => self.plan.exit_trace.as_ref().map(|t| t.hash.clone()),
+                _ => None,
+            },
             batch_size: cell.batch.map(|b| b.size),
             batch_policy: cell.batch.and_then(|b| b.policy),
             max_new_tokens: self.plan.max_new_tokens,

@@ -4,6 +4,7 @@
 pub mod assemble;
 pub mod cell;
 pub mod energy;
+pub mod exit_trace;
 pub mod fingerprint;
 pub mod grid;
 pub mod plan;

@@ -70,6 +70,9 @@ pub struct Plan {
     /// The early-exit settings (measure, threshold) that also run at batch sizes above 1; None:
     /// every cell of the grid.
     pub batch_settings: Option<Vec<(crate::exit::Measure, f64)>>,
+    /// Exit layers replayed by every early-exit cell (`--exit-trace`; None: each cell follows
+    /// its own confidences).
+    pub exit_trace: Option<crate::sweep::exit_trace::ExitTrace>,
     /// Dataset.
     pub dataset: DatasetSpec,
     /// The examples (loaded and validated up front).

@@ -92,6 +92,13 @@ pub struct RawSettings {
     #[arg(long, value_delimiter = ',', value_enum, ignore_case = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_cache: Option<Vec<crate::decode::speculative::DraftCache>>,
+    /// Early-exit cells replay the exit layers recorded in this results directory (a run on the
+    /// same dataset at batch size 1, e.g. of the embedded model) instead of their own
+    /// confidences, scaled to each model's depth: batching costed on a model that cannot exit.
+    /// Quality figures of replaying cells are meaningless.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_trace: Option<String>,
     /// Stop drafting when the draft's confidence in its token falls below a threshold:
     /// MEASURE@THRESHOLD (softmax-max@0.6), or none (always draft k); each a speculative
     /// setting of its own. Default none.
@@ -224,6 +231,7 @@ impl RawSettings {
             draft_tokens: None,
             draft_cache: None,
             draft_stop: None,
+            exit_trace: None,
             batch_size: Some(vec![1, 8]),
             batch_policy: None,
             batch_settings: Some(vec!["softmax-diff@0.9".into(), "softmax-diff@0.7".into()]),

@@ -119,6 +119,26 @@ impl Plan {
         if examples.len() < samples {
             warnings.push(format!("--samples {samples}: {} has only {} examples; running {}", dataset.name(), examples.len(), examples.len()));
         }
+        let exit_trace = match &s.exit_trace {
+            None => None,
+            Some(dir) => {
+                let t = crate::sweep::exit_trace::ExitTrace::read(Path::new(dir))?;
+                let mut policies = Vec::new();
+                for &measure in &measures {
+                    for &threshold in &thresholds {
+                        for &schedule in &schedules {
+                            for &min_exit_layer in &min_exit_layers {
+                                for &exit_interval in &exit_intervals {
+                                    policies.push(crate::exit::ExitPolicy { measure, threshold, schedule, min_exit_layer, exit_interval });
+                                }
+                            }
+                        }
+                    }
+                }
+                t.check_covers(&policies, examples.len())?;
+                Some(t)
+            }
+        };
         let max_new_tokens = need(s.max_new_tokens, "--max-new-tokens")?;
         if max_new_tokens == 0 {
             return Err(Error::setting("--max-new-tokens", "must be at least 1"));
@@ -147,6 +167,7 @@ impl Plan {
             batch_sizes,
             batch_policies,
             batch_settings,
+            exit_trace,
             dataset,
             examples,
             max_new_tokens,
