@@ -261,3 +261,18 @@ fn a_bad_toml_value_names_the_file_and_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--thresholds: 3 is outside"), "{err}");
 }
+
+/// `generate --json` prints one document: a single prompt's generation as itself; several
+/// prompts (and batches) as `{"generations": [...], "batches": [...]}` that parses as one value.
+#[test]
+fn generate_json_is_one_document_for_several_prompts() {
+    let d = model_dir();
+    let m = d.path().display().to_string();
+    for (batch, batches) in [("1", 0), ("2", 2)] {
+        let (code, out, err) = exitbench(&["generate", "--model", &m, "--prompt", "a", "--prompt", "bc", "--prompt", "def", "--max-new-tokens", "3", "--batch-size", batch, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"));
+        assert_eq!(v["generations"].as_array().map(Vec::len), Some(3), "{v}");
+        assert_eq!(v["batches"].as_array().map(Vec::len), Some(batches), "{v}");
+    }
+}

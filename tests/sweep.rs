@@ -1136,3 +1136,19 @@ fn exit_trace_cells_replay_the_recorded_exits() {
     assert!(err.contains("--exit-trace") && err.contains("softmax-diff@0.3"), "{err}");
     assert!(!out.join("results.jsonl").exists());
 }
+
+/// A `--batch-settings` entry outside the grid's measures × thresholds runs nowhere: the sweep
+/// warns, naming it.
+#[test]
+fn a_batch_setting_outside_the_grid_is_warned_about() {
+    let (m, d, data) = fixture(2);
+    let out = d.path().join("o");
+    let mut a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
+        ("--measure", "softmax-diff"), ("--thresholds", "0.3"), ("--samples", "2"), ("--max-new-tokens", "3"), ("--batch-size", "1,2"), ("--batch-settings", "softmax-diff@0.3,saturation@0.5"),
+    ]);
+    a.retain(|x| *x != "--quiet");
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--batch-settings saturation@0.5: not in the grid"), "{err}");
+    assert!(!err.contains("softmax-diff@0.3: not in the grid"), "{err}");
+}

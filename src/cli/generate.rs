@@ -225,39 +225,61 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompts[0], &opts, &spec))?;
         return print_speculative(&p, &s, a.json);
     }
+    // With --json every generation (and batch) is gathered into one document.
+    let mut docs = a.json.then(JsonDocs::default);
     if a.batch_size == 1 {
         for prompt in &prompts {
             let g = crate::with_backend!(&mut p.backend, b => generate(b, prompt, &opts))?;
-            print_generation(&p, &g, &opts, a.json)?;
+            print_generation(&p, &g, &opts, docs.as_mut())?;
         }
-        return Ok(());
+    } else {
+        for chunk in prompts.chunks(a.batch_size) {
+            let g = crate::with_backend!(&mut p.backend, b => crate::decode::batch::generate_batch(b, chunk, &opts, a.batch_policy, None))?;
+            for row in &g.rows {
+                print_generation(&p, row, &opts, docs.as_mut())?;
+            }
+            print_batch(&g, a.batch_policy, docs.as_mut())?;
+        }
     }
-    for chunk in prompts.chunks(a.batch_size) {
-        let g = crate::with_backend!(&mut p.backend, b => crate::decode::batch::generate_batch(b, chunk, &opts, a.batch_policy, None))?;
-        for row in &g.rows {
-            print_generation(&p, row, &opts, a.json)?;
-        }
-        print_batch(&g, a.batch_policy, a.json)?;
+    if let Some(d) = docs {
+        println!("{}", serde_json::to_string_pretty(&d.document()).map_err(|e| Error::Internal(e.to_string()))?);
     }
     Ok(())
 }
 
+/// The `--json` output of a `generate` run.
+#[derive(Default)]
+struct JsonDocs {
+    generations: Vec<serde_json::Value>,
+    batches: Vec<serde_json::Value>,
+}
+
+impl JsonDocs {
+    /// One generation alone as itself (the single-prompt document); several, or batches, as
+    /// `{"generations": [...], "batches": [...]}` in prompt order.
+    fn document(self) -> serde_json::Value {
+        if self.generations.len() == 1 && self.batches.is_empty() {
+            return self.generations.into_iter().next().unwrap_or_default();
+        }
+        serde_json::json!({ "generations": self.generations, "batches": self.batches })
+    }
+}
+
 /// A batch's figures after its rows: steps, tokens/s over all rows, each row's latency, and
 /// the policy's waste.
-fn print_batch(g: &crate::decode::batch::BatchGeneration, policy: crate::decode::batch::BatchPolicy, json: bool) -> Result<()> {
+fn print_batch(g: &crate::decode::batch::BatchGeneration, policy: crate::decode::batch::BatchPolicy, json: Option<&mut JsonDocs>) -> Result<()> {
     let decode_s = g.decode_s();
     let tokens = g.decoded_tokens();
     let tok_s = if decode_s > 0.0 { tokens as f64 / decode_s } else { 0.0 };
     let wasted: usize = g.steps.iter().map(|s| s.wasted_row_layers).sum();
     let held: usize = g.steps.iter().map(|s| s.held_row_tokens).sum();
     let gather: f64 = g.steps.iter().map(|s| s.gather_s).sum();
-    if json {
-        let out = serde_json::json!({
+    if let Some(docs) = json {
+        docs.batches.push(serde_json::json!({
             "batch": g.rows.len(), "policy": policy, "steps": g.steps.len(), "decoded_tokens": tokens, "decode_ms": decode_s * 1e3,
             "tokens_per_s": tok_s, "prefill_ms": g.prefill_s * 1e3, "wasted_row_layers": wasted, "held_row_tokens": held,
             "gather_ms": gather * 1e3, "shares_weight_reads": g.shares_weight_reads,
-        });
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        }));
         return Ok(());
     }
     println!("batch of {} ({policy}): {} steps, {tokens} decoded tokens in {:.1} ms ({tok_s:.1} tokens/s over all rows), prefill {:.1} ms, wasted row layers {wasted}, held tokens {held}, gather {:.2} ms{}",
@@ -300,12 +322,12 @@ fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGe
     Ok(())
 }
 
-fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: bool) -> Result<()> {
+fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: Option<&mut JsonDocs>) -> Result<()> {
     let m = &p.files;
     let ids = g.ids();
     let pieces = m.tokenizer.pieces(&ids)?;
     let text = m.tokenizer.decode(&ids)?;
-    if json {
+    if let Some(docs) = json {
         let ms = |s: f64| s * 1e3;
         let out = GenerateOut {
             text,
@@ -329,7 +351,7 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
             dtype: p.precision.name(),
             quality_meaningless: m.random_weights.is_some(),
         };
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        docs.generations.push(serde_json::to_value(&out).map_err(|e| Error::Internal(e.to_string()))?);
         return Ok(());
     }
     println!("{text}");

@@ -116,6 +116,12 @@ impl Plan {
         }
         let examples = dataset.load(Some(samples))?;
         let mut warnings = Vec::new();
+        // A batched setting outside the grid runs nowhere: say so rather than drop it silently.
+        for (m, t) in batch_settings.iter().flatten() {
+            if !measures.contains(m) || !thresholds.contains(t) {
+                warnings.push(format!("--batch-settings {m}@{t}: not in the grid's measures × thresholds, so no cell runs it batched"));
+            }
+        }
         if examples.len() < samples {
             warnings.push(format!("--samples {samples}: {} has only {} examples; running {}", dataset.name(), examples.len(), examples.len()));
         }
