@@ -115,7 +115,7 @@ pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
 
 /// `out[r · m + i] = w_r · x_i` for the `count` weight rows of `w` and the `m` rows of `xs`:
 /// blocks of 8 weight rows at batch 1; with several rows, blocks of 4 weight rows (they stay in
-/// L1) against groups of 3 input rows, then against each row left over.
+/// L1) against groups of 3 input rows, then against the pair or row left over.
 fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     let count = w.len() / n;
     let wrow = |r: usize| &w[r * n..(r + 1) * n];
@@ -134,7 +134,10 @@ fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
                 (0..4).for_each(|k| (0..3).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
                 i += 3;
             }
-            for i in i..m {
+            if m - i == 2 {
+                let v = products::<4, 2>(ws, [xrow(i), xrow(i + 1)]);
+                (0..4).for_each(|k| (0..2).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
+            } else if m - i == 1 {
                 let v = products::<4, 1>(ws, [xrow(i)]);
                 (0..4).for_each(|k| out[(r + k) * m + i] = v[k][0]);
             }
@@ -286,6 +289,17 @@ mod tests {
         let both = pool.install(|| try_row_times_transposed(&two, &wt)).unwrap().expect("three rows").to_vec2::<f32>().unwrap();
         let alone2 = pool.install(|| try_row_times_transposed(&x2, &wt)).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!((&both[0], &both[1], &both[2]), (&ours, &alone2, &ours));
+        // Every row count up to MAX_ROWS (each blocking and leftover path): each row equals
+        // itself alone, bit for bit.
+        let rowx = |i: usize| (&xt * (1.0 + i as f64 * 0.25)).unwrap();
+        let alone: Vec<Vec<f32>> = (0..MAX_ROWS).map(|i| pool.install(|| try_row_times_transposed(&rowx(i), &wt)).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        for m in 1..=MAX_ROWS {
+            let x = Tensor::cat(&(0..m).map(rowx).collect::<Vec<_>>(), 0).unwrap();
+            let y = pool.install(|| try_row_times_transposed(&x, &wt)).unwrap().unwrap().to_vec2::<f32>().unwrap();
+            for (i, row) in y.iter().enumerate() {
+                assert_eq!(row, &alone[i], "{m} rows: row {i} differs from itself alone");
+            }
+        }
         let many = Tensor::cat(&[&xt; MAX_ROWS + 1], 0).unwrap();
         assert!(pool.install(|| try_row_times_transposed(&many, &wt)).unwrap().is_none(), "above MAX_ROWS candle's gemm");
     }
