@@ -276,3 +276,19 @@ fn generate_json_is_one_document_for_several_prompts() {
         assert_eq!(v["batches"].as_array().map(Vec::len), Some(batches), "{v}");
     }
 }
+
+/// `generate --threads N` decodes on exactly N computing OS threads (the caller among them), as
+/// measured inside the pool and reported in `--json`.
+#[test]
+fn generate_threads_means_that_many_computing_threads() {
+    let d = model_dir();
+    let m = d.path().display().to_string();
+    for n in [1u64, 2] {
+        let (code, out, err) = exitbench(&["generate", "--model", &m, "--prompt", "abc", "--max-new-tokens", "3", "--threads", &n.to_string(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["threads"].as_u64(), Some(n), "{v}");
+        assert_eq!(v["compute_threads"]["os_threads"].as_u64(), Some(n), "{v}");
+        assert_eq!(v["compute_threads"]["caller_computes"].as_bool(), Some(true), "{v}");
+    }
+}

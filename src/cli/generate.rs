@@ -159,6 +159,9 @@ pub struct Prepared {
     pub precision: Precision,
     /// Device.
     pub device: DeviceKind,
+    /// The computing threads as their pool measured them (`generate`; None where the caller
+    /// did not run inside one).
+    pub compute: Option<crate::backend::threads::ComputeThreads>,
 }
 
 /// Validates model flags and opens the model on the chosen runtime.
@@ -170,7 +173,7 @@ pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
     let files = ModelFiles::open(&a.model, a.random_weights)?;
     let threads = a.threads.unwrap_or_else(|| default_threads(files.config.hidden_size));
     let backend = crate::backend::open(kind, &files, device, precision, threads)?;
-    Ok(Prepared { files, backend, threads, precision, device })
+    Ok(Prepared { files, backend, threads, precision, device, compute: None })
 }
 
 #[derive(Serialize)]
@@ -196,12 +199,29 @@ struct GenerateOut {
     stop: crate::decode::StopReason,
     mode: ExitMode,
     threads: usize,
+    /// The computing OS threads measured inside the pool (N for `--threads N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compute_threads: Option<crate::backend::threads::ComputeThreads>,
     dtype: &'static str,
     quality_meaningless: bool,
 }
 
 /// Runs `exitbench generate`.
 pub fn run(a: GenerateArgs) -> Result<()> {
+    // `--threads N` means N computing OS threads here as in `run` (backend::threads): the model
+    // opens and decodes on worker 0 of a pool of exactly N.
+    let threads = match a.model.threads {
+        Some(t) => {
+            crate::backend::check_threads(t, "--threads")?;
+            t
+        }
+        None => default_threads(ModelFiles::open(&a.model.model, a.model.random_weights)?.config.hidden_size),
+    };
+    crate::backend::threads::with_compute_threads(threads, None, move |compute| run_on(a, compute.clone()))?
+}
+
+/// [`run`] on its computing threads (`compute`: what the pool measured).
+fn run_on(a: GenerateArgs, compute: crate::backend::threads::ComputeThreads) -> Result<()> {
     let mode = a.exit.mode()?;
     if a.max_new_tokens == 0 {
         return Err(Error::setting("--max-new-tokens", "must be at least 1"));
@@ -209,6 +229,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate()?;
     let mut p = prepare(&a.model)?;
+    p.compute = Some(compute);
     let m = &p.files;
     mode.validate(m.config.num_hidden_layers)?;
     if a.batch_size == 0 || a.batch_size > crate::sweep::plan::MAX_BATCH_SIZE {
@@ -348,6 +369,7 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
             stop: g.stop,
             mode: opts.mode,
             threads: p.threads,
+            compute_threads: p.compute.clone(),
             dtype: p.precision.name(),
             quality_meaningless: m.random_weights.is_some(),
         };
