@@ -1135,6 +1135,12 @@ fn exit_trace_cells_replay_the_recorded_exits() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--exit-trace") && err.contains("softmax-diff@0.3"), "{err}");
     assert!(!out.join("results.jsonl").exists());
+    // The trace's results.jsonl names its directory as well.
+    let out = d.path().join("by-file");
+    let file = src.join("results.jsonl");
+    let args = sweep_args_with(deep.path().to_str().unwrap(), dp, out.to_str().unwrap(), &[("--measure", "saturation"), ("--thresholds", threshold), ("--static-exit", "1"), ("--samples", "5"), ("--max-new-tokens", "4"), ("--exit-trace", file.to_str().unwrap())]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A `--batch-settings` entry outside the grid's measures × thresholds runs nowhere: the sweep

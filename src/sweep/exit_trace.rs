@@ -29,9 +29,11 @@ pub struct ExitTrace {
 }
 
 impl ExitTrace {
-    /// Reads the batch-size-1 early-exit cells of the results directory `dir` and their first
-    /// repetition's per-sample exits.
+    /// Reads the batch-size-1 early-exit cells of the results directory `dir` (or of the
+    /// directory of a `results.jsonl` given instead) and their first repetition's per-sample
+    /// exits.
     pub fn read(dir: &Path) -> Result<Self> {
+        let dir = if dir.is_file() { dir.parent().unwrap_or(Path::new(".")) } else { dir };
         let records = store::read(dir)?;
         let rounds_file = dir.join(super::rounds::ROUNDS_FILE);
         let bytes = std::fs::read(&rounds_file).map_err(|e| Error::io(&rounds_file, e))?;
