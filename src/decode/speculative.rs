@@ -270,7 +270,10 @@ impl Dist {
     /// A draw from max(0, self − q), normalised (self when the residual vanishes, which exact
     /// arithmetic rules out after a rejection).
     fn residual_draw(&self, q: &Dist, rng: &mut StdRng) -> u32 {
-        let r: Vec<(u32, f64)> = self.probs.iter().map(|&(id, p)| (id, (p - q.prob(id)).max(0.0))).collect();
+        // q by id: one pass over each distribution, not one search of q per token of p (which a
+        // 128k vocabulary at top-p 1 would make 10¹⁰ steps).
+        let qs: std::collections::HashMap<u32, f64> = q.probs.iter().copied().collect();
+        let r: Vec<(u32, f64)> = self.probs.iter().map(|&(id, p)| (id, (p - qs.get(&id).copied().unwrap_or(0.0)).max(0.0))).collect();
         if r.iter().map(|x| x.1).sum::<f64>() > 0.0 { draw(&r, rng) } else { self.draw(rng) }
     }
 }
