@@ -1157,4 +1157,13 @@ fn a_batch_setting_outside_the_grid_is_warned_about() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--batch-settings saturation@0.5: not in the grid"), "{err}");
     assert!(!err.contains("softmax-diff@0.3: not in the grid"), "{err}");
+    // At batch size 1 alone nothing is batched: no warning.
+    let out = d.path().join("one");
+    let mut a = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
+        ("--measure", "softmax-diff"), ("--thresholds", "0.3"), ("--samples", "2"), ("--max-new-tokens", "3"), ("--batch-size", "1"), ("--batch-settings", "saturation@0.5"),
+    ]);
+    a.retain(|x| *x != "--quiet");
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not in the grid"), "{err}");
 }

@@ -116,8 +116,10 @@ impl Plan {
         }
         let examples = dataset.load(Some(samples))?;
         let mut warnings = Vec::new();
-        // A batched setting outside the grid runs nowhere: say so rather than drop it silently.
-        for (m, t) in batch_settings.iter().flatten() {
+        // A batched setting outside the grid runs nowhere: say so rather than drop it silently
+        // (only where some batch size is above 1: at batch size 1 alone nothing is batched).
+        let batched = batch_sizes.iter().any(|&b| b > 1);
+        for (m, t) in batch_settings.iter().flatten().filter(|_| batched) {
             if !measures.contains(m) || !thresholds.contains(t) {
                 warnings.push(format!("--batch-settings {m}@{t}: not in the grid's measures × thresholds, so no cell runs it batched"));
             }
