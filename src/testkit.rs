@@ -267,6 +267,20 @@ impl<B: crate::backend::Batch> crate::backend::Batch for Drifting<B> {
     }
 }
 
+impl<B: crate::backend::SpeculateRows> crate::backend::SpeculateRows for Drifting<B> {
+    fn join_rows(&mut self, parts: &[&B::Rows], picks: &[Vec<(usize, usize)>]) -> Result<B::Rows> {
+        self.inner.join_rows(parts, picks)
+    }
+    fn heads_rows(&mut self, h: &B::Rows) -> Result<Vec<Vec<crate::backend::HeadSummary>>> {
+        self.spin();
+        self.inner.heads_rows(h)
+    }
+    fn position_logits_rows(&mut self, h: &B::Rows) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.spin();
+        self.inner.position_logits_rows(h)
+    }
+}
+
 /// A backend that counts what the decode loop asks of it (layers, exit heads, classifier checks,
 /// cosines, propagations), to check `decode::step_work` against the loop.
 pub struct Counting<B> {

@@ -48,3 +48,19 @@ pub trait Batch: Backend {
     /// tests, never timed.
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>>;
 }
+
+/// What batched self-speculative decoding needs beyond [`Batch`]: a state whose segments are
+/// built from saved one-position states (each row's drafted states, joined into its
+/// verification segment), and the exit head at every position of every segment. Rolling a
+/// row back is [`Batch::truncate_row`].
+pub trait SpeculateRows: Batch {
+    /// A state of one segment per entry of `picks`: segment j joins, in order, the last
+    /// positions of the segments `picks[j] = [(p, i), …]` names (segment i of `parts[p]`).
+    fn join_rows(&mut self, parts: &[&Self::Rows], picks: &[Vec<(usize, usize)>]) -> Result<Self::Rows>;
+    /// The exit head at every position of every segment, reduced on the device: one summary
+    /// per position, one list per segment.
+    fn heads_rows(&mut self, h: &Self::Rows) -> Result<Vec<Vec<HeadSummary>>>;
+    /// The exit head's f32 logits at every position of every segment, on the host (what
+    /// speculative sampling compares).
+    fn position_logits_rows(&mut self, h: &Self::Rows) -> Result<Vec<Vec<Vec<f32>>>>;
+}

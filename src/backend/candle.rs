@@ -319,6 +319,39 @@ impl Batch for CandleBackend {
     }
 }
 
+impl super::SpeculateRows for CandleBackend {
+    fn join_rows(&mut self, parts: &[&CandleRows], picks: &[Vec<(usize, usize)>]) -> Result<CandleRows> {
+        let mut offsets = Vec::with_capacity(parts.len());
+        let mut base = 0u32;
+        for p in parts {
+            offsets.push((base, p.last_indices()));
+            base += p.h.dim(1)? as u32;
+        }
+        let idx: Vec<u32> = picks.iter().flatten().map(|&(p, i)| offsets[p].0 + offsets[p].1[i]).collect();
+        let all = if parts.len() == 1 { parts[0].h.clone() } else { Tensor::cat(&parts.iter().map(|p| &p.h).collect::<Vec<_>>(), 1)? };
+        let idx = Tensor::new(idx, all.device())?;
+        Ok(CandleRows { h: all.index_select(&idx, 1)?, lens: picks.iter().map(Vec::len).collect() })
+    }
+
+    fn heads_rows(&mut self, h: &CandleRows) -> Result<Vec<Vec<HeadSummary>>> {
+        // One head pass over every position, reduced position by position.
+        let logits = self.model.head(&h.h)?;
+        let mut start = 0;
+        let mut out = Vec::with_capacity(h.lens.len());
+        for &t in &h.lens {
+            out.push((start..start + t).map(|i| self.summarize(&logits.narrow(1, i, 1)?.flatten_all()?)).collect::<Result<Vec<_>>>()?);
+            start += t;
+        }
+        Ok(out)
+    }
+
+    fn position_logits_rows(&mut self, h: &CandleRows) -> Result<Vec<Vec<Vec<f32>>>> {
+        let logits = self.model.head(&h.h)?.to_dtype(DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
+        let mut it = logits.into_iter();
+        Ok(h.lens.iter().map(|&t| it.by_ref().take(t).collect()).collect())
+    }
+}
+
 /// A host copy of one cache.
 fn snapshot(cache: &LayerCache) -> Result<Option<KvSnapshot>> {
     let Some((k, v)) = cache.kv()? else { return Ok(None) };

@@ -13,7 +13,7 @@ pub mod threads;
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 pub use crate::head::HeadSummary;
-pub use batch::Batch;
+pub use batch::{Batch, SpeculateRows};
 pub use crate::runtime_info::RuntimeInfo;
 
 crate::named_enum! {

@@ -432,7 +432,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
 
 /// Runs layers `range` on every segment of `h` (segment j belonging to batch index `j`, global
 /// row `rows[j]`), synchronizing once at the end. Returns (the input of the last layer, output).
-fn run_layers<B: Batch>(backend: &mut B, rows: &[usize], h: &B::Rows, range: std::ops::RangeInclusive<usize>, info: &mut BatchStep) -> Result<(B::Rows, B::Rows)> {
+pub(super) fn run_layers<B: Batch>(backend: &mut B, rows: &[usize], h: &B::Rows, range: std::ops::RangeInclusive<usize>, info: &mut BatchStep) -> Result<(B::Rows, B::Rows)> {
     let run: Vec<usize> = (0..rows.len()).collect();
     run_layers_with_passengers(backend, rows, &run, h, range, &[], &vec![None; rows.len()], info)
 }
@@ -496,7 +496,7 @@ impl HeadOut {
 
 /// The exit head at every segment's last position: on the device when greedy, host logits when
 /// sampling.
-fn apply_head_rows<B: Batch>(backend: &mut B, h: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<Vec<HeadOut>> {
+pub(super) fn apply_head_rows<B: Batch>(backend: &mut B, h: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<Vec<HeadOut>> {
     let out: Vec<HeadOut> = if s.temperature == 0.0 {
         backend.head_rows(h)?.into_iter().map(|summary| HeadOut { summary, logits: None }).collect()
     } else {
@@ -524,7 +524,7 @@ fn choose_rows<B: Batch>(backend: &mut B, h: &B::Rows, heads: Option<Vec<HeadOut
 }
 
 /// The measure's confidence at layer `l` for every segment (and the heads when it applied them).
-fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
+pub(super) fn confidence_rows<B: Batch>(backend: &mut B, measure: Measure, l: usize, prev: &B::Rows, cur: &B::Rows, s: &Sampling, info: &mut BatchStep) -> Result<(Vec<f32>, Option<Vec<HeadOut>>)> {
     let shared = backend.shares_weight_reads();
     match measure {
         Measure::SoftmaxDiff | Measure::SoftmaxMax => {

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod speculative;
+pub mod speculative_batch;
 
 use crate::backend::{Backend, HeadSummary};
 use crate::error::{Error, Result};

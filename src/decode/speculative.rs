@@ -247,13 +247,61 @@ fn draft_step<B: Speculate>(backend: &mut B, tok: u32, spec: &Speculation, s: &S
     Ok(Drafted { h, token, q, confident })
 }
 
+/// The full model's outputs at a verification pass's positions: summaries when greedy, host
+/// logits when sampling.
+pub(super) enum FullOut {
+    /// Reduced heads (greedy).
+    Heads(Vec<crate::backend::HeadSummary>),
+    /// Full logits per position (sampling).
+    Logits(Vec<Vec<f32>>),
+}
+
+/// The full model's verdict on `drafts` (drawn from `qs` when sampling): how many it accepts,
+/// its own token after them, and the top-2 gaps of the emitted tokens (greedy). Greedy accepts
+/// while a draft equals the full model's argmax; sampling accepts draft i with probability
+/// min(1, p(d)/q(d)) and otherwise draws from the residual, or draws the token after every
+/// accepted draft from p.
+pub(super) fn verdict(drafts: &[u32], qs: &[Dist], full: FullOut, s: &Sampling, rule: AcceptanceRule, rng: &mut StdRng) -> (usize, u32, Vec<Option<f32>>) {
+    match full {
+        FullOut::Logits(logits) => {
+            let ps: Vec<Dist> = logits.iter().map(|l| Dist::of(l, s)).collect();
+            let mut n = 0;
+            let mut next = None;
+            for (i, &d) in drafts.iter().enumerate() {
+                let (p, q) = (&ps[i], &qs[i]);
+                let accept = match rule {
+                    AcceptanceRule::AcceptAll => true,
+                    AcceptanceRule::Exact => {
+                        let (pd, qd) = (p.prob(d), q.prob(d));
+                        rng.random::<f64>() < (pd / qd).min(1.0)
+                    }
+                };
+                if !accept {
+                    next = Some(p.residual_draw(q, rng));
+                    break;
+                }
+                n += 1;
+            }
+            let next = next.unwrap_or_else(|| ps[n].draw(rng));
+            (n, next, vec![None; n + 1])
+        }
+        FullOut::Heads(heads) => {
+            let n = match rule {
+                AcceptanceRule::Exact => drafts.iter().zip(&heads).take_while(|(d, f)| **d == f.argmax).count(),
+                AcceptanceRule::AcceptAll => drafts.len(),
+            };
+            (n, heads[n].argmax, heads[..=n].iter().map(|f| Some(f.logit_gap)).collect())
+        }
+    }
+}
+
 /// A sampling distribution: the nucleus of `super::nucleus`, normalised.
-struct Dist {
+pub(super) struct Dist {
     probs: Vec<(u32, f64)>,
 }
 
 impl Dist {
-    fn of(logits: &[f32], s: &Sampling) -> Self {
+    pub(super) fn of(logits: &[f32], s: &Sampling) -> Self {
         let (mut probs, mass) = super::nucleus(logits, s);
         probs.iter_mut().for_each(|p| p.1 /= mass);
         Dist { probs }
@@ -263,7 +311,7 @@ impl Dist {
         self.probs.iter().find(|p| p.0 == id).map_or(0.0, |p| p.1)
     }
 
-    fn draw(&self, rng: &mut StdRng) -> u32 {
+    pub(super) fn draw(&self, rng: &mut StdRng) -> u32 {
         draw(&self.probs, rng)
     }
 
@@ -393,37 +441,8 @@ pub fn generate_speculative_with<B: Speculate>(backend: &mut B, prompt: &[u32], 
                 h
             }
         };
-        // The full model's verdict per position: greedy compares argmaxes; sampling accepts
-        // draft i with probability min(1, p(d)/q(d)) and otherwise draws from the residual.
-        let (n, next, gaps) = if sampling {
-            let ps: Vec<Dist> = backend.position_logits(&verified)?.iter().map(|l| Dist::of(l, s)).collect();
-            let mut n = 0;
-            let mut next = None;
-            for (i, &d) in drafts.iter().enumerate() {
-                let (p, q) = (&ps[i], &qs[i]);
-                let accept = match rule {
-                    AcceptanceRule::AcceptAll => true,
-                    AcceptanceRule::Exact => {
-                        let (pd, qd) = (p.prob(d), q.prob(d));
-                        rng.random::<f64>() < (pd / qd).min(1.0)
-                    }
-                };
-                if !accept {
-                    next = Some(p.residual_draw(q, &mut rng));
-                    break;
-                }
-                n += 1;
-            }
-            let next = next.unwrap_or_else(|| ps[n].draw(&mut rng));
-            (n, next, vec![None; n + 1])
-        } else {
-            let heads = backend.heads(&verified)?;
-            let n = match rule {
-                AcceptanceRule::Exact => drafts.iter().zip(&heads).take_while(|(d, f)| **d == f.argmax).count(),
-                AcceptanceRule::AcceptAll => drafts.len(),
-            };
-            (n, heads[n].argmax, heads[..=n].iter().map(|f| Some(f.logit_gap)).collect())
-        };
+        let full = if sampling { FullOut::Logits(backend.position_logits(&verified)?) } else { FullOut::Heads(backend.heads(&verified)?) };
+        let (n, next, gaps) = verdict(&drafts, &qs, full, s, rule, &mut rng);
         backend.sync()?;
         let verify_s = t.elapsed().as_secs_f64();
         stats.verify_s += verify_s;

@@ -26,27 +26,59 @@ pub struct Heads {
 /// row i's keys and values are `caches[i]` (the new position already appended). Returns
 /// `[n, heads · hd]` row-major.
 pub fn attend_rows(q: &Tensor, caches: &[&KvBuffer], h: Heads) -> Result<Vec<f32>> {
-    let n = caches.len();
+    attend_segments(q, caches, &vec![1; caches.len()], h)
+}
+
+/// Causal attention of `t` new positions of one sequence (a speculative verification pass):
+/// `q` is `[1, heads, t, hd]` (rotated), `cache` holds every earlier position and the `t` new
+/// ones (already appended); new position i sees the positions up to itself. Returns
+/// `[t, heads · hd]` row-major, each position computed as [`attend_rows`] computes one.
+pub fn attend_positions(q: &Tensor, cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
+    let (_, _, t, _) = q.dims4()?;
+    attend_segments(q, &[cache], &[t], h)
+}
+
+/// Causal attention of several rows' new positions side by side (batched decode steps, and
+/// batched verification passes): `q` is `[1, heads, n, hd]` (rotated), segment i owns the next
+/// `lens[i]` positions and its keys and values are `caches[i]`, which already holds them after
+/// every earlier position of the row; position j of segment i sees its row's positions up to
+/// itself. Returns `[n, heads · hd]` row-major. Every position is computed as a single decode
+/// step computes it (the same bits), and segments run in parallel when the pool has threads.
+pub fn attend_segments(q: &Tensor, caches: &[&KvBuffer], lens: &[usize], h: Heads) -> Result<Vec<f32>> {
+    let n: usize = lens.iter().sum();
     let (heads, hd) = (h.heads, h.head_dim);
     let rep = heads / h.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let q = q.contiguous()?;
     let mut out = vec![0f32; n * heads * hd];
+    // Each segment's slice of the output and its first position in `q`.
+    let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(lens.len());
+    let (mut rest, mut start) = (out.as_mut_slice(), 0);
+    for (i, &t) in lens.iter().enumerate() {
+        let (mine, tail) = rest.split_at_mut(t * heads * hd);
+        parts.push((i, start, mine));
+        (rest, start) = (tail, start + t);
+    }
     with_host_f32(&q, |q| -> Result<()> {
-        let row = |(r, o): (usize, &mut [f32])| -> Result<()> {
-            caches[r].with_host_f32(|k, v, cap, len| {
+        let segment = |(i, start, o): (usize, usize, &mut [f32])| -> Result<()> {
+            let t = lens[i];
+            caches[i].with_host_f32(|k, v, cap, len| {
                 let mut scores = vec![0f32; len];
-                for head in 0..heads {
-                    let g = head / rep;
-                    let qv = &q[(head * n + r) * hd..(head * n + r + 1) * hd];
-                    one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores, &mut o[head * hd..(head + 1) * hd]);
+                for (j, o) in o.chunks_mut(heads * hd).enumerate() {
+                    let visible = len - t + j + 1;
+                    for head in 0..heads {
+                        let g = head / rep;
+                        let at = head * n + start + j;
+                        let qv = &q[at * hd..(at + 1) * hd];
+                        one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores[..visible], &mut o[head * hd..(head + 1) * hd]);
+                    }
                 }
             })
         };
-        if n > 1 && rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(heads * hd).enumerate().try_for_each(row)
+        if lens.len() > 1 && rayon::current_num_threads() > 1 {
+            parts.into_par_iter().try_for_each(segment)
         } else {
-            out.chunks_mut(heads * hd).enumerate().try_for_each(row)
+            parts.into_iter().try_for_each(segment)
         }
     })??;
     Ok(out)
@@ -74,31 +106,4 @@ fn one_query(qv: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], a
             *a += p * x;
         }
     }
-}
-
-/// Causal attention of `t` new positions of one sequence (a speculative verification pass):
-/// `q` is `[1, heads, t, hd]` (rotated), `cache` holds every earlier position and the `t` new
-/// ones (already appended); new position i sees the positions up to itself. Returns
-/// `[t, heads · hd]` row-major, each position computed as [`attend_rows`] computes one.
-pub fn attend_positions(q: &Tensor, cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
-    let (_, _, t, _) = q.dims4()?;
-    let (heads, hd) = (h.heads, h.head_dim);
-    let rep = heads / h.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let q = q.contiguous()?;
-    let mut out = vec![0f32; t * heads * hd];
-    with_host_f32(&q, |q| -> Result<()> {
-        cache.with_host_f32(|k, v, cap, len| {
-            let mut scores = vec![0f32; len];
-            for (i, o) in out.chunks_mut(heads * hd).enumerate() {
-                let visible = len - t + i + 1;
-                for head in 0..heads {
-                    let g = head / rep;
-                    let qv = &q[(head * t + i) * hd..(head * t + i + 1) * hd];
-                    one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores[..visible], &mut o[head * hd..(head + 1) * hd]);
-                }
-            }
-        })
-    })??;
-    Ok(out)
 }

@@ -334,14 +334,19 @@ impl DecoderLayer {
         let q = a.q.forward(&h)?.reshape((1, n, a.heads, a.head_dim))?.transpose(1, 2)?;
         let q = rope.apply_at(&q, &positions)?;
         let (k, v) = self.kv_rows(&h, &positions, rope)?;
-        let att = if host_decode(x) && segs.lens.iter().all(|&t| t == 1) {
-            // One position per row: append each row's keys and values, then every row's
-            // attention in one pass over the caches in place.
-            for (i, &r) in segs.rows.iter().enumerate() {
-                caches[r].kv.append(&k.narrow(2, i, 1)?.contiguous()?, &v.narrow(2, i, 1)?.contiguous()?)?;
+        // On the CPU, decode steps (one position per row) and verification passes (a few
+        // positions after cached ones) attend in place, each position as a decode step attends
+        // it (the same bits); a prefill, which starts from an empty cache, keeps candle's
+        // matrix products.
+        let in_place = |(&r, &t): (&usize, &usize)| t == 1 || (t <= super::matvec::MAX_ROWS && !caches[r].is_empty());
+        let att = if host_decode(x) && segs.rows.iter().zip(segs.lens).all(in_place) {
+            let mut start = 0;
+            for (&r, &t) in segs.rows.iter().zip(segs.lens) {
+                caches[r].kv.append(&k.narrow(2, start, t)?.contiguous()?, &v.narrow(2, start, t)?.contiguous()?)?;
+                start += t;
             }
             let rows: Vec<&KvBuffer> = segs.rows.iter().map(|&r| &caches[r].kv).collect();
-            let out = super::attention_cpu::attend_rows(&q, &rows, a.shape())?;
+            let out = super::attention_cpu::attend_segments(&q, &rows, segs.lens, a.shape())?;
             Tensor::from_vec(out, (1, n, a.heads * a.head_dim), x.device())?
         } else {
             let mut outs = Vec::with_capacity(segs.rows.len());

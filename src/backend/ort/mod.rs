@@ -522,6 +522,25 @@ impl OrtBackend {
     }
 }
 
+/// Batched speculation on ONNX Runtime: row by row through the single-row calls, as every
+/// batched call here.
+impl crate::backend::SpeculateRows for OrtBackend {
+    fn join_rows(&mut self, parts: &[&Vec<Hidden>], picks: &[Vec<(usize, usize)>]) -> Result<Vec<Hidden>> {
+        picks.iter().map(|seg| {
+            let lasts: Vec<Hidden> = seg.iter().map(|&(p, i)| Self::last_of(&parts[p][i])).collect::<Result<_>>()?;
+            self.join(&lasts)
+        }).collect()
+    }
+
+    fn heads_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<HeadSummary>>> {
+        h.iter().map(|x| self.heads(x)).collect()
+    }
+
+    fn position_logits_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<Vec<f32>>>> {
+        h.iter().map(|x| self.position_logits(x)).collect()
+    }
+}
+
 /// Batched decoding on ONNX Runtime runs its rows one by one through the single-row graphs
 /// (exported with batch 1), each row with its own caches: every row's outputs are exactly its
 /// single-row outputs, but each weight is read once per row, so batching saves nothing here
