@@ -98,7 +98,17 @@ fn calibrate_at_a_batch_size_and_choosing_a_speculative_setting() {
     let spec_cells: Vec<serde_json::Value> = test.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r["key"]["baseline"] == "speculative").collect();
     assert_eq!(spec_cells.len(), 1, "only the chosen setting runs on test");
     assert_eq!((spec_cells[0]["key"]["draft_layer"].as_u64(), spec_cells[0]["key"]["draft_tokens"].as_u64()), (Some(e), Some(k)));
-    let (code, _, err) = run(&["--batch-size", "4", "--draft-layer", "2"], &d.path().join("both"));
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--draft-layer"), "{err}");
+    // Speculative settings calibrate at a batch size too: every speculative cell of both splits
+    // runs batched.
+    let both = d.path().join("both");
+    let (code, stdout, err) = run(&["--batch-size", "4", "--draft-layer", "2", "--draft-tokens", "2,4"], &both);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(both.join("calibration.json")).unwrap()).unwrap();
+    assert_eq!((cal["speculation"]["tried"].as_u64(), cal["speculation"]["test_d"].as_f64()), (Some(2), Some(0.0)), "{cal}");
+    for split in ["validation", "test"] {
+        let records = std::fs::read_to_string(both.join(split).join("results.jsonl")).unwrap();
+        let spec: Vec<serde_json::Value> = records.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|r| r["key"]["baseline"] == "speculative").collect();
+        assert!(!spec.is_empty(), "{split}");
+        assert!(spec.iter().all(|r| r["key"]["batch_size"].as_u64() == Some(4) && r["batch"]["padding_waste"].as_f64().is_some()), "{split}: {spec:?}");
+    }
 }

@@ -277,6 +277,28 @@ fn generate_json_is_one_document_for_several_prompts() {
     }
 }
 
+/// `generate --draft-layer` with several prompts: at batch size 1 each prompt alone, above 1 in
+/// speculative batches; either way each row's tokens are the same (full depth's), and a batch
+/// reports each row's acceptance rate and its padding.
+#[test]
+fn generate_speculates_over_several_prompts_and_in_batches() {
+    let d = model_dir();
+    let m = d.path().display().to_string();
+    let run = |batch: &str| -> serde_json::Value {
+        let (code, out, err) = exitbench(&["generate", "--model", &m, "--prompt", "a", "--prompt", "bc", "--prompt", "def", "--max-new-tokens", "12", "--draft-layer", "1", "--draft-tokens", "4", "--batch-size", batch, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
+    };
+    let (alone, batched) = (run("1"), run("3"));
+    let ids = |v: &serde_json::Value| v["generations"].as_array().unwrap().iter().map(|g| g["token_ids"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&alone).len(), 3, "{alone}");
+    assert_eq!(ids(&alone), ids(&batched));
+    assert_eq!(alone["batches"].as_array().map(Vec::len), Some(0), "{alone}");
+    let b = &batched["batches"][0];
+    assert_eq!((b["batch"].as_u64(), b["row_acceptance_rates"].as_array().map(Vec::len)), (Some(3), Some(3)), "{b}");
+    assert!(b["padding_waste"].as_f64().is_some_and(|w| w >= 0.0) && b["passes"].as_u64() > Some(0), "{b}");
+}
+
 /// `generate --threads N` decodes on exactly N computing OS threads (the caller among them), as
 /// measured inside the pool and reported in `--json`.
 #[test]

@@ -967,6 +967,49 @@ fn speculative_cells_in_a_sweep_keep_full_depths_tokens() {
     assert!(!d.path().join("bad").exists());
 }
 
+/// Speculative cells at a batch size above 1 (rows of 3 samples, a last batch of 2), both
+/// backends and cache modes: every sample's tokens are full depth's; the record has each row's
+/// acceptance rate, the padding a padded verification would need, bytes per token from the
+/// passes' counted reads, and a speedup paired with full depth at the same batch size; the
+/// summary's batch section lists them and their breakdown line gives acceptance per row.
+#[test]
+fn speculative_cells_run_batched_in_a_sweep() {
+    let (m, d, data) = fixture(5);
+    let out = d.path().join("spec-batch");
+    let args = sweep_args_with(m.path().to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), &[
+        ("--backend", "candle,ort"), ("--samples", "5"), ("--max-new-tokens", "16"), ("--draft-layer", "2"), ("--draft-tokens", "4"), ("--draft-cache", "shared,separate"),
+        ("--batch-size", "1,3"), ("--batch-settings", "softmax-diff@0.9"), ("--batch-policy", "compact"),
+    ]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let recs = exitbench::results::store::read(&out.join("results.jsonl")).unwrap();
+    let mut batched = 0;
+    for backend in ["candle", "ort"] {
+        let of = |b: Baseline, size: usize| recs.iter().filter(move |r| r.key.backend.name() == backend && r.key.baseline == b && r.key.batch() == size);
+        let full = of(Baseline::Full, 1).next().expect("full depth");
+        for r in of(Baseline::Speculative, 3) {
+            batched += 1;
+            let what = r.key.label();
+            assert_eq!(r.status, CellStatus::Ok, "{what}: {:?}", r.reason);
+            assert_eq!(r.outputs.len(), 5);
+            for (o, f) in r.outputs.iter().zip(&full.outputs) {
+                assert_eq!((&o.id, &o.token_ids), (&f.id, &f.token_ids), "{what}");
+            }
+            let s = r.speculation.as_ref().expect("speculation figures");
+            assert_eq!(s.sample_acceptance.len(), 5, "{what}: one acceptance rate per row: {s:?}");
+            let b = r.batch.as_ref().expect("batch figures");
+            assert!(b.padding_waste.is_some_and(|w| w >= 0.0) && b.steps > 0 && b.mean_rows > 1.0, "{what}: {b:?}");
+            assert!(r.bytes_per_token.is_some_and(|x| x > 0.0), "{what}");
+            assert!(r.speedup.is_some(), "{what}: paired with full depth at batch 3");
+        }
+    }
+    assert_eq!(batched, 2 * 2);
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("acceptance per row") && summary.contains("a padded verification would run"), "{summary}");
+    let section = &summary[summary.find("## Batched decoding").expect("batch section")..];
+    assert!(section.contains("| speculative E2 k4 | 3 |"), "{section}");
+}
+
 /// Batched cells in a sweep: keys carry the batch size (and the policy for early exit) only at
 /// B > 1, so batch-1 ids are unchanged; per-row and compact cells emit each sample's batch-1
 /// tokens and exit layers (rows of 3 samples, a last batch of 2); batch-min exits no earlier;

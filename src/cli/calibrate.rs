@@ -97,9 +97,6 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     if a.batch_size == 0 || a.batch_size > crate::sweep::plan::MAX_BATCH_SIZE {
         return Err(Error::setting("--batch-size", format!("{} is outside 1..={}", a.batch_size, crate::sweep::plan::MAX_BATCH_SIZE)));
     }
-    if a.batch_size > 1 && a.draft_layer.is_some() {
-        return Err(Error::setting("--draft-layer", "self-speculative settings are calibrated at batch size 1 (leave out --batch-size)"));
-    }
     let base = RawSettings::defaults().overridden_by(RawSettings {
         model: Some(vec![m.model.display().to_string()]),
         backend: Some(vec![m.backend]),

@@ -132,7 +132,8 @@ pub struct GenerateArgs {
     pub json: bool,
     /// Self-speculative decoding: draft with the first E layers and verify with all (the output
     /// is full depth's: token for token when greedy, in distribution when sampling). Marks each
-    /// token drafted-and-accepted or not.
+    /// token drafted-and-accepted or not. At --batch-size above 1 each row drafts, accepts and
+    /// rolls back its own.
     #[arg(long, value_name = "E")]
     pub draft_layer: Option<usize>,
     /// Most tokens drafted per verification (with --draft-layer).
@@ -237,18 +238,26 @@ fn run_on(a: GenerateArgs, compute: crate::backend::threads::ComputeThreads) -> 
     }
     let prompts = a.prompt.iter().map(|t| m.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
     let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
-    if a.draft_layer.is_some() && (prompts.len() > 1 || a.batch_size > 1) {
-        return Err(Error::setting("--draft-layer", "self-speculative decoding takes one prompt at batch size 1"));
-    }
+    // With --json every generation (and batch) is gathered into one document.
+    let mut docs = a.json.then(JsonDocs::default);
     if let Some(draft_layer) = a.draft_layer {
         let stop = a.draft_stop.as_deref().map(|x| crate::decode::speculative::DraftStop::parse("--draft-stop", x)).transpose()?;
         let spec = crate::decode::speculative::Speculation { draft_layer, draft_tokens: a.draft_tokens, cache: a.draft_cache, stop };
-        let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, &prompts[0], &opts, &spec))?;
-        return print_speculative(&p, &s, a.json);
-    }
-    // With --json every generation (and batch) is gathered into one document.
-    let mut docs = a.json.then(JsonDocs::default);
-    if a.batch_size == 1 {
+        if a.batch_size == 1 {
+            for prompt in &prompts {
+                let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, prompt, &opts, &spec))?;
+                print_speculative(&p, &s, docs.as_mut())?;
+            }
+        } else {
+            for chunk in prompts.chunks(a.batch_size) {
+                let g = crate::with_backend!(&mut p.backend, b => crate::decode::speculative_batch::generate_speculative_batch(b, chunk, &opts, &spec))?;
+                for row in &g.rows {
+                    print_speculative(&p, row, docs.as_mut())?;
+                }
+                print_speculative_batch(&g, docs.as_mut())?;
+            }
+        }
+    } else if a.batch_size == 1 {
         for prompt in &prompts {
             let g = crate::with_backend!(&mut p.backend, b => generate(b, prompt, &opts))?;
             print_generation(&p, &g, &opts, docs.as_mut())?;
@@ -309,14 +318,36 @@ fn print_batch(g: &crate::decode::batch::BatchGeneration, policy: crate::decode:
     Ok(())
 }
 
+/// A speculative batch's figures after its rows: passes, tokens/s over all rows, each row's
+/// acceptance rate, and what padding the rows' segments would have needed.
+fn print_speculative_batch(g: &crate::decode::speculative_batch::SpeculativeBatch, json: Option<&mut JsonDocs>) -> Result<()> {
+    let decode_s = g.decode_s();
+    let tokens = g.decoded_tokens();
+    let tok_s = if decode_s > 0.0 { tokens as f64 / decode_s } else { 0.0 };
+    let rates: Vec<Option<f64>> = g.rows.iter().map(|r| r.stats.acceptance_rate()).collect();
+    if let Some(docs) = json {
+        docs.batches.push(serde_json::json!({
+            "batch": g.rows.len(), "passes": g.passes.len(), "decoded_tokens": tokens, "decode_ms": decode_s * 1e3, "tokens_per_s": tok_s,
+            "prefill_ms": g.prefill_s * 1e3, "row_acceptance_rates": rates, "padding_waste": g.padding_waste(),
+            "pass_records": g.passes, "shares_weight_reads": g.shares_weight_reads,
+        }));
+        return Ok(());
+    }
+    let rates: Vec<String> = rates.iter().map(|r| r.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "n/a".into())).collect();
+    println!("speculative batch of {}: {} passes, {tokens} decoded tokens in {:.1} ms ({tok_s:.1} tokens/s over all rows), prefill {:.1} ms; acceptance per row {}; a padded verification would run {:.0}% more positions{}",
+        g.rows.len(), g.passes.len(), decode_s * 1e3, g.prefill_s * 1e3, rates.join(", "), g.padding_waste() * 100.0,
+        if g.shares_weight_reads { "" } else { " (this runtime runs rows one by one: no weight reads shared)" });
+    Ok(())
+}
+
 /// A speculative generation: the text with each accepted draft in brackets (text) or flagged
 /// (JSON), then the acceptance rate, tokens per verification and the time split.
-fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGeneration, json: bool) -> Result<()> {
+fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGeneration, json: Option<&mut JsonDocs>) -> Result<()> {
     let g = &s.generation;
     let ids = g.ids();
     let pieces = p.files.tokenizer.pieces(&ids)?;
     let st = &s.stats;
-    if json {
+    if let Some(docs) = json {
         let out = serde_json::json!({
             "text": p.files.tokenizer.decode(&ids)?,
             "token_ids": ids,
@@ -328,7 +359,7 @@ fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGe
             "decode_ms": g.decode_s() * 1e3,
             "stop": g.stop,
         });
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?);
+        docs.generations.push(out);
         return Ok(());
     }
     let marked: String = pieces.iter().zip(&s.accepted_draft).map(|(t, &a)| if a { format!("[{t}]") } else { t.clone() }).collect();

@@ -66,6 +66,20 @@ pub struct BatchStep {
     /// and layers (the new position included).
     #[serde(default)]
     pub attended: usize,
+    /// Tokens the step decoded: one per row in a decode step, each row's emitted tokens in a
+    /// speculative pass (0 in older records, which meant `rows`).
+    #[serde(default)]
+    pub tokens: usize,
+    /// Positions the step embedded: one per row in a decode step; a speculative pass embeds
+    /// each draft step's tokens and its verification's (0 in older records: `rows`).
+    #[serde(default)]
+    pub embedded: usize,
+    /// A speculative pass's verified positions, summed over its rows' segments (0 otherwise).
+    #[serde(default)]
+    pub verified_positions: usize,
+    /// What a padded verification would run instead: rows × the longest segment (0 otherwise).
+    #[serde(default)]
+    pub padded_positions: usize,
 }
 
 impl BatchStep {
@@ -220,7 +234,7 @@ struct Chosen {
 fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: usize, opts: &GenerateOptions, policy: BatchPolicy, replayed: Option<&[usize]>, rngs: &mut [StdRng]) -> Result<(Vec<TokenTrace>, BatchStep)> {
     let layers = backend.num_layers();
     let n = rows.len();
-    let mut info = BatchStep { rows: n, ..Default::default() };
+    let mut info = BatchStep { rows: n, tokens: n, embedded: n, ..Default::default() };
     let t0 = Instant::now();
     let slices: Vec<&[u32]> = last.iter().map(std::slice::from_ref).collect();
     let h = backend.embed_rows(&slices)?;

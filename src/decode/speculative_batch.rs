@@ -40,6 +40,9 @@ pub struct BatchPass {
     pub padded_positions: usize,
     /// Row draft steps: the draft steps each row took part in, summed over rows.
     pub row_draft_steps: usize,
+    /// Positions embedded: one per row draft step, and the verification's (each row's last
+    /// token when the cache is shared, its whole segment when separate).
+    pub embedded: usize,
     /// Seconds drafting.
     pub draft_s: f64,
     /// Seconds verifying (the layers and the heads over every position).
@@ -61,6 +64,24 @@ impl BatchPass {
     /// Padded positions a padded verification would waste: padded ÷ verified − 1.
     pub fn padding_waste(&self) -> f64 {
         if self.verified_positions == 0 { 0.0 } else { self.padded_positions as f64 / self.verified_positions as f64 - 1.0 }
+    }
+
+    /// The pass as one step of a batch (what sweeps tally for every batched cell): its seconds
+    /// as layer time (the speculative split is in each row's [`SpeculationStats`]), its tokens,
+    /// reads and positions; `layers` L, draft layer `e`.
+    pub fn as_step(&self, layers: usize, e: usize) -> BatchStep {
+        BatchStep {
+            rows: self.rows,
+            layers_s: self.total_s(),
+            row_layers: self.row_draft_steps * e + self.rows * layers,
+            reads: self.reads,
+            attended: self.attended,
+            tokens: self.emitted,
+            embedded: self.embedded,
+            verified_positions: self.verified_positions,
+            padded_positions: self.padded_positions,
+            ..Default::default()
+        }
     }
 }
 
@@ -243,6 +264,7 @@ pub fn generate_speculative_batch_with<B: SpeculateRows>(backend: &mut B, prompt
             saved.push(cur);
             pass.draft_steps += 1;
             pass.row_draft_steps += drafting.len();
+            pass.embedded += drafting.len();
         }
         backend.sync()?;
         pass.draft_s = t.elapsed().as_secs_f64();
@@ -252,6 +274,10 @@ pub fn generate_speculative_batch_with<B: SpeculateRows>(backend: &mut B, prompt
         let segment_lens: Vec<usize> = rows.iter().map(|r| r.drafts.len() + 1).collect();
         pass.verified_positions = segment_lens.iter().sum();
         pass.padded_positions = rows.len() * segment_lens.iter().copied().max().unwrap_or(0);
+        pass.embedded += match spec.cache {
+            DraftCache::Shared => rows.len(),
+            DraftCache::Separate => pass.verified_positions,
+        };
         let verified = match spec.cache {
             DraftCache::Shared => {
                 // Each row's last token (its last draft, or x0 when it drafted nothing) has not

@@ -75,7 +75,9 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         Speedup vs full depth at B is paired by round as in the headline tables; vs full depth at B = 1 it is the ratio of the two cells' median tokens/s (not paired). \
         Batch-min's predicted mean exit layer assumes independent rows and a full batch: P(batch exit ≤ l) = F(l)^B with F the batch-1 exit-layer distribution of the same setting. \
         Wasted row layers are layers run for rows that had already exited (per-row's passengers); held tokens are tokens whose own measure cleared at an earlier exit point than the layer the batch took (batch-min). \
-        A runtime that does not share weight reads across rows (ONNX Runtime here: its graphs have batch 1, rows run one by one) is marked *rows one by one*.\n");
+        A runtime that does not share weight reads across rows (ONNX Runtime here: its graphs have batch 1, rows run one by one) is marked *rows one by one*. \
+        A self-speculative batch runs in passes: the rows still drafting share each draft step, every row's drafts are verified in one call per layer (each row its own segment, unpadded), \
+        and each row keeps its own accepted prefix; its row latency is per pass a row took part in.\n");
     for g in &runtimes {
         let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g).collect();
         let full: Vec<&Point> = mine.iter().copied().filter(|p| p.rec.key.baseline == Baseline::Full).collect();
@@ -119,7 +121,7 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         let best_full = full.iter().filter(|p| p.j().is_some()).min_by(|a, b| a.j().unwrap_or(f64::MAX).total_cmp(&b.j().unwrap_or(f64::MAX)));
         if let Some(best) = best_full {
             let _ = writeln!(s, "Full depth's lowest J/token here is {:.4} at B = {} ({}). Does early exit beat it?\n", best.j().unwrap_or(0.0), best.b(), best.rec.energy.source);
-            for p in ordered.iter().filter(|p| p.rec.key.baseline == Baseline::None) {
+            for p in ordered.iter().filter(|p| matches!(p.rec.key.baseline, Baseline::None | Baseline::Speculative)) {
                 let (Some(j), Some(same)) = (p.j(), full_at(p.b()).and_then(|f| f.j())) else { continue };
                 let best_j = best.j().unwrap_or(f64::MAX);
                 let verdict = |x: f64| if j < x { "yes" } else { "no" };

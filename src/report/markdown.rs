@@ -170,9 +170,19 @@ fn breakdown(r: &ReportRow, rec: &CellRecord, full: &CellRecord) -> Option<Strin
         let t = &sp.totals;
         let ms = |x: f64| x * 1e3 / n;
         let full_total = (full.time_split.layers_s + full.time_split.exit_checks_s) * 1e3 / nf;
+        // In a batch: how acceptance varies between rows, and what padding would have cost.
+        let rows = if rec.key.batch() > 1 && !sp.sample_acceptance.is_empty() {
+            let mut a = sp.sample_acceptance.clone();
+            a.sort_by(f64::total_cmp);
+            let pct = |x: f64| format!("{:.0}%", x * 100.0);
+            format!("; acceptance per row {} (lowest), {} (median), {} (highest) over {} rows{}", pct(a[0]), pct(crate::metrics::stats::median(&a)), pct(a[a.len() - 1]), a.len(),
+                rec.batch.as_ref().and_then(|b| b.padding_waste).map(|w| format!("; a padded verification would run {:.0}% more positions than the rows' own segments", w * 100.0)).unwrap_or_default())
+        } else {
+            String::new()
+        };
         return Some(format!(
             "- {}: measured ÷ theoretical (weight reads) {}. Per decoded token: draft {:.3} ms, verify {:.3} ms, rollback {:.4} ms against full depth's {full_total:.3} ms; \
-             {:.2} tokens per verification pass, {} of drafts accepted{bytes}.",
+             {:.2} tokens per verification pass, {} of drafts accepted{rows}{bytes}.",
             r.label,
             opt(r.measured_over_theoretical, 2),
             ms(t.draft_s),

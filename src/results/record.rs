@@ -339,6 +339,11 @@ pub struct BatchSummary {
     pub latency_ms_per_token: f64,
     /// The 90th percentile over rows of the same.
     pub latency_ms_per_token_p90: f64,
+    /// Self-speculative batches: positions a padded verification would run beyond the rows'
+    /// own segments, as a share of them (rows × the longest segment ÷ the segments − 1); this
+    /// harness runs the segments unpadded. None for other cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding_waste: Option<f64>,
 }
 
 /// What a speculative cell drafted and accepted, over its samples' first passes.
@@ -348,6 +353,10 @@ pub struct SpeculationSummary {
     pub acceptance_rate: Option<f64>,
     /// Mean tokens emitted per verification pass (decoded tokens ÷ passes).
     pub tokens_per_verify: Option<f64>,
+    /// Each sample's (each batch row's) own acceptance rate, in sample order (samples that
+    /// drafted nothing left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_acceptance: Vec<f64>,
     /// Drafted, accepted and passes, with seconds drafting, verifying and rolling back.
     pub totals: crate::decode::speculative::SpeculationStats,
 }

@@ -5,6 +5,7 @@
 use crate::results::record::{BatchSummary, SpeculationSummary};
 use super::energy::{median_energy, repetition_energy};
 use super::fingerprint::{CellMode, GroupCtx};
+use crate::decode::speculative::SpeculationStats;
 use super::rounds::{RoundRecord, SampleRun};
 use crate::error::Result;
 use crate::exit::ExitMode;
@@ -130,11 +131,12 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
     // A speculative token's reads depend on its pass (drafts, verification), a batched one's on
     // which rows shared its step's weight reads.
     rec.bytes_per_token = match (&c.cell.speculation, &c.cell.batch) {
-        (Some(spec), _) => crate::decode_bytes::speculative_bytes_per_token(spec, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.speculation.as_ref().map_or(&[][..], |x| x.passes.as_slice())))),
+        (Some(spec), None) => crate::decode_bytes::speculative_bytes_per_token(spec, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.speculation.as_ref().map_or(&[][..], |x| x.passes.as_slice())))),
         (None, None) => crate::decode_bytes::bytes_per_token(&c.cell.mode, &m.config, element, first.iter().map(|s| (s.prompt_tokens, s.exits.as_slice()))),
         // A batched token's share of its steps' reads: each weight once per step where the
-        // backend shares reads across rows, the rows' own caches, one embedding row each.
-        (None, Some(_)) => batch_bytes_per_token(&c.rounds, &m.config, element),
+        // backend shares reads across rows, the rows' own caches, the embedded positions (a
+        // speculative batch's step is a pass: its draft steps and its verification).
+        (_, Some(_)) => batch_bytes_per_token(&c.rounds, &m.config, element),
     };
     rec.speculation = c.cell.speculation.map(|_| {
         let mut t = crate::decode::speculative::SpeculationStats::default();
@@ -146,6 +148,7 @@ pub fn assemble(ctx: &GroupCtx, m: &ModelFiles, layers: usize, c: CellRounds) ->
         SpeculationSummary {
             acceptance_rate: t.acceptance_rate(),
             tokens_per_verify: (t.verifies > 0).then(|| decoded as f64 / t.verifies as f64),
+            sample_acceptance: first.iter().filter_map(|s| s.speculation.as_ref().and_then(SpeculationStats::acceptance_rate)).collect(),
             totals: t,
         }
     });
@@ -189,8 +192,10 @@ fn batch_bytes_per_token(rounds: &[&RoundRecord], cfg: &crate::model::LlamaConfi
         if w.layers == 0 {
             return None;
         }
-        total += crate::decode_bytes::batch_step_bytes(&b, t.row_steps, &w, t.attended as usize);
-        tokens += t.row_steps;
+        // Older records count neither tokens nor embedded positions: one of each per row step.
+        let or_rows = |x: u64| if x > 0 { x as usize } else { t.row_steps };
+        total += crate::decode_bytes::batch_step_bytes(&b, or_rows(t.embedded), &w, t.attended as usize);
+        tokens += or_rows(t.tokens);
     }
     (tokens > 0).then(|| total / tokens as f64)
 }
@@ -198,16 +203,7 @@ fn batch_bytes_per_token(rounds: &[&RoundRecord], cfg: &crate::model::LlamaConfi
 fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary {
     let mut t = super::rounds::BatchTally::default();
     for b in rounds.iter().filter(|r| r.repetition == 0).filter_map(|r| r.batch.as_ref()) {
-        t.shares_weight_reads = b.shares_weight_reads;
-        t.steps += b.steps;
-        t.row_steps += b.row_steps;
-        t.row_layers += b.row_layers;
-        t.wasted_row_layers += b.wasted_row_layers;
-        t.held_row_tokens += b.held_row_tokens;
-        t.gather_s += b.gather_s;
-        t.decode_s += b.decode_s;
-        t.reads += b.reads;
-        t.attended += b.attended;
+        t.merge(b);
     }
     let latency: Vec<f64> = first.iter().filter(|s| s.decode_tokens > 0).filter_map(|s| s.latency_s.map(|l| l * 1e3 / s.decode_tokens as f64)).collect();
     BatchSummary {
@@ -220,6 +216,7 @@ fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary 
         gather_share: if t.decode_s > 0.0 { t.gather_s / t.decode_s } else { 0.0 },
         latency_ms_per_token: if latency.is_empty() { 0.0 } else { median(&latency) },
         latency_ms_per_token_p90: if latency.is_empty() { 0.0 } else { crate::metrics::stats::quantile(&latency, 0.9) },
+        padding_waste: (t.verified_positions > 0).then(|| t.padded_positions as f64 / t.verified_positions as f64 - 1.0),
     }
 }
 

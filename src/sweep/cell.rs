@@ -5,8 +5,9 @@ use super::energy::window_joules;
 use super::fingerprint::CellMode;
 use super::plan::Plan;
 use super::rounds::{BatchTally, Round, RoundRecord, SampleRun};
-use crate::backend::{Batch, DeviceKind, Speculate};
-use crate::decode::batch::{generate_batch, BatchGeneration};
+use crate::backend::{DeviceKind, Speculate};
+use crate::decode::batch::{generate_batch, BatchStep};
+use crate::decode::speculative_batch::generate_speculative_batch;
 use crate::decode::speculative::{generate_speculative, SpeculationStats};
 use crate::decode::{generate, GenerateOptions, Generation, Sampling};
 use crate::error::Result;
@@ -65,13 +66,14 @@ pub struct RowShare {
     pub latency_s: f64,
 }
 
-/// Shares of every row of `g`: row r took part in the first (its decoded tokens) steps.
-fn shares(g: &BatchGeneration) -> Vec<RowShare> {
-    g.rows
-        .iter()
-        .map(|row| {
+/// Shares of every row of a batch: row r took part in the first `took_part[r]` steps (its
+/// decoded tokens in a decode loop, its passes in a speculative one).
+fn shares(steps: &[BatchStep], took_part: impl IntoIterator<Item = usize>) -> Vec<RowShare> {
+    took_part
+        .into_iter()
+        .map(|n| {
             let mut s = RowShare::default();
-            for st in g.steps.iter().take(row.tokens.len().saturating_sub(1)) {
+            for st in steps.iter().take(n) {
                 let n = st.rows.max(1) as f64;
                 s.decode_s += st.total_s() / n;
                 s.split[0] += st.layers_s / n;
@@ -89,7 +91,7 @@ fn shares(g: &BatchGeneration) -> Vec<RowShare> {
 /// cell's size (consecutive samples; the last batch may be smaller). `opts_of(i)` gives sample
 /// i's options; a batch uses its first sample's (row r samples with that seed + r, which is
 /// sample i + r's own seed). Returns the samples and the batches' steps.
-pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u32>], samples: &[usize], cell: &CellMode, trace: Option<&ExitTrace>, opts_of: impl Fn(usize) -> GenerateOptions) -> Result<(Vec<Generated>, Vec<crate::decode::batch::BatchStep>, bool)> {
+pub fn generate_samples<B: Speculate + crate::backend::SpeculateRows>(backend: &mut B, prompts: &[Vec<u32>], samples: &[usize], cell: &CellMode, trace: Option<&ExitTrace>, opts_of: impl Fn(usize) -> GenerateOptions) -> Result<(Vec<Generated>, Vec<crate::decode::batch::BatchStep>, bool)> {
     // An early-exit cell replaying a trace: each batch (of one row at batch size 1) exits where
     // its samples exited in the trace.
     let layers = backend.num_layers();
@@ -115,10 +117,23 @@ pub fn generate_samples<B: Speculate + Batch>(backend: &mut B, prompts: &[Vec<u3
     for chunk in samples.chunks(batch.size) {
         crate::interrupt::check()?;
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        if let Some(spec) = &cell.speculation {
+            // A speculative batch: each pass is one step, in which a row emits its tokens.
+            let g = generate_speculative_batch(backend, &rows, &opts_of(chunk[0]), spec)?;
+            shared = g.shares_weight_reads;
+            let passes: Vec<BatchStep> = g.passes.iter().map(|p| p.as_step(layers, spec.draft_layer)).collect();
+            let took_part: Vec<usize> = g.rows.iter().map(|r| r.stats.passes.len()).collect();
+            for ((&i, share), row) in chunk.iter().zip(shares(&passes, took_part)).zip(g.rows) {
+                out.push(Generated { sample: i, generation: row.generation, speculation: Some(row.stats), share: Some(share) });
+            }
+            steps.extend(passes);
+            continue;
+        }
         let r = replay(chunk)?;
         let g = generate_batch(backend, &rows, &opts_of(chunk[0]), policy, r.as_ref())?;
         shared = g.shares_weight_reads;
-        for ((&i, share), generation) in chunk.iter().zip(shares(&g)).zip(g.rows) {
+        let took_part: Vec<usize> = g.rows.iter().map(|r| r.tokens.len().saturating_sub(1)).collect();
+        for ((&i, share), generation) in chunk.iter().zip(shares(&g.steps, took_part)).zip(g.rows) {
             out.push(Generated { sample: i, generation, speculation: None, share: Some(share) });
         }
         steps.extend(g.steps);
@@ -139,7 +154,7 @@ pub fn options(plan: &Plan, cell: &CellMode, sample: usize, eos_ids: &[u32], pro
 }
 
 /// Runs `cell` over the first `n` prompts, measuring nothing (caches and clocks warm up).
-pub fn warm_up<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
+pub fn warm_up<B: Speculate + crate::backend::SpeculateRows>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], eos_ids: &[u32], mut tick: impl FnMut()) -> Result<f64> {
     let mut generate_s = 0.0;
     // A batched cell warms up on whole batches of its size.
     let n = if plan.warmup == 0 { 0 } else { plan.warmup.div_ceil(cell.batch_size()) * cell.batch_size() };
@@ -155,7 +170,7 @@ pub fn warm_up<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMo
 
 /// Per-layer seconds and runs of an untimed pass over `samples` that synchronizes after every
 /// layer (GPUs, where the timed rounds must not).
-pub fn profile_pass<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
+pub fn profile_pass<B: Speculate + crate::backend::SpeculateRows>(backend: &mut B, plan: &Plan, cell: &CellMode, prompts: &[Vec<u32>], samples: std::ops::Range<usize>, eos_ids: &[u32]) -> Result<(Vec<f64>, Vec<u64>)> {
     let layers = backend.num_layers();
     let (mut s, mut n) = (vec![0.0; layers], vec![0u64; layers]);
     for i in samples {
@@ -177,7 +192,7 @@ fn add_profile(s: &mut [f64], n: &mut [u64], g: &Generation) {
 /// window lasts --min-window for meters that need it). Layers are profiled in the timed passes
 /// only where synchronizing is free (the CPU).
 #[allow(clippy::too_many_arguments)]
-pub fn run_round<B: Speculate + Batch>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
+pub fn run_round<B: Speculate + crate::backend::SpeculateRows>(backend: &mut B, plan: &Plan, cell: &CellMode, cell_id: &str, round: &Round, prompts: &[Vec<u32>], eos_ids: &[u32], device: DeviceKind, meter: &mut MeterCtx, mut tick: impl FnMut()) -> Result<RoundRecord> {
     let start = Instant::now();
     let layers = backend.num_layers();
     let profile = device == DeviceKind::Cpu;

@@ -155,9 +155,39 @@ pub struct BatchTally {
     /// Cached positions attended, summed over the steps' rows and layers.
     #[serde(default)]
     pub attended: u64,
+    /// Tokens the steps decoded (absent in older records, where it equals `row_steps`).
+    #[serde(default)]
+    pub tokens: u64,
+    /// Positions the steps embedded (absent in older records: `row_steps`).
+    #[serde(default)]
+    pub embedded: u64,
+    /// Speculative passes' verified positions (0 in other cells).
+    #[serde(default)]
+    pub verified_positions: u64,
+    /// What padded verification passes would have run: rows × the longest segment, summed.
+    #[serde(default)]
+    pub padded_positions: u64,
 }
 
 impl BatchTally {
+    /// Adds another tally (another round's) to this one.
+    pub fn merge(&mut self, b: &BatchTally) {
+        self.shares_weight_reads = b.shares_weight_reads;
+        self.steps += b.steps;
+        self.row_steps += b.row_steps;
+        self.row_layers += b.row_layers;
+        self.wasted_row_layers += b.wasted_row_layers;
+        self.held_row_tokens += b.held_row_tokens;
+        self.gather_s += b.gather_s;
+        self.decode_s += b.decode_s;
+        self.reads += b.reads;
+        self.attended += b.attended;
+        self.tokens += b.tokens;
+        self.embedded += b.embedded;
+        self.verified_positions += b.verified_positions;
+        self.padded_positions += b.padded_positions;
+    }
+
     /// Adds the steps of one or more batches.
     pub fn add(&mut self, steps: &[crate::decode::batch::BatchStep], shared: bool) {
         self.shares_weight_reads = shared;
@@ -171,6 +201,10 @@ impl BatchTally {
             self.decode_s += s.total_s();
             self.reads += s.reads;
             self.attended += s.attended as u64;
+            self.tokens += s.tokens as u64;
+            self.embedded += s.embedded as u64;
+            self.verified_positions += s.verified_positions as u64;
+            self.padded_positions += s.padded_positions as u64;
         }
     }
 }

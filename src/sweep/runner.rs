@@ -198,7 +198,7 @@ fn refuse_if_nothing_runs(plan: &Plan) -> Result<()> {
 /// Runs the plan's first configuration group on `backend` instead of the runtime the plan names
 /// (a scripted backend in tests, or a runtime exitbench does not build), into a fresh `plan.out`,
 /// with the meters found here. Returns the records written.
-pub fn run_on<B: crate::backend::Speculate + crate::backend::Batch>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
+pub fn run_on<B: crate::backend::Speculate + crate::backend::SpeculateRows>(plan: &Plan, backend: &mut B, progress: &mut dyn Progress) -> Result<Vec<CellRecord>> {
     std::fs::create_dir_all(&plan.out).map_err(|e| Error::io(&plan.out, e))?;
     let files = Files { results: plan.out.join(store::RESULTS_FILE), rounds: plan.out.join(ROUNDS_FILE) };
     if files.results.exists() {
@@ -222,7 +222,9 @@ pub fn run_on<B: crate::backend::Speculate + crate::backend::Batch>(plan: &Plan,
 }
 
 /// The cells of a group: its exit modes, plus on a GPU (or when asked) full depth timed without
-/// the time split, which shows what the split's synchronization costs.
+/// the time split, which shows what the split's synchronization costs; at every batch size above
+/// 1, full depth, the batched early-exit settings under every policy and the self-speculative
+/// settings.
 pub fn cells_of(plan: &Plan, g: &Group) -> Vec<CellMode> {
     let mut out = Vec::new();
     if plan.batch_sizes.contains(&1) {
@@ -247,6 +249,8 @@ pub fn cells_of(plan: &Plan, g: &Group) -> Vec<CellMode> {
             };
             out.extend(policies.into_iter().map(|policy| CellMode { mode, time_split: true, speculation: None, batch: Some(CellBatch { size, policy }) }));
         }
+        // Self-speculative settings at this batch size: each row drafts and accepts its own.
+        out.extend(plan.speculations.iter().map(|&s| CellMode { mode: ExitMode::Full, time_split: true, speculation: Some(s), batch: Some(CellBatch { size, policy: None }) }));
     }
     out
 }
@@ -340,7 +344,7 @@ struct Running {
 
 impl GroupRun<'_> {
     #[allow(clippy::too_many_arguments)]
-    fn run<B: crate::backend::Speculate + crate::backend::Batch>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
+    fn run<B: crate::backend::Speculate + crate::backend::SpeculateRows>(&self, backend: &mut B, meter: &mut MeterCtx, done: &mut HashSet<String>, rounds_done: &mut RoundsDone, progress: &mut dyn Progress, tally: &mut Tally) -> Result<()> {
         let (ctx, plan) = (self.ctx, self.ctx.plan);
         let layers = backend.num_layers();
         let info = RuntimeInfo { compute: self.compute.clone(), ..backend.runtime_info() };

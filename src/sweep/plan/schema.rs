@@ -106,8 +106,9 @@ pub struct RawSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_stop: Option<Vec<String>>,
     /// Batch sizes: full depth and the --batch-settings cells run at each. A batch's rows are consecutive samples;
-    /// a row that ends leaves the batch and the others go on. Self-speculative cells and the
-    /// split-cost row run at batch size 1 only.
+    /// a row that ends leaves the batch and the others go on. Self-speculative settings run at every
+    /// batch size (each row drafts, accepts and rolls back its own); the split-cost row runs at
+    /// batch size 1 only.
     #[arg(long, value_delimiter = ',')]
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::counts")]
     pub batch_size: Option<Vec<usize>>,
