@@ -1001,11 +1001,20 @@ fn speculative_cells_run_batched_in_a_sweep() {
             assert!(b.padding_waste.is_some_and(|w| w >= 0.0) && b.steps > 0 && b.mean_rows > 1.0, "{what}: {b:?}");
             assert!(r.bytes_per_token.is_some_and(|x| x > 0.0), "{what}");
             assert!(r.speedup.is_some(), "{what}: paired with full depth at batch 3");
+            assert!(b.layer_reads_per_token.is_some_and(|x| x > 0.0), "{what}: {b:?}");
+            // Every decoded token ran all layers at some position; drafts and rejections add.
+            assert!(b.layer_positions_per_token.is_some_and(|x| x >= r.num_layers as f64), "{what}: {b:?}");
         }
+        // Full depth at batch 3 reads each layer once per step for all its rows.
+        let full3 = of(Baseline::Full, 3).next().expect("full depth at batch 3");
+        let b = full3.batch.as_ref().unwrap();
+        let per_row = if b.shares_weight_reads { full3.num_layers as f64 / b.mean_rows } else { full3.num_layers as f64 };
+        assert!((b.layer_reads_per_token.unwrap() - per_row).abs() < 1e-9, "{backend}: {b:?}");
+        assert_eq!(b.layer_positions_per_token, Some(full3.num_layers as f64), "{backend}: one position per row through every layer");
     }
     assert_eq!(batched, 2 * 2);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.contains("acceptance per row") && summary.contains("a padded verification would run"), "{summary}");
+    assert!(summary.contains("acceptance per row") && summary.contains("a padded verification would run") && summary.contains("layer-positions of arithmetic"), "{summary}");
     let section = &summary[summary.find("## Batched decoding").expect("batch section")..];
     assert!(section.contains("| speculative E2 k4 | 3 |"), "{section}");
 }

@@ -80,6 +80,12 @@ pub struct BatchStep {
     /// What a padded verification would run instead: rows × the longest segment (0 otherwise).
     #[serde(default)]
     pub padded_positions: usize,
+    /// Positions run through decoder layers, summed over the step's layer calls: a decode
+    /// step's one position per row and layer (`row_layers`), a speculative pass's draft
+    /// positions and verified positions (what the layers computed, where `reads` is what they
+    /// read; 0 in older records).
+    #[serde(default)]
+    pub layer_positions: usize,
 }
 
 impl BatchStep {
@@ -426,6 +432,7 @@ fn decode_step<B: Batch>(backend: &mut B, rows: &[usize], last: &[u32], step: us
             decided.into_iter().map(|c| c.expect("every row decided")).collect()
         }
     };
+    info.layer_positions = info.row_layers;
     let traces = chosen
         .into_iter()
         .zip(margins)

@@ -43,6 +43,10 @@ pub struct BatchPass {
     /// Positions embedded: one per row draft step, and the verification's (each row's last
     /// token when the cache is shared, its whole segment when separate).
     pub embedded: usize,
+    /// Positions run through decoder layers, summed over layers: E per row draft step, then
+    /// the verification's (shared: each row's last token through layers 1..E and its segment
+    /// through E+1..L; separate: every segment through all L).
+    pub layer_positions: usize,
     /// Seconds drafting.
     pub draft_s: f64,
     /// Seconds verifying (the layers and the heads over every position).
@@ -80,6 +84,7 @@ impl BatchPass {
             embedded: self.embedded,
             verified_positions: self.verified_positions,
             padded_positions: self.padded_positions,
+            layer_positions: self.layer_positions,
             ..Default::default()
         }
     }
@@ -278,6 +283,11 @@ pub fn generate_speculative_batch_with<B: SpeculateRows>(backend: &mut B, prompt
             DraftCache::Shared => rows.len(),
             DraftCache::Separate => pass.verified_positions,
         };
+        pass.layer_positions = pass.row_draft_steps * e
+            + match spec.cache {
+                DraftCache::Shared => rows.len() * e + pass.verified_positions * (layers - e),
+                DraftCache::Separate => pass.verified_positions * layers,
+            };
         let verified = match spec.cache {
             DraftCache::Shared => {
                 // Each row's last token (its last draft, or x0 when it drafted nothing) has not

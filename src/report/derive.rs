@@ -63,7 +63,7 @@ pub fn derive(records: &[CellRecord]) -> Vec<ReportRow> {
         .map_init(|| Rouge::new(false), |rouge, (i, r)| {
             let base = full.get(&r.key.group_id()).map(|&j| &records[j]);
             let ok = r.status == CellStatus::Ok;
-            let theo = if r.key.baseline == Baseline::Speculative { speculative_theoretical(r) } else { (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers) };
+            let theo = if r.key.baseline == Baseline::Speculative { speculative_theoretical(r, base) } else { (ok && r.avg_layers > 0.0).then(|| r.num_layers as f64 / r.avg_layers) };
             let (speed, err, lo, hi) = match (&r.speedup, base) {
                 _ if !ok || r.key.baseline == Baseline::Oracle => (None, None, None, None),
                 (Some(p), _) => (Some(p.measured), Some((p.hi - p.lo) / 2.0), Some(p.lo), Some(p.hi)),
@@ -130,8 +130,14 @@ fn compare_outputs(rouge: &Rouge, full: &CellRecord, cell: &CellRecord, seed: u6
 
 /// A self-speculative cell's theoretical speedup in weight reads: full depth reads L layers per
 /// decoded token; a pass reads E layers per drafted token and L layers once for all positions
-/// it verifies (its every token runs all L layers, so L ÷ avg layers says nothing).
-fn speculative_theoretical(r: &CellRecord) -> Option<f64> {
+/// it verifies (its every token runs all L layers, so L ÷ avg layers says nothing). In a batch
+/// the rows share reads, so it is full depth's layer reads per token at the same batch size
+/// over the cell's, both counted from their steps.
+fn speculative_theoretical(r: &CellRecord, full: Option<&CellRecord>) -> Option<f64> {
+    if r.key.batch() > 1 {
+        let reads = |x: &CellRecord| x.batch.as_ref().and_then(|b| b.layer_reads_per_token);
+        return (r.status == CellStatus::Ok).then(|| Some(reads(full?)? / reads(r)?)).flatten();
+    }
     let t = &r.speculation.as_ref()?.totals;
     let e = r.key.draft_layer? as f64;
     let l = r.num_layers as f64;

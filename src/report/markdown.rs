@@ -175,7 +175,14 @@ fn breakdown(r: &ReportRow, rec: &CellRecord, full: &CellRecord) -> Option<Strin
             let mut a = sp.sample_acceptance.clone();
             a.sort_by(f64::total_cmp);
             let pct = |x: f64| format!("{:.0}%", x * 100.0);
-            format!("; acceptance per row {} (lowest), {} (median), {} (highest) over {} rows{}", pct(a[0]), pct(crate::metrics::stats::median(&a)), pct(a[a.len() - 1]), a.len(),
+            // Reads against arithmetic: what the rows sharing each layer's weights saves, and
+            // what the drafts and rejected positions add.
+            let per = |x: &CellRecord| x.batch.as_ref().and_then(|b| b.layer_reads_per_token.zip(b.layer_positions_per_token));
+            let work = match (per(rec), per(full)) {
+                (Some((r, p)), Some((fr, fp))) => format!("; per decoded token it reads {r:.2} layers' weights (full depth {fr:.2}) and runs {p:.2} layer-positions of arithmetic (full depth {fp:.2})"),
+                _ => String::new(),
+            };
+            format!("; acceptance per row {} (lowest), {} (median), {} (highest) over {} rows{}{work}", pct(a[0]), pct(crate::metrics::stats::median(&a)), pct(a[a.len() - 1]), a.len(),
                 rec.batch.as_ref().and_then(|b| b.padding_waste).map(|w| format!("; a padded verification would run {:.0}% more positions than the rows' own segments", w * 100.0)).unwrap_or_default())
         } else {
             String::new()

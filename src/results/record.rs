@@ -344,6 +344,17 @@ pub struct BatchSummary {
     /// harness runs the segments unpadded. None for other cells.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding_waste: Option<f64>,
+    /// Decoder-layer weight reads per decoded token: layer calls counted as `BatchStep::reads`
+    /// (one per call where rows share reads) over the tokens the steps decoded. Full depth's
+    /// over a speculative cell's is that cell's theoretical speedup at its batch size. None in
+    /// older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_reads_per_token: Option<f64>,
+    /// Positions run through decoder layers per decoded token (the layers' arithmetic, where
+    /// `layer_reads_per_token` is their weight reads): L at full depth; a speculative cell adds
+    /// its drafts and its rejected positions. None in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_positions_per_token: Option<f64>,
 }
 
 /// What a speculative cell drafted and accepted, over its samples' first passes.

@@ -205,6 +205,8 @@ fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary 
     for b in rounds.iter().filter(|r| r.repetition == 0).filter_map(|r| r.batch.as_ref()) {
         t.merge(b);
     }
+    // Older records count no tokens: one per row step.
+    let tokens = if t.tokens > 0 { t.tokens } else { t.row_steps as u64 };
     let latency: Vec<f64> = first.iter().filter(|s| s.decode_tokens > 0).filter_map(|s| s.latency_s.map(|l| l * 1e3 / s.decode_tokens as f64)).collect();
     BatchSummary {
         shares_weight_reads: t.shares_weight_reads,
@@ -217,6 +219,8 @@ fn batch_summary(rounds: &[&RoundRecord], first: &[&SampleRun]) -> BatchSummary 
         latency_ms_per_token: if latency.is_empty() { 0.0 } else { median(&latency) },
         latency_ms_per_token_p90: if latency.is_empty() { 0.0 } else { crate::metrics::stats::quantile(&latency, 0.9) },
         padding_waste: (t.verified_positions > 0).then(|| t.padded_positions as f64 / t.verified_positions as f64 - 1.0),
+        layer_reads_per_token: (t.reads.layers > 0 && tokens > 0).then(|| t.reads.layers as f64 / tokens as f64),
+        layer_positions_per_token: (t.layer_positions > 0 && tokens > 0).then(|| t.layer_positions as f64 / tokens as f64),
     }
 }
 

@@ -167,6 +167,10 @@ pub struct BatchTally {
     /// What padded verification passes would have run: rows × the longest segment, summed.
     #[serde(default)]
     pub padded_positions: u64,
+    /// Positions run through decoder layers, summed over the steps' layer calls (absent in
+    /// older records).
+    #[serde(default)]
+    pub layer_positions: u64,
 }
 
 impl BatchTally {
@@ -186,6 +190,7 @@ impl BatchTally {
         self.embedded += b.embedded;
         self.verified_positions += b.verified_positions;
         self.padded_positions += b.padded_positions;
+        self.layer_positions += b.layer_positions;
     }
 
     /// Adds the steps of one or more batches.
@@ -205,6 +210,7 @@ impl BatchTally {
             self.embedded += s.embedded as u64;
             self.verified_positions += s.verified_positions as u64;
             self.padded_positions += s.padded_positions as u64;
+            self.layer_positions += s.layer_positions as u64;
         }
     }
 }
