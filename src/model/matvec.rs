@@ -216,12 +216,28 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
     let mut out = [[0f32; X]; W];
     for k in 0..W {
         for j in 0..X {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[k][j]);
-            out[k][j] = reduce(&lanes, &w[k][i..], &x[j][i..]);
+            let mut total = sum_lanes(acc[k][j]);
+            for (a, b) in w[k][i..].iter().zip(&x[j][i..]) {
+                total += a * b;
+            }
+            out[k][j] = total;
         }
     }
     out
+}
+
+/// The eight lanes of `a` summed in registers in [`reduce`]'s order, so with the same bits:
+/// (l0+l4, l1+l5, l2+l6, l3+l7), then pairwise, then the two pairs.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_lanes(a: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let h = _mm_hadd_ps(v, v);
+    _mm_cvtss_f32(_mm_hadd_ps(h, h))
 }
 
 /// Runs `f` on the f32 contents of a contiguous CPU tensor, in place.
@@ -260,6 +276,33 @@ pub fn try_row_times_transposed(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The in-register lane sum gives `reduce`'s bits (the order every path sums in) over lanes
+    /// of mixed signs and magnitudes, where any other order rounds differently.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lanes_sum_in_registers_as_reduce_sums_them() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            panic!("this test needs AVX2 and FMA, which every CI machine of this project has");
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mag = [1e-3f32, 1.0, 1e3, 1e7][(seed >> 60) as usize % 4];
+            ((seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5) * mag
+        };
+        let mut differs_from_sequential = 0;
+        for _ in 0..10_000 {
+            let lanes: [f32; 8] = std::array::from_fn(|_| next());
+            // SAFETY: AVX2 and FMA checked above.
+            let got = unsafe { sum_lanes(std::arch::x86_64::_mm256_loadu_ps(lanes.as_ptr())) };
+            assert_eq!(got.to_bits(), reduce(&lanes, &[], &[]).to_bits(), "{lanes:?}");
+            differs_from_sequential += (got != lanes.iter().sum::<f32>()) as usize;
+        }
+        assert!(differs_from_sequential > 100, "the lanes must be ones where the order matters");
+    }
 
     #[test]
     fn equals_candle_matmul_within_rounding() {
