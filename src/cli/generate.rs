@@ -167,11 +167,15 @@ pub struct Prepared {
 
 /// Validates model flags and opens the model on the chosen runtime.
 pub fn prepare(a: &ModelArgs) -> Result<Prepared> {
-    let (kind, device, precision) = (a.backend, a.device, a.dtype);
     if let Some(t) = a.threads {
         crate::backend::check_threads(t, "--threads")?;
     }
-    let files = ModelFiles::open(&a.model, a.random_weights)?;
+    prepare_files(a, ModelFiles::open(&a.model, a.random_weights)?)
+}
+
+/// [`prepare`] with the model's files already opened.
+fn prepare_files(a: &ModelArgs, files: ModelFiles) -> Result<Prepared> {
+    let (kind, device, precision) = (a.backend, a.device, a.dtype);
     let threads = a.threads.unwrap_or_else(|| default_threads(files.config.hidden_size));
     let backend = crate::backend::open(kind, &files, device, precision, threads)?;
     Ok(Prepared { files, backend, threads, precision, device, compute: None })
@@ -211,25 +215,24 @@ struct GenerateOut {
 pub fn run(a: GenerateArgs) -> Result<()> {
     // `--threads N` means N computing OS threads here as in `run` (backend::threads): the model
     // opens and decodes on worker 0 of a pool of exactly N.
-    let threads = match a.model.threads {
-        Some(t) => {
-            crate::backend::check_threads(t, "--threads")?;
-            t
-        }
-        None => default_threads(ModelFiles::open(&a.model.model, a.model.random_weights)?.config.hidden_size),
-    };
-    crate::backend::threads::with_compute_threads(threads, None, move |compute| run_on(a, compute.clone()))?
+    if let Some(t) = a.model.threads {
+        crate::backend::check_threads(t, "--threads")?;
+    }
+    // Opened once: its config gives the default thread count, and the backend opens from it.
+    let files = ModelFiles::open(&a.model.model, a.model.random_weights)?;
+    let threads = a.model.threads.unwrap_or_else(|| default_threads(files.config.hidden_size));
+    crate::backend::threads::with_compute_threads(threads, None, move |compute| run_on(a, files, compute.clone()))?
 }
 
 /// [`run`] on its computing threads (`compute`: what the pool measured).
-fn run_on(a: GenerateArgs, compute: crate::backend::threads::ComputeThreads) -> Result<()> {
+fn run_on(a: GenerateArgs, files: ModelFiles, compute: crate::backend::threads::ComputeThreads) -> Result<()> {
     let mode = a.exit.mode()?;
     if a.max_new_tokens == 0 {
         return Err(Error::setting("--max-new-tokens", "must be at least 1"));
     }
     let sampling = Sampling { temperature: a.temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate()?;
-    let mut p = prepare(&a.model)?;
+    let mut p = prepare_files(&a.model, files)?;
     p.compute = Some(compute);
     let m = &p.files;
     mode.validate(m.config.num_hidden_layers)?;

@@ -3,7 +3,7 @@
 
 use super::plan::Plan;
 use crate::backend::{default_threads, BackendKind, DeviceKind};
-use crate::exit::{ExitMode, ExitPolicy};
+use crate::exit::ExitMode;
 use crate::model::Precision;
 use crate::results::record::runtime_label;
 use std::path::PathBuf;
@@ -64,17 +64,7 @@ pub fn modes(plan: &Plan) -> Vec<ExitMode> {
             }
         }
     }
-    for &measure in &plan.measures {
-        for &schedule in &plan.schedules {
-            for &min_exit_layer in &plan.min_exit_layers {
-                for &exit_interval in &plan.exit_intervals {
-                    for &threshold in &plan.thresholds {
-                        out.push(ExitMode::Dynamic(ExitPolicy { measure, threshold, schedule, min_exit_layer, exit_interval }));
-                    }
-                }
-            }
-        }
-    }
+    out.extend(plan.policies().into_iter().map(ExitMode::Dynamic));
     out
 }
 

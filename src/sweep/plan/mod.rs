@@ -109,6 +109,26 @@ pub struct Plan {
     pub resolved: RawSettings,
 }
 
+impl Plan {
+    /// Every early-exit policy of the grid, in grid order: measures × schedules × first exit
+    /// layers × exit intervals × thresholds.
+    pub fn policies(&self) -> Vec<crate::exit::ExitPolicy> {
+        let mut out = Vec::new();
+        for &measure in &self.measures {
+            for &schedule in &self.schedules {
+                for &min_exit_layer in &self.min_exit_layers {
+                    for &exit_interval in &self.exit_intervals {
+                        for &threshold in &self.thresholds {
+                            out.push(crate::exit::ExitPolicy { measure, threshold, schedule, min_exit_layer, exit_interval });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// How energy is measured in a sweep.
 #[derive(Debug, Clone)]
 pub struct EnergySettings {

@@ -127,26 +127,7 @@ impl Plan {
         if examples.len() < samples {
             warnings.push(format!("--samples {samples}: {} has only {} examples; running {}", dataset.name(), examples.len(), examples.len()));
         }
-        let exit_trace = match &s.exit_trace {
-            None => None,
-            Some(dir) => {
-                let t = crate::sweep::exit_trace::ExitTrace::read(Path::new(dir))?;
-                let mut policies = Vec::new();
-                for &measure in &measures {
-                    for &threshold in &thresholds {
-                        for &schedule in &schedules {
-                            for &min_exit_layer in &min_exit_layers {
-                                for &exit_interval in &exit_intervals {
-                                    policies.push(crate::exit::ExitPolicy { measure, threshold, schedule, min_exit_layer, exit_interval });
-                                }
-                            }
-                        }
-                    }
-                }
-                t.check_covers(&policies, examples.len())?;
-                Some(t)
-            }
-        };
+        let exit_trace = s.exit_trace.as_ref().map(|dir| crate::sweep::exit_trace::ExitTrace::read(Path::new(dir))).transpose()?;
         let max_new_tokens = need(s.max_new_tokens, "--max-new-tokens")?;
         if max_new_tokens == 0 {
             return Err(Error::setting("--max-new-tokens", "must be at least 1"));
@@ -158,7 +139,7 @@ impl Plan {
         }
         // Repeated values (`--threads 1,1`, `--device cuda,cuda:0`) would run one cell twice.
         let models = dedup_by_key(models, |m| m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone()));
-        let plan = Plan {
+        let mut plan = Plan {
             models,
             backends: dedup_keep_order(backends),
             devices: dedup_keep_order(devices),
@@ -175,7 +156,7 @@ impl Plan {
             batch_sizes,
             batch_policies,
             batch_settings,
-            exit_trace,
+            exit_trace: None,
             dataset,
             examples,
             max_new_tokens,
@@ -200,6 +181,11 @@ impl Plan {
             warnings,
             resolved: s,
         };
+        // A trace to replay must hold every early-exit setting of the grid for every sample.
+        if let Some(t) = exit_trace {
+            t.check_covers(&plan.policies(), plan.examples.len())?;
+            plan.exit_trace = Some(t);
+        }
         // Every prompt must fit every model before anything is written.
         for m in &plan.models {
             let files = crate::model::ModelFiles::open(&m.dir, plan.random_weights)?;
