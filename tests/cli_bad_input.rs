@@ -274,6 +274,11 @@ fn generate_json_is_one_document_for_several_prompts() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"));
         assert_eq!(v["generations"].as_array().map(Vec::len), Some(3), "{v}");
         assert_eq!(v["batches"].as_array().map(Vec::len), Some(batches), "{v}");
+        // Each generation carries its prompt's ids (what a peer decoder is fed).
+        for g in v["generations"].as_array().unwrap() {
+            let ids = g["prompt_token_ids"].as_array().expect("prompt_token_ids");
+            assert!(!ids.is_empty() && Some(ids.len() as u64) == g["prompt_tokens"].as_u64(), "{g}");
+        }
     }
 }
 

@@ -195,6 +195,8 @@ struct TokenOut {
 #[derive(Serialize)]
 struct GenerateOut {
     text: String,
+    /// The prompt as the model's tokenizer encoded it.
+    prompt_token_ids: Vec<u32>,
     token_ids: Vec<u32>,
     tokens: Vec<TokenOut>,
     avg_layers: f64,
@@ -263,13 +265,13 @@ fn run_on(a: GenerateArgs, files: ModelFiles, compute: crate::backend::threads::
     } else if a.batch_size == 1 {
         for prompt in &prompts {
             let g = crate::with_backend!(&mut p.backend, b => generate(b, prompt, &opts))?;
-            print_generation(&p, &g, &opts, docs.as_mut())?;
+            print_generation(&p, prompt, &g, &opts, docs.as_mut())?;
         }
     } else {
         for chunk in prompts.chunks(a.batch_size) {
             let g = crate::with_backend!(&mut p.backend, b => crate::decode::batch::generate_batch(b, chunk, &opts, a.batch_policy, None))?;
-            for row in &g.rows {
-                print_generation(&p, row, &opts, docs.as_mut())?;
+            for (prompt, row) in chunk.iter().zip(&g.rows) {
+                print_generation(&p, prompt, row, &opts, docs.as_mut())?;
             }
             print_batch(&g, a.batch_policy, docs.as_mut())?;
         }
@@ -377,7 +379,7 @@ fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGe
     Ok(())
 }
 
-fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: Option<&mut JsonDocs>) -> Result<()> {
+fn print_generation(p: &Prepared, prompt: &[u32], g: &Generation, opts: &GenerateOptions, json: Option<&mut JsonDocs>) -> Result<()> {
     let m = &p.files;
     let ids = g.ids();
     let pieces = m.tokenizer.pieces(&ids)?;
@@ -386,6 +388,7 @@ fn print_generation(p: &Prepared, g: &Generation, opts: &GenerateOptions, json: 
         let ms = |s: f64| s * 1e3;
         let out = GenerateOut {
             text,
+            prompt_token_ids: prompt.to_vec(),
             token_ids: ids.clone(),
             tokens: g.tokens.iter().zip(pieces).map(|(t, text)| TokenOut {
                 id: t.id,

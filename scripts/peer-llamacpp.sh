@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# A peer comparison with llama.cpp, the decoder most users would run instead (not part of CI).
+#
+# Builds llama.cpp CPU-only from the llama-cpp-python source package on PyPI (it vendors
+# llama.cpp and its gguf-py), converts the same weights to an f32 GGUF (q/k rows permuted to
+# llama.cpp's rotary layout), checks that both decoders' greedy tokens agree from the same prompt
+# ids, then alternates `exitbench generate` (candle, decode tokens/s from its per-token times) and
+# `llama-bench -p 0 -n TOKENS` (its tg tokens/s) RUNS times per model and thread count, and prints
+# medians, min–max and ratios. Neither run is pinned.
+#
+# Usage: scripts/peer-llamacpp.sh [--shapes embedded,15m,1b] [--runs 7] [--tokens 128]
+#                                 [--threads 1,all] [--work DIR]
+#   embedded  models/cricket-6l (real weights)
+#   15m, 1b   random weights of stories15M's and Llama-3.2-1B's shapes, written once as
+#             safetensors (scripts/peer_llamacpp.py shape; the 1B shape is 4.9 GB, and as much
+#             again as GGUF)
+# Needs python3, a C/C++ compiler and network access to PyPI (the first time); everything goes
+# under --work (default target/peer-llamacpp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shapes=embedded,15m
+runs=7
+tokens=128
+threads_list=1,all
+work=target/peer-llamacpp
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --shapes) shapes=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        --tokens) tokens=$2; shift 2 ;;
+        --threads) threads_list=$2; shift 2 ;;
+        --work) work=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "peer-llamacpp: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+version=0.3.36
+sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+prompt="The Hawks beat the Foxes by 47 runs at Kelmarsh Oval."
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+
+# 1. Tools: numpy and gguf-py's dependencies, cmake and ninja, all from PyPI.
+[ -x "$work/venv/bin/python" ] || python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q numpy pyyaml tqdm requests cmake ninja
+py="$work/venv/bin/python"
+export PATH="$work/venv/bin:$PATH"
+
+# 2. The source package, checked against its hash.
+sdist="$work/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$sdist" ]; then
+    "$py" - "$version" "$sdist" <<'EOF'
+import json, sys, urllib.request
+version, out = sys.argv[1], sys.argv[2]
+meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{version}/json"))
+url = next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist")
+urllib.request.urlretrieve(url, out)
+EOF
+fi
+echo "$sha  $sdist" | sha256sum -c --quiet
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+[ -d "$src" ] || tar xzf "$sdist" -C "$work"
+
+# 3. llama-bench and the greedy checker, CPU only, tuned for this CPU (as a user would build).
+if [ ! -x "$work/build/bin/llama-bench" ]; then
+    cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF > "$work/cmake.log"
+    cmake --build "$work/build" --target llama-bench llama -j "$(nproc)" > "$work/build.log"
+fi
+cc -O2 -I "$src/include" -I "$src/ggml/include" scripts/peer_greedy.c -L "$work/build/bin" -lllama -Wl,-rpath,"$work/build/bin" -o "$work/peer_greedy"
+
+# 4. exitbench.
+cargo build --release --quiet
+exe=$(pwd)/target/release/exitbench
+
+results="$work/results.jsonl"
+: > "$results"
+all=$(nproc)
+for shape in ${shapes//,/ }; do
+    case "$shape" in
+        embedded) dir=models/cricket-6l ;;
+        15m|1b)
+            dir="$work/models/$shape"
+            [ -f "$dir/model.safetensors" ] || "$py" scripts/peer_llamacpp.py shape "$shape" "$dir" ;;
+        *) echo "peer-llamacpp: unknown shape $shape (embedded, 15m, 1b)" >&2; exit 2 ;;
+    esac
+    gguf="$work/models/$shape.gguf"
+    mkdir -p "$work/models"
+    [ -f "$gguf" ] || PYTHONPATH="$src/gguf-py" "$py" scripts/peer_llamacpp.py gguf "$dir" "$gguf"
+
+    # Greedy tokens from the same prompt ids, one thread each.
+    check=32
+    "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$check" --threads 1 --json > "$work/check.json"
+    ids=$("$py" -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))['prompt_token_ids'])))" "$work/check.json")
+    "$work/peer_greedy" "$gguf" 1 "$check" $ids > "$work/theirs.txt" 2> "$work/greedy.log"
+    "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
+import json, sys
+ours = json.load(open(sys.argv[1]))["token_ids"]
+theirs = [int(x) for x in open(sys.argv[2]).read().split()]
+n = len(ours)
+same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n)
+if same == n:
+    print(f"{sys.argv[3]}: greedy tokens agree, {n} of {n}")
+else:
+    print(f"{sys.argv[3]}: greedy tokens agree for the first {same} of {n}; then exitbench {ours[same:same + 4]}, llama.cpp {theirs[same:same + 4]}")
+EOF
+
+    for t in ${threads_list//,/ }; do
+        [ "$t" = all ] && t=$all
+        for r in $(seq "$runs"); do
+            # Alternated: exitbench, then llama.cpp, in every run.
+            "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$tokens" --threads "$t" --json > "$work/run.json"
+            "$py" - "$work/run.json" "$shape" "$t" >> "$results" <<'EOF'
+import json, sys
+g = json.load(open(sys.argv[1]))
+decode_ms = sum(x["layers_ms"] + x["exit_checks_ms"] + x["propagation_ms"] for x in g["tokens"][1:])
+print(json.dumps({"who": "exitbench", "model": sys.argv[2], "threads": int(sys.argv[3]), "tok_s": (len(g["tokens"]) - 1) / (decode_ms / 1e3)}))
+EOF
+            "$work/build/bin/llama-bench" -m "$gguf" -p 0 -n "$tokens" -t "$t" -r 1 -o json 2> /dev/null > "$work/bench.json"
+            "$py" - "$work/bench.json" "$shape" "$t" >> "$results" <<'EOF'
+import json, sys
+b = json.load(open(sys.argv[1]))[0]
+print(json.dumps({"who": "llama.cpp", "model": sys.argv[2], "threads": int(sys.argv[3]), "tok_s": b["avg_ts"]}))
+EOF
+        done
+    done
+done
+echo
+echo "Decode tokens/s, $runs alternated runs of $tokens tokens each ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $all cores), not pinned:"
+"$py" scripts/peer_llamacpp.py summary "$results"
