@@ -90,7 +90,7 @@ for shape in ${shapes//,/ }; do
 
     # Greedy tokens from the same prompt ids, one thread each.
     check=32
-    "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$check" --threads 1 --json > "$work/check.json"
+    "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$check" --ignore-eos --threads 1 --json > "$work/check.json"
     ids=$("$py" -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))['prompt_token_ids'])))" "$work/check.json")
     "$work/peer_greedy" "$gguf" 1 "$check" $ids > "$work/theirs.txt" 2> "$work/greedy.log"
     "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
@@ -109,7 +109,7 @@ EOF
         [ "$t" = all ] && t=$all
         for r in $(seq "$runs"); do
             # Alternated: exitbench, then llama.cpp, in every run.
-            "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$tokens" --threads "$t" --json > "$work/run.json"
+            "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$tokens" --ignore-eos --threads "$t" --json > "$work/run.json"
             "$py" - "$work/run.json" "$shape" "$t" >> "$results" <<'EOF'
 import json, sys
 g = json.load(open(sys.argv[1]))

@@ -304,6 +304,24 @@ fn generate_speculates_over_several_prompts_and_in_batches() {
     assert!(b["padding_waste"].as_f64().is_some_and(|w| w >= 0.0) && b["passes"].as_u64() > Some(0), "{b}");
 }
 
+/// `generate --ignore-eos` goes on past an end-of-sequence token to --max-new-tokens (a fixed
+/// length, as llama-bench times); without it the embedded model stops at its EOS at once here.
+#[test]
+fn generate_ignore_eos_decodes_the_whole_length() {
+    let m = format!("{}/models/cricket-6l", env!("CARGO_MANIFEST_DIR"));
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec!["generate", "--model", &m, "--prompt", "The Hawks beat the Foxes by 47 runs at Kelmarsh Oval.", "--max-new-tokens", "8", "--json"];
+        a.extend(extra);
+        let (code, out, err) = exitbench(&a);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let (stops, goes_on) = (run(&[]), run(&["--ignore-eos"]));
+    assert_eq!((stops["stop"].as_str(), stops["token_ids"].as_array().map(Vec::len)), (Some("eos"), Some(1)), "{stops}");
+    assert_eq!((goes_on["stop"].as_str(), goes_on["token_ids"].as_array().map(Vec::len)), (Some("max-new-tokens"), Some(8)), "{goes_on}");
+    assert_eq!(goes_on["token_ids"][0], stops["token_ids"][0]);
+}
+
 /// `generate --threads N` decodes on exactly N computing OS threads (the caller among them), as
 /// measured inside the pool and reported in `--json`.
 #[test]

@@ -118,6 +118,10 @@ pub struct GenerateArgs {
     /// Maximum new tokens.
     #[arg(long, default_value_t = crate::sweep::plan::DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
+    /// Generate --max-new-tokens tokens even past an end-of-sequence token (as llama-bench
+    /// does, for decode timings of a fixed length).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -242,7 +246,7 @@ fn run_on(a: GenerateArgs, files: ModelFiles, compute: crate::backend::threads::
         return Err(Error::setting("--batch-size", format!("{} is outside 1..={}", a.batch_size, crate::sweep::plan::MAX_BATCH_SIZE)));
     }
     let prompts = a.prompt.iter().map(|t| m.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
-    let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: m.config.eos_ids(), profile_layers: false, time_split: true };
+    let opts = GenerateOptions { mode, max_new_tokens: a.max_new_tokens, sampling, eos_ids: if a.ignore_eos { Vec::new() } else { m.config.eos_ids() }, profile_layers: false, time_split: true };
     // With --json every generation (and batch) is gathered into one document.
     let mut docs = a.json.then(JsonDocs::default);
     if let Some(draft_layer) = a.draft_layer {
