@@ -46,8 +46,10 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Every row of a batch of 4 equals itself decoded alone: full depth's tokens and stop reason,
-/// the passes (drafted, accepted, emitted) of speculative decoding at batch size 1, and every
-/// layer's cache afterwards (its length, and its entries within 1e-4). For every draft layer,
+/// the passes (drafted, accepted, emitted) of speculative decoding at batch size 1, every
+/// emitted token's top-2 logit gap bit for bit (a pass of 4 rows verifies up to 36 positions,
+/// beyond the few-row kernel's 16 rows), and every layer's cache afterwards (its length, and its
+/// entries within 1e-4). For every draft layer,
 /// k ∈ {1, 3, 8} and both cache modes; row 2 stops at EOS before the others. The passes'
 /// positions are the rows' segments, and padding is what the longest segment implies.
 fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::ops::Range<usize>, ks: &[usize]) {
@@ -78,6 +80,10 @@ fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::
                         assert_eq!(row.generation.stop, alone[r].0.stop, "{what} row {r}: stop");
                         assert_eq!(row.stats.passes, singles[r].stats.passes, "{what} row {r}: passes");
                         assert_eq!(row.accepted_draft, singles[r].accepted_draft, "{what} row {r}: accepted drafts");
+                        // The same bits as alone, not only the same argmax: every emitted token's
+                        // top-2 logit gap, however many positions the batch's pass verified.
+                        let gaps = |g: &exitbench::decode::Generation| g.tokens.iter().map(|t| t.top2_gap.map(f32::to_bits)).collect::<Vec<_>>();
+                        assert_eq!(gaps(&row.generation), gaps(&singles[r].generation), "{what} row {r}: logit gaps differ from the row alone");
                         for l in 1..=LAYERS {
                             let (got, want) = (b.row_cached_kv(r, l).unwrap().unwrap(), &alone[r].1[l - 1]);
                             assert_eq!(got.len, want.len, "{what} row {r} layer {l}: cached positions");

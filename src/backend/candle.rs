@@ -335,7 +335,7 @@ impl super::SpeculateRows for CandleBackend {
 
     fn heads_rows(&mut self, h: &CandleRows) -> Result<Vec<Vec<HeadSummary>>> {
         // One head pass over every position, reduced position by position.
-        let logits = self.model.head(&h.h)?;
+        let logits = self.model.head_each_row(&h.h)?;
         let mut start = 0;
         let mut out = Vec::with_capacity(h.lens.len());
         for &t in &h.lens {
@@ -346,7 +346,7 @@ impl super::SpeculateRows for CandleBackend {
     }
 
     fn position_logits_rows(&mut self, h: &CandleRows) -> Result<Vec<Vec<Vec<f32>>>> {
-        let logits = self.model.head(&h.h)?.to_dtype(DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
+        let logits = self.model.head_each_row(&h.h)?.to_dtype(DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
         let mut it = logits.into_iter();
         Ok(h.lens.iter().map(|&t| it.by_ref().take(t).collect()).collect())
     }

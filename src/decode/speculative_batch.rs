@@ -4,8 +4,10 @@
 //! draft step's calls), then one verification call per layer runs every row's segment of
 //! positions, each of its own length: per-row offsets, no padding. Each row accepts its own
 //! prefix, takes the full model's next token and rolls its own caches back to its accepted
-//! length. A row's tokens are exactly its tokens at batch size 1 (greedy), and its draws are
-//! the same draws from its own generator (sampling).
+//! length. Each row's prefill runs alone and every later position's products run as the row
+//! alone runs them (candle: the few-row kernel in blocks, however many rows), so a row's logits,
+//! tokens and draws (its own generator) are its batch-1 ones, bit for bit, while every segment
+//! has at most 16 positions (k ≤ 15); ONNX Runtime runs rows one by one.
 //!
 //! What batching costs here is recorded per pass ([`BatchPass`]): rows that stop drafting early
 //! wait for the longest drafter, and a padded implementation would run every segment at the
@@ -168,21 +170,27 @@ pub fn generate_speculative_batch_with<B: SpeculateRows>(backend: &mut B, prompt
     backend.start_rows(n, (longest + opts.max_new_tokens + spec.draft_tokens + 1).min(backend.max_positions()))?;
     let shared = backend.shares_weight_reads();
     let mut rngs: Vec<StdRng> = (0..n).map(|r| StdRng::seed_from_u64(s.seed.wrapping_add(r as u64))).collect();
-    let all: Vec<usize> = (0..n).collect();
 
     let start = Instant::now();
-    let slices: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let mut scratch = BatchStep::default();
-    let mut h = backend.embed_rows(&slices)?;
-    for l in 1..=layers {
-        h = backend.layer_rows(l, &all, &h)?;
+    // Each row's prefill runs alone: the products a prompt runs alone, so that with the passes
+    // below (every position's products as alone, however many rows) a row's logits are its
+    // batch-1 logits bit for bit. A prefill is bound by arithmetic: rows together would save
+    // little. Each row's first token as plain decoding picks it (the same draw when sampling).
+    let mut firsts: Vec<(u32, Option<f32>)> = Vec::with_capacity(n);
+    for (r, p) in prompts.iter().enumerate() {
+        let mut h = backend.embed_rows(&[p.as_slice()])?;
+        for l in 1..=layers {
+            h = backend.layer_rows(l, &[r], &h)?;
+        }
+        firsts.push(if sampling {
+            let logits = backend.exit_logits_rows(&h)?;
+            (select(&logits[0], s, &mut rngs[r]), None)
+        } else {
+            let f = backend.head_rows(&h)?[0];
+            (f.argmax, Some(f.logit_gap))
+        });
     }
-    // Each row's first token as plain decoding picks it (the same draw when sampling).
-    let firsts: Vec<(u32, Option<f32>)> = if sampling {
-        backend.exit_logits_rows(&h)?.iter().zip(&mut rngs).map(|(l, rng)| (select(l, s, rng), None)).collect()
-    } else {
-        backend.head_rows(&h)?.into_iter().map(|f| (f.argmax, Some(f.logit_gap))).collect()
-    };
     backend.sync()?;
     let prefill_s = start.elapsed().as_secs_f64();
     let trace = |id: u32, gap: Option<f32>| TokenTrace { id, exit_layer: layers, confidence: None, layers_s: 0.0, exit_checks_s: 0.0, propagation_s: 0.0, gather_s: 0.0, top2_gap: gap, min_margin: None };

@@ -68,11 +68,23 @@ impl Linear {
 
     /// Applies the map to `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    /// Applies the map to `[.., in]` giving every row the bits it gets alone, however many rows
+    /// (the few-row kernel, `matvec::rows_times_transposed`); candle's gemm where that kernel
+    /// does not apply (a GPU, half precision).
+    pub fn forward_each_row(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, each_row: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, inp))?;
-        let y = match matvec::try_row_times_transposed(&x2, &self.weight)? {
+        let kernel = if each_row { matvec::rows_times_transposed(&x2, &self.weight)? } else { matvec::try_row_times_transposed(&x2, &self.weight)? };
+        let y = match kernel {
             Some(y) => y,
             None => x2.matmul(&self.weight.t()?)?,
         };
@@ -329,17 +341,24 @@ impl DecoderLayer {
     pub fn forward_rows(&self, x: &Tensor, segs: RowSegments<'_>, rope: &Rope, caches: &mut [LayerCache]) -> Result<Tensor> {
         let (_, n, _) = x.dims3()?;
         let a = &self.attn;
-        let positions = segs.positions(caches, x.device())?;
-        let h = self.input_norm.forward(x, false)?;
-        let q = a.q.forward(&h)?.reshape((1, n, a.heads, a.head_dim))?.transpose(1, 2)?;
-        let q = rope.apply_at(&q, &positions)?;
-        let (k, v) = self.kv_rows(&h, &positions, rope)?;
         // On the CPU, decode steps (one position per row) and verification passes (a few
-        // positions after cached ones) attend in place, each position as a decode step attends
-        // it (the same bits); a prefill, which starts from an empty cache, keeps candle's
+        // positions after cached ones) attend in place, each position as the row alone attends
+        // it (the same bits). A prefill, which starts from an empty cache (or a segment longer
+        // than the few-row kernel's rows, which alone would use candle's gemm), keeps candle's
         // matrix products.
         let in_place = |(&r, &t): (&usize, &usize)| t == 1 || (t <= super::matvec::MAX_ROWS && !caches[r].is_empty());
-        let att = if host_decode(x) && segs.rows.iter().zip(segs.lens).all(in_place) {
+        let host = host_decode(x) && segs.rows.iter().zip(segs.lens).all(in_place);
+        // A verification pass (some segment of several positions) runs every product through
+        // the few-row kernel however many positions it has; decode steps keep candle's gemm
+        // above 16 rows, where it is faster.
+        let each_row = host && segs.lens.iter().any(|&t| t > 1);
+        let lin = |l: &Linear, x: &Tensor| if each_row { l.forward_each_row(x) } else { l.forward(x) };
+        let positions = segs.positions(caches, x.device())?;
+        let h = self.input_norm.forward(x, false)?;
+        let q = lin(&a.q, &h)?.reshape((1, n, a.heads, a.head_dim))?.transpose(1, 2)?;
+        let q = rope.apply_at(&q, &positions)?;
+        let (k, v) = self.kv_rows(&h, &positions, rope, each_row)?;
+        let att = if host {
             let mut start = 0;
             for (&r, &t) in segs.rows.iter().zip(segs.lens) {
                 caches[r].kv.append(&k.narrow(2, start, t)?.contiguous()?, &v.narrow(2, start, t)?.contiguous()?)?;
@@ -359,9 +378,9 @@ impl DecoderLayer {
             }
             Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((1, n, a.heads * a.head_dim))?
         };
-        let x = (x + a.o.forward(&att)?)?;
+        let x = (x + lin(&a.o, &att)?)?;
         let h = self.post_norm.forward(&x, false)?;
-        let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
+        let mlp = lin(&self.down, &(lin(&self.gate, &h)?.silu()? * lin(&self.up, &h)?)?)?;
         Ok((x + mlp)?)
     }
 
@@ -372,19 +391,21 @@ impl DecoderLayer {
         let ones = vec![1; rows.len()];
         let positions = RowSegments { rows, lens: &ones }.positions(caches, x.device())?;
         let h = self.input_norm.forward(x, false)?;
-        let (k, v) = self.kv_rows(&h, &positions, rope)?;
+        let (k, v) = self.kv_rows(&h, &positions, rope, false)?;
         for (i, &r) in rows.iter().enumerate() {
             caches[r].kv.append(&k.narrow(2, i, 1)?.contiguous()?, &v.narrow(2, i, 1)?.contiguous()?)?;
         }
         Ok(())
     }
 
-    /// Rotated keys and values `[1, kv_heads, n, hd]` of normed `h` `[1, n, d]` at `positions`.
-    fn kv_rows(&self, h: &Tensor, positions: &Tensor, rope: &Rope) -> Result<(Tensor, Tensor)> {
+    /// Rotated keys and values `[1, kv_heads, n, hd]` of normed `h` `[1, n, d]` at `positions`
+    /// (`each_row`: every row's products with its own bits, see [`Linear::forward_each_row`]).
+    fn kv_rows(&self, h: &Tensor, positions: &Tensor, rope: &Rope, each_row: bool) -> Result<(Tensor, Tensor)> {
         let (_, n, _) = h.dims3()?;
         let a = &self.attn;
-        let k = a.k.forward(h)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
-        let v = a.v.forward(h)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let lin = |l: &Linear| if each_row { l.forward_each_row(h) } else { l.forward(h) };
+        let k = lin(&a.k)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
+        let v = lin(&a.v)?.reshape((1, n, a.kv_heads, a.head_dim))?.transpose(1, 2)?.contiguous()?;
         Ok((rope.apply_at(&k, positions)?, v))
     }
 }
@@ -560,12 +581,24 @@ impl LlamaModel {
 
     /// The exit head: final RMSNorm + LM head, logits in f32 with the input's leading shape.
     pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.head_with(x, false)
+    }
+
+    /// [`LlamaModel::head`] giving every row (position) the bits it gets alone, however many
+    /// rows there are (the few-row kernel; candle's gemm where it does not apply): the exit head
+    /// over a batch's verification passes.
+    pub fn head_each_row(&self, x: &Tensor) -> Result<Tensor> {
+        self.head_with(x, true)
+    }
+
+    fn head_with(&self, x: &Tensor, each_row: bool) -> Result<Tensor> {
         let h = self.norm.forward(x, self.differentiable)?;
         let dims = h.dims().to_vec();
         let d = *dims.last().unwrap_or(&0);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let h2 = h.reshape((rows, d))?;
-        let logits = match matvec::try_row_times_transposed(&h2, &self.lm_head)? {
+        let kernel = if each_row { matvec::rows_times_transposed(&h2, &self.lm_head)? } else { matvec::try_row_times_transposed(&h2, &self.lm_head)? };
+        let logits = match kernel {
             Some(y) => y,
             None => h2.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
         };

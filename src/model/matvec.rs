@@ -259,10 +259,22 @@ pub const MAX_ROWS: usize = 16;
 /// thread it is as fast, but the same kernel serves every row count so that a row of a batch
 /// computes exactly what it computes alone.
 pub fn try_row_times_transposed(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    if x.rank() != 2 || x.dim(0)? > MAX_ROWS {
+        return Ok(None);
+    }
+    rows_times_transposed(x, w)
+}
+
+/// `x W^T` for any number of rows through the same kernel as [`try_row_times_transposed`]
+/// (each weight read once for all rows), so that every row gets the bits it gets alone whatever
+/// the number of rows: a verification pass's positions of several rows side by side. None where
+/// the kernel does not apply. Above [`MAX_ROWS`] candle's gemm is faster; this is for where a
+/// row's bits must not depend on its neighbours.
+pub fn rows_times_transposed(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     // Never on a tensor autograd tracks: the product would drop out of the graph.
     let applies = !x.track_op() && !w.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.is_contiguous() && w.rank() == 2 && x.rank() == 2 && x.dim(1)? == w.dim(1)?;
     let m = x.dim(0)?;
-    if !applies || m == 0 || m > MAX_ROWS {
+    if !applies || m == 0 {
         return Ok(None);
     }
     let x = x.contiguous()?;
@@ -345,5 +357,13 @@ mod tests {
         }
         let many = Tensor::cat(&[&xt; MAX_ROWS + 1], 0).unwrap();
         assert!(pool.install(|| try_row_times_transposed(&many, &wt)).unwrap().is_none(), "above MAX_ROWS candle's gemm");
+        // Any number of rows in one call: each row's bits as alone.
+        for m in [MAX_ROWS + 1, 2 * MAX_ROWS + 5] {
+            let xs = Tensor::cat(&(0..m).map(|i| rowx(i % MAX_ROWS)).collect::<Vec<_>>(), 0).unwrap();
+            let got = pool.install(|| rows_times_transposed(&xs, &wt)).unwrap().expect("applies").to_vec2::<f32>().unwrap();
+            for (i, row) in got.iter().enumerate() {
+                assert_eq!(row, &alone[i % MAX_ROWS], "{m} rows: row {i}");
+            }
+        }
     }
 }
