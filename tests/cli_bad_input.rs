@@ -298,6 +298,9 @@ fn generate_speculates_over_several_prompts_and_in_batches() {
     let ids = |v: &serde_json::Value| v["generations"].as_array().unwrap().iter().map(|g| g["token_ids"].clone()).collect::<Vec<_>>();
     assert_eq!(ids(&alone).len(), 3, "{alone}");
     assert_eq!(ids(&alone), ids(&batched));
+    let prompts = |v: &serde_json::Value| v["generations"].as_array().unwrap().iter().map(|g| g["prompt_token_ids"].clone()).collect::<Vec<_>>();
+    assert_eq!(prompts(&alone), prompts(&batched));
+    assert!(prompts(&batched).iter().all(|p| p.as_array().is_some_and(|a| !a.is_empty())), "{batched}");
     assert_eq!(alone["batches"].as_array().map(Vec::len), Some(0), "{alone}");
     let b = &batched["batches"][0];
     assert_eq!((b["batch"].as_u64(), b["row_acceptance_rates"].as_array().map(Vec::len)), (Some(3), Some(3)), "{b}");

@@ -255,13 +255,13 @@ fn run_on(a: GenerateArgs, files: ModelFiles, compute: crate::backend::threads::
         if a.batch_size == 1 {
             for prompt in &prompts {
                 let s = crate::with_backend!(&mut p.backend, b => crate::decode::speculative::generate_speculative(b, prompt, &opts, &spec))?;
-                print_speculative(&p, &s, docs.as_mut())?;
+                print_speculative(&p, prompt, &s, docs.as_mut())?;
             }
         } else {
             for chunk in prompts.chunks(a.batch_size) {
                 let g = crate::with_backend!(&mut p.backend, b => crate::decode::speculative_batch::generate_speculative_batch(b, chunk, &opts, &spec))?;
-                for row in &g.rows {
-                    print_speculative(&p, row, docs.as_mut())?;
+                for (prompt, row) in chunk.iter().zip(&g.rows) {
+                    print_speculative(&p, prompt, row, docs.as_mut())?;
                 }
                 print_speculative_batch(&g, docs.as_mut())?;
             }
@@ -351,7 +351,7 @@ fn print_speculative_batch(g: &crate::decode::speculative_batch::SpeculativeBatc
 
 /// A speculative generation: the text with each accepted draft in brackets (text) or flagged
 /// (JSON), then the acceptance rate, tokens per verification and the time split.
-fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGeneration, json: Option<&mut JsonDocs>) -> Result<()> {
+fn print_speculative(p: &Prepared, prompt: &[u32], s: &crate::decode::speculative::SpeculativeGeneration, json: Option<&mut JsonDocs>) -> Result<()> {
     let g = &s.generation;
     let ids = g.ids();
     let pieces = p.files.tokenizer.pieces(&ids)?;
@@ -359,6 +359,7 @@ fn print_speculative(p: &Prepared, s: &crate::decode::speculative::SpeculativeGe
     if let Some(docs) = json {
         let out = serde_json::json!({
             "text": p.files.tokenizer.decode(&ids)?,
+            "prompt_token_ids": prompt,
             "token_ids": ids,
             "tokens": pieces.iter().zip(&s.accepted_draft).zip(&ids).map(|((t, a), id)| serde_json::json!({"id": id, "text": t, "accepted_draft": a})).collect::<Vec<_>>(),
             "acceptance_rate": st.acceptance_rate(),
