@@ -1017,6 +1017,12 @@ fn speculative_cells_run_batched_in_a_sweep() {
     assert!(summary.contains("acceptance per row") && summary.contains("a padded verification would run") && summary.contains("layer-positions of arithmetic"), "{summary}");
     let section = &summary[summary.find("## Batched decoding").expect("batch section")..];
     assert!(section.contains("| speculative E2 k4 | 3 |"), "{section}");
+    // report.html's batch charts draw a line per speculative setting too.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let charts = &html[html.find("<h2>Batched decoding</h2>").expect("batch charts")..];
+    // The charts only, not the answers listed after them.
+    let charts = &charts[..charts.find("<ul>").unwrap_or(charts.len())];
+    assert!(charts.contains("speculative E2 k4 at B = 3"), "no speculative point in the batch charts");
 }
 
 /// Batched cells in a sweep: keys carry the batch size (and the policy for early exit) only at

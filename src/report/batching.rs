@@ -146,7 +146,7 @@ pub fn html_section(rows: &[ReportRow], records: &[CellRecord]) -> String {
     let (points, runtimes) = points_by_runtime(rows, records);
     let mut s = String::from("<h2>Batched decoding</h2><p>tokens/s counts every row's decoded tokens over the batch's decode time; J/token as in the tables (its source in the tooltips). Full depth is the dashed black line. The table and the answers are in summary.md's Batched decoding section.</p>");
     for g in &runtimes {
-        let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g && matches!(p.rec.key.baseline, Baseline::Full | Baseline::None)).collect();
+        let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g && matches!(p.rec.key.baseline, Baseline::Full | Baseline::None | Baseline::Speculative)).collect();
         if mine.iter().all(|p| p.b() == 1) {
             continue;
         }
@@ -169,7 +169,7 @@ pub fn html_section(rows: &[ReportRow], records: &[CellRecord]) -> String {
                         if *full {
                             p.rec.key.baseline == Baseline::Full
                         } else {
-                            p.rec.key.baseline == Baseline::None && (p.row.label == *name || (p.b() == 1 && mine.iter().any(|q| q.row.label == *name && base(q) == base(p))))
+                            p.rec.key.baseline != Baseline::Full && (p.row.label == *name || (p.b() == 1 && mine.iter().any(|q| q.row.label == *name && base(q) == base(p))))
                         }
                     };
                     let mut pts: Vec<(f64, f64, String)> = mine.iter().filter(on_line).filter_map(|p| y(p).map(|v| (p.b() as f64, v, format!("{} at B = {}: {v:.4}", p.row.label, p.b())))).collect();
