@@ -182,23 +182,7 @@ pub fn generate_batch<B: Batch>(backend: &mut B, prompts: &[Vec<u32>], opts: &Ge
     let mut stops: Vec<Option<StopReason>> = vec![None; n];
     let mut steps = Vec::new();
     loop {
-        let mut going = Vec::new();
-        for r in 0..n {
-            if stops[r].is_some() {
-                continue;
-            }
-            let last = tokens[r].last().map(|t| t.id).expect("the prefill's token");
-            stops[r] = if opts.eos_ids.contains(&last) {
-                Some(StopReason::Eos)
-            } else if tokens[r].len() >= opts.max_new_tokens {
-                Some(StopReason::MaxNewTokens)
-            } else if prompts[r].len() + tokens[r].len() >= backend.max_positions() {
-                Some(StopReason::MaxPositions)
-            } else {
-                going.push(r);
-                None
-            };
-        }
+        let going = rows_going(&mut stops, &tokens, prompts, opts, backend.max_positions());
         if going.is_empty() {
             break;
         }
@@ -224,6 +208,31 @@ pub fn generate_batch<B: Batch>(backend: &mut B, prompts: &[Vec<u32>], opts: &Ge
         })
         .collect();
     Ok(BatchGeneration { rows, prefill_s, steps, shares_weight_reads: backend.shares_weight_reads() })
+}
+
+/// The rows still going after their last token, in order: a row whose last token is an end of
+/// sequence, that has its tokens or that fills the model's positions stops (recorded in
+/// `stops`, once); a stopped row stays stopped.
+pub(super) fn rows_going<T: AsRef<[TokenTrace]>>(stops: &mut [Option<StopReason>], tokens: &[T], prompts: &[Vec<u32>], opts: &GenerateOptions, max_positions: usize) -> Vec<usize> {
+    let mut going = Vec::new();
+    for (r, stop) in stops.iter_mut().enumerate() {
+        if stop.is_some() {
+            continue;
+        }
+        let toks = tokens[r].as_ref();
+        let last = toks.last().map(|t| t.id).expect("the prefill's token");
+        *stop = if opts.eos_ids.contains(&last) {
+            Some(StopReason::Eos)
+        } else if toks.len() >= opts.max_new_tokens {
+            Some(StopReason::MaxNewTokens)
+        } else if prompts[r].len() + toks.len() >= max_positions {
+            Some(StopReason::MaxPositions)
+        } else {
+            going.push(r);
+            None
+        };
+    }
+    going
 }
 
 /// A row's token once chosen: id, exit layer, confidence at the exit, top-2 gap.

@@ -13,7 +13,7 @@
 //! wait for the longest drafter, and a padded implementation would run every segment at the
 //! longest segment's length (`padded_positions`), which this one does not.
 
-use super::batch::{apply_head_rows, confidence_rows, run_layers, BatchStep};
+use super::batch::{apply_head_rows, confidence_rows, rows_going, run_layers, BatchStep};
 use super::speculative::{verdict, AcceptanceRule, Dist, DraftCache, FullOut, Pass, Speculation, SpeculationStats, SpeculativeGeneration};
 use super::{check_prompt, select, GenerateOptions, Generation, StopReason, StepWork, TokenTrace};
 use crate::backend::SpeculateRows;
@@ -99,7 +99,7 @@ pub struct SpeculativeBatch {
     /// passes; its seconds are its share of each pass it took part in, the pass's seconds
     /// divided among its rows), and each token's `layers_s` the row's latency per token.
     pub rows: Vec<SpeculativeGeneration>,
-    /// Seconds of the batched prefill.
+    /// Seconds of the prefill (each row's alone, one after another).
     pub prefill_s: f64,
     /// Every pass, in order.
     pub passes: Vec<BatchPass>,
@@ -201,23 +201,7 @@ pub fn generate_speculative_batch_with<B: SpeculateRows>(backend: &mut B, prompt
     let mut passes = Vec::new();
 
     loop {
-        let mut going = Vec::new();
-        for r in 0..n {
-            if stops[r].is_some() {
-                continue;
-            }
-            let last = tokens[r].last().map(|t| t.id).expect("the prefill's token");
-            stops[r] = if eos(last) {
-                Some(StopReason::Eos)
-            } else if tokens[r].len() >= opts.max_new_tokens {
-                Some(StopReason::MaxNewTokens)
-            } else if prompts[r].len() + tokens[r].len() >= backend.max_positions() {
-                Some(StopReason::MaxPositions)
-            } else {
-                going.push(r);
-                None
-            };
-        }
+        let going = rows_going(&mut stops, &tokens, prompts, opts, backend.max_positions());
         if going.is_empty() {
             break;
         }
