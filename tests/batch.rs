@@ -2,14 +2,16 @@
 //! both backends and both model shapes, with prompts of different lengths and a row that stops at
 //! EOS first; batch-min, passengers and held tokens by hand on a scripted backend; replay.
 
-use exitbench::backend::{Backend, BackendKind, Batch, DeviceKind, HeadSummary, KvSnapshot, OpenBackend, RuntimeInfo};
+#[path = "common/rows.rs"]
+mod rows;
+
+use exitbench::backend::{Backend, BackendKind, Batch, HeadSummary, KvSnapshot, RuntimeInfo};
 use exitbench::decode::batch::{generate_batch, BatchPolicy, ExitReplay};
 use exitbench::decode::{generate, GenerateOptions, Generation, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
-use exitbench::model::{ModelFiles, Precision};
-use exitbench::testkit::{tiny_config, tiny_variant_config, write_tiny_model};
+use exitbench::model::ModelFiles;
 use exitbench::with_backend;
-use std::path::Path;
+use rows::{open, prompts};
 
 const LAYERS: usize = 4;
 
@@ -22,25 +24,7 @@ fn dynamic(measure: Measure, threshold: f64) -> ExitMode {
 }
 
 fn model_dir(variant: bool) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = if variant { tiny_variant_config(LAYERS, 300) } else { tiny_config(LAYERS, 300) };
-    write_tiny_model(dir.path(), &cfg, 29).unwrap();
-    exitbench::testkit::write_random_classifiers(dir.path(), &cfg, 5).unwrap();
-    dir
-}
-
-fn open(kind: BackendKind, dir: &Path) -> OpenBackend {
-    if kind == BackendKind::Ort {
-        exitbench::testkit::onnx_cache_once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-cache"));
-    }
-    let files = ModelFiles::open(dir, None).unwrap();
-    // A test that cannot find ONNX Runtime fails (CI installs it with scripts/setup-venv.sh).
-    exitbench::backend::open(kind, &files, DeviceKind::Cpu, Precision::F32, 1).unwrap_or_else(|e| panic!("{kind}: {e}"))
-}
-
-/// Prompts of 3, 17, 40 and 9 tokens (different lengths, no padding).
-fn prompts() -> Vec<Vec<u32>> {
-    [3usize, 17, 40, 9].iter().enumerate().map(|(r, &n)| (0..n).map(|i| ((i * 37 + r * 101 + 11) % 300) as u32).collect()).collect()
+    rows::model_dir(LAYERS, variant, 29)
 }
 
 /// Below this a top-2 gap or a threshold margin is a near tie: batched matrix products may sum in

@@ -3,15 +3,16 @@
 //! with prompts of different lengths and a row that stops at EOS first; sampling makes each
 //! row's own draws; the passes' positions, padding and weight reads are what the loop ran.
 
-use exitbench::backend::{Batch, BackendKind, DeviceKind, Inspect, OpenBackend};
+#[path = "common/rows.rs"]
+mod rows;
+
+use exitbench::backend::{Batch, BackendKind, Inspect};
 use exitbench::decode::speculative::{generate_speculative, DraftCache, DraftStop, Speculation};
 use exitbench::decode::speculative_batch::generate_speculative_batch;
 use exitbench::decode::{generate, GenerateOptions, Sampling};
 use exitbench::exit::{ExitMode, Measure};
-use exitbench::model::{ModelFiles, Precision};
-use exitbench::testkit::{tiny_config, tiny_variant_config, write_tiny_model};
 use exitbench::with_backend;
-use std::path::Path;
+use rows::{open, prompts};
 
 const LAYERS: usize = 4;
 
@@ -20,25 +21,7 @@ fn opts(n: usize, sampling: Sampling, eos: Vec<u32>) -> GenerateOptions {
 }
 
 fn model_dir(variant: bool) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = if variant { tiny_variant_config(LAYERS, 300) } else { tiny_config(LAYERS, 300) };
-    write_tiny_model(dir.path(), &cfg, 13).unwrap();
-    exitbench::testkit::write_random_classifiers(dir.path(), &cfg, 5).unwrap();
-    dir
-}
-
-fn open(kind: BackendKind, dir: &Path) -> OpenBackend {
-    if kind == BackendKind::Ort {
-        exitbench::testkit::onnx_cache_once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-cache"));
-    }
-    let files = ModelFiles::open(dir, None).unwrap();
-    // A test that cannot find ONNX Runtime fails (CI installs it with scripts/setup-venv.sh).
-    exitbench::backend::open(kind, &files, DeviceKind::Cpu, Precision::F32, 1).unwrap_or_else(|e| panic!("{kind}: {e}"))
-}
-
-/// Prompts of 3, 17, 40 and 9 tokens (different lengths, no padding).
-fn prompts() -> Vec<Vec<u32>> {
-    [3usize, 17, 40, 9].iter().enumerate().map(|(r, &n)| (0..n).map(|i| ((i * 37 + r * 101 + 11) % 300) as u32).collect()).collect()
+    rows::model_dir(LAYERS, variant, 13)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
