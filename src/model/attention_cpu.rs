@@ -89,10 +89,24 @@ pub fn attend_segments(q: &Tensor, caches: &[&KvBuffer], lens: &[usize], h: Head
 /// uses, so a position gets the same bits whether it is decoded alone, in a batch or in a
 /// multi-position pass.
 fn one_query(qv: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::matvec::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            return unsafe { super::attention_avx2::one_query(qv, k, v, scale, scores, acc) };
+        }
+    }
+    one_query_with(super::matvec::dot, qv, k, v, scale, scores, acc)
+}
+
+/// [`one_query`] with `dot` for the scores, in its plain form: the order of operations every
+/// kernel keeps.
+#[inline(always)]
+pub(super) fn one_query_with(dot: impl Fn(&[f32], &[f32]) -> f32, qv: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], acc: &mut [f32]) {
     let hd = qv.len();
     let mut max = f32::NEG_INFINITY;
     for (j, s) in scores.iter_mut().enumerate() {
-        *s = super::matvec::dot(qv, &k[j * hd..(j + 1) * hd]) * scale;
+        *s = dot(qv, &k[j * hd..(j + 1) * hd]) * scale;
         max = max.max(*s);
     }
     let mut z = 0f32;

@@ -4,7 +4,9 @@
 //! accumulators. At batch 1 every decode step is such a product and is bound by how fast the
 //! weights stream from memory; splitting rows as llama2.c's OpenMP loop does keeps every
 //! requested thread streaming. A batch of up to [`MAX_ROWS`] rows reads each weight row once for
-//! all of them, and each row's result is the same as alone.
+//! all of them, and each row's result is the same as alone. Several rows are bound by arithmetic
+//! rather than reads; where the CPU has AVX-512 two rows share each 16-lane register, with the
+//! same bits as the 8-lane kernel (`sixteen_lane_kernel_has_the_eight_lane_kernels_bits`).
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Storage, Tensor};
@@ -18,12 +20,18 @@ const ROWS_PER_TASK: usize = 32;
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if has_avx2_fma() {
             // SAFETY: the CPU supports the features `dot_avx2` is compiled for (checked above).
             return unsafe { dot_avx2(a, b) };
         }
     }
     dot_portable(a, b)
+}
+
+/// Whether the CPU has AVX2 and FMA (checked at run time; the answer is cached).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// The portable dot product.
@@ -43,13 +51,39 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// The portable dot product, for tests that compare kernels.
+#[cfg(test)]
+pub(crate) fn dot_portable_for_tests(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
 /// The dot product with four 8-lane FMA accumulators.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+#[inline]
+pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let (s, mut i) = dot_lanes_avx2(a, b);
+    let n = a.len().min(b.len());
+    let mut total = sum_lanes(s);
+    while i < n {
+        total += a[i] * b[i];
+        i += 1;
+    }
+    total
+}
+
+/// [`dot_avx2`] before its lane sum: the eight lanes ((acc0 + acc1) + (acc2 + acc3)) over the
+/// elements up to the last multiple of 8, and that index (the tail after it is summed in order).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) unsafe fn dot_lanes_avx2(a: &[f32], b: &[f32]) -> (std::arch::x86_64::__m256, usize) {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -66,15 +100,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
         i += 8;
     }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    while i < n {
-        total += a[i] * b[i];
-        i += 1;
-    }
-    total
+    (_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])), i)
 }
 
 /// `y[r] = W[r, :] · x` for every row of `w` (`rows × x.len()`, row-major).
@@ -84,21 +110,58 @@ pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
 
 /// `Y = X W^T` for `m` rows `xs` (`m × n`, row-major) and `w` (`rows × n`): `y` is `m × rows`.
 /// Weight rows are split across the threads in tasks of [`ROWS_PER_TASK`]; within a task a block
-/// of weight rows is read once for a group of input rows (register blocking: 8 weight rows × 1
-/// input row, or 4 × 3: 7 vector loads per 12 FMAs), so at a few rows the weights stream from memory once per call. Every
-/// output has its own 8-lane accumulator summed in one fixed order, so a row's result is the same
-/// bits whatever the other rows, the blocking or the thread count: a row of a batch computes
-/// exactly what it computes alone.
+/// of weight rows is read once for a group of input rows (register blocking), so at a few rows
+/// the weights stream from memory once per call. Every output has its own 8-lane accumulator
+/// summed in one fixed order, so a row's result is the same bits whatever the other rows, the
+/// blocking, the kernel or the thread count: a row of a batch computes exactly what it computes
+/// alone.
 pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
+    matmul_rows_on(Kernel::detect(), w, xs, m, y)
+}
+
+/// The instruction sets the products run on (the best the CPU has, checked at run time as
+/// candle's gemm does). Every kernel gives the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// Eight accumulator lanes the compiler vectorises with the baseline ISA.
+    Portable,
+    /// 8-lane FMA accumulators: 8 weight rows × 1 input row, or 4 × 3.
+    Avx2,
+    /// Several input rows: two rows' 8-lane accumulators share one 16-lane register, each weight
+    /// chunk broadcast to both halves (4 weight rows × up to 5 row pairs: 9 loads per 20 FMAs of
+    /// 16 lanes). One row: as [`Kernel::Avx2`].
+    Avx512,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") && has!("avx512dq") { Kernel::Avx512 } else { Kernel::Avx2 };
+            }
+        }
+        Kernel::Portable
+    }
+}
+
+fn matmul_rows_on(kernel: Kernel, w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
     let m = m.max(1);
     let n = xs.len() / m;
     let rows = y.len() / m;
     if n == 0 || rows == 0 {
         return;
     }
+    // Rows packed in pairs, once per call, for the 16-lane kernel.
+    let pairs = (kernel == Kernel::Avx512 && m > 1).then(|| pack_pairs(xs, n, m));
     let task = |first: usize, out: &mut [f32]| {
         let count = out.len() / m;
-        block_rows(&w[first * n..(first + count) * n], xs, n, m, out);
+        let w = &w[first * n..(first + count) * n];
+        match &pairs {
+            Some(p) => block_rows_paired(w, xs, p, n, m, out),
+            None => block_rows(kernel, w, xs, n, m, out),
+        }
     };
     if m == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
@@ -116,7 +179,7 @@ pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
 /// `out[r · m + i] = w_r · x_i` for the `count` weight rows of `w` and the `m` rows of `xs`:
 /// blocks of 8 weight rows at batch 1; with several rows, blocks of 4 weight rows (they stay in
 /// L1) against groups of 3 input rows, then against the pair or row left over.
-fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
+fn block_rows(kernel: Kernel, w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     let count = w.len() / n;
     let wrow = |r: usize| &w[r * n..(r + 1) * n];
     let xrow = |i: usize| &xs[i * n..(i + 1) * n];
@@ -124,21 +187,21 @@ fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     let mut r = 0;
     while r + wb <= count {
         if m == 1 {
-            let v = products::<8, 1>(std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
+            let v = products::<8, 1>(kernel, std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
             (0..8).for_each(|k| out[r + k] = v[k][0]);
         } else {
             let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
             let mut i = 0;
             while i + 3 <= m {
-                let v = products::<4, 3>(ws, std::array::from_fn(|j| xrow(i + j)));
+                let v = products::<4, 3>(kernel, ws, std::array::from_fn(|j| xrow(i + j)));
                 (0..4).for_each(|k| (0..3).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
                 i += 3;
             }
             if m - i == 2 {
-                let v = products::<4, 2>(ws, [xrow(i), xrow(i + 1)]);
+                let v = products::<4, 2>(kernel, ws, [xrow(i), xrow(i + 1)]);
                 (0..4).for_each(|k| (0..2).for_each(|j| out[(r + k) * m + i + j] = v[k][j]));
             } else if m - i == 1 {
-                let v = products::<4, 1>(ws, [xrow(i)]);
+                let v = products::<4, 1>(kernel, ws, [xrow(i)]);
                 (0..4).for_each(|k| out[(r + k) * m + i] = v[k][0]);
             }
         }
@@ -146,17 +209,155 @@ fn block_rows(w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     }
     for r in r..count {
         for i in 0..m {
-            out[r * m + i] = products::<1, 1>([wrow(r)], [xrow(i)])[0][0];
+            out[r * m + i] = products::<1, 1>(kernel, [wrow(r)], [xrow(i)])[0][0];
         }
     }
 }
 
+/// The `m` rows of `xs` (`m × n`) in pairs for [`block_rows_paired`]: pair p's chunk c is rows
+/// 2p and 2p + 1's elements 8c..8c + 8 side by side (16 floats), the second row zero when `m` is
+/// odd. Elements past the last full chunk are left out (the kernel adds them from `xs`).
+fn pack_pairs(xs: &[f32], n: usize, m: usize) -> Vec<f32> {
+    let chunks = n / 8;
+    let mut p = vec![0f32; m.div_ceil(2) * chunks * 16];
+    for i in 0..m {
+        let (pair, half) = (i / 2, i % 2);
+        for c in 0..chunks {
+            let at = (pair * chunks + c) * 16 + half * 8;
+            p[at..at + 8].copy_from_slice(&xs[i * n + c * 8..i * n + c * 8 + 8]);
+        }
+    }
+    p
+}
+
+/// [`block_rows`] for several rows on the 16-lane kernel: blocks of 4 weight rows against up to
+/// 5 row pairs of `pairs` ([`pack_pairs`]) at once (more in groups of 3 or 4), the next block's
+/// rows prefetched while the first group reads this block's; then the weight rows left over one
+/// at a time. An odd row's zero partner is computed and dropped.
+fn block_rows_paired(w: &[f32], xs: &[f32], pairs: &[f32], n: usize, m: usize, out: &mut [f32]) {
+    let count = w.len() / n;
+    let pn = (n / 8) * 16;
+    let wrow = |r: usize| &w[r * n..(r + 1) * n];
+    let xrow = |i: usize| if i < m { &xs[i * n..(i + 1) * n] } else { &[][..] };
+    let prow = |p: usize| &pairs[p * pn..(p + 1) * pn];
+    let npairs = m.div_ceil(2);
+    // W weight rows from r against P pairs from p, written to `out`.
+    macro_rules! run {
+        ($W:literal, $P:literal, $ws:expr, $r:expr, $p:expr, $ahead:expr) => {{
+            let (r, p) = ($r, $p);
+            let ps: [&[f32]; $P] = std::array::from_fn(|j| prow(p + j));
+            let xt: [[&[f32]; 2]; $P] = std::array::from_fn(|j| [xrow(2 * (p + j)), xrow(2 * (p + j) + 1)]);
+            // SAFETY: `Kernel::Avx512` is only chosen where the CPU has AVX-512 F/DQ, AVX2, FMA.
+            let v = unsafe { products_paired::<$W, $P>($ws, ps, xt, $ahead) };
+            for k in 0..$W {
+                for j in 0..$P {
+                    let i = 2 * (p + j);
+                    out[(r + k) * m + i] = v[k][j][0];
+                    if i + 1 < m {
+                        out[(r + k) * m + i + 1] = v[k][j][1];
+                    }
+                }
+            }
+        }};
+    }
+    let mut r = 0;
+    while r + 4 <= count {
+        let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
+        // The next block's weight rows, fetched while the first group streams this block's.
+        let next = r + 8 <= count;
+        let ahead: [&[f32]; 4] = std::array::from_fn(|k| if next { wrow(r + 4 + k) } else { &[][..] });
+        let mut p = 0;
+        while p < npairs {
+            let ahead = if p == 0 { &ahead[..] } else { &[] };
+            // Up to 5 pairs at once (20 accumulators of the 32 registers), so the weight rows
+            // stream once for up to 10 rows; more in groups of 3 or 4.
+            let take = match npairs - p {
+                left @ 1..=5 => left,
+                6 => 3,
+                _ => 4,
+            };
+            match take {
+                1 => run!(4, 1, ws, r, p, ahead),
+                2 => run!(4, 2, ws, r, p, ahead),
+                3 => run!(4, 3, ws, r, p, ahead),
+                4 => run!(4, 4, ws, r, p, ahead),
+                _ => run!(4, 5, ws, r, p, ahead),
+            }
+            p += take;
+        }
+        r += 4;
+    }
+    for r in r..count {
+        for p in 0..npairs {
+            run!(1, 1, [wrow(r)], r, p, &[]);
+        }
+    }
+}
+
+/// The dot products of `W` weight rows with `P` row pairs (packed by [`pack_pairs`]; `xt` are
+/// each pair's two rows unpacked, for the elements past the last full chunk, an empty slice for
+/// an odd row's missing partner; `ahead`: rows to prefetch, may be empty). Each output's eight lanes run exactly the FMAs of
+/// [`products_avx2`] in the same order and are summed by [`sum_lanes`], so the bits are its bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn products_paired<const W: usize, const P: usize>(w: [&[f32]; W], xp: [&[f32]; P], xt: [[&[f32]; 2]; P], ahead: &[&[f32]]) -> [[[f32; 2]; P]; W] {
+    use std::arch::x86_64::*;
+    let n = w[0].len();
+    let chunks = n / 8;
+    let mut acc = [[_mm512_setzero_ps(); P]; W];
+    for c in 0..chunks {
+        if c.is_multiple_of(2) {
+            for a in ahead.iter().filter(|a| a.len() >= c * 8 + 8) {
+                // A hint only: the address is within the row.
+                _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().add(c * 8) as *const i8);
+            }
+        }
+        let mut xv = [_mm512_setzero_ps(); P];
+        for j in 0..P {
+            // SAFETY: pair j holds `chunks` chunks of 16 floats.
+            xv[j] = _mm512_loadu_ps(xp[j].as_ptr().add(c * 16));
+        }
+        for k in 0..W {
+            // SAFETY: 8c + 8 ≤ n, the length of every weight row.
+            let wv = _mm512_broadcast_f32x8(_mm256_loadu_ps(w[k].as_ptr().add(c * 8)));
+            for j in 0..P {
+                acc[k][j] = _mm512_fmadd_ps(wv, xv[j], acc[k][j]);
+            }
+        }
+    }
+    let i = chunks * 8;
+    let mut out = [[[0f32; 2]; P]; W];
+    for k in 0..W {
+        for j in 0..P {
+            let halves = [_mm512_castps512_ps256(acc[k][j]), _mm512_extractf32x8_ps::<1>(acc[k][j])];
+            for (h, lanes) in halves.into_iter().enumerate() {
+                let mut total = sum_lanes(lanes);
+                if let Some(x) = xt[j][h].get(i..) {
+                    for (a, b) in w[k][i..].iter().zip(x) {
+                        total += a * b;
+                    }
+                }
+                out[k][j][h] = total;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn products_paired<const W: usize, const P: usize>(_: [&[f32]; W], _: [&[f32]; P], _: [[&[f32]; 2]; P], _: &[&[f32]]) -> [[[f32; 2]; P]; W] {
+    unreachable!("the 16-lane kernel is only chosen on x86_64")
+}
+
 /// The W × X dot products of `w` rows and `x` rows (all of one length): with AVX2 and FMA where
 /// the CPU has them, else the same arithmetic without fused multiply-adds.
-fn products<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
+fn products<const W: usize, const X: usize>(kernel: Kernel, w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if kernel != Kernel::Portable {
             // SAFETY: the CPU supports the features `products_avx2` is compiled for.
             return unsafe { products_avx2::<W, X>(w, x) };
         }
@@ -233,7 +434,8 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sum_lanes(a: std::arch::x86_64::__m256) -> f32 {
+#[inline]
+pub(crate) unsafe fn sum_lanes(a: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
     let h = _mm_hadd_ps(v, v);
@@ -314,6 +516,31 @@ mod tests {
             differs_from_sequential += (got != lanes.iter().sum::<f32>()) as usize;
         }
         assert!(differs_from_sequential > 100, "the lanes must be ones where the order matters");
+    }
+
+    /// The 16-lane kernel gives the 8-lane kernel's bits for every row count up to 24 (each
+    /// grouping of row pairs, an odd row's zero partner), weight-row counts with and without a
+    /// leftover past blocks of 4, and row lengths with and without a tail past 8 lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_lane_kernel_has_the_eight_lane_kernels_bits() {
+        assert!(has_avx2_fma(), "this test needs AVX2 and FMA, which every CI machine of this project has");
+        if Kernel::detect() != Kernel::Avx512 {
+            // Where the CPU lacks AVX-512 the 16-lane kernel is never chosen either.
+            eprintln!("no AVX-512 F/DQ on this CPU: the 16-lane kernel is not used here and not compared");
+            return;
+        }
+        for (rows, n) in [(5usize, 8usize), (77, 45), (36, 256), (9, 700)] {
+            let w: Vec<f32> = (0..rows * n).map(|i| (((i * 37 + 5) % 101) as f32 - 50.0) / 37.0).collect();
+            for m in 1..=24 {
+                let xs: Vec<f32> = (0..m * n).map(|i| (((i * 13 + m) % 17) as f32 - 8.0) / 3.0).collect();
+                let (mut a, mut b) = (vec![0f32; rows * m], vec![0f32; rows * m]);
+                matmul_rows_on(Kernel::Avx2, &w, &xs, m, &mut a);
+                matmul_rows_on(Kernel::Avx512, &w, &xs, m, &mut b);
+                let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&b), bits(&a), "{rows}×{n} weights, {m} rows");
+            }
+        }
     }
 
     #[test]
