@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# A peer comparison with llama.cpp, the decoder most users would run instead (not part of CI).
+# A peer comparison with llama.cpp, the decoder most users would run instead, and with llama2.c's
+# run.c (not part of CI).
 #
 # Builds llama.cpp CPU-only from the llama-cpp-python source package on PyPI (it vendors
 # llama.cpp and its gguf-py), converts the same weights to an f32 GGUF (q/k rows permuted to
 # llama.cpp's rotary layout), checks that both decoders' greedy tokens agree from the same prompt
 # ids, then alternates `exitbench generate` (candle, decode tokens/s from its per-token times) and
 # `llama-bench -p 0 -n TOKENS` (its tg tokens/s) RUNS times per model and thread count, and prints
-# medians, min–max and ratios. Neither run is pinned.
+# medians, min–max and ratios. Neither run is pinned. At one thread it also runs llama2.c's run.c
+# (pinned commit, checked by hash; built -Ofast -march=native without OpenMP, so one thread) through
+# scripts/peer_runc.c, which feeds the same prompt ids to run.c's own forward pass, on the shapes
+# run.c can hold (RoPE base 10000, RMSNorm eps 1e-5: embedded and 15m), greedy tokens checked too.
 #
 # Usage: scripts/peer-llamacpp.sh [--shapes embedded,15m,1b] [--runs 7] [--tokens 128]
-#                                 [--threads 1,all] [--work DIR]
+#                                 [--threads 1,all] [--work DIR] [--runc-src FILE]
+#   --runc-src FILE   run.c from a local file (its hash is checked all the same) instead of
+#                     downloading it from GitHub
 #   embedded  models/cricket-6l (real weights)
 #   15m, 1b   random weights of stories15M's and Llama-3.2-1B's shapes, written once as
 #             safetensors (scripts/peer_llamacpp.py shape; the 1B shape is 4.9 GB, and as much
@@ -23,6 +29,7 @@ runs=7
 tokens=128
 threads_list=1,all
 work=target/peer-llamacpp
+runc_src=
 while [ $# -gt 0 ]; do
     case "$1" in
         --shapes) shapes=$2; shift 2 ;;
@@ -30,6 +37,7 @@ while [ $# -gt 0 ]; do
         --tokens) tokens=$2; shift 2 ;;
         --threads) threads_list=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
+        --runc-src) runc_src=$2; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "peer-llamacpp: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -69,6 +77,19 @@ if [ ! -x "$work/build/bin/llama-bench" ]; then
 fi
 cc -O2 -I "$src/include" -I "$src/ggml/include" scripts/peer_greedy.c -L "$work/build/bin" -lllama -Wl,-rpath,"$work/build/bin" -o "$work/peer_greedy"
 
+# 3b. llama2.c's run.c at a pinned commit, checked by its hash, with the driver that feeds it ids.
+runc_commit=350e04fe35433e6d2941dce5a1f53308f87058eb
+runc_sha=9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd
+mkdir -p "$work/llama2c"
+if [ -n "$runc_src" ]; then
+    cp "$runc_src" "$work/llama2c/run.c"
+elif [ ! -f "$work/llama2c/run.c" ]; then
+    "$py" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" \
+        "https://raw.githubusercontent.com/karpathy/llama2.c/$runc_commit/run.c" "$work/llama2c/run.c"
+fi
+echo "$runc_sha  $work/llama2c/run.c" | sha256sum -c --quiet
+cc -Ofast -march=native -I "$work/llama2c" scripts/peer_runc.c -lm -o "$work/peer_runc" 2> "$work/llama2c/build.log"
+
 # 4. exitbench.
 cargo build --release --quiet
 exe=$(pwd)/target/release/exitbench
@@ -105,6 +126,23 @@ else:
     print(f"{sys.argv[3]}: greedy tokens agree for the first {same} of {n}; then exitbench {ours[same:same + 4]}, llama.cpp {theirs[same:same + 4]}")
 EOF
 
+    # run.c, where it can hold the model: the same greedy check.
+    runc_bin="$work/models/$shape.llama2c.bin"
+    if [ -f "$runc_bin" ] || "$py" scripts/peer_llamacpp.py llama2c "$dir" "$runc_bin" 2> "$work/llama2c/convert.log"; then
+        "$work/peer_runc" "$runc_bin" "$check" $ids > "$work/theirs.txt" 2> /dev/null
+        "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
+import json, sys
+ours = json.load(open(sys.argv[1]))["token_ids"]
+theirs = [int(x) for x in open(sys.argv[2]).read().split()]
+n = len(ours)
+same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n)
+print(f"{sys.argv[3]}: greedy tokens agree with run.c, {same} of {n}" + ("" if same == n else f"; then exitbench {ours[same:same + 4]}, run.c {theirs[same:same + 4]}"))
+EOF
+    else
+        echo "$shape: run.c cannot hold this model: $(tail -1 "$work/llama2c/convert.log")"
+        runc_bin=
+    fi
+
     for t in ${threads_list//,/ }; do
         [ "$t" = all ] && t=$all
         for r in $(seq "$runs"); do
@@ -116,6 +154,9 @@ g = json.load(open(sys.argv[1]))
 decode_ms = sum(x["layers_ms"] + x["exit_checks_ms"] + x["propagation_ms"] for x in g["tokens"][1:])
 print(json.dumps({"who": "exitbench", "model": sys.argv[2], "threads": int(sys.argv[3]), "tok_s": (len(g["tokens"]) - 1) / (decode_ms / 1e3)}))
 EOF
+            if [ -n "$runc_bin" ] && [ "$t" = 1 ]; then
+                "$work/peer_runc" "$runc_bin" "$tokens" $ids 2>&1 > /dev/null | "$py" -c "import json, sys; r = json.loads(sys.stdin.read()); print(json.dumps({'who': 'run.c', 'model': sys.argv[1], 'threads': 1, 'tok_s': r['tok_s']}))" "$shape" >> "$results"
+            fi
             "$work/build/bin/llama-bench" -m "$gguf" -p 0 -n "$tokens" -t "$t" -r 1 -o json 2> /dev/null > "$work/bench.json"
             "$py" - "$work/bench.json" "$shape" "$t" >> "$results" <<'EOF'
 import json, sys

@@ -9,6 +9,10 @@
                         with llama.cpp's vendored gguf-py: q/k rows permuted to llama.cpp's rotary
                         layout as its own converter does, a placeholder vocabulary of the model's
                         size (token ids are fed directly, never text)
+  llama2c DIR OUT.bin    converts a Hugging Face Llama directory (f32 safetensors) to llama2.c's
+                        checkpoint (run.c's legacy format: a 7-int header, then the weights in
+                        its order), q/k rows permuted to its interleaved rotary pairs; run.c
+                        hard-codes RoPE base 10000 and RMSNorm eps 1e-5, so other configs are refused
   summary RESULTS.jsonl prints the medians, spreads and ratios of the alternated runs
 """
 import json
@@ -151,18 +155,49 @@ def gguf(model_dir, out):
     writer.close()
 
 
+def llama2c(model_dir, out):
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    if float(cfg.get("rope_theta", 10000.0)) != 10000.0 or cfg.get("rope_scaling") or float(cfg.get("rms_norm_eps", 1e-5)) != 1e-5:
+        raise SystemExit(f"{model_dir}: run.c hard-codes RoPE base 10000, no scaling and RMSNorm eps 1e-5; this config differs")
+    w = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    d, f_, n, h, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["vocab_size"]
+    kv = cfg.get("num_key_value_heads") or h
+    seq = cfg.get("max_position_embeddings", 2048)
+    shared = "lm_head.weight" not in w
+    layer = lambda name: [np.asarray(w[f"model.layers.{i}.{name}"]) for i in range(n)]
+    with open(out, "wb") as o:
+        o.write(struct.pack("<7i", d, f_, n, h, kv, v if shared else -v, seq))
+        put = lambda a: o.write(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+        put(w["model.embed_tokens.weight"])
+        for a in layer("input_layernorm.weight"):
+            put(a)
+        for a in layer("self_attn.q_proj.weight"):
+            put(permute(a, h))
+        for a in layer("self_attn.k_proj.weight"):
+            put(permute(a, kv))
+        for name in ["self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight"]:
+            for a in layer(name):
+                put(a)
+        put(w["model.norm.weight"])
+        put(np.zeros(seq * (d // h), dtype=np.float32))  # the unused freq_cis_real and _imag
+        if not shared:
+            put(w["lm_head.weight"])
+
+
 def summary(path):
     runs = [json.loads(l) for l in open(path) if l.strip()]
     keys = sorted({(r["model"], r["threads"]) for r in runs})
-    print("| model | threads | exitbench candle tok/s (median, min–max) | llama.cpp tok/s (median, min–max) | exitbench ÷ llama.cpp | exitbench spread (max ÷ min) | runs |")
-    print("|---|---|---|---|---|---|---|")
+    cell = lambda v: f"{statistics.median(v):,.1f} ({min(v):,.1f}–{max(v):,.1f})" if v else "–"
+    ratio = lambda a, b: f"{statistics.median(a) / statistics.median(b):.2f}" if a and b else "–"
+    print("| model | threads | exitbench candle tok/s (median, min–max) | llama.cpp tok/s | run.c -Ofast tok/s | exitbench ÷ llama.cpp | exitbench ÷ run.c | exitbench spread (max ÷ min) | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for model, threads in keys:
         of = lambda who: [r["tok_s"] for r in runs if r["model"] == model and r["threads"] == threads and r["who"] == who]
-        e, l = of("exitbench"), of("llama.cpp")
-        if not e or not l:
+        e, l, c = of("exitbench"), of("llama.cpp"), of("run.c")
+        if not e:
             continue
-        me, ml = statistics.median(e), statistics.median(l)
-        print(f"| {model} | {threads} | {me:,.1f} ({min(e):,.1f}–{max(e):,.1f}) | {ml:,.1f} ({min(l):,.1f}–{max(l):,.1f}) | {me / ml:.2f} | {max(e) / min(e):.2f} | {len(e)} |")
+        print(f"| {model} | {threads} | {cell(e)} | {cell(l)} | {cell(c)} | {ratio(e, l)} | {ratio(e, c)} | {max(e) / min(e):.2f} | {len(e)} |")
+    print("(run.c: one thread only, built without OpenMP; – where it cannot hold the model or did not run)")
 
 
 if __name__ == "__main__":
@@ -171,6 +206,8 @@ if __name__ == "__main__":
         shape(sys.argv[2], sys.argv[3])
     elif cmd == "gguf" and len(sys.argv) == 4:
         gguf(sys.argv[2], sys.argv[3])
+    elif cmd == "llama2c" and len(sys.argv) == 4:
+        llama2c(sys.argv[2], sys.argv[3])
     elif cmd == "summary" and len(sys.argv) == 3:
         summary(sys.argv[2])
     else:

@@ -187,7 +187,11 @@ fn block_rows(kernel: Kernel, w: &[f32], xs: &[f32], n: usize, m: usize, out: &m
     let mut r = 0;
     while r + wb <= count {
         if m == 1 {
-            let v = products::<8, 1>(kernel, std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
+            // The memory after this block (the next block's rows, or past the last block whatever
+            // follows the matrix), prefetched while this block streams: one row's product is
+            // bound by how fast the weights arrive.
+            let ahead = w.as_ptr().wrapping_add((r + 8) * n);
+            let v = products_ahead::<8, 1>(kernel, std::array::from_fn(|k| wrow(r + k)), [xrow(0)], Some(ahead));
             (0..8).for_each(|k| out[r + k] = v[k][0]);
         } else {
             let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
@@ -355,11 +359,18 @@ unsafe fn products_paired<const W: usize, const P: usize>(_: [&[f32]; W], _: [&[
 /// The W × X dot products of `w` rows and `x` rows (all of one length): with AVX2 and FMA where
 /// the CPU has them, else the same arithmetic without fused multiply-adds.
 fn products<const W: usize, const X: usize>(kernel: Kernel, w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
+    products_ahead(kernel, w, x, None)
+}
+
+/// [`products`], prefetching from `ahead` (where the weights to be read next start; row k's part
+/// at k · n) as it goes: a hint only, never read, so any address will do. The arithmetic is the
+/// same.
+fn products_ahead<const W: usize, const X: usize>(kernel: Kernel, w: [&[f32]; W], x: [&[f32]; X], ahead: Option<*const f32>) -> [[f32; X]; W] {
     #[cfg(target_arch = "x86_64")]
     {
         if kernel != Kernel::Portable {
             // SAFETY: the CPU supports the features `products_avx2` is compiled for.
-            return unsafe { products_avx2::<W, X>(w, x) };
+            return unsafe { products_avx2::<W, X>(w, x, ahead) };
         }
     }
     let n = w[0].len();
@@ -395,7 +406,7 @@ fn reduce(lanes: &[f32; 8], wt: &[f32], xt: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
+unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X], ahead: Option<*const f32>) -> [[f32; X]; W] {
     use std::arch::x86_64::*;
     let n = w[0].len();
     let mut acc = [[_mm256_setzero_ps(); X]; W];
@@ -405,6 +416,12 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
         for j in 0..X {
             // SAFETY: i + 8 ≤ n, the length of every row.
             xv[j] = _mm256_loadu_ps(x[j].as_ptr().add(i));
+        }
+        if let Some(a) = ahead.filter(|_| i.is_multiple_of(16)) {
+            for k in 0..W {
+                // A hint: the address is never read.
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(k * n + i) as *const i8);
+            }
         }
         for k in 0..W {
             let wv = _mm256_loadu_ps(w[k].as_ptr().add(i));
