@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
         --threads) threads_list=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
         --runc-src) runc_src=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "peer-llamacpp: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -82,13 +82,16 @@ runc_commit=350e04fe35433e6d2941dce5a1f53308f87058eb
 runc_sha=9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd
 mkdir -p "$work/llama2c"
 if [ -n "$runc_src" ]; then
-    cp "$runc_src" "$work/llama2c/run.c"
+    cp "$runc_src" "$work/llama2c/run.c.part"
+    mv "$work/llama2c/run.c.part" "$work/llama2c/run.c"
 elif [ ! -f "$work/llama2c/run.c" ]; then
     "$py" -c "import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])" \
-        "https://raw.githubusercontent.com/karpathy/llama2.c/$runc_commit/run.c" "$work/llama2c/run.c"
+        "https://raw.githubusercontent.com/karpathy/llama2.c/$runc_commit/run.c" "$work/llama2c/run.c.part"
+    mv "$work/llama2c/run.c.part" "$work/llama2c/run.c"
 fi
-echo "$runc_sha  $work/llama2c/run.c" | sha256sum -c --quiet
-cc -Ofast -march=native -I "$work/llama2c" scripts/peer_runc.c -lm -o "$work/peer_runc" 2> "$work/llama2c/build.log"
+echo "$runc_sha  $work/llama2c/run.c" | sha256sum -c --quiet || { echo "peer-llamacpp: $work/llama2c/run.c is not run.c at $runc_commit; remove it to fetch it again" >&2; exit 1; }
+cc -Ofast -march=native -I "$work/llama2c" scripts/peer_runc.c -lm -o "$work/peer_runc" 2> "$work/llama2c/build.log" \
+    || { cat "$work/llama2c/build.log" >&2; echo "peer-llamacpp: building run.c failed" >&2; exit 1; }
 
 # 4. exitbench.
 cargo build --release --quiet
@@ -128,9 +131,16 @@ EOF
 
     # run.c, where it can hold the model: the same greedy check.
     runc_bin="$work/models/$shape.llama2c.bin"
-    if [ -f "$runc_bin" ] || "$py" scripts/peer_llamacpp.py llama2c "$dir" "$runc_bin" 2> "$work/llama2c/convert.log"; then
-        "$work/peer_runc" "$runc_bin" "$check" $ids > "$work/theirs.txt" 2> /dev/null
-        "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
+    if [ -f "$runc_bin" ] || { "$py" scripts/peer_llamacpp.py llama2c "$dir" "$runc_bin.part" 2> "$work/llama2c/convert.log" && mv "$runc_bin.part" "$runc_bin"; }; then
+        n_ids=$(echo $ids | wc -w)
+        seq_len=$("$py" -c "import json, sys; print(json.load(open(sys.argv[1])).get('max_position_embeddings', 2048))" "$dir/config.json")
+        if [ $((n_ids + tokens)) -gt "$seq_len" ] || [ $((n_ids + check)) -gt "$seq_len" ]; then
+            echo "$shape: run.c left out: $n_ids prompt ids + $tokens tokens exceed its $seq_len positions"
+            runc_bin=
+        else
+            "$work/peer_runc" "$runc_bin" "$check" $ids > "$work/theirs.txt" 2> "$work/llama2c/run.log" \
+                || { cat "$work/llama2c/run.log" >&2; echo "peer-llamacpp: run.c failed on $shape" >&2; exit 1; }
+            "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
 import json, sys
 ours = json.load(open(sys.argv[1]))["token_ids"]
 theirs = [int(x) for x in open(sys.argv[2]).read().split()]
@@ -138,6 +148,7 @@ n = len(ours)
 same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n)
 print(f"{sys.argv[3]}: greedy tokens agree with run.c, {same} of {n}" + ("" if same == n else f"; then exitbench {ours[same:same + 4]}, run.c {theirs[same:same + 4]}"))
 EOF
+        fi
     else
         echo "$shape: run.c cannot hold this model: $(tail -1 "$work/llama2c/convert.log")"
         runc_bin=
@@ -155,7 +166,9 @@ decode_ms = sum(x["layers_ms"] + x["exit_checks_ms"] + x["propagation_ms"] for x
 print(json.dumps({"who": "exitbench", "model": sys.argv[2], "threads": int(sys.argv[3]), "tok_s": (len(g["tokens"]) - 1) / (decode_ms / 1e3)}))
 EOF
             if [ -n "$runc_bin" ] && [ "$t" = 1 ]; then
-                "$work/peer_runc" "$runc_bin" "$tokens" $ids 2>&1 > /dev/null | "$py" -c "import json, sys; r = json.loads(sys.stdin.read()); print(json.dumps({'who': 'run.c', 'model': sys.argv[1], 'threads': 1, 'tok_s': r['tok_s']}))" "$shape" >> "$results"
+                "$work/peer_runc" "$runc_bin" "$tokens" $ids > /dev/null 2> "$work/llama2c/run.log" \
+                    || { cat "$work/llama2c/run.log" >&2; echo "peer-llamacpp: run.c failed on $shape" >&2; exit 1; }
+                "$py" -c "import json, sys; r = json.load(open(sys.argv[2])); print(json.dumps({'who': 'run.c', 'model': sys.argv[1], 'threads': 1, 'tok_s': r['tok_s']}))" "$shape" "$work/llama2c/run.log" >> "$results"
             fi
             "$work/build/bin/llama-bench" -m "$gguf" -p 0 -n "$tokens" -t "$t" -r 1 -o json 2> /dev/null > "$work/bench.json"
             "$py" - "$work/bench.json" "$shape" "$t" >> "$results" <<'EOF'

@@ -9,13 +9,15 @@ use super::matvec::{dot_avx2, dot_lanes_avx2};
 use std::arch::x86_64::*;
 
 /// Attention of query `qv` over the first `scores.len()` positions of `k` and `v`
-/// (position-major, `qv.len()` floats each), added into `acc`.
+/// (position-major, `qv.len()` floats each), added into `acc` (`qv.len()` floats; checked, as
+/// the value loads rely on it).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn one_query(qv: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], acc: &mut [f32]) {
     let hd = qv.len();
+    assert_eq!(acc.len(), hd, "attention: the output must have the head dimension");
     scores_into(qv, k, scale, scores);
     let mut max = f32::NEG_INFINITY;
     for &s in scores.iter() {
@@ -131,7 +133,7 @@ mod tests {
         assert!(has_avx2_fma(), "this test needs AVX2 and FMA, which every CI machine of this project has");
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut differs_from_portable = 0;
-        for hd in [8usize, 12, 32, 40, 64, 96] {
+        for hd in [4usize, 8, 12, 32, 40, 44, 64, 96] {
             for len in [1usize, 7, 8, 9, 16, 23, 64, 131] {
                 let (q, k, v, acc0) = (floats(&mut seed, hd), floats(&mut seed, len * hd), floats(&mut seed, len * hd), floats(&mut seed, hd));
                 let scale = 1.0 / (hd as f32).sqrt();

@@ -147,6 +147,8 @@ impl Kernel {
 }
 
 fn matmul_rows_on(kernel: Kernel, w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
+    // A kernel the CPU lacks must never be asked for (the unsafe calls below rely on it).
+    assert!(kernel == Kernel::Portable || Kernel::detect() == Kernel::Avx512 || kernel == Kernel::detect(), "matvec: {kernel:?} is not available on this CPU");
     let m = m.max(1);
     let n = xs.len() / m;
     let rows = y.len() / m;
@@ -547,17 +549,23 @@ mod tests {
             eprintln!("no AVX-512 F/DQ on this CPU: the 16-lane kernel is not used here and not compared");
             return;
         }
-        for (rows, n) in [(5usize, 8usize), (77, 45), (36, 256), (9, 700)] {
+        // Weight-row counts leaving 1, 3, 0, 1, 2 rows past blocks of 4; row lengths with no full
+        // chunk, a tail, whole chunks.
+        let mut differs_from_portable = 0;
+        for (rows, n) in [(5usize, 8usize), (7, 5), (77, 45), (36, 256), (38, 19), (9, 700)] {
             let w: Vec<f32> = (0..rows * n).map(|i| (((i * 37 + 5) % 101) as f32 - 50.0) / 37.0).collect();
             for m in 1..=24 {
                 let xs: Vec<f32> = (0..m * n).map(|i| (((i * 13 + m) % 17) as f32 - 8.0) / 3.0).collect();
-                let (mut a, mut b) = (vec![0f32; rows * m], vec![0f32; rows * m]);
+                let (mut a, mut b, mut c) = (vec![0f32; rows * m], vec![0f32; rows * m], vec![0f32; rows * m]);
                 matmul_rows_on(Kernel::Avx2, &w, &xs, m, &mut a);
                 matmul_rows_on(Kernel::Avx512, &w, &xs, m, &mut b);
+                matmul_rows_on(Kernel::Portable, &w, &xs, m, &mut c);
                 let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&b), bits(&a), "{rows}×{n} weights, {m} rows");
+                differs_from_portable += (bits(&c) != bits(&a)) as usize;
             }
         }
+        assert!(differs_from_portable > 50, "the inputs must be ones where the order of the arithmetic shows");
     }
 
     #[test]
