@@ -117,17 +117,7 @@ for shape in ${shapes//,/ }; do
     "$exe" generate --model "$dir" --prompt "$prompt" --max-new-tokens "$check" --ignore-eos --threads 1 --json > "$work/check.json"
     ids=$("$py" -c "import json,sys; print(' '.join(map(str, json.load(open(sys.argv[1]))['prompt_token_ids'])))" "$work/check.json")
     "$work/peer_greedy" "$gguf" 1 "$check" $ids > "$work/theirs.txt" 2> "$work/greedy.log"
-    "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
-import json, sys
-ours = json.load(open(sys.argv[1]))["token_ids"]
-theirs = [int(x) for x in open(sys.argv[2]).read().split()]
-n = len(ours)
-same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n)
-if same == n:
-    print(f"{sys.argv[3]}: greedy tokens agree, {n} of {n}")
-else:
-    print(f"{sys.argv[3]}: greedy tokens agree for the first {same} of {n}; then exitbench {ours[same:same + 4]}, llama.cpp {theirs[same:same + 4]}")
-EOF
+    "$py" scripts/peer_llamacpp.py agree "$work/check.json" "$work/theirs.txt" "$shape" llama.cpp
 
     # run.c, where it can hold the model: the same greedy check.
     runc_bin="$work/models/$shape.llama2c.bin"
@@ -140,14 +130,7 @@ EOF
         else
             "$work/peer_runc" "$runc_bin" "$check" $ids > "$work/theirs.txt" 2> "$work/llama2c/run.log" \
                 || { cat "$work/llama2c/run.log" >&2; echo "peer-llamacpp: run.c failed on $shape" >&2; exit 1; }
-            "$py" - "$work/check.json" "$work/theirs.txt" "$shape" <<'EOF'
-import json, sys
-ours = json.load(open(sys.argv[1]))["token_ids"]
-theirs = [int(x) for x in open(sys.argv[2]).read().split()]
-n = len(ours)
-same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n)
-print(f"{sys.argv[3]}: greedy tokens agree with run.c, {same} of {n}" + ("" if same == n else f"; then exitbench {ours[same:same + 4]}, run.c {theirs[same:same + 4]}"))
-EOF
+            "$py" scripts/peer_llamacpp.py agree "$work/check.json" "$work/theirs.txt" "$shape" run.c
         fi
     else
         echo "$shape: run.c cannot hold this model: $(tail -1 "$work/llama2c/convert.log")"

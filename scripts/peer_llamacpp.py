@@ -13,6 +13,9 @@
                         checkpoint (run.c's legacy format: a 7-int header, then the weights in
                         its order), q/k rows permuted to its interleaved rotary pairs; run.c
                         hard-codes RoPE base 10000 and RMSNorm eps 1e-5, so other configs are refused
+  agree OURS.json THEIRS.txt SHAPE PEER
+                        prints whether exitbench's greedy ids (generate --json) and a peer's
+                        (whitespace-separated) agree, and where they part
   summary RESULTS.jsonl prints the medians, spreads and ratios of the alternated runs
 """
 import json
@@ -184,6 +187,15 @@ def llama2c(model_dir, out):
             put(w["lm_head.weight"])
 
 
+def agree(ours_json, theirs_txt, shape, peer):
+    ours = json.load(open(ours_json))["token_ids"]
+    theirs = [int(x) for x in open(theirs_txt).read().split()]
+    n = len(ours)
+    same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), n if len(theirs) >= n else len(theirs))
+    tail = "" if same == n else f"; then exitbench {ours[same:same + 4]}, {peer} {theirs[same:same + 4]}"
+    print(f"{shape}: greedy tokens agree with {peer}, {same} of {n}{tail}")
+
+
 def summary(path):
     runs = [json.loads(l) for l in open(path) if l.strip()]
     keys = sorted({(r["model"], r["threads"]) for r in runs})
@@ -208,6 +220,8 @@ if __name__ == "__main__":
         gguf(sys.argv[2], sys.argv[3])
     elif cmd == "llama2c" and len(sys.argv) == 4:
         llama2c(sys.argv[2], sys.argv[3])
+    elif cmd == "agree" and len(sys.argv) == 6:
+        agree(*sys.argv[2:6])
     elif cmd == "summary" and len(sys.argv) == 3:
         summary(sys.argv[2])
     else:

@@ -237,8 +237,8 @@ fn pack_pairs(xs: &[f32], n: usize, m: usize) -> Vec<f32> {
 }
 
 /// [`block_rows`] for several rows on the 16-lane kernel: blocks of 4 weight rows against up to
-/// 5 row pairs of `pairs` ([`pack_pairs`]) at once (more in groups of 3 or 4), the next block's
-/// rows prefetched while the first group reads this block's; then the weight rows left over one
+/// 5 row pairs of `pairs` ([`pack_pairs`]) at once (more in groups of 3 or 4), the memory after
+/// the block prefetched while the first group reads the block; then the weight rows left over one
 /// at a time. An odd row's zero partner is computed and dropped.
 fn block_rows_paired(w: &[f32], xs: &[f32], pairs: &[f32], n: usize, m: usize, out: &mut [f32]) {
     let count = w.len() / n;
@@ -269,12 +269,12 @@ fn block_rows_paired(w: &[f32], xs: &[f32], pairs: &[f32], n: usize, m: usize, o
     let mut r = 0;
     while r + 4 <= count {
         let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
-        // The next block's weight rows, fetched while the first group streams this block's.
-        let next = r + 8 <= count;
-        let ahead: [&[f32]; 4] = std::array::from_fn(|k| if next { wrow(r + 4 + k) } else { &[][..] });
+        // The memory after this block (as in `block_rows`), fetched while the first group
+        // streams this block's rows.
+        let next = w.as_ptr().wrapping_add((r + 4) * n);
         let mut p = 0;
         while p < npairs {
-            let ahead = if p == 0 { &ahead[..] } else { &[] };
+            let ahead = (p == 0).then_some(next);
             // Up to 5 pairs at once (20 accumulators of the 32 registers), so the weight rows
             // stream once for up to 10 rows; more in groups of 3 or 4.
             let take = match npairs - p {
@@ -295,30 +295,31 @@ fn block_rows_paired(w: &[f32], xs: &[f32], pairs: &[f32], n: usize, m: usize, o
     }
     for r in r..count {
         for p in 0..npairs {
-            run!(1, 1, [wrow(r)], r, p, &[]);
+            run!(1, 1, [wrow(r)], r, p, None);
         }
     }
 }
 
 /// The dot products of `W` weight rows with `P` row pairs (packed by [`pack_pairs`]; `xt` are
 /// each pair's two rows unpacked, for the elements past the last full chunk, an empty slice for
-/// an odd row's missing partner; `ahead`: rows to prefetch, may be empty). Each output's eight lanes run exactly the FMAs of
+/// an odd row's missing partner; `ahead`: where the weights read next start, a prefetch hint as in
+/// [`products_ahead`]). Each output's eight lanes run exactly the FMAs of
 /// [`products_avx2`] in the same order and are summed by [`sum_lanes`], so the bits are its bits.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and DQ, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-unsafe fn products_paired<const W: usize, const P: usize>(w: [&[f32]; W], xp: [&[f32]; P], xt: [[&[f32]; 2]; P], ahead: &[&[f32]]) -> [[[f32; 2]; P]; W] {
+unsafe fn products_paired<const W: usize, const P: usize>(w: [&[f32]; W], xp: [&[f32]; P], xt: [[&[f32]; 2]; P], ahead: Option<*const f32>) -> [[[f32; 2]; P]; W] {
     use std::arch::x86_64::*;
     let n = w[0].len();
     let chunks = n / 8;
     let mut acc = [[_mm512_setzero_ps(); P]; W];
     for c in 0..chunks {
-        if c.is_multiple_of(2) {
-            for a in ahead.iter().filter(|a| a.len() >= c * 8 + 8) {
-                // A hint only: the address is within the row.
-                _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().add(c * 8) as *const i8);
+        if let Some(a) = ahead.filter(|_| c.is_multiple_of(2)) {
+            for k in 0..W {
+                // A hint: the address is never read.
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(k * n + c * 8) as *const i8);
             }
         }
         let mut xv = [_mm512_setzero_ps(); P];
@@ -354,7 +355,7 @@ unsafe fn products_paired<const W: usize, const P: usize>(w: [&[f32]; W], xp: [&
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn products_paired<const W: usize, const P: usize>(_: [&[f32]; W], _: [&[f32]; P], _: [[&[f32]; 2]; P], _: &[&[f32]]) -> [[[f32; 2]; P]; W] {
+unsafe fn products_paired<const W: usize, const P: usize>(_: [&[f32]; W], _: [&[f32]; P], _: [[&[f32]; 2]; P], _: Option<*const f32>) -> [[[f32; 2]; P]; W] {
     unreachable!("the 16-lane kernel is only chosen on x86_64")
 }
 
