@@ -16,19 +16,50 @@ pub struct HeadSummary {
     pub logit_gap: f32,
 }
 
+/// What a greedy choice of the token needs from the exit head: the argmax and the top-2 logit
+/// gap, without the softmax's normaliser (a pass of `exp` over the vocabulary that choosing the
+/// token does not use).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeadPick {
+    /// Index of the largest logit (the first on ties), as [`HeadSummary::argmax`].
+    pub argmax: u32,
+    /// Top-1 minus top-2 logit, as [`HeadSummary::logit_gap`].
+    pub logit_gap: f32,
+}
+
+impl HeadPick {
+    /// The pick from host logits: [`HeadSummary::of_logits`]'s top-2 pass alone.
+    pub fn of_logits(logits: &[f32]) -> Self {
+        let (i1, v1, v2) = top2(logits);
+        HeadPick { argmax: i1 as u32, logit_gap: v1 - v2 }
+    }
+}
+
+impl From<HeadSummary> for HeadPick {
+    fn from(s: HeadSummary) -> Self {
+        HeadPick { argmax: s.argmax, logit_gap: s.logit_gap }
+    }
+}
+
+/// The index of the largest logit (the first on ties), the largest and the second largest.
+fn top2(logits: &[f32]) -> (usize, f32, f32) {
+    let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for (i, &v) in logits.iter().enumerate() {
+        if v > v1 {
+            v2 = v1;
+            v1 = v;
+            i1 = i;
+        } else if v > v2 {
+            v2 = v;
+        }
+    }
+    (i1, v1, v2)
+}
+
 impl HeadSummary {
     /// The reductions on host logits (one pass for top-2, one for the normaliser).
     pub fn of_logits(logits: &[f32]) -> Self {
-        let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
-        for (i, &v) in logits.iter().enumerate() {
-            if v > v1 {
-                v2 = v1;
-                v1 = v;
-                i1 = i;
-            } else if v > v2 {
-                v2 = v;
-            }
-        }
+        let (i1, v1, v2) = top2(logits);
         let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
         HeadSummary::from_reduced(i1 as u32, v1, v2, z)
     }

@@ -2,7 +2,7 @@
 //! layer. Exit-head reductions run on the device; on the CPU the device is the host, so they are
 //! one pass over the logits there.
 
-use super::{Backend, Batch, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
+use super::{Backend, Batch, DeviceKind, HeadPick, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
 use crate::error::{Error, Result};
 use crate::model::llama::{LayerCache, LlamaModel, RowSegments};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
@@ -47,6 +47,9 @@ pub struct CandleBackend {
     row_caches: Vec<Vec<LayerCache>>,
     /// Constants of the on-device top-2, made at the first exit check (non-CPU devices only).
     scratch: Option<HeadScratch>,
+    /// The exit head's logits of one position on the host, kept between checks (a vocabulary's
+    /// worth, not allocated per check).
+    logits: Vec<f32>,
 }
 
 impl CandleBackend {
@@ -55,7 +58,7 @@ impl CandleBackend {
         let n = model.config().max_position_embeddings.min(4096);
         let caches = (0..model.num_layers()).map(|_| LayerCache::new(n)).collect();
         let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-        Self { model: model.clone(), threads, caches, row_caches: Vec::new(), scratch: None }
+        Self { model: model.clone(), threads, caches, row_caches: Vec::new(), scratch: None, logits: Vec::new() }
     }
 
     /// Sets candle's threads, builds the model from `files` on `device` in `precision`.
@@ -204,8 +207,22 @@ impl Backend for CandleBackend {
     }
 
     fn head(&mut self, h: &Tensor) -> Result<HeadSummary> {
-        let logits = self.model.head(&Self::last(h)?)?.flatten_all()?;
+        let last = Self::last(h)?;
+        if self.model.runs_on_host(&last) {
+            self.model.head_host(&last, &mut self.logits)?;
+            return Ok(HeadSummary::of_logits(&self.logits));
+        }
+        let logits = self.model.head(&last)?.flatten_all()?;
         self.summarize(&logits)
+    }
+
+    fn head_pick(&mut self, h: &Tensor) -> Result<HeadPick> {
+        let last = Self::last(h)?;
+        if self.model.runs_on_host(&last) {
+            self.model.head_host(&last, &mut self.logits)?;
+            return Ok(HeadPick::of_logits(&self.logits));
+        }
+        Ok(self.head(h)?.into())
     }
 
     fn exit_logits(&mut self, h: &Tensor) -> Result<Vec<f32>> {

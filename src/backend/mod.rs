@@ -12,7 +12,7 @@ pub mod threads;
 
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
-pub use crate::head::HeadSummary;
+pub use crate::head::{HeadPick, HeadSummary};
 pub use batch::{Batch, SpeculateRows};
 pub use crate::runtime_info::RuntimeInfo;
 
@@ -166,6 +166,11 @@ pub trait Backend {
     fn propagate(&mut self, layer: usize, h: &Self::Hidden) -> Result<()>;
     /// The exit head on the last position (final norm + LM head), reduced on the device.
     fn head(&mut self, h: &Self::Hidden) -> Result<HeadSummary>;
+    /// The exit head on the last position reduced to what a greedy choice needs (argmax and
+    /// top-2 gap, the same values as [`Backend::head`]'s); a backend may skip the normaliser.
+    fn head_pick(&mut self, h: &Self::Hidden) -> Result<HeadPick> {
+        Ok(self.head(h)?.into())
+    }
     /// The exit head's f32 logits of the last position on the host (for sampling and tests).
     fn exit_logits(&mut self, h: &Self::Hidden) -> Result<Vec<f32>>;
     /// Cosine similarity of the last positions of two states, computed in f32 or better.

@@ -422,6 +422,11 @@ fn apply_head<B: Backend>(backend: &mut B, h: &B::Hidden, s: &Sampling) -> Resul
 fn choose<B: Backend>(backend: &mut B, h: &B::Hidden, head: Option<HeadOut>, s: &Sampling, rng: &mut rand::rngs::StdRng) -> Result<(u32, Option<f32>)> {
     let head = match head {
         Some(x) if s.temperature == 0.0 || x.logits.is_some() => x,
+        // Greedy with no head applied yet: the argmax and gap alone (no softmax normaliser).
+        None if s.temperature == 0.0 => {
+            let pick = backend.head_pick(h)?;
+            return Ok((pick.argmax, Some(pick.logit_gap)));
+        }
         _ => apply_head(backend, h, s)?,
     };
     match head.logits {

@@ -45,11 +45,25 @@ pub fn attend_positions(q: &Tensor, cache: &KvBuffer, h: Heads) -> Result<Vec<f3
 /// itself. Returns `[n, heads · hd]` row-major. Every position is computed as a single decode
 /// step computes it (the same bits), and segments run in parallel when the pool has threads.
 pub fn attend_segments(q: &Tensor, caches: &[&KvBuffer], lens: &[usize], h: Heads) -> Result<Vec<f32>> {
+    with_host_f32(&q.contiguous()?, |q| attend_segments_host(q, caches, lens, h))?
+}
+
+/// Attention of one query position of one row on host slices: `q` is `[heads · hd]` (rotated),
+/// `cache` holds the row's positions, the new one included. Returns `[heads · hd]`, computed as
+/// [`attend_rows`] computes a row (the same bits).
+pub fn attend_one(q: &[f32], cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
+    attend_segments_host(q, &[cache], &[1], h)
+}
+
+/// [`attend_segments`] with `q` `[heads, n, hd]` on the host.
+fn attend_segments_host(q: &[f32], caches: &[&KvBuffer], lens: &[usize], h: Heads) -> Result<Vec<f32>> {
     let n: usize = lens.iter().sum();
     let (heads, hd) = (h.heads, h.head_dim);
     let rep = heads / h.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let q = q.contiguous()?;
+    if q.len() != n * heads * hd {
+        return Err(crate::error::Error::Internal(format!("attention: {} query values for {n} positions of {heads} heads of {hd}", q.len())));
+    }
     let mut out = vec![0f32; n * heads * hd];
     // Each segment's slice of the output and its first position in `q`.
     let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(lens.len());
@@ -59,28 +73,26 @@ pub fn attend_segments(q: &Tensor, caches: &[&KvBuffer], lens: &[usize], h: Head
         parts.push((i, start, mine));
         (rest, start) = (tail, start + t);
     }
-    with_host_f32(&q, |q| -> Result<()> {
-        let segment = |(i, start, o): (usize, usize, &mut [f32])| -> Result<()> {
-            let t = lens[i];
-            caches[i].with_host_f32(|k, v, cap, len| {
-                let mut scores = vec![0f32; len];
-                for (j, o) in o.chunks_mut(heads * hd).enumerate() {
-                    let visible = len - t + j + 1;
-                    for head in 0..heads {
-                        let g = head / rep;
-                        let at = head * n + start + j;
-                        let qv = &q[at * hd..(at + 1) * hd];
-                        one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores[..visible], &mut o[head * hd..(head + 1) * hd]);
-                    }
+    let segment = |(i, start, o): (usize, usize, &mut [f32])| -> Result<()> {
+        let t = lens[i];
+        caches[i].with_host_f32(|k, v, cap, len| {
+            let mut scores = vec![0f32; len];
+            for (j, o) in o.chunks_mut(heads * hd).enumerate() {
+                let visible = len - t + j + 1;
+                for head in 0..heads {
+                    let g = head / rep;
+                    let at = head * n + start + j;
+                    let qv = &q[at * hd..(at + 1) * hd];
+                    one_query(qv, &k[g * cap * hd..], &v[g * cap * hd..], scale, &mut scores[..visible], &mut o[head * hd..(head + 1) * hd]);
                 }
-            })
-        };
-        if lens.len() > 1 && rayon::current_num_threads() > 1 {
-            parts.into_par_iter().try_for_each(segment)
-        } else {
-            parts.into_iter().try_for_each(segment)
-        }
-    })??;
+            }
+        })
+    };
+    if lens.len() > 1 && rayon::current_num_threads() > 1 {
+        parts.into_par_iter().try_for_each(segment)?;
+    } else {
+        parts.into_iter().try_for_each(segment)?;
+    }
     Ok(out)
 }
 

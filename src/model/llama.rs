@@ -15,6 +15,8 @@ use candle_core::{DType, Device, Tensor, D};
 use super::kv::KvBuffer;
 use super::matvec;
 
+mod one_row;
+
 
 /// An RMSNorm whose statistics are computed in f32.
 #[derive(Debug, Clone)]
@@ -211,8 +213,10 @@ impl Attention {
     }
 }
 
-/// True where decode attention runs in place on the host ([`super::attention_cpu`]): f32 on the
-/// CPU (set `EXITBENCH_CANDLE_ATTENTION=1` to use candle's ops instead, for comparison).
+/// True where decode steps run on the host: f32 on the CPU, one position of one row as a whole
+/// on host slices (`one_row`), several positions with attention in place
+/// ([`super::attention_cpu`]). Set `EXITBENCH_CANDLE_ATTENTION=1` to use candle's ops instead,
+/// for comparison.
 fn host_decode(x: &Tensor) -> bool {
     static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     x.device().is_cpu() && x.dtype() == DType::F32 && !*CANDLE.get_or_init(|| std::env::var("EXITBENCH_CANDLE_ATTENTION").is_ok_and(|v| v == "1"))
@@ -273,20 +277,18 @@ impl DecoderLayer {
 
     /// Runs the block on `x` `[b, t, d]` at positions `pos..pos+t`. With a cache the new keys and
     /// values are appended and attention covers every cached position.
-    pub fn forward(&self, x: &Tensor, pos: usize, rope: &Rope, cache: Option<&mut LayerCache>, differentiable: bool) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, pos: usize, rope: &Rope, mut cache: Option<&mut LayerCache>, differentiable: bool) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        if let Some(c) = cache.as_deref_mut().filter(|_| b == 1 && t == 1 && !differentiable && host_decode(x)) {
+            // One position of one row on the CPU: the whole layer on host slices.
+            return self.forward_host(x, pos, rope, c);
+        }
         let a = &self.attn;
         let h = self.input_norm.forward(x, differentiable)?;
         let q = a.q.forward(&h)?.reshape((b, t, a.heads, a.head_dim))?.transpose(1, 2)?;
         let q = rope.apply(&q, pos, differentiable)?;
         let (k, v) = self.kv_of_normed(&h, pos, rope, differentiable)?;
         let att = match cache {
-            // One position of one row on the CPU: attention over the cache in place.
-            Some(c) if b == 1 && t == 1 && !differentiable && host_decode(x) => {
-                c.kv.append(&k, &v)?;
-                let out = super::attention_cpu::attend_rows(&q, &[&c.kv], a.shape())?;
-                Tensor::from_vec(out, (1, 1, a.heads * a.head_dim), x.device())?
-            }
             // A few positions after cached ones (a speculative verification pass), on the CPU:
             // each position attended as a decode step attends it (the same bits). A prefill,
             // which starts from an empty cache, keeps candle's matrix products.
@@ -564,9 +566,18 @@ impl LlamaModel {
     /// CALM's state propagation into layer `layer` (1-based): the layer's own input norm and k/v
     /// projections of the exited state `x`, appended to its cache; the state passes unchanged.
     pub fn propagate(&self, layer: usize, x: &Tensor, pos: usize, cache: &mut LayerCache) -> Result<()> {
+        if self.runs_on_host(x) {
+            return self.layers[layer - 1].propagate_host(x, pos, &self.rope, cache);
+        }
         let (k, v) = self.layers[layer - 1].project_kv(x, pos, &self.rope, false)?;
         cache.kv.append(&k, &v)?;
         Ok(())
+    }
+
+    /// True when one position `x` `[1, 1, d]` runs on host slices ([`LlamaModel::head_host`]):
+    /// f32 on the CPU, outside training.
+    pub fn runs_on_host(&self, x: &Tensor) -> bool {
+        !self.differentiable && host_decode(x) && x.elem_count() == self.cfg.hidden_size
     }
 
     /// The k/v a layer computes for a state: what propagation writes (for tests and analysis).
