@@ -8,14 +8,19 @@
 //!   exitbench's row-split kernel, on the embedded model's LM head and the Llama-3.2-1B shape's
 //!   MLP and LM head, at 1 and 2 threads;
 //! - one layer's decode step with 64, 512 and 2,048 cached positions (the attention's cost as
-//!   the context grows; the cache is read in place, never copied per token).
+//!   the context grows; the cache is read in place, never copied per token), on candle and on
+//!   ONNX Runtime with both cache forms (in-place buffers, and the concatenating graphs that copy
+//!   the cache every step).
 //!
-//! Run: `cargo bench --bench decode` (one group: `cargo bench --bench decode -- matvec`).
+//! Run: `cargo bench --bench decode` (one group: `cargo bench --bench decode -- matvec`);
+//! `EXITBENCH_BENCH_ORT=0` leaves out ONNX Runtime.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use exitbench::backend::candle::CandleBackend;
 use exitbench::backend::candle::set_cpu_threads;
-use exitbench::backend::Backend;
+use exitbench::backend::ort::graphs::CacheForm;
+use exitbench::backend::ort::OrtBackend;
+use exitbench::backend::{Backend, Speculate};
 use exitbench::decode::{decode_token, GenerateOptions, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
 use exitbench::model::{LoadOptions, LoadedModel, Precision};
@@ -111,7 +116,43 @@ fn bench_context(c: &mut Criterion) {
             })
         });
     }
+    if std::env::var("EXITBENCH_BENCH_ORT").map_or(true, |v| v != "0") {
+        exitbench::testkit::onnx_cache_once(&std::env::temp_dir().join("exitbench-bench-onnx"));
+        let files = exitbench::model::ModelFiles::open(dir.path(), None).unwrap();
+        for form in [CacheForm::InPlace, CacheForm::Concat] {
+            for cached in [64usize, 512, 2048] {
+                ort_layer_step(&mut g, &files, form, cached);
+            }
+        }
+    }
     g.finish();
+}
+
+/// ONNX Runtime's decode step of layer 1 after `cached` positions, caches in `form`: runs of up
+/// to 32 steps (so the cache holds `cached` to `cached + 32` positions), each run rolled back
+/// untimed.
+fn ort_layer_step(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, files: &exitbench::model::ModelFiles, form: CacheForm, cached: usize) {
+    let mut b = OrtBackend::open_form(files, exitbench::backend::DeviceKind::Cpu, Precision::F32, 1, false, form).unwrap();
+    let prompt: Vec<u32> = (0..cached as u32).map(|i| 3 + (i * 7) % 250).collect();
+    let h = b.embed(&prompt).unwrap();
+    b.layer(1, &h).unwrap();
+    let x = b.embed(&[5]).unwrap();
+    g.bench_function(format!("ort {}/{cached}_positions", form.name()), |bch| {
+        bch.iter_custom(|iters| {
+            let (mut total, mut done) = (Duration::ZERO, 0);
+            while done < iters {
+                let n = (iters - done).min(32);
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    std::hint::black_box(b.layer(1, &x).unwrap());
+                }
+                total += t.elapsed();
+                b.truncate(1, cached).unwrap();
+                done += n;
+            }
+            total
+        })
+    });
 }
 
 fn bench_matvec(c: &mut Criterion) {

@@ -7,6 +7,10 @@ use common::{exitbench, NO_ENV};
 use exitbench::backend::{self, Backend, BackendKind, DeviceKind, Inspect, OpenBackend};
 use exitbench::decode::{generate, GenerateOptions, Generation, Sampling};
 use exitbench::exit::{ExitMode, ExitPolicy, Measure, Schedule};
+use exitbench::backend::ort::graphs::CacheForm;
+use exitbench::backend::ort::OrtBackend;
+use exitbench::decode::batch::{generate_batch, BatchPolicy};
+use exitbench::decode::speculative::{generate_speculative, DraftCache, Speculation};
 use exitbench::model::{ModelFiles, Precision};
 use exitbench::testkit::{tiny_config, tiny_variant_config, write_random_classifiers, write_tiny_model};
 use exitbench::with_backend;
@@ -147,7 +151,7 @@ fn full_depth_graph_with_external_data_matches_layer_by_layer() {
     write_tiny_model(dir.path(), &tiny_variant_config(3, 300), 51).unwrap();
     let files = ModelFiles::open(dir.path(), None).unwrap();
     let out = dir.path().join("export-external");
-    let m = exitbench::backend::ort::export::write_export(&files, &files.weights_hash().unwrap(), Precision::F32, &out, true).unwrap();
+    let m = exitbench::backend::ort::export::write_export(&files, &files.weights_hash().unwrap(), Precision::F32, CacheForm::InPlace, &out, true).unwrap();
     assert!(m.files.iter().any(|f| f.name == "full.onnx.data" && f.bytes > 0), "{m:?}");
     assert!(std::fs::metadata(out.join("full.onnx")).unwrap().len() < 64 * 1024, "weights stayed inside the protobuf");
     let mut full = exitbench::backend::ort::FullDepth::open_file(&out.join("full.onnx"), &files, DeviceKind::Cpu, Precision::F32, 1, false).unwrap();
@@ -262,13 +266,13 @@ fn the_export_cache_is_keyed_by_the_config_too() {
     write_tiny_model(dir.path(), &tiny_config(2, 300), 71).unwrap();
     let a = ModelFiles::open(dir.path(), None).unwrap();
     let wh = a.weights_hash().unwrap();
-    let before = exitbench::backend::ort::export::cache_dir(&a, &wh, Precision::F32);
+    let before = exitbench::backend::ort::export::cache_dir(&a, &wh, Precision::F32, CacheForm::InPlace);
     // Same weights, another config (a fixed rms_norm_eps): another export, never the stale one.
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
     v["rms_norm_eps"] = 1e-6.into();
     std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
     let b = ModelFiles::open(dir.path(), None).unwrap();
-    assert_ne!(exitbench::backend::ort::export::cache_dir(&b, &wh, Precision::F32), before);
+    assert_ne!(exitbench::backend::ort::export::cache_dir(&b, &wh, Precision::F32, CacheForm::InPlace), before);
 }
 
 #[test]
@@ -336,8 +340,8 @@ fn streamed_external_data_is_the_inline_graph_byte_for_byte() {
     let files = ModelFiles::open(dir.path(), None).unwrap();
     let wh = files.weights_hash().unwrap();
     let (inline, external) = (dir.path().join("inline"), dir.path().join("external"));
-    let mi = export::write_export(&files, &wh, Precision::F32, &inline, false).unwrap();
-    let me = export::write_export(&files, &wh, Precision::F32, &external, true).unwrap();
+    let mi = export::write_export(&files, &wh, Precision::F32, CacheForm::InPlace, &inline, false).unwrap();
+    let me = export::write_export(&files, &wh, Precision::F32, CacheForm::InPlace, &external, true).unwrap();
     // Both verify against their manifests (hashes computed while writing = hashes re-read).
     assert_eq!(export::verify(&inline).unwrap().files, mi.files);
     assert_eq!(export::verify(&external).unwrap().files, me.files);
@@ -362,4 +366,60 @@ fn streamed_external_data_is_the_inline_graph_byte_for_byte() {
     }
     assert!(moved > 10, "only {moved} initializers were external");
     assert!(model.encode_to_vec() == std::fs::read(inline.join("full.onnx")).unwrap(), "external + data differs from the inline graph");
+}
+
+/// ONNX Runtime's in-place caches (GroupQueryAttention extending one buffer per layer) decode
+/// what the concatenating graphs decode: the same tokens and exit layers, and caches equal to
+/// within rounding (the op's attention sums in its own order), through early exits (propagated
+/// entries written by the host), speculation (rolled-back positions), batched rows, later prompts
+/// on kept buffers, and buffers that must grow (3 positions at first: 3 → 6 → … → 48).
+#[test]
+fn in_place_caches_decode_as_concatenated_ones() {
+    test_cache();
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_variant_config(4, 300), 5).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let open = |form| OrtBackend::open_form(&files, DeviceKind::Cpu, Precision::F32, 1, false, form).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+    let (mut cat, mut inp) = (open(CacheForm::Concat), open(CacheForm::InPlace));
+    assert_eq!((cat.cache_form(), inp.cache_form()), (CacheForm::Concat, CacheForm::InPlace));
+    inp.set_cache_capacity(3);
+    let prompts: Vec<Vec<u32>> = ["The Hawks beat the Foxes by 47 runs.", "Rain delayed the start", "Ansel Morrow top-scored with 87"].iter().map(|p| files.tokenizer.encode(p).unwrap()).collect();
+    let opts = |mode| GenerateOptions { mode, max_new_tokens: 24, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
+    let layers_of = |g: &Generation| g.tokens.iter().map(|t| t.exit_layer).collect::<Vec<_>>();
+    let (mut compared, mut ties, mut exits, mut worst) = (0, 0, 0, 0f64);
+    let mut same_or_tie = |a: &Generation, b: &Generation, what: &str| {
+        compared += 1;
+        if a.ids() != b.ids() || layers_of(a) != layers_of(b) {
+            assert!(near_tie(a, b), "{what}: the in-place caches decode otherwise, without a near-tie");
+            ties += 1;
+        }
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        for m in [ExitMode::Full, mode(Measure::SoftmaxMax, 0.1)] {
+            let (a, b) = (generate(&mut cat, p, &opts(m)).unwrap(), generate(&mut inp, p, &opts(m)).unwrap());
+            same_or_tie(&a, &b, &format!("prompt {i}, {m:?}"));
+            exits += b.tokens.iter().filter(|t| t.exit_layer < 4).count();
+            for l in 1..=4 {
+                let (x, y) = (cat.cached_kv(l).unwrap().unwrap(), inp.cached_kv(l).unwrap().unwrap());
+                assert_eq!(x.len, y.len, "layer {l} cache length");
+                worst = worst.max(rel(&y.k, &x.k)).max(rel(&y.v, &x.v));
+            }
+        }
+        let spec = Speculation { draft_layer: 2, draft_tokens: 4, cache: DraftCache::Shared, stop: None };
+        let (a, b) = (generate_speculative(&mut cat, p, &opts(ExitMode::Full), &spec).unwrap(), generate_speculative(&mut inp, p, &opts(ExitMode::Full), &spec).unwrap());
+        same_or_tie(&a.generation, &b.generation, &format!("prompt {i}, speculative"));
+        assert!(b.stats.accepted < b.stats.drafted, "no draft was rejected: nothing rolled back");
+    }
+    for policy in [BatchPolicy::PerRow, BatchPolicy::Compact] {
+        let m = mode(Measure::SoftmaxMax, 0.1);
+        let (a, b) = (generate_batch(&mut cat, &prompts, &opts(m), policy, None).unwrap(), generate_batch(&mut inp, &prompts, &opts(m), policy, None).unwrap());
+        for (r, (x, y)) in a.rows.iter().zip(&b.rows).enumerate() {
+            same_or_tie(x, y, &format!("batch {policy:?}, row {r}"));
+        }
+    }
+    println!("in place vs concatenated: {compared} generations, {ties} near-tie difference(s), {exits} early exits, worst cache ‖Δ‖/‖x‖ {worst:.1e}");
+    assert_eq!(compared, 3 * 3 + 2 * 3);
+    assert!(ties <= 1, "{ties} generations differ at near-ties");
+    assert!(exits >= 10, "only {exits} early exits: propagation is barely exercised");
+    assert!(worst > 0.0 && worst < 1e-5, "cache difference {worst:e}");
 }

@@ -8,7 +8,7 @@
 //! produced from the model's own tensor when written and dropped after, so an export needs
 //! little memory beyond the model.
 
-use super::graphs::{self, Weights};
+use super::graphs::{self, CacheForm, Weights};
 use crate::error::{Error, Result};
 use crate::model::{LoadOptions, LoadedModel, ModelFiles, Precision};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,10 @@ pub struct ExportedFile {
     pub sha256: String,
 }
 
+fn concat() -> CacheForm {
+    CacheForm::Concat
+}
+
 /// What an export directory holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -47,6 +51,10 @@ pub struct Manifest {
     pub weights_hash: String,
     /// Precision of the graphs.
     pub dtype: String,
+    /// How the layer graphs hold their caches (manifests written before the in-place form
+    /// existed are `concat`).
+    #[serde(default = "concat")]
+    pub cache_form: CacheForm,
     /// Number of decoder layers.
     pub num_layers: usize,
     /// True when `classifier.onnx` exists.
@@ -91,10 +99,12 @@ pub fn set_cache_root(dir: &Path) {
     std::env::set_var(CACHE_ENV, abs);
 }
 
-/// Where the export of `files` in `p` lives: a folder of [`cache_root`] named by content only
-/// (weights hash, config hash, dtype, exporter version), never by the model's path.
-pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision) -> PathBuf {
-    cache_root().join(format!("{}-c{}-{}-v{EXPORTER_VERSION}", weights_hash.replace(':', "-"), config_hash(files), p.name()))
+/// Where the export of `files` in `p` with caches in `form` lives: a folder of [`cache_root`]
+/// named by content only (weights hash, config hash, dtype, exporter version, and `-in-place`
+/// for that form), never by the model's path.
+pub fn cache_dir(files: &ModelFiles, weights_hash: &str, p: Precision, form: CacheForm) -> PathBuf {
+    let suffix = if form == CacheForm::InPlace { "-in-place" } else { "" };
+    cache_root().join(format!("{}-c{}-{}-v{EXPORTER_VERSION}{suffix}", weights_hash.replace(':', "-"), config_hash(files), p.name()))
 }
 
 /// What the export cache holds.
@@ -145,11 +155,11 @@ pub fn config_hash(files: &ModelFiles) -> String {
     crate::hex::encode(&Sha256::digest(json.as_bytes())[..4])
 }
 
-/// The export of `files` in precision `p`, written if absent and rewritten (with a warning
-/// through `warn`) when its files do not match the manifest.
-pub fn ensure(files: &ModelFiles, p: Precision, warn: &mut dyn FnMut(&str)) -> Result<Export> {
+/// The export of `files` in precision `p` with caches in `form`, written if absent and rewritten
+/// (with a warning through `warn`) when its files do not match the manifest.
+pub fn ensure(files: &ModelFiles, p: Precision, form: CacheForm, warn: &mut dyn FnMut(&str)) -> Result<Export> {
     let wh = files.weights_hash()?;
-    let dir = cache_dir(files, &wh, p);
+    let dir = cache_dir(files, &wh, p, form);
     if dir.is_dir() {
         match verify(&dir) {
             Ok(manifest) if manifest.weights_hash == wh => return Ok(Export { dir, manifest, export_s: 0.0, fresh: false }),
@@ -173,7 +183,7 @@ pub fn ensure(files: &ModelFiles, p: Precision, warn: &mut dyn FnMut(&str)) -> R
     }
     remove_stale_temporaries(dir.parent());
     let t = Instant::now();
-    let manifest = write_export(files, &wh, p, &dir, false)?;
+    let manifest = write_export(files, &wh, p, form, &dir, false)?;
     Ok(Export { dir, manifest, export_s: t.elapsed().as_secs_f64(), fresh: true })
 }
 
@@ -265,10 +275,11 @@ impl Write for HashingFile {
     }
 }
 
-/// Writes every graph of `files` in `p` into `dest` (through a temporary sibling folder renamed
-/// into place; when another process got there first, its export is kept). `force_external` forces the
-/// full-depth graph's weights into external data (tests).
-pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: &Path, force_external: bool) -> Result<Manifest> {
+/// Writes every graph of `files` in `p` (layer and propagation graphs with caches in `form`)
+/// into `dest` (through a temporary sibling folder renamed into place; when another process got
+/// there first, its export is kept). `force_external` forces the full-depth graph's weights into
+/// external data (tests).
+pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, form: CacheForm, dest: &Path, force_external: bool) -> Result<Manifest> {
     let t = Instant::now();
     let parent = dest.parent().ok_or_else(|| Error::Internal(format!("{}: no parent", dest.display())))?;
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -298,8 +309,8 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
         };
         put_graph("embed.onnx", graphs::embed_graph(&w)?, false)?;
         for i in 0..files.config.num_hidden_layers {
-            put_graph(&format!("layer_{}.onnx", i + 1), graphs::layer_graph(&w, i)?, false)?;
-            put_graph(&format!("propagate_{}.onnx", i + 1), graphs::propagate_graph(&w, i)?, false)?;
+            put_graph(&format!("layer_{}.onnx", i + 1), graphs::layer_graph(&w, i, form)?, false)?;
+            put_graph(&format!("propagate_{}.onnx", i + 1), graphs::propagate_graph(&w, i, form)?, false)?;
         }
         put_graph("head.onnx", graphs::head_graph(&w)?, false)?;
         put_graph("cosine.onnx", graphs::cosine_graph(&w)?, false)?;
@@ -318,6 +329,7 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, dest: 
             exporter_version: EXPORTER_VERSION,
             weights_hash: weights_hash.to_string(),
             dtype: p.name().into(),
+            cache_form: form,
             num_layers: files.config.num_hidden_layers,
             has_classifier,
             files: out,

@@ -279,7 +279,13 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
     let att = g.node("Transpose", &[&att], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
     let flat = g.ints(&[1, -1, (nh * hd) as i64]);
     let att = g.node("Reshape", &[&att, &flat], &[]);
-    let o = w.linear(g, &att, &names::proj(i, Proj::O))?;
+    Ok((emit_after_attention(w, g, i, x, &att)?, pk, pv))
+}
+
+/// The rest of layer `i` after attention `att` `[1, t, heads·hd]`: the output projection and its
+/// residual, the post-attention norm and the SwiGLU MLP with its residual.
+fn emit_after_attention(w: &Weights, g: &mut Graph, i: usize, x: &str, att: &str) -> Result<String> {
+    let o = w.linear(g, att, &names::proj(i, Proj::O))?;
     let x = g.node("Add", &[x, &o], &[]);
     let h = w.rms_norm(g, &x, &names::post_norm(i))?;
     let gate = w.linear(g, &h, &names::proj(i, Proj::Gate))?;
@@ -288,8 +294,56 @@ pub fn emit_layer(w: &Weights, g: &mut Graph, i: usize, x: &str, past: (&str, &s
     let up = w.linear(g, &h, &names::proj(i, Proj::Up))?;
     let m = g.node("Mul", &[&gate, &up], &[]);
     let down = w.linear(g, &m, &names::proj(i, Proj::Down))?;
-    let out = g.node("Add", &[&x, &down], &[]);
-    Ok((out, pk, pv))
+    Ok(g.node("Add", &[&x, &down], &[]))
+}
+
+/// Rotate-half RoPE of `[1, t, heads·hd]` (the sequence-major layout `GroupQueryAttention`
+/// takes): the same products as [`rope`] on `[1, heads, t, hd]`, so the same values.
+fn rope_seq_major(w: &Weights, g: &mut Graph, x: &str, heads: usize, cos: &str, sin: &str) -> String {
+    let hd = w.cfg.head_dim() as i64;
+    let split = g.ints(&[1, -1, heads as i64, hd]);
+    let r = g.node("Reshape", &[x, &split], &[]);
+    // cos and sin `[t, hd/2]` as `[t, 1, hd/2]`, broadcast over the heads.
+    let ax = g.ints(&[1]);
+    let (c, s) = (g.node("Unsqueeze", &[cos, &ax], &[]), g.node("Unsqueeze", &[sin, &ax], &[]));
+    let r = rope(w, g, &r, &c, &s);
+    let flat = g.ints(&[1, -1, heads as i64 * hd]);
+    g.node("Reshape", &[&r, &flat], &[])
+}
+
+/// `GroupQueryAttention`'s lengths from the positions i64 `[t]` of the new positions: `seqlens_k`
+/// i32 `[1]` (the last position, i.e. the total length − 1) and `total_sequence_length` i32 `[]`.
+fn gqa_lengths(g: &mut Graph, positions: &str) -> (String, String) {
+    let (s, e, a) = (g.ints(&[-1]), g.ints(&[i64::MAX]), g.ints(&[0]));
+    let last = g.node("Slice", &[positions, &s, &e, &a], &[]);
+    let seqlens = g.node("Cast", &[&last], &[("to", Attr::Int(dt::INT32 as i64))]);
+    let one = g.init("i", dt::INT32, &[1], 1i32.to_le_bytes().to_vec());
+    let total = g.node("Add", &[&seqlens, &one], &[]);
+    let ax = g.ints(&[0]);
+    (seqlens, g.node("Squeeze", &[&total, &ax], &[]))
+}
+
+/// Layer `i` on `x` with its cache held in place: `cache` are buffers `[1, kv, capacity, hd]`
+/// holding the cached positions first, which `GroupQueryAttention` (ONNX Runtime's contrib op)
+/// extends by the new positions' keys and values in place (when its `present` outputs are bound
+/// to the same buffers) and attends over up to the last of `positions` only. Returns (output,
+/// present_k, present_v).
+pub fn emit_layer_in_place(w: &Weights, g: &mut Graph, i: usize, x: &str, cache: (&str, &str), positions: &str, rope_cs: (&str, &str)) -> Result<(String, String, String)> {
+    let cfg = w.cfg;
+    let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+    let (cos, sin) = rope_cs;
+    let h = w.rms_norm(g, x, &names::input_norm(i))?;
+    let q = w.linear(g, &h, &names::proj(i, Proj::Q))?;
+    let q = rope_seq_major(w, g, &q, nh, cos, sin);
+    let k = w.linear(g, &h, &names::proj(i, Proj::K))?;
+    let k = rope_seq_major(w, g, &k, kvh, cos, sin);
+    let v = w.linear(g, &h, &names::proj(i, Proj::V))?;
+    let (seqlens, total) = gqa_lengths(g, positions);
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    let attrs = [("num_heads", Attr::Int(nh as i64)), ("kv_num_heads", Attr::Int(kvh as i64)), ("scale", Attr::Float(scale))];
+    let outs = g.ms_node_n("GroupQueryAttention", &[&q, &k, &v, cache.0, cache.1, &seqlens, &total], 3, &attrs);
+    let out = emit_after_attention(w, g, i, x, &outs[0])?;
+    Ok((out, outs[1].clone(), outs[2].clone()))
 }
 
 /// The exit head on the last position: (summary, logits).
@@ -335,42 +389,94 @@ pub fn embed_graph(w: &Weights) -> Result<Graph> {
     Ok(g)
 }
 
-/// The inputs a cached graph takes: `hidden`, `past_k`, `past_v`, `positions` (`t` of them).
-fn cached_inputs(w: &Weights, g: &mut Graph, t: Dim) -> (String, String, String, String) {
+/// The inputs a cached graph takes: `hidden`, `past_k`, `past_v` (`len` positions),
+/// `positions` (`t` of them).
+fn cached_inputs(w: &Weights, g: &mut Graph, t: Dim, len: &'static str) -> (String, String, String, String) {
     let x = g.input("hidden", elem(w.p), &hidden_dims());
-    let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
-    let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
+    let pk = g.input("past_k", elem(w.p), &kv_dims(w, len));
+    let pv = g.input("past_v", elem(w.p), &kv_dims(w, len));
     let pos = g.input("positions", dt::INT64, &[t]);
     (x, pk, pv, pos)
 }
 
-fn present_outputs(w: &Weights, g: &mut Graph, k: &str, v: &str) {
-    g.output(k, "present_k", elem(w.p), &kv_dims(w, "total"));
-    g.output(v, "present_v", elem(w.p), &kv_dims(w, "total"));
+/// How the layer graphs hold a layer's key/value cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheForm {
+    /// `past` `[1, kv, P, hd]` in, `present = Concat(past, new)` out: a copy of the whole cache
+    /// per call, standard ops only (any device and precision).
+    Concat,
+    /// One buffer `[1, kv, capacity, hd]` per layer, bound as both `past` and `present` of
+    /// `GroupQueryAttention`, which writes the new positions in place and attends over the
+    /// cached length only; propagation graphs output the new entries (`new_k`, `new_v`
+    /// `[1, kv, 1, hd]`) for the host to write. ONNX Runtime implements the op on its CPU
+    /// provider in f32 and f16.
+    InPlace,
 }
 
-/// `layer_i` (0-based `i`).
-pub fn layer_graph(w: &Weights, i: usize) -> Result<Graph> {
+impl CacheForm {
+    /// The form for a device and precision: in place where ONNX Runtime's CPU provider has the
+    /// op (f32, f16) and the host can write propagated entries; the concatenating graphs
+    /// elsewhere (bf16, and CUDA, whose op takes no f32 and whose buffers the host cannot write).
+    pub fn for_run(cpu: bool, p: Precision) -> CacheForm {
+        if cpu && p != Precision::Bf16 {
+            CacheForm::InPlace
+        } else {
+            CacheForm::Concat
+        }
+    }
+
+    /// Its name in export folder names and manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheForm::Concat => "concat",
+            CacheForm::InPlace => "in-place",
+        }
+    }
+}
+
+/// `layer_i` (0-based `i`) with its cache in `form`.
+pub fn layer_graph(w: &Weights, i: usize, form: CacheForm) -> Result<Graph> {
     let mut g = Graph::new(&format!("layer_{}", i + 1));
-    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Named("t"));
+    let len = if form == CacheForm::InPlace { "capacity" } else { "past" };
+    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Named("t"), len);
     let (c, s) = emit_rope(w, &mut g, &pos);
-    let (out, k, v) = emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?;
+    let (out, k, v) = match form {
+        CacheForm::Concat => emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?,
+        CacheForm::InPlace => emit_layer_in_place(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?,
+    };
     g.output(&out, "hidden_out", elem(w.p), &hidden_dims());
-    present_outputs(w, &mut g, &k, &v);
+    let total = if form == CacheForm::InPlace { "capacity" } else { "total" };
+    g.output(&k, "present_k", elem(w.p), &kv_dims(w, total));
+    g.output(&v, "present_v", elem(w.p), &kv_dims(w, total));
     Ok(g)
 }
 
-/// `propagate_i` (0-based `i`): the layer's input norm + k/v projections of the last position.
-pub fn propagate_graph(w: &Weights, i: usize) -> Result<Graph> {
+/// `propagate_i` (0-based `i`): the layer's input norm + k/v projections of the last position,
+/// appended to the cache (`Concat`) or output as `new_k`/`new_v` for the host to write
+/// (`InPlace`).
+pub fn propagate_graph(w: &Weights, i: usize, form: CacheForm) -> Result<Graph> {
     let mut g = Graph::new(&format!("propagate_{}", i + 1));
-    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Fixed(1));
+    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let past = (form == CacheForm::Concat).then(|| (g.input("past_k", elem(w.p), &kv_dims(w, "past")), g.input("past_v", elem(w.p), &kv_dims(w, "past"))));
+    let pos = g.input("positions", dt::INT64, &[Dim::Fixed(1)]);
     let last = w.last(&mut g, &x);
     let (c, s) = emit_rope(w, &mut g, &pos);
     let h = w.rms_norm(&mut g, &last, &names::input_norm(i))?;
     let (k, v) = kv_of_normed(w, &mut g, i, &h, &c, &s)?;
-    let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
-    let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
-    present_outputs(w, &mut g, &k, &v);
+    match past {
+        Some((pk, pv)) => {
+            let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
+            let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
+            g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
+            g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
+        }
+        None => {
+            let one = [Dim::Fixed(1), Dim::Fixed(w.cfg.kv_heads() as i64), Dim::Fixed(1), Dim::Fixed(w.cfg.head_dim() as i64)];
+            g.output(&k, "new_k", elem(w.p), &one);
+            g.output(&v, "new_v", elem(w.p), &one);
+        }
+    }
     Ok(g)
 }
 

@@ -2,7 +2,9 @@
 //! from the same weights candle loads, one session per graph. Hidden states and KV caches stay
 //! ORT values on the session's device (IO binding; outputs are bound to the device), exit checks
 //! return scalars (the head graph reduces on the device), and full logits are fetched only when
-//! sampling asks for them.
+//! sampling asks for them. On the CPU in f32 and f16 each layer's cache is one preallocated
+//! buffer that the layer graph extends in place ([`CacheForm::InPlace`]); elsewhere the graphs
+//! return the cache with the new positions concatenated ([`CacheForm::Concat`]).
 
 pub mod export;
 pub mod graphs;
@@ -11,6 +13,7 @@ pub mod positions;
 pub mod runtime;
 
 use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
+use graphs::CacheForm;
 use crate::error::{Error, Result};
 use crate::model::{ModelFiles, Precision};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -44,9 +47,28 @@ impl Graph {
         }
         self.session.run_binding(&self.binding).map_err(oe)
     }
+
+    /// Runs an in-place layer graph: `k` and `v` are bound both as `past_k`/`past_v` and as
+    /// `present_k`/`present_v` (the graph writes the new positions into them); the other outputs
+    /// are bound to the device.
+    fn run_in_place(&mut self, inputs: &[(&str, &DynValue)], k: &mut DynValue, v: &mut DynValue) -> Result<ort::session::SessionOutputs<'_>> {
+        for (name, value) in inputs {
+            self.binding.bind_input(*name, *value).map_err(oe)?;
+        }
+        self.binding.bind_input("past_k", k).map_err(oe)?;
+        self.binding.bind_input("past_v", v).map_err(oe)?;
+        self.binding.bind_output("present_k", k).map_err(oe)?;
+        self.binding.bind_output("present_v", v).map_err(oe)?;
+        for o in self.outputs.iter().filter(|o| !o.starts_with("present_")) {
+            self.binding.bind_output_to_device(o, &self.mem).map_err(oe)?;
+        }
+        self.session.run_binding(&self.binding).map_err(oe)
+    }
 }
 
-/// A layer's cache: present keys and values from the last call, and their length.
+/// A layer's cache and its length. [`CacheForm::Concat`]: the present keys and values of the
+/// last call, `len` positions each. [`CacheForm::InPlace`]: buffers `[1, kv, capacity, hd]` whose
+/// first `len` positions are the cache.
 struct Cache {
     k: DynValue,
     v: DynValue,
@@ -68,6 +90,13 @@ pub struct OrtBackend {
     row_caches: Vec<Vec<Option<Cache>>>,
     /// `[1, kv, 0, hd]` in the export dtype: the past of an empty cache.
     empty: DynValue,
+    /// How the layer graphs hold the caches.
+    form: CacheForm,
+    /// Positions an in-place cache buffer first holds (it doubles when a sequence outgrows it).
+    capacity: usize,
+    /// [`OrtBackend::capacity`] of batched rows' buffers (swapped in with a row's caches).
+    row_capacity: usize,
+    precision: Precision,
     /// Set-up facts for the record.
     pub setup: RuntimeInfo,
 }
@@ -138,9 +167,17 @@ impl OrtBackend {
 
     /// [`OrtBackend::open`] with the intra-op spinning policy chosen (benches compare both).
     pub fn open_with(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
+        Self::open_form(files, device, precision, threads, spinning, CacheForm::for_run(device == DeviceKind::Cpu, precision))
+    }
+
+    /// [`OrtBackend::open_with`] with the caches in `form` (tests and benches compare the two).
+    pub fn open_form(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool, form: CacheForm) -> Result<Self> {
+        if form == CacheForm::InPlace && form != CacheForm::for_run(device == DeviceKind::Cpu, precision) {
+            return Err(Error::Unsupported(format!("ONNX Runtime's in-place KV caches run on the CPU in f32 and f16, not on {} in {}", device.name(), precision.name())));
+        }
         let rt = runtime::runtime()?;
         let mut warn = |m: &str| eprintln!("warning: {m}");
-        let ex = export::ensure(files, precision, &mut warn)?;
+        let ex = export::ensure(files, precision, form, &mut warn)?;
         let t = Instant::now();
         let cpu_nodes = std::cell::RefCell::new(Vec::<String>::new());
         let make = |name: &str, with_optimized: Option<&Path>| -> Result<Graph> {
@@ -210,8 +247,24 @@ impl OrtBackend {
             caches: (0..l).map(|_| None).collect(),
             row_caches: Vec::new(),
             empty,
+            form,
+            // As candle's caches: the model's context up to 4,096 positions, doubling beyond.
+            capacity: files.config.max_position_embeddings.clamp(1, 4096),
+            row_capacity: 1,
+            precision,
             setup,
         })
+    }
+
+    /// How the layer graphs hold the caches.
+    pub fn cache_form(&self) -> CacheForm {
+        self.form
+    }
+
+    /// Sets how many positions an in-place cache buffer holds when it is first allocated (it
+    /// doubles beyond); buffers already allocated keep theirs. Tests use it to make buffers grow.
+    pub fn set_cache_capacity(&mut self, positions: usize) {
+        self.capacity = positions.max(1);
     }
 
     fn positions(start: usize, n: usize) -> Result<DynValue> {
@@ -229,8 +282,12 @@ impl OrtBackend {
     }
 
     /// Runs `layer`'s layer graph (or its propagation graph) on `t` new positions against its
-    /// cache, which the graph's present keys/values replace; returns `hidden_out` of a layer.
+    /// cache, which the graph's present keys/values replace (or extend in place); returns
+    /// `hidden_out` of a layer.
     fn run_cached(&mut self, layer: usize, h: &DynValue, t: usize, propagate: bool) -> Result<Option<DynValue>> {
+        if self.form == CacheForm::InPlace {
+            return self.run_in_place(layer, h, t, propagate);
+        }
         let pos = self.cache_len(layer);
         let positions = Self::positions(pos, t)?;
         let (pk, pv) = match &self.caches[layer - 1] {
@@ -245,6 +302,56 @@ impl OrtBackend {
         drop(out);
         self.caches[layer - 1] = Some(Cache { k, v, len: pos + t });
         Ok(hidden)
+    }
+
+    /// [`OrtBackend::run_cached`] for in-place caches: the layer graph writes the new positions
+    /// into the buffers bound as both its past and present; a propagation graph returns them and
+    /// they are written here.
+    fn run_in_place(&mut self, layer: usize, h: &DynValue, t: usize, propagate: bool) -> Result<Option<DynValue>> {
+        let pos = self.cache_len(layer);
+        let positions = Self::positions(pos, t)?;
+        self.make_room(layer, pos + t)?;
+        let c = self.caches[layer - 1].as_mut().expect("made room above");
+        let hidden = if propagate {
+            let mut out = self.props[layer - 1].run(&[("hidden", h), ("positions", &positions)])?;
+            let (k, v) = (Self::take(&mut out, "new_k")?, Self::take(&mut out, "new_v")?);
+            drop(out);
+            positions::write_at(&mut c.k, pos, &k)?;
+            positions::write_at(&mut c.v, pos, &v)?;
+            None
+        } else {
+            let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &positions)], &mut c.k, &mut c.v)?;
+            Some(Self::take(&mut out, "hidden_out")?)
+        };
+        c.len = pos + t;
+        Ok(hidden)
+    }
+
+    /// Makes `layer`'s in-place buffers hold at least `need` positions: allocated at the first
+    /// use ([`OrtBackend::capacity`] positions, or `need`), doubled (cached positions copied)
+    /// when outgrown.
+    fn make_room(&mut self, layer: usize, need: usize) -> Result<()> {
+        let held = self.caches[layer - 1].as_ref().map_or(0, |c| positions::capacity(&c.k));
+        if held >= need {
+            return Ok(());
+        }
+        let (kvh, hd) = (self.cfg.kv_heads(), self.cfg.head_dim());
+        let cap = need.max(self.capacity).max(2 * held);
+        let (mut k, mut v) = (positions::buffer(self.precision, [1, kvh, cap, hd])?, positions::buffer(self.precision, [1, kvh, cap, hd])?);
+        let len = self.cache_len(layer);
+        if let Some(old) = self.caches[layer - 1].as_ref().filter(|_| len > 0) {
+            positions::write_at(&mut k, 0, &positions::gather(&[(&old.k, 0, len)], 2)?)?;
+            positions::write_at(&mut v, 0, &positions::gather(&[(&old.v, 0, len)], 2)?)?;
+        }
+        self.caches[layer - 1] = Some(Cache { k, v, len });
+        Ok(())
+    }
+
+    /// A host copy of a cache's keys and values, its `len` positions each (in place, the
+    /// buffers hold more).
+    fn snapshot(c: &Cache) -> Result<KvSnapshot> {
+        let (k, v) = (positions::gather(&[(&c.k, 0, c.len)], 2)?, positions::gather(&[(&c.v, 0, c.len)], 2)?);
+        Ok(KvSnapshot { k: to_host_f32(&k)?, v: to_host_f32(&v)?, len: c.len })
     }
 
     fn summary(&mut self, h: &DynValue) -> Result<HeadSummary> {
@@ -268,7 +375,10 @@ pub struct FullDepth {
 impl FullDepth {
     /// Opens `full.onnx` of the export of `files` in `precision`.
     pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
-        let ex = export::ensure(files, precision, &mut |m: &str| eprintln!("warning: {m}"))?;
+        // Every export holds `full.onnx` (its caches always concatenated): the one the backend on
+        // this device opens.
+        let form = CacheForm::for_run(device == DeviceKind::Cpu, precision);
+        let ex = export::ensure(files, precision, form, &mut |m: &str| eprintln!("warning: {m}"))?;
         Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning)
     }
 
@@ -391,7 +501,11 @@ impl Backend for OrtBackend {
     }
 
     fn reset(&mut self) {
-        self.caches.iter_mut().for_each(|c| *c = None);
+        match self.form {
+            CacheForm::Concat => self.caches.iter_mut().for_each(|c| *c = None),
+            // Keep the buffers (a new prompt does not reallocate them inside its timed prefill).
+            CacheForm::InPlace => self.caches.iter_mut().flatten().for_each(|c| c.len = 0),
+        }
     }
 
     fn cache_len(&self, layer: usize) -> usize {
@@ -461,16 +575,21 @@ impl crate::backend::Inspect for OrtBackend {
         to_host_f32(h)
     }
     fn cached_kv(&self, layer: usize) -> Result<Option<KvSnapshot>> {
-        let Some(c) = &self.caches[layer - 1] else { return Ok(None) };
-        Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))
+        self.caches[layer - 1].as_ref().filter(|c| c.len > 0).map(Self::snapshot).transpose()
     }
 }
 
 
 impl Speculate for OrtBackend {
     fn truncate(&mut self, layer: usize, n: usize) -> Result<()> {
-        let Some(c) = &self.caches[layer - 1] else { return Ok(()) };
+        let form = self.form;
+        let Some(c) = self.caches[layer - 1].as_mut() else { return Ok(()) };
         if n >= c.len {
+            return Ok(());
+        }
+        if form == CacheForm::InPlace {
+            // The positions past `n` are overwritten by the next ones written.
+            c.len = n;
             return Ok(());
         }
         if n == 0 {
@@ -509,7 +628,9 @@ impl OrtBackend {
     fn with_row<T>(&mut self, row: usize, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let mut caches = std::mem::take(&mut self.row_caches[row]);
         std::mem::swap(&mut self.caches, &mut caches);
+        std::mem::swap(&mut self.capacity, &mut self.row_capacity);
         let out = f(self);
+        std::mem::swap(&mut self.capacity, &mut self.row_capacity);
         std::mem::swap(&mut self.caches, &mut caches);
         self.row_caches[row] = caches;
         out
@@ -552,9 +673,16 @@ impl crate::backend::Batch for OrtBackend {
         false
     }
 
-    fn start_rows(&mut self, n: usize, _capacity: usize) -> Result<()> {
+    fn start_rows(&mut self, n: usize, capacity: usize) -> Result<()> {
         let l = self.cfg.num_hidden_layers;
-        self.row_caches = (0..n).map(|_| (0..l).map(|_| None).collect()).collect();
+        if self.form == CacheForm::InPlace && self.row_caches.len() == n {
+            // Keep the rows' buffers, as a single row's are kept between prompts.
+            self.row_caches.iter_mut().flatten().flatten().for_each(|c| c.len = 0);
+        } else {
+            self.row_caches = (0..n).map(|_| (0..l).map(|_| None).collect()).collect();
+        }
+        // In-place row buffers are allocated at a row's first use with this many positions.
+        self.row_capacity = capacity.max(1);
         Ok(())
     }
 
@@ -604,7 +732,6 @@ impl crate::backend::Batch for OrtBackend {
     }
 
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
-        let Some(c) = &self.row_caches[row][layer - 1] else { return Ok(None) };
-        Ok(Some(KvSnapshot { k: to_host_f32(&c.k)?, v: to_host_f32(&c.v)?, len: c.len }))
+        self.row_caches[row][layer - 1].as_ref().filter(|c| c.len > 0).map(Self::snapshot).transpose()
     }
 }

@@ -14,11 +14,16 @@ use std::io::{self, Write};
 pub const IR_VERSION: i64 = 10;
 /// Default-domain opset written.
 pub const OPSET: i64 = 21;
+/// ONNX Runtime's contrib-op domain (`GroupQueryAttention`), imported (version 1) only by a
+/// graph that uses one of its ops.
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// `onnx.TensorProto.DataType` values used here.
 pub mod dt {
     /// float32.
     pub const FLOAT: i32 = 1;
+    /// int32.
+    pub const INT32: i32 = 6;
     /// int64.
     pub const INT64: i32 = 7;
     /// bool.
@@ -259,6 +264,8 @@ pub struct Graph {
     next: usize,
     /// Prepended to generated names.
     pub prefix: String,
+    /// True once a node of [`MS_DOMAIN`] is added (the model then imports that domain too).
+    uses_ms_domain: bool,
 }
 
 impl Graph {
@@ -332,6 +339,14 @@ impl Graph {
         self.push(op, inputs, vec![out.to_string()], attrs);
     }
 
+    /// Adds a node of ONNX Runtime's [`MS_DOMAIN`] with several outputs; returns their names.
+    pub fn ms_node_n(&mut self, op: &str, inputs: &[&str], outputs: usize, attrs: &[(&str, Attr)]) -> Vec<String> {
+        let outs = self.node_n(op, inputs, outputs, attrs);
+        self.g.node.last_mut().expect("node_n pushed one").domain = MS_DOMAIN.into();
+        self.uses_ms_domain = true;
+        outs
+    }
+
     fn push(&mut self, op: &str, inputs: &[&str], outputs: Vec<String>, attrs: &[(&str, Attr)]) {
         let name = format!("{}n{}", self.prefix, self.g.node.len());
         let attribute = attrs.iter().map(|(n, a)| attribute(n, a.clone())).collect();
@@ -392,7 +407,7 @@ impl Graph {
     /// Streams the model protobuf to `w`, producing each lazy initializer's bytes as it is
     /// written (one tensor's bytes at a time). The bytes equal `self.into_model()?.encode_to_vec()`.
     pub fn write_model(self, w: &mut dyn Write) -> io::Result<()> {
-        let Graph { g, payloads, .. } = self;
+        let Graph { g, payloads, uses_ms_domain, .. } = self;
         // prost writes fields in tag order, and a tensor's raw_data (9) is its last field when
         // its data is not external (13, 14): so a lazy tensor is its other fields, then field 9.
         let head = GraphProto { node: g.node, name: g.name, ..Default::default() };
@@ -404,7 +419,7 @@ impl Graph {
             + g.initializer.iter().zip(&payloads).map(|(t, p)| 1 + varint_len(tensor_len(t, p) as u64) + tensor_len(t, p)).sum::<usize>()
             + tail.encoded_len();
         let front = ModelProto { ir_version: IR_VERSION, producer_name: "exitbench".into(), producer_version: env!("CARGO_PKG_VERSION").into(), graph: None, opset_import: vec![] };
-        let back = ModelProto { opset_import: opset(), ..Default::default() };
+        let back = ModelProto { opset_import: opset(uses_ms_domain), ..Default::default() };
         w.write_all(&front.encode_to_vec())?;
         write_key_len(w, 7, graph_len)?;
         w.write_all(&head.encode_to_vec())?;
@@ -433,13 +448,17 @@ impl Graph {
             producer_name: "exitbench".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.g),
-            opset_import: opset(),
+            opset_import: opset(self.uses_ms_domain),
         })
     }
 }
 
-fn opset() -> Vec<OperatorSetIdProto> {
-    vec![OperatorSetIdProto { domain: String::new(), version: OPSET }]
+fn opset(ms_domain: bool) -> Vec<OperatorSetIdProto> {
+    let mut v = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
+    if ms_domain {
+        v.push(OperatorSetIdProto { domain: MS_DOMAIN.into(), version: 1 });
+    }
+    v
 }
 
 fn varint_len(mut v: u64) -> usize {

@@ -1,11 +1,14 @@
 //! Host-side edits along the position axis of ONNX Runtime values (`[1, t, d]` hidden states,
 //! `[1, kv_heads, t, head_dim]` caches), in their own element type: what self-speculative
-//! decoding needs (cache rollback, per-position exit heads, states joined from saved parts).
-//! Each edit copies through host memory: cheap on the CPU provider, a round trip on CUDA.
+//! decoding needs (cache rollback, per-position exit heads, states joined from saved parts), and
+//! the in-place caches' buffers (allocation, entries written at a position). Each edit copies
+//! through host memory: cheap on the CPU provider, a round trip on CUDA (in-place buffers live
+//! on the CPU only).
 
 use super::oe;
 use crate::error::{Error, Result};
-use ort::memory::AllocationDevice;
+use crate::model::Precision;
+use ort::memory::{AllocationDevice, Allocator};
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType as E};
 
 /// A host copy of `v` (a no-op view when already host-accessible).
@@ -49,6 +52,55 @@ pub fn gather(parts: &[(&DynValue, usize, usize)], axis: usize) -> Result<DynVal
         }};
     }
     match ty {
+        E::Float32 => typed!(f32),
+        E::Float16 => typed!(half::f16),
+        E::Bfloat16 => typed!(half::bf16),
+        other => Err(Error::Internal(format!("ort: unexpected element type {other:?}"))),
+    }
+}
+
+/// An in-place cache buffer `shape` (`[1, kv_heads, capacity, head_dim]`) in `p` on the CPU,
+/// allocated by ONNX Runtime (so that it can be bound as a graph's output); its contents are
+/// unset until written.
+pub fn buffer(p: Precision, shape: [usize; 4]) -> Result<DynValue> {
+    let a = Allocator::default();
+    Ok(match p {
+        Precision::F32 => Tensor::<f32>::new(&a, shape).map_err(oe)?.into_dyn(),
+        Precision::F16 => Tensor::<half::f16>::new(&a, shape).map_err(oe)?.into_dyn(),
+        Precision::Bf16 => Tensor::<half::bf16>::new(&a, shape).map_err(oe)?.into_dyn(),
+    })
+}
+
+/// Positions a cache buffer holds (its axis 2).
+pub fn capacity(v: &DynValue) -> usize {
+    v.shape().get(2).map_or(0, |&n| n.max(0) as usize)
+}
+
+/// Writes `new` `[1, kv_heads, t, head_dim]` into the host buffer `buf`
+/// `[1, kv_heads, capacity, head_dim]` at positions `at..at + t` of every head.
+pub fn write_at(buf: &mut DynValue, at: usize, new: &DynValue) -> Result<()> {
+    let src = host(new)?;
+    let (nd, bd) = (src.shape().to_vec(), buf.shape().to_vec());
+    let dims_ok = nd.len() == 4 && bd.len() == 4 && nd[0] == 1 && bd[0] == 1 && nd[1] == bd[1] && nd[3] == bd[3];
+    if !dims_ok || at + nd[2] as usize > bd[2] as usize || Some(*src.data_type()) != buf.dtype().tensor_type() {
+        return Err(Error::Internal(format!("ort: writing {nd:?} {:?} at position {at} of a cache buffer {bd:?} {:?}", src.data_type(), buf.dtype())));
+    }
+    let (heads, t, cap, hd) = (nd[1] as usize, nd[2] as usize, bd[2] as usize, nd[3] as usize);
+    let mut dst = buf.view_mut().downcast::<DynTensorValueType>().map_err(oe)?;
+    if !dst.memory_info().is_cpu_accessible() {
+        return Err(Error::Internal("ort: an in-place cache buffer is not in host memory".into()));
+    }
+    macro_rules! typed {
+        ($t:ty) => {{
+            let (_, s) = src.try_extract_tensor::<$t>().map_err(oe)?;
+            let (_, d) = dst.try_extract_tensor_mut::<$t>().map_err(oe)?;
+            for h in 0..heads {
+                d[(h * cap + at) * hd..(h * cap + at + t) * hd].copy_from_slice(&s[h * t * hd..(h + 1) * t * hd]);
+            }
+            Ok(())
+        }};
+    }
+    match src.data_type() {
         E::Float32 => typed!(f32),
         E::Float16 => typed!(half::f16),
         E::Bfloat16 => typed!(half::bf16),
