@@ -154,7 +154,7 @@ fn full_depth_graph_with_external_data_matches_layer_by_layer() {
     let m = exitbench::backend::ort::export::write_export(&files, &files.weights_hash().unwrap(), Precision::F32, CacheForm::InPlace, &out, true).unwrap();
     assert!(m.files.iter().any(|f| f.name == "full.onnx.data" && f.bytes > 0), "{m:?}");
     assert!(std::fs::metadata(out.join("full.onnx")).unwrap().len() < 64 * 1024, "weights stayed inside the protobuf");
-    let mut full = exitbench::backend::ort::FullDepth::open_file(&out.join("full.onnx"), &files, DeviceKind::Cpu, Precision::F32, 1, false).unwrap();
+    let mut full = exitbench::backend::ort::FullDepth::open_file(&out.join("full.onnx"), &files, DeviceKind::Cpu, Precision::F32, 1, false, CacheForm::InPlace).unwrap();
     let prompt = files.tokenizer.encode("The Hawks beat the Foxes by 47 runs.").unwrap();
     let opts = GenerateOptions { mode: ExitMode::Full, max_new_tokens: 12, sampling: Sampling::default(), eos_ids: vec![], profile_layers: false, time_split: true };
     let lbl = with_backend!(&mut open(BackendKind::Ort, dir.path(), Precision::F32), b => generate(b, &prompt, &opts)).unwrap();

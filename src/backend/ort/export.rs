@@ -319,7 +319,7 @@ pub fn write_export(files: &ModelFiles, weights_hash: &str, p: Precision, form: 
         if let Some(c) = cls {
             put_graph("classifier.onnx", c, false)?;
         }
-        put_graph("full.onnx", graphs::full_graph(&w)?, force_external)?;
+        put_graph("full.onnx", graphs::full_graph(&w, form)?, force_external)?;
         let mut h = Sha256::new();
         for f in &out {
             h.update(f.name.as_bytes());

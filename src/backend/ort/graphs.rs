@@ -1,19 +1,26 @@
 //! The ONNX graphs of the early-exit decoder, shaped like candle's computation (see
 //! `model/llama.rs`): RMSNorm in f32, RoPE (rotate-half) from positions, grouped-query attention
 //! with an additive causal mask and an f32 softmax, SwiGLU, Qwen2-style q/k/v biases when present.
-//! Standard ONNX ops only (opset 21).
+//! Standard ONNX ops (opset 21), except the attention of [`CacheForm::InPlace`] layer graphs:
+//! ONNX Runtime's `GroupQueryAttention` (domain `com.microsoft`), which extends a preallocated
+//! cache in place.
 //!
-//! Graph interfaces (`t` new positions, `P` cached positions; `dtype` the export's precision):
+//! Graph interfaces (`t` new positions, `P` cached positions, `C` ≥ P + t a buffer's capacity;
+//! `dtype` the export's precision):
 //! - `embed`: `ids` i64 `[t]` → `hidden` `[1, t, d]`
-//! - `layer_i`: `hidden`, `past_k`/`past_v` `[1, kv, P, hd]`, `positions` i64 `[t]` →
-//!   `hidden_out`, `present_k`/`present_v` `[1, kv, P + t, hd]` (one graph for prefill and decode)
-//! - `propagate_i`: the last position of `hidden`, `past_k`/`past_v`, `positions` i64 `[1]` →
-//!   `present_k`/`present_v` (the layer's input norm + k/v projections only)
+//! - `layer_i`, concatenating: `hidden`, `past_k`/`past_v` `[1, kv, P, hd]`, `positions` i64 `[t]`
+//!   → `hidden_out`, `present_k`/`present_v` `[1, kv, P + t, hd]` (one graph for prefill and
+//!   decode); in place: `past_k`/`past_v` are buffers `[1, kv, C, hd]` holding P positions, and
+//!   `present_k`/`present_v` are the same buffers (bound to the same memory) holding P + t
+//! - `propagate_i`: the last position of `hidden`, `positions` i64 `[1]` (and `past_k`/`past_v`
+//!   when concatenating) → `present_k`/`present_v`, or in place `new_k`/`new_v` `[1, kv, 1, hd]`
+//!   for the host to write (the layer's input norm + k/v projections only)
 //! - `head`: `hidden` → `summary` f32 `[4]` = (argmax, top-1 logit, top-2 logit, Σ exp(logit −
 //!   top-1)) and `logits` f32 `[V]` of the last position
 //! - `classifier`: `hidden`, `layer` i64 `[1]` (0-based) → `prob` f32 `[1]`
 //! - `cosine`: `a`, `b` → `cosine` f32 `[1]` of their last positions
 //! - `full`: `ids`, `positions`, `past_k_i`/`past_v_i` → `summary`, `logits`, `present_k_i`/`present_v_i`
+//!   (caches as the layer graphs of its export hold them)
 
 use super::onnx::{dt, Attr, Dim, Graph, Payload};
 use crate::error::{Error, Result};
@@ -548,9 +555,9 @@ pub fn cosine_graph(w: &Weights) -> Result<Graph> {
     Ok(g)
 }
 
-/// `full`: embedding, every layer and the head in one graph (to measure what layer-by-layer
-/// dispatch costs).
-pub fn full_graph(w: &Weights) -> Result<Graph> {
+/// `full`: embedding, every layer and the head in one graph, caches in `form` (to measure what
+/// layer-by-layer dispatch costs).
+pub fn full_graph(w: &Weights, form: CacheForm) -> Result<Graph> {
     let mut g = Graph::new("full");
     let ids = g.input("ids", dt::INT64, &[Dim::Named("t")]);
     let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
@@ -561,18 +568,23 @@ pub fn full_graph(w: &Weights) -> Result<Graph> {
     let (c, s) = emit_rope(w, &mut g, &pos);
     let mut presents = Vec::new();
     for i in 0..w.cfg.num_hidden_layers {
-        let pk = g.input(&format!("past_k_{}", i + 1), elem(w.p), &kv_dims(w, "past"));
-        let pv = g.input(&format!("past_v_{}", i + 1), elem(w.p), &kv_dims(w, "past"));
-        let (out, k, v) = emit_layer(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?;
+        let len = if form == CacheForm::InPlace { "capacity" } else { "past" };
+        let pk = g.input(&format!("past_k_{}", i + 1), elem(w.p), &kv_dims(w, len));
+        let pv = g.input(&format!("past_v_{}", i + 1), elem(w.p), &kv_dims(w, len));
+        let (out, k, v) = match form {
+            CacheForm::Concat => emit_layer(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?,
+            CacheForm::InPlace => emit_layer_in_place(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?,
+        };
         presents.push((k, v));
         h = out;
     }
     let (summary, logits) = emit_head(w, &mut g, &h)?;
     g.output(&summary, "summary", dt::FLOAT, &[Dim::Fixed(4)]);
     g.output(&logits, "logits", dt::FLOAT, &[Dim::Fixed(w.cfg.vocab_size as i64)]);
+    let total = if form == CacheForm::InPlace { "capacity" } else { "total" };
     for (i, (k, v)) in presents.iter().enumerate() {
-        g.output(k, &format!("present_k_{}", i + 1), elem(w.p), &kv_dims(w, "total"));
-        g.output(v, &format!("present_v_{}", i + 1), elem(w.p), &kv_dims(w, "total"));
+        g.output(k, &format!("present_k_{}", i + 1), elem(w.p), &kv_dims(w, total));
+        g.output(v, &format!("present_v_{}", i + 1), elem(w.p), &kv_dims(w, total));
     }
     Ok(g)
 }

@@ -48,18 +48,18 @@ impl Graph {
         self.session.run_binding(&self.binding).map_err(oe)
     }
 
-    /// Runs an in-place layer graph: `k` and `v` are bound both as `past_k`/`past_v` and as
-    /// `present_k`/`present_v` (the graph writes the new positions into them); the other outputs
-    /// are bound to the device.
-    fn run_in_place(&mut self, inputs: &[(&str, &DynValue)], k: &mut DynValue, v: &mut DynValue) -> Result<ort::session::SessionOutputs<'_>> {
+    /// Runs an in-place graph: each buffer `(input, output, value)` is bound as both that input
+    /// and that output (the graph writes the new positions into it); the other outputs are
+    /// bound to the device.
+    fn run_in_place(&mut self, inputs: &[(&str, &DynValue)], buffers: &mut [(&str, &str, &mut DynValue)]) -> Result<ort::session::SessionOutputs<'_>> {
         for (name, value) in inputs {
             self.binding.bind_input(*name, *value).map_err(oe)?;
         }
-        self.binding.bind_input("past_k", k).map_err(oe)?;
-        self.binding.bind_input("past_v", v).map_err(oe)?;
-        self.binding.bind_output("present_k", k).map_err(oe)?;
-        self.binding.bind_output("present_v", v).map_err(oe)?;
-        for o in self.outputs.iter().filter(|o| !o.starts_with("present_")) {
+        for (input, output, value) in buffers.iter_mut() {
+            self.binding.bind_input(*input, &**value).map_err(oe)?;
+            self.binding.bind_output(*output, &mut **value).map_err(oe)?;
+        }
+        for o in self.outputs.iter().filter(|o| !buffers.iter().any(|b| b.1 == o.as_str())) {
             self.binding.bind_output_to_device(o, &self.mem).map_err(oe)?;
         }
         self.session.run_binding(&self.binding).map_err(oe)
@@ -320,7 +320,7 @@ impl OrtBackend {
             positions::write_at(&mut c.v, pos, &v)?;
             None
         } else {
-            let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &positions)], &mut c.k, &mut c.v)?;
+            let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &positions)], &mut [("past_k", "present_k", &mut c.k), ("past_v", "present_v", &mut c.v)])?;
             Some(Self::take(&mut out, "hidden_out")?)
         };
         c.len = pos + t;
@@ -331,19 +331,14 @@ impl OrtBackend {
     /// use ([`OrtBackend::capacity`] positions, or `need`), doubled (cached positions copied)
     /// when outgrown.
     fn make_room(&mut self, layer: usize, need: usize) -> Result<()> {
-        let held = self.caches[layer - 1].as_ref().map_or(0, |c| positions::capacity(&c.k));
-        if held >= need {
-            return Ok(());
-        }
-        let (kvh, hd) = (self.cfg.kv_heads(), self.cfg.head_dim());
-        let cap = need.max(self.capacity).max(2 * held);
-        let (mut k, mut v) = (positions::buffer(self.precision, [1, kvh, cap, hd])?, positions::buffer(self.precision, [1, kvh, cap, hd])?);
+        let shape = [1, self.cfg.kv_heads(), self.capacity, self.cfg.head_dim()];
         let len = self.cache_len(layer);
-        if let Some(old) = self.caches[layer - 1].as_ref().filter(|_| len > 0) {
-            positions::write_at(&mut k, 0, &positions::gather(&[(&old.k, 0, len)], 2)?)?;
-            positions::write_at(&mut v, 0, &positions::gather(&[(&old.v, 0, len)], 2)?)?;
+        let old = self.caches[layer - 1].as_ref();
+        let k = positions::grown(self.precision, old.map(|c| &c.k), len, need, shape)?;
+        let v = positions::grown(self.precision, old.map(|c| &c.v), len, need, shape)?;
+        if let (Some(k), Some(v)) = (k, v) {
+            self.caches[layer - 1] = Some(Cache { k, v, len });
         }
-        self.caches[layer - 1] = Some(Cache { k, v, len });
         Ok(())
     }
 
@@ -370,32 +365,40 @@ pub struct FullDepth {
     len: usize,
     layers: usize,
     empty: DynValue,
+    form: CacheForm,
+    precision: Precision,
+    /// `[1, kv, capacity, hd]` of a new in-place buffer.
+    buffer_shape: [usize; 4],
 }
 
 impl FullDepth {
     /// Opens `full.onnx` of the export of `files` in `precision`.
     pub fn open(files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
-        // Every export holds `full.onnx` (its caches always concatenated): the one the backend on
-        // this device opens.
+        // The export the layer-by-layer backend on this device opens: its caches in the same form.
         let form = CacheForm::for_run(device == DeviceKind::Cpu, precision);
         let ex = export::ensure(files, precision, form, &mut |m: &str| eprintln!("warning: {m}"))?;
-        Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning)
+        Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning, form)
     }
 
-    /// Opens a full-depth graph file of `files` (e.g. one written with external data).
-    pub fn open_file(path: &Path, files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool) -> Result<Self> {
+    /// Opens a full-depth graph file of `files` whose caches are in `form` (e.g. one written
+    /// with external data).
+    pub fn open_file(path: &Path, files: &ModelFiles, device: DeviceKind, precision: Precision, threads: usize, spinning: bool, form: CacheForm) -> Result<Self> {
         let rt = runtime::runtime()?;
         let path = path.to_path_buf();
         let session = session_builder(rt, device, threads, spinning, true)?.commit_from_file(&path).map_err(|e| creation_error(&path, precision, device, e))?;
         let binding = session.create_binding().map_err(oe)?;
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let empty = empty_tensor(precision, [1, files.config.kv_heads(), 0, files.config.head_dim()])?;
-        Ok(FullDepth { graph: Graph { session, binding, outputs, mem: mem_info(device)? }, caches: Vec::new(), len: 0, layers: files.config.num_hidden_layers, empty })
+        let cfg = &files.config;
+        let buffer_shape = [1, cfg.kv_heads(), cfg.max_position_embeddings.clamp(1, 4096), cfg.head_dim()];
+        Ok(FullDepth { graph: Graph { session, binding, outputs, mem: mem_info(device)? }, caches: Vec::new(), len: 0, layers: cfg.num_hidden_layers, empty, form, precision, buffer_shape })
     }
 
-    /// Clears the caches.
+    /// Clears the caches (in-place buffers are kept).
     pub fn reset(&mut self) {
-        self.caches.clear();
+        if self.form == CacheForm::Concat {
+            self.caches.clear();
+        }
         self.len = 0;
     }
 
@@ -404,6 +407,9 @@ impl FullDepth {
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::from_array(([ids.len()], ids)).map_err(oe)?.into_dyn();
         let positions = OrtBackend::positions(self.len, tokens.len())?;
+        if self.form == CacheForm::InPlace {
+            return self.step_in_place(&ids, &positions, tokens.len());
+        }
         let names: Vec<(String, String)> = (1..=self.layers).map(|i| (format!("past_k_{i}"), format!("past_v_{i}"))).collect();
         let mut inputs: Vec<(&str, &DynValue)> = vec![("ids", &ids), ("positions", &positions)];
         for (i, (k, v)) in names.iter().enumerate() {
@@ -420,6 +426,31 @@ impl FullDepth {
         drop(out);
         self.caches = caches;
         self.len += tokens.len();
+        Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
+    }
+
+    /// [`FullDepth::step`] with every layer's buffers bound as its past and present.
+    fn step_in_place(&mut self, ids: &DynValue, positions: &DynValue, t: usize) -> Result<HeadSummary> {
+        let need = self.len + t;
+        if self.caches.is_empty() || positions::capacity(&self.caches[0].0) < need {
+            let old = std::mem::take(&mut self.caches);
+            for i in 0..self.layers {
+                let o = old.get(i);
+                let k = positions::grown(self.precision, o.map(|c| &c.0), self.len, need, self.buffer_shape)?.expect("grown when short");
+                let v = positions::grown(self.precision, o.map(|c| &c.1), self.len, need, self.buffer_shape)?.expect("grown when short");
+                self.caches.push((k, v));
+            }
+        }
+        let names: Vec<[String; 4]> = (1..=self.layers).map(|i| [format!("past_k_{i}"), format!("present_k_{i}"), format!("past_v_{i}"), format!("present_v_{i}")]).collect();
+        let mut buffers: Vec<(&str, &str, &mut DynValue)> = Vec::with_capacity(2 * self.layers);
+        for (n, (k, v)) in names.iter().zip(self.caches.iter_mut()) {
+            buffers.push((&n[0], &n[1], k));
+            buffers.push((&n[2], &n[3], v));
+        }
+        let mut out = self.graph.run_in_place(&[("ids", ids), ("positions", positions)], &mut buffers)?;
+        let s = to_host_f32(&OrtBackend::take(&mut out, "summary")?)?;
+        drop(out);
+        self.len = need;
         Ok(HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3]))
     }
 }

@@ -107,3 +107,19 @@ pub fn write_at(buf: &mut DynValue, at: usize, new: &DynValue) -> Result<()> {
         other => Err(Error::Internal(format!("ort: unexpected element type {other:?}"))),
     }
 }
+
+/// A cache buffer with room for `need` positions in place of `old` (holding `len`), when `old`
+/// is absent or too small: `shape`'s capacity at least, `need`, or twice `old`'s, with `old`'s
+/// first `len` positions copied; None when `old` has room.
+pub fn grown(p: Precision, old: Option<&DynValue>, len: usize, need: usize, shape: [usize; 4]) -> Result<Option<DynValue>> {
+    let held = old.map_or(0, capacity);
+    if held >= need {
+        return Ok(None);
+    }
+    let [b, heads, cap, hd] = shape;
+    let mut fresh = buffer(p, [b, heads, cap.max(need).max(2 * held), hd])?;
+    if let Some(o) = old.filter(|_| len > 0) {
+        write_at(&mut fresh, 0, &gather(&[(o, 0, len)], 2)?)?;
+    }
+    Ok(Some(fresh))
+}
