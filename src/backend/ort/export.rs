@@ -21,7 +21,9 @@ use std::time::Instant;
 pub const CACHE_ENV: &str = "EXITBENCH_ONNX_CACHE";
 
 /// Version of the exporter: bump it whenever a graph changes, so old caches are not reused.
-pub const EXPORTER_VERSION: u32 = 1;
+/// (2: in-place caches, whose export folders a development build before this version filled
+/// with a concatenating full-depth graph.)
+pub const EXPORTER_VERSION: u32 = 2;
 /// The manifest's file name inside an export directory.
 pub const MANIFEST: &str = "manifest.json";
 /// Initializer bytes above which a graph keeps its weights in `<graph>.data`.
@@ -162,7 +164,8 @@ pub fn ensure(files: &ModelFiles, p: Precision, form: CacheForm, warn: &mut dyn 
     let dir = cache_dir(files, &wh, p, form);
     if dir.is_dir() {
         match verify(&dir) {
-            Ok(manifest) if manifest.weights_hash == wh => return Ok(Export { dir, manifest, export_s: 0.0, fresh: false }),
+            Ok(manifest) if manifest.weights_hash == wh && manifest.cache_form == form => return Ok(Export { dir, manifest, export_s: 0.0, fresh: false }),
+            Ok(m) if m.weights_hash == wh => warn(&format!("{}: the ONNX export holds {} caches, not {}; exporting again", dir.display(), m.cache_form.name(), form.name())),
             Ok(_) => warn(&format!("{}: the ONNX export was made from other weights; exporting again", dir.display())),
             Err(why) => warn(&format!("{}: the ONNX export does not match its manifest ({why}); exporting again", dir.display())),
         }
@@ -176,7 +179,7 @@ pub fn ensure(files: &ModelFiles, p: Precision, form: CacheForm, warn: &mut dyn 
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&dir, e)),
         }
-        if let Ok(manifest) = verify(&dir) {
+        if let Ok(manifest) = verify(&dir).map_err(|_| ()).and_then(|m| if m.weights_hash == wh && m.cache_form == form { Ok(m) } else { Err(()) }) {
             // Another process exported it meanwhile.
             return Ok(Export { dir, manifest, export_s: 0.0, fresh: false });
         }

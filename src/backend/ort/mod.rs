@@ -377,7 +377,7 @@ impl FullDepth {
         // The export the layer-by-layer backend on this device opens: its caches in the same form.
         let form = CacheForm::for_run(device == DeviceKind::Cpu, precision);
         let ex = export::ensure(files, precision, form, &mut |m: &str| eprintln!("warning: {m}"))?;
-        Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning, form)
+        Self::open_file(&ex.dir.join("full.onnx"), files, device, precision, threads, spinning, ex.manifest.cache_form)
     }
 
     /// Opens a full-depth graph file of `files` whose caches are in `form` (e.g. one written
