@@ -92,6 +92,8 @@ pub struct OrtBackend {
     empty: DynValue,
     /// How the layer graphs hold the caches.
     form: CacheForm,
+    /// The last positions input made: (first position, count, value).
+    positions: Option<(usize, usize, Rc<DynValue>)>,
     /// Positions an in-place cache buffer first holds (it doubles when a sequence outgrows it).
     capacity: usize,
     /// [`OrtBackend::capacity`] of batched rows' buffers (swapped in with a row's caches).
@@ -248,6 +250,7 @@ impl OrtBackend {
             row_caches: Vec::new(),
             empty,
             form,
+            positions: None,
             // As candle's caches: the model's context up to 4,096 positions, doubling beyond.
             capacity: files.config.max_position_embeddings.clamp(1, 4096),
             row_capacity: 1,
@@ -272,6 +275,19 @@ impl OrtBackend {
         Ok(Tensor::from_array(([n], v)).map_err(oe)?.into_dyn())
     }
 
+    /// The positions `start..start + n` as an input value, made once for all the layers (and
+    /// propagation steps) of a token rather than per call.
+    fn positions_of(&mut self, start: usize, n: usize) -> Result<Rc<DynValue>> {
+        match &self.positions {
+            Some((s, k, v)) if (*s, *k) == (start, n) => Ok(v.clone()),
+            _ => {
+                let v = Rc::new(Self::positions(start, n)?);
+                self.positions = Some((start, n, v.clone()));
+                Ok(v)
+            }
+        }
+    }
+
     fn t_of(h: &DynValue) -> Result<usize> {
         let shape = h.shape();
         shape.get(1).map(|&t| t as usize).ok_or_else(|| Error::Internal("ort: hidden state without a time axis".into()))
@@ -289,13 +305,13 @@ impl OrtBackend {
             return self.run_in_place(layer, h, t, propagate);
         }
         let pos = self.cache_len(layer);
-        let positions = Self::positions(pos, t)?;
+        let positions = self.positions_of(pos, t)?;
         let (pk, pv) = match &self.caches[layer - 1] {
             Some(c) => (&c.k, &c.v),
             None => (&self.empty, &self.empty),
         };
         let graph = if propagate { &mut self.props[layer - 1] } else { &mut self.layers[layer - 1] };
-        let mut out = graph.run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &positions)])?;
+        let mut out = graph.run(&[("hidden", h), ("past_k", pk), ("past_v", pv), ("positions", &*positions)])?;
         let hidden = if propagate { None } else { Some(Self::take(&mut out, "hidden_out")?) };
         let k = Self::take(&mut out, "present_k")?;
         let v = Self::take(&mut out, "present_v")?;
@@ -309,18 +325,18 @@ impl OrtBackend {
     /// they are written here.
     fn run_in_place(&mut self, layer: usize, h: &DynValue, t: usize, propagate: bool) -> Result<Option<DynValue>> {
         let pos = self.cache_len(layer);
-        let positions = Self::positions(pos, t)?;
+        let positions = self.positions_of(pos, t)?;
         self.make_room(layer, pos + t)?;
         let c = self.caches[layer - 1].as_mut().expect("made room above");
         let hidden = if propagate {
-            let mut out = self.props[layer - 1].run(&[("hidden", h), ("positions", &positions)])?;
+            let mut out = self.props[layer - 1].run(&[("hidden", h), ("positions", &*positions)])?;
             let (k, v) = (Self::take(&mut out, "new_k")?, Self::take(&mut out, "new_v")?);
             drop(out);
             positions::write_at(&mut c.k, pos, &k)?;
             positions::write_at(&mut c.v, pos, &v)?;
             None
         } else {
-            let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &positions)], &mut [("past_k", "present_k", &mut c.k), ("past_v", "present_v", &mut c.v)])?;
+            let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &*positions)], &mut [("past_k", "present_k", &mut c.k), ("past_v", "present_v", &mut c.v)])?;
             Some(Self::take(&mut out, "hidden_out")?)
         };
         c.len = pos + t;
