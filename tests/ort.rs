@@ -423,3 +423,47 @@ fn in_place_caches_decode_as_concatenated_ones() {
     assert!(exits >= 10, "only {exits} early exits: propagation is barely exercised");
     assert!(worst > 0.0 && worst < 1e-5, "cache difference {worst:e}");
 }
+
+/// A verified export is not hashed again while its files keep their sizes and modification
+/// times (`verified.json`); a file rewritten since (a new modification time) is hashed and
+/// caught, as is one of another size, and a stamp younger than the files' last two seconds of
+/// change is not trusted.
+#[test]
+fn a_verified_export_is_checked_by_stamp_and_a_changed_file_by_hash() {
+    use exitbench::backend::ort::export;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_config(2, 300), 61).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let out = dir.path().join("export");
+    export::write_export(&files, &files.weights_hash().unwrap(), Precision::F32, CacheForm::InPlace, &out, false).unwrap();
+    let stamp = out.join(export::VERIFIED);
+    // Just written: the stamp of a first check is not trusted yet (the files are too new).
+    export::verify(&out).unwrap();
+    let first = std::fs::read_to_string(&stamp).unwrap();
+    export::verify(&out).unwrap();
+    assert_ne!(std::fs::read_to_string(&stamp).unwrap(), first, "a stamp younger than its files' last change was trusted");
+    // Files a minute old: checked once by hash, then by stamp.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for e in std::fs::read_dir(&out).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+    }
+    export::verify(&out).unwrap();
+    let trusted = std::fs::read_to_string(&stamp).unwrap();
+    let layer = out.join("layer_1.onnx");
+    let bytes = std::fs::read(&layer).unwrap();
+    let flipped: Vec<u8> = bytes.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&layer, &flipped).unwrap();
+    // The same size and its old time put back: the stamp is trusted (no file is read).
+    std::fs::File::options().write(true).open(&layer).unwrap().set_modified(old).unwrap();
+    export::verify(&out).unwrap();
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), trusted);
+    // Rewritten now: hashed, and refused.
+    std::fs::write(&layer, &flipped).unwrap();
+    let why = export::verify(&out).unwrap_err();
+    assert!(why.contains("layer_1.onnx") && why.contains("SHA-256"), "{why}");
+    // Another size: refused before any hash.
+    std::fs::write(&layer, &bytes[..bytes.len() / 2]).unwrap();
+    let why = export::verify(&out).unwrap_err();
+    assert!(why.contains("layer_1.onnx") && why.contains("bytes"), "{why}");
+}

@@ -190,7 +190,27 @@ pub fn ensure(files: &ModelFiles, p: Precision, form: CacheForm, warn: &mut dyn 
     Ok(Export { dir, manifest, export_s: t.elapsed().as_secs_f64(), fresh: true })
 }
 
-/// Checks every file of the manifest in `dir` (size, then SHA-256).
+/// The file in an export directory that records, after a full check, each file's size and
+/// modification time: a later check whose files all still show those reads no file again.
+pub const VERIFIED: &str = "verified.json";
+
+/// What [`VERIFIED`] holds.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Stamp {
+    /// When the check that wrote it began, ns since the Unix epoch.
+    checked_ns: u128,
+    /// (name, bytes, modification time in ns) of every file of the manifest, in its order.
+    files: Vec<(String, u64, u128)>,
+}
+
+/// Files' modification times closer than this to a stamp's check are not trusted (a file system
+/// with coarse times could show a file rewritten just after the check with the time it had).
+const RACY_NS: u128 = 2_000_000_000;
+
+/// Checks every file of the manifest in `dir`: sizes, then SHA-256, unless [`VERIFIED`] shows
+/// that a full check already passed and no file's size or modification time changed since (the
+/// 1B shape's 12 GB export hashed on every open took 7.7 s). A file changed with its old
+/// modification time put back is not noticed; `exitbench info --clear-onnx-cache` starts over.
 pub fn verify(dir: &Path) -> std::result::Result<Manifest, String> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -198,17 +218,38 @@ pub fn verify(dir: &Path) -> std::result::Result<Manifest, String> {
     if m.exporter_version != EXPORTER_VERSION {
         return Err(format!("exporter version {} (this build writes {EXPORTER_VERSION})", m.exporter_version));
     }
+    let checked_ns = now_ns();
+    let mut seen = Vec::with_capacity(m.files.len());
     for f in &m.files {
-        let p = dir.join(&f.name);
-        let len = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", f.name))?.len();
-        if len != f.bytes {
-            return Err(format!("{} has {len} bytes, the manifest says {}", f.name, f.bytes));
+        let meta = std::fs::metadata(dir.join(&f.name)).map_err(|e| format!("{}: {e}", f.name))?;
+        if meta.len() != f.bytes {
+            return Err(format!("{} has {} bytes, the manifest says {}", f.name, meta.len(), f.bytes));
         }
-        if sha256_file(&p).map_err(|e| e.to_string())? != f.sha256 {
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        seen.push((f.name.clone(), f.bytes, mtime));
+    }
+    let stamp: Option<Stamp> = std::fs::read_to_string(dir.join(VERIFIED)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if stamp.is_some_and(|s| s.files == seen && seen.iter().all(|f| f.2 != 0 && f.2 + RACY_NS < s.checked_ns)) {
+        return Ok(m);
+    }
+    for f in &m.files {
+        if sha256_file(&dir.join(&f.name)).map_err(|e| e.to_string())? != f.sha256 {
             return Err(format!("{} does not have the manifest's SHA-256", f.name));
         }
     }
+    // Best effort: without the stamp the next check hashes again. Written to a unique name and
+    // renamed, so concurrent checks never read half of one.
+    if let Ok(json) = serde_json::to_string(&Stamp { checked_ns, files: seen }) {
+        let tmp = dir.join(format!(".{VERIFIED}.{}-{}", std::process::id(), unique()));
+        if std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, dir.join(VERIFIED)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
     Ok(m)
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 fn unique() -> u32 {
