@@ -393,6 +393,10 @@ impl Speculate for CandleBackend {
     }
 
     fn heads(&mut self, h: &Tensor) -> Result<Vec<HeadSummary>> {
+        if self.model.runs_on_host(h) {
+            self.model.head_host(h, &mut self.logits)?;
+            return Ok(self.logits.chunks_exact(self.model.config().vocab_size).map(HeadSummary::of_logits).collect());
+        }
         let logits = self.model.head(h)?;
         let t = logits.dim(1)?;
         (0..t).map(|i| self.summarize(&logits.narrow(1, i, 1)?.flatten_all()?)).collect()

@@ -22,22 +22,6 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
-/// Attention of one query position per row: `q` is `[1, heads, n, hd]` (contiguous, rotated),
-/// row i's keys and values are `caches[i]` (the new position already appended). Returns
-/// `[n, heads · hd]` row-major.
-pub fn attend_rows(q: &Tensor, caches: &[&KvBuffer], h: Heads) -> Result<Vec<f32>> {
-    attend_segments(q, caches, &vec![1; caches.len()], h)
-}
-
-/// Causal attention of `t` new positions of one sequence (a speculative verification pass):
-/// `q` is `[1, heads, t, hd]` (rotated), `cache` holds every earlier position and the `t` new
-/// ones (already appended); new position i sees the positions up to itself. Returns
-/// `[t, heads · hd]` row-major, each position computed as [`attend_rows`] computes one.
-pub fn attend_positions(q: &Tensor, cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
-    let (_, _, t, _) = q.dims4()?;
-    attend_segments(q, &[cache], &[t], h)
-}
-
 /// Causal attention of several rows' new positions side by side (batched decode steps, and
 /// batched verification passes): `q` is `[1, heads, n, hd]` (rotated), segment i owns the next
 /// `lens[i]` positions and its keys and values are `caches[i]`, which already holds them after
@@ -48,11 +32,12 @@ pub fn attend_segments(q: &Tensor, caches: &[&KvBuffer], lens: &[usize], h: Head
     with_host_f32(&q.contiguous()?, |q| attend_segments_host(q, caches, lens, h))?
 }
 
-/// Attention of one query position of one row on host slices: `q` is `[heads · hd]` (rotated),
-/// `cache` holds the row's positions, the new one included. Returns `[heads · hd]`, computed as
-/// [`attend_rows`] computes a row (the same bits).
-pub fn attend_one(q: &[f32], cache: &KvBuffer, h: Heads) -> Result<Vec<f32>> {
-    attend_segments_host(q, &[cache], &[1], h)
+/// Causal attention of the last `t` positions of one row on host slices: `q` is
+/// `[heads, t, hd]` (rotated), `cache` holds the row's positions, the new ones included.
+/// Returns `[t, heads · hd]`, computed as [`attend_segments`] computes one segment (the same
+/// bits).
+pub fn attend_host(q: &[f32], cache: &KvBuffer, t: usize, h: Heads) -> Result<Vec<f32>> {
+    attend_segments_host(q, &[cache], &[t], h)
 }
 
 /// [`attend_segments`] with `q` `[heads, n, hd]` on the host.

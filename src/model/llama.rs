@@ -279,8 +279,11 @@ impl DecoderLayer {
     /// values are appended and attention covers every cached position.
     pub fn forward(&self, x: &Tensor, pos: usize, rope: &Rope, mut cache: Option<&mut LayerCache>, differentiable: bool) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        if let Some(c) = cache.as_deref_mut().filter(|_| b == 1 && t == 1 && !differentiable && host_decode(x)) {
-            // One position of one row on the CPU: the whole layer on host slices.
+        // One position of one row on the CPU, or a few after cached ones (a speculative
+        // verification pass): the whole layer on host slices. A prefill, which starts from an
+        // empty cache, keeps candle's matrix products.
+        let host = b == 1 && !differentiable && host_decode(x);
+        if let Some(c) = cache.as_deref_mut().filter(|c| host && (t == 1 || (t <= super::matvec::MAX_ROWS && !c.is_empty()))) {
             return self.forward_host(x, pos, rope, c);
         }
         let a = &self.attn;
@@ -288,24 +291,12 @@ impl DecoderLayer {
         let q = a.q.forward(&h)?.reshape((b, t, a.heads, a.head_dim))?.transpose(1, 2)?;
         let q = rope.apply(&q, pos, differentiable)?;
         let (k, v) = self.kv_of_normed(&h, pos, rope, differentiable)?;
-        let att = match cache {
-            // A few positions after cached ones (a speculative verification pass), on the CPU:
-            // each position attended as a decode step attends it (the same bits). A prefill,
-            // which starts from an empty cache, keeps candle's matrix products.
-            Some(c) if b == 1 && t <= super::matvec::MAX_ROWS && !c.is_empty() && !differentiable && host_decode(x) => {
-                c.kv.append(&k, &v)?;
-                let out = super::attention_cpu::attend_positions(&q, &c.kv, a.shape())?;
-                Tensor::from_vec(out, (1, t, a.heads * a.head_dim), x.device())?
-            }
-            cache => {
-                let (k, v) = match cache {
-                    Some(c) => c.kv.append(&k, &v)?,
-                    None => (k, v),
-                };
-                let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
-                att.transpose(1, 2)?.reshape((b, t, a.heads * a.head_dim))?
-            }
+        let (k, v) = match cache {
+            Some(c) => c.kv.append(&k, &v)?,
+            None => (k, v),
         };
+        let att = attend(&q, &k, &v, a.kv_heads, pos, differentiable)?;
+        let att = att.transpose(1, 2)?.reshape((b, t, a.heads * a.head_dim))?;
         let x = (x + a.o.forward(&att)?)?;
         let h = self.post_norm.forward(&x, differentiable)?;
         let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
@@ -574,10 +565,11 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// True when one position `x` `[1, 1, d]` runs on host slices ([`LlamaModel::head_host`]):
-    /// f32 on the CPU, outside training.
+    /// True when the positions of one row `x` `[1, t, d]` (t ≤ [`matvec::MAX_ROWS`]) run on
+    /// host slices ([`LlamaModel::head_host`]): f32 on the CPU, outside training.
     pub fn runs_on_host(&self, x: &Tensor) -> bool {
-        !self.differentiable && host_decode(x) && x.elem_count() == self.cfg.hidden_size
+        let rows = matches!(x.dims(), &[1, t, d] if (1..=matvec::MAX_ROWS).contains(&t) && d == self.cfg.hidden_size);
+        rows && !self.differentiable && host_decode(x)
     }
 
     /// The k/v a layer computes for a state: what propagation writes (for tests and analysis).
