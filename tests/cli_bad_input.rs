@@ -119,6 +119,12 @@ fn unknown_dtype_measure_and_flags() {
     run_gen(d.path(), &["--measure", "classifier"], &["classifier"]);
     run_gen(d.path(), &["--device", "tpu"], &["--device"]);
     assert_bad_input(&["generate", "--no-such-flag"], &["--no-such-flag"]);
+    // export-onnx's cache form: an unknown one, and in place in bf16 (no kernel for it); both
+    // refused before anything is written.
+    let (m, out) = (d.path().display().to_string(), d.path().join("export").display().to_string());
+    assert_bad_input(&["export-onnx", "--model", &m, "--out", &out, "--cache-form", "ring"], &["--cache-form", "ring"]);
+    assert_bad_input(&["export-onnx", "--model", &m, "--out", &out, "--dtype", "bf16", "--cache-form", "in-place"], &["--cache-form", "bf16"]);
+    assert!(!d.path().join("export").exists(), "a refused export wrote its folder");
 }
 
 #[test]
