@@ -47,8 +47,8 @@ pub struct CandleBackend {
     row_caches: Vec<Vec<LayerCache>>,
     /// Constants of the on-device top-2, made at the first exit check (non-CPU devices only).
     scratch: Option<HeadScratch>,
-    /// The exit head's logits of one position on the host, kept between checks (a vocabulary's
-    /// worth, not allocated per check).
+    /// The exit head's logits of the positions last checked on host slices (a vocabulary's worth
+    /// per position), kept between checks rather than allocated per check.
     logits: Vec<f32>,
 }
 
@@ -84,6 +84,16 @@ impl CandleBackend {
     fn last(x: &Tensor) -> Result<Tensor> {
         let t = x.dim(1)?;
         Ok(x.narrow(1, t - 1, 1)?)
+    }
+
+    /// Writes the exit head's logits of `x`'s positions into `self.logits` when they run on host
+    /// slices ([`LlamaModel::runs_on_host`]); false (nothing written) otherwise.
+    fn head_on_host(&mut self, x: &Tensor) -> Result<bool> {
+        if !self.model.runs_on_host(x) {
+            return Ok(false);
+        }
+        self.model.head_host(x, &mut self.logits)?;
+        Ok(true)
     }
 
     /// The exit-head summary of `logits` `[V]` f32, on the host or reduced on the device.
@@ -208,8 +218,7 @@ impl Backend for CandleBackend {
 
     fn head(&mut self, h: &Tensor) -> Result<HeadSummary> {
         let last = Self::last(h)?;
-        if self.model.runs_on_host(&last) {
-            self.model.head_host(&last, &mut self.logits)?;
+        if self.head_on_host(&last)? {
             return Ok(HeadSummary::of_logits(&self.logits));
         }
         let logits = self.model.head(&last)?.flatten_all()?;
@@ -217,9 +226,7 @@ impl Backend for CandleBackend {
     }
 
     fn head_pick(&mut self, h: &Tensor) -> Result<HeadPick> {
-        let last = Self::last(h)?;
-        if self.model.runs_on_host(&last) {
-            self.model.head_host(&last, &mut self.logits)?;
+        if self.head_on_host(&Self::last(h)?)? {
             return Ok(HeadPick::of_logits(&self.logits));
         }
         Ok(self.head(h)?.into())
@@ -393,8 +400,7 @@ impl Speculate for CandleBackend {
     }
 
     fn heads(&mut self, h: &Tensor) -> Result<Vec<HeadSummary>> {
-        if self.model.runs_on_host(h) {
-            self.model.head_host(h, &mut self.logits)?;
+        if self.head_on_host(h)? {
             return Ok(self.logits.chunks_exact(self.model.config().vocab_size).map(HeadSummary::of_logits).collect());
         }
         let logits = self.model.head(h)?;
