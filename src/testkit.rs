@@ -240,6 +240,9 @@ impl<B: crate::backend::Batch> crate::backend::Batch for Drifting<B> {
         self.spin();
         self.inner.layer_rows(layer, rows, h)
     }
+    fn last_layer_reads(&self, rows: usize) -> usize {
+        self.inner.last_layer_reads(rows)
+    }
     fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &B::Rows) -> Result<()> {
         self.inner.propagate_rows(layer, rows, h)
     }

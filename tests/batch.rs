@@ -150,7 +150,7 @@ fn ort_batch_equals_candle_batch() {
         for r in 0..prompts.len() {
             same_row(&g.rows[r], &a.rows[r], &format!("{policy} row {r}: ort vs candle"));
         }
-        assert!(!g.shares_weight_reads && a.shares_weight_reads);
+        assert!(g.shares_weight_reads && a.shares_weight_reads);
     }
 }
 
@@ -376,14 +376,15 @@ fn batched_reads_count_what_the_steps_ran() {
         }
     }
     assert!(exits.len() > 2, "{exits:?}: exits at several layers");
-    // B = 4, full depth: one read per layer per step on candle, one per row on ONNX Runtime.
+    // B = 4, full depth: one read per layer per step on both (ONNX Runtime's in-place graphs
+    // take the rows at once; its concatenating ones, on CUDA and in bf16, one row at a time).
     let o = opts(ExitMode::Full, 6, vec![]);
     let mut ort = open(BackendKind::Ort, dir.path());
     let a = with_backend!(&mut c, b => generate_batch(b, &prompts, &o, BatchPolicy::PerRow, None).unwrap());
     let r = with_backend!(&mut ort, b => generate_batch(b, &prompts, &o, BatchPolicy::PerRow, None).unwrap());
     for (s, z) in a.steps.iter().zip(&r.steps) {
         assert_eq!((s.reads.layers, s.reads.heads), (LAYERS, 1));
-        assert_eq!((z.reads.layers, z.reads.heads), (LAYERS * z.rows, z.rows));
+        assert_eq!((z.reads.layers, z.reads.heads), (LAYERS, 1));
         // Both backends attend the same positions: each row its own cache, in every layer.
         assert_eq!(s.attended, z.attended);
     }

@@ -28,11 +28,17 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Below this a top-2 gap is a near tie: ONNX Runtime's batched products may sum in another
+/// order than a row's alone and pick the other side without either being wrong.
+const NEAR: f32 = 1e-4;
+
 /// Every row of a batch of 4 equals itself decoded alone: full depth's tokens and stop reason,
 /// the passes (drafted, accepted, emitted) of speculative decoding at batch size 1, every
-/// emitted token's top-2 logit gap bit for bit (a pass of 4 rows verifies up to 36 positions,
-/// beyond the few-row kernel's 16 rows), and every layer's cache afterwards (its length, and its
-/// entries within 1e-4). For every draft layer,
+/// emitted token's top-2 logit gap (bit for bit on candle, where a pass of 4 rows verifies up
+/// to 36 positions, beyond the few-row kernel's 16 rows; within 1e-4 on ONNX Runtime, whose
+/// batched products round otherwise, and where a token may then differ at a near tie, counted),
+/// and every layer's cache afterwards (its length, and its entries within 1e-4). For every draft
+/// layer,
 /// k ∈ {1, 3, 8} and both cache modes; row 2 stops at EOS before the others. The passes'
 /// positions are the rows' segments, and padding is what the longest segment implies.
 fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::ops::Range<usize>, ks: &[usize]) {
@@ -50,7 +56,7 @@ fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::
             (g, kv)
         }).collect();
         assert!(alone[2].0.tokens.len() < alone[0].0.tokens.len(), "row 2 should stop first");
-        let (mut drafted, mut accepted, mut padded) = (0, 0, 0);
+        let (mut drafted, mut accepted, mut padded, mut near_ties, mut compared) = (0, 0, 0, 0, 0);
         for e in draft_layers.clone() {
             for &k in ks {
                 for cache in [DraftCache::Shared, DraftCache::Separate] {
@@ -59,14 +65,30 @@ fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::
                     let g = generate_speculative_batch(b, &prompts, &o, &spec).unwrap();
                     let what = format!("{kind} variant={variant} {spec:?}");
                     for (r, row) in g.rows.iter().enumerate() {
-                        assert_eq!(row.generation.ids(), alone[r].0.ids(), "{what} row {r}: tokens");
+                        compared += 1;
+                        let (got, want) = (row.generation.ids(), alone[r].0.ids());
+                        if kind == BackendKind::Ort && got != want {
+                            let k = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+                            let gap = alone[r].0.tokens.get(k).and_then(|t| t.top2_gap);
+                            assert!(gap.is_some_and(|x| x < NEAR), "{what} row {r}: token {k} differs from the row alone, not at a near tie ({gap:?})");
+                            near_ties += 1;
+                            continue;
+                        }
+                        assert_eq!(got, want, "{what} row {r}: tokens");
                         assert_eq!(row.generation.stop, alone[r].0.stop, "{what} row {r}: stop");
                         assert_eq!(row.stats.passes, singles[r].stats.passes, "{what} row {r}: passes");
                         assert_eq!(row.accepted_draft, singles[r].accepted_draft, "{what} row {r}: accepted drafts");
                         // The same bits as alone, not only the same argmax: every emitted token's
                         // top-2 logit gap, however many positions the batch's pass verified.
                         let gaps = |g: &exitbench::decode::Generation| g.tokens.iter().map(|t| t.top2_gap.map(f32::to_bits)).collect::<Vec<_>>();
-                        assert_eq!(gaps(&row.generation), gaps(&singles[r].generation), "{what} row {r}: logit gaps differ from the row alone");
+                        if kind == BackendKind::Candle {
+                            assert_eq!(gaps(&row.generation), gaps(&singles[r].generation), "{what} row {r}: logit gaps differ from the row alone");
+                        } else {
+                            for (a, b) in row.generation.tokens.iter().zip(&singles[r].generation.tokens) {
+                                let (a, b) = (a.top2_gap.unwrap(), b.top2_gap.unwrap());
+                                assert!((a - b).abs() <= NEAR, "{what} row {r}: logit gap {a} batched, {b} alone");
+                            }
+                        }
                         for l in 1..=LAYERS {
                             let (got, want) = (b.row_cached_kv(r, l).unwrap().unwrap(), &alone[r].1[l - 1]);
                             assert_eq!(got.len, want.len, "{what} row {r} layer {l}: cached positions");
@@ -92,6 +114,8 @@ fn rows_speculate_as_alone(kind: BackendKind, variant: bool, draft_layers: std::
             }
         }
         assert!(accepted > 0 && accepted < drafted, "drafts accepted {accepted} of {drafted}: both outcomes must occur");
+        println!("{kind} variant={variant}: {compared} rows compared, {near_ties} near-tie difference(s)");
+        assert!(near_ties * 20 <= compared, "{near_ties} of {compared} rows differ at near ties");
         assert!(padded > 0, "rows with different drafts must leave padding a padded pass would run");
     });
 }
@@ -158,10 +182,11 @@ fn batched_draft_stop_stops_each_row_as_alone() {
     });
 }
 
-/// A pass's weight reads on candle (one read per call for all rows): each draft step reads
-/// layers 1..E and the head; the verification reads every layer once (shared: the last token's
-/// layers 1..E, then E+1..L over the segments) and the head once. On ONNX Runtime each call
-/// counts once per row.
+/// A pass's weight reads, one read per call for all rows: each draft step reads layers 1..E
+/// and the head; on candle the verification reads every layer once (shared: the last token's
+/// layers 1..E, then E+1..L over the segments) and the head once. ONNX Runtime's attention op
+/// takes one position per row at a time once caches hold anything, so its verification reads a
+/// layer once per position of the longest segment (`rows.rs` of its backend).
 #[test]
 fn batched_pass_reads_count_what_the_pass_ran() {
     let dir = model_dir(false);
@@ -169,17 +194,21 @@ fn batched_pass_reads_count_what_the_pass_ran() {
     for kind in [BackendKind::Candle, BackendKind::Ort] {
         with_backend!(&mut open(kind, dir.path()), b => {
             for cache in [DraftCache::Shared, DraftCache::Separate] {
-                let spec = Speculation { draft_layer: 2, draft_tokens: 3, cache, stop: None };
+                let e = 2;
+                let spec = Speculation { draft_layer: e, draft_tokens: 3, cache, stop: None };
                 let g = generate_speculative_batch(b, &prompts, &opts(12, Sampling::default(), vec![]), &spec).unwrap();
+                let mut split = 0;
                 for p in &g.passes {
-                    let (layers, heads) = if g.shares_weight_reads {
-                        (p.draft_steps * 2 + LAYERS, p.draft_steps + 1)
-                    } else {
-                        (p.row_draft_steps * 2 + p.rows * LAYERS, p.row_draft_steps + p.rows)
+                    let longest = if kind == BackendKind::Ort { p.padded_positions / p.rows } else { 1 };
+                    split += usize::from(longest > 1);
+                    let verify = match cache {
+                        DraftCache::Shared => e + (LAYERS - e) * longest,
+                        DraftCache::Separate => LAYERS * longest,
                     };
-                    assert_eq!((p.reads.layers, p.reads.heads), (layers, heads), "{kind} {cache}: {p:?}");
+                    assert_eq!((p.reads.layers, p.reads.heads), (p.draft_steps * e + verify, p.draft_steps + 1), "{kind} {cache}: {p:?}");
                 }
-                assert_eq!(g.shares_weight_reads, kind == BackendKind::Candle);
+                assert!(g.shares_weight_reads);
+                assert!(kind == BackendKind::Candle || split > 0, "{kind} {cache}: no pass verified several positions per row");
             }
         });
     }

@@ -28,6 +28,16 @@ pub trait Batch: Backend {
     /// Runs `layer` on every segment of `h`, segment i belonging to `rows[i]` and continuing
     /// that row's cache, to which its keys and values are appended.
     fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &Self::Rows) -> Result<Self::Rows>;
+    /// How many times the last [`Batch::layer_rows`] call (on `rows` rows) read the layer's
+    /// weights: once when the runtime shares weight reads, once per row otherwise, unless the
+    /// runtime says otherwise (one that must split a call, e.g. into positions).
+    fn last_layer_reads(&self, rows: usize) -> usize {
+        if self.shares_weight_reads() {
+            1
+        } else {
+            rows
+        }
+    }
     /// State propagation into `layer` for `rows[i]`: that layer's norm and k/v projections of
     /// the last position of segment i, appended to the row's cache.
     fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &Self::Rows) -> Result<()>;

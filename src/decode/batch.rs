@@ -491,7 +491,7 @@ fn run_layers_with_passengers<B: Batch>(backend: &mut B, rows: &[usize], run: &[
             h
         };
         h = backend.layer_rows(l, &globals, &prev)?;
-        info.read(backend.shares_weight_reads(), globals.len(), |w| &mut w.layers);
+        info.reads.layers += backend.last_layer_reads(globals.len());
         for &g in &globals {
             info.attended += backend.row_cache_len(g, l);
         }

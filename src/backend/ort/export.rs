@@ -22,8 +22,9 @@ pub const CACHE_ENV: &str = "EXITBENCH_ONNX_CACHE";
 
 /// Version of the exporter: bump it whenever a graph changes, so old caches are not reused.
 /// (2: in-place caches, whose export folders a development build before this version filled
-/// with a concatenating full-depth graph.)
-pub const EXPORTER_VERSION: u32 = 2;
+/// with a concatenating full-depth graph. 3: a batch axis in the in-place layer and
+/// propagation graphs and in the head.)
+pub const EXPORTER_VERSION: u32 = 3;
 /// The manifest's file name inside an export directory.
 pub const MANIFEST: &str = "manifest.json";
 /// Initializer bytes above which a graph keeps its weights in `<graph>.data`.

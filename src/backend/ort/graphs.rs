@@ -6,17 +6,21 @@
 //! cache in place.
 //!
 //! Graph interfaces (`t` new positions, `P` cached positions, `C` ≥ P + t a buffer's capacity;
-//! `dtype` the export's precision):
+//! `B` rows; `dtype` the export's precision):
 //! - `embed`: `ids` i64 `[t]` → `hidden` `[1, t, d]`
 //! - `layer_i`, concatenating: `hidden`, `past_k`/`past_v` `[1, kv, P, hd]`, `positions` i64 `[t]`
 //!   → `hidden_out`, `present_k`/`present_v` `[1, kv, P + t, hd]` (one graph for prefill and
-//!   decode); in place: `past_k`/`past_v` are buffers `[1, kv, C, hd]` holding P positions, and
-//!   `present_k`/`present_v` are the same buffers (bound to the same memory) holding P + t
+//!   decode); in place, with a batch axis: `hidden` `[B, t, d]`, `positions` i64 `[B, t]` (row
+//!   b's new positions, from its own cached length), `past_k`/`past_v` buffers `[B, kv, C, hd]`
+//!   holding each row's positions first, and `present_k`/`present_v` the same buffers (bound to
+//!   the same memory) extended by t positions per row. `GroupQueryAttention` takes several
+//!   positions per row only at B = 1 or when every row's cache is empty (a batched prefill)
 //! - `propagate_i`: the last position of `hidden`, `positions` i64 `[1]` (and `past_k`/`past_v`
-//!   when concatenating) → `present_k`/`present_v`, or in place `new_k`/`new_v` `[1, kv, 1, hd]`
-//!   for the host to write (the layer's input norm + k/v projections only)
-//! - `head`: `hidden` → `summary` f32 `[4]` = (argmax, top-1 logit, top-2 logit, Σ exp(logit −
-//!   top-1)) and `logits` f32 `[V]` of the last position
+//!   when concatenating) → `present_k`/`present_v`; in place, with a batch axis: `hidden`
+//!   `[B, t, d]`, `positions` `[B, 1]` → `new_k`/`new_v` `[B, kv, 1, hd]` for the host to write
+//!   (the layer's input norm + k/v projections only)
+//! - `head`: `hidden` `[B, t, d]` → `summary` f32 `[B, 4]` = (argmax, top-1 logit, top-2 logit,
+//!   Σ exp(logit − top-1)) and `logits` f32 `[B, V]` of each row's last position
 //! - `classifier`: `hidden`, `layer` i64 `[1]` (0-based) → `prob` f32 `[1]`
 //! - `cosine`: `a`, `b` → `cosine` f32 `[1]` of their last positions
 //! - `full`: `ids`, `positions`, `past_k_i`/`past_v_i` → `summary`, `logits`, `present_k_i`/`present_v_i`
@@ -196,12 +200,13 @@ impl Weights<'_> {
     }
 }
 
-/// cos and sin `[t, hd/2]` (export dtype) of the positions i64 `[t]`, from the config's inverse
-/// frequencies (llama3 scaling included): angle = position · inv_freq in f32, as candle's tables.
+/// cos and sin `[…, hd/2]` (export dtype) of the positions i64 `[t]` or `[B, t]`, from the
+/// config's inverse frequencies (llama3 scaling included): angle = position · inv_freq in f32,
+/// as candle's tables.
 pub fn emit_rope(w: &Weights, g: &mut Graph, positions: &str) -> (String, String) {
     let inv = g.float_const(&w.cfg.rope_inv_freq(), false);
     let p = g.node("Cast", &[positions], &[("to", Attr::Int(dt::FLOAT as i64))]);
-    let ax = g.ints(&[1]);
+    let ax = g.ints(&[-1]);
     let p = g.node("Unsqueeze", &[&p, &ax], &[]);
     let ang = g.node("Mul", &[&p, &inv], &[]);
     let cos = g.node("Cos", &[&ang], &[]);
@@ -304,37 +309,51 @@ fn emit_after_attention(w: &Weights, g: &mut Graph, i: usize, x: &str, att: &str
     Ok(g.node("Add", &[&x, &down], &[]))
 }
 
-/// Rotate-half RoPE of `[1, t, heads·hd]` (the sequence-major layout `GroupQueryAttention`
-/// takes): the same products as [`rope`] on `[1, heads, t, hd]`, so the same values.
+/// Rotate-half RoPE of `[B, t, heads·hd]` (the sequence-major layout `GroupQueryAttention`
+/// takes) with cos and sin `[B, t, hd/2]`: the same products as [`rope`] on `[1, heads, t, hd]`,
+/// so the same values.
 fn rope_seq_major(w: &Weights, g: &mut Graph, x: &str, heads: usize, cos: &str, sin: &str) -> String {
+    let r = seq_major_heads(w, g, x, heads);
+    let r = rope_heads_last(w, g, &r, cos, sin);
     let hd = w.cfg.head_dim() as i64;
-    let split = g.ints(&[1, -1, heads as i64, hd]);
-    let r = g.node("Reshape", &[x, &split], &[]);
-    // cos and sin `[t, hd/2]` as `[t, 1, hd/2]`, broadcast over the heads.
-    let ax = g.ints(&[1]);
-    let (c, s) = (g.node("Unsqueeze", &[cos, &ax], &[]), g.node("Unsqueeze", &[sin, &ax], &[]));
-    let r = rope(w, g, &r, &c, &s);
-    let flat = g.ints(&[1, -1, heads as i64 * hd]);
+    let flat = g.ints(&[0, -1, heads as i64 * hd]);
     g.node("Reshape", &[&r, &flat], &[])
 }
 
-/// `GroupQueryAttention`'s lengths from the positions i64 `[t]` of the new positions: `seqlens_k`
-/// i32 `[1]` (the last position, i.e. the total length − 1) and `total_sequence_length` i32 `[]`.
-fn gqa_lengths(g: &mut Graph, positions: &str) -> (String, String) {
-    let (s, e, a) = (g.ints(&[-1]), g.ints(&[i64::MAX]), g.ints(&[0]));
-    let last = g.node("Slice", &[positions, &s, &e, &a], &[]);
-    let seqlens = g.node("Cast", &[&last], &[("to", Attr::Int(dt::INT32 as i64))]);
-    let one = g.init("i", dt::INT32, &[1], 1i32.to_le_bytes().to_vec());
-    let total = g.node("Add", &[&seqlens, &one], &[]);
-    let ax = g.ints(&[0]);
-    (seqlens, g.node("Squeeze", &[&total, &ax], &[]))
+/// `[B, t, heads·hd]` → `[B, t, heads, hd]`.
+fn seq_major_heads(w: &Weights, g: &mut Graph, x: &str, heads: usize) -> String {
+    let split = g.ints(&[0, -1, heads as i64, w.cfg.head_dim() as i64]);
+    g.node("Reshape", &[x, &split], &[])
 }
 
-/// Layer `i` on `x` with its cache held in place: `cache` are buffers `[1, kv, capacity, hd]`
-/// holding the cached positions first, which `GroupQueryAttention` (ONNX Runtime's contrib op)
-/// extends by the new positions' keys and values in place (when its `present` outputs are bound
-/// to the same buffers) and attends over up to the last of `positions` only. Returns (output,
-/// present_k, present_v).
+/// Rotate-half RoPE of `[B, t, heads, hd]`, cos and sin `[B, t, hd/2]` broadcast over the heads.
+fn rope_heads_last(w: &Weights, g: &mut Graph, x: &str, cos: &str, sin: &str) -> String {
+    let ax = g.ints(&[-2]);
+    let (c, s) = (g.node("Unsqueeze", &[cos, &ax], &[]), g.node("Unsqueeze", &[sin, &ax], &[]));
+    rope(w, g, x, &c, &s)
+}
+
+/// `GroupQueryAttention`'s lengths from the positions i64 `[B, t]` of the new positions:
+/// `seqlens_k` i32 `[B]` (each row's last position, i.e. its total length − 1) and
+/// `total_sequence_length` i32 `[]` (the longest row's).
+fn gqa_lengths(g: &mut Graph, positions: &str) -> (String, String) {
+    let (s, e, a) = (g.ints(&[-1]), g.ints(&[i64::MAX]), g.ints(&[1]));
+    let last = g.node("Slice", &[positions, &s, &e, &a], &[]);
+    let flat = g.ints(&[-1]);
+    let last = g.node("Reshape", &[&last, &flat], &[]);
+    let seqlens = g.node("Cast", &[&last], &[("to", Attr::Int(dt::INT32 as i64))]);
+    let longest = g.node("ReduceMax", &[&last], &[("keepdims", Attr::Int(0))]);
+    let one = g.init("i", dt::INT64, &[], 1i64.to_le_bytes().to_vec());
+    let total = g.node("Add", &[&longest, &one], &[]);
+    (seqlens, g.node("Cast", &[&total], &[("to", Attr::Int(dt::INT32 as i64))]))
+}
+
+/// Layer `i` on `x` `[B, t, d]` with its cache held in place: `cache` are buffers
+/// `[B, kv, capacity, hd]` holding each row's cached positions first, which
+/// `GroupQueryAttention` (ONNX Runtime's contrib op) extends by the new positions' keys and
+/// values in place (when its `present` outputs are bound to the same buffers) and attends over
+/// up to each row's last position (`positions` `[B, t]`) only. Returns (output, present_k,
+/// present_v).
 pub fn emit_layer_in_place(w: &Weights, g: &mut Graph, i: usize, x: &str, cache: (&str, &str), positions: &str, rope_cs: (&str, &str)) -> Result<(String, String, String)> {
     let cfg = w.cfg;
     let (nh, kvh, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -353,7 +372,8 @@ pub fn emit_layer_in_place(w: &Weights, g: &mut Graph, i: usize, x: &str, cache:
     Ok((out, outs[1].clone(), outs[2].clone()))
 }
 
-/// The exit head on the last position: (summary, logits).
+/// The exit head on each row's last position of `x` `[B, t, d]`: (summary `[B, 4]`, logits
+/// `[B, V]`).
 pub fn emit_head(w: &Weights, g: &mut Graph, x: &str) -> Result<(String, String)> {
     let last = w.last(g, x);
     let h = w.rms_norm(g, &last, names::FINAL_NORM)?;
@@ -361,27 +381,44 @@ pub fn emit_head(w: &Weights, g: &mut Graph, x: &str) -> Result<(String, String)
     let wt = w.init_t(g, lm)?;
     let logits = g.node("MatMul", &[&h, &wt], &[]);
     let logits = w.to_f32(g, &logits);
-    let flat = g.ints(&[-1]);
-    let logits = g.node("Reshape", &[&logits, &flat], &[]);
+    let rows = g.ints(&[0, -1]);
+    let logits = g.node("Reshape", &[&logits, &rows], &[]);
     let k = g.ints(&[2]);
     let tk = g.node_n("TopK", &[&logits, &k], 2, &[("axis", Attr::Int(-1)), ("largest", Attr::Int(1)), ("sorted", Attr::Int(1))]);
-    let (s0, s1, ax) = (g.ints(&[0]), g.ints(&[1]), g.ints(&[0]));
+    let (s0, s1, ax) = (g.ints(&[0]), g.ints(&[1]), g.ints(&[1]));
     let top1 = g.node("Slice", &[&tk[0], &s0, &s1, &ax], &[]);
     let shifted = g.node("Sub", &[&logits, &top1], &[]);
     let e = g.node("Exp", &[&shifted], &[]);
     let z = g.node("ReduceSum", &[&e, &ax], &[("keepdims", Attr::Int(1))]);
     let idx = g.node("Slice", &[&tk[1], &s0, &s1, &ax], &[]);
     let idx = g.node("Cast", &[&idx], &[("to", Attr::Int(dt::FLOAT as i64))]);
-    let summary = g.node("Concat", &[&idx, &tk[0], &z], &[("axis", Attr::Int(0))]);
+    let summary = g.node("Concat", &[&idx, &tk[0], &z], &[("axis", Attr::Int(1))]);
     Ok((summary, logits))
 }
 
+/// `[1, t, d]`: one row's hidden states.
 fn hidden_dims() -> [Dim; 3] {
     [Dim::Fixed(1), Dim::Named("t"), Dim::Named("d")]
 }
 
+/// `[B, t, d]`: hidden states of a batch of rows.
+fn rows_dims() -> [Dim; 3] {
+    [Dim::Named("b"), Dim::Named("t"), Dim::Named("d")]
+}
+
 fn kv_dims(w: &Weights, len: &'static str) -> [Dim; 4] {
     [Dim::Fixed(1), Dim::Fixed(w.cfg.kv_heads() as i64), Dim::Named(len), Dim::Fixed(w.cfg.head_dim() as i64)]
+}
+
+/// `[B, kv, len, hd]`: a batch of rows' caches.
+fn kv_rows_dims(w: &Weights, len: &'static str) -> [Dim; 4] {
+    [Dim::Named("b"), Dim::Fixed(w.cfg.kv_heads() as i64), Dim::Named(len), Dim::Fixed(w.cfg.head_dim() as i64)]
+}
+
+/// The summary and logits outputs of a head, one row each.
+fn head_outputs(w: &Weights, g: &mut Graph, summary: &str, logits: &str) {
+    g.output(summary, "summary", dt::FLOAT, &[Dim::Named("b"), Dim::Fixed(4)]);
+    g.output(logits, "logits", dt::FLOAT, &[Dim::Named("b"), Dim::Fixed(w.cfg.vocab_size as i64)]);
 }
 
 /// `embed`.
@@ -396,13 +433,12 @@ pub fn embed_graph(w: &Weights) -> Result<Graph> {
     Ok(g)
 }
 
-/// The inputs a cached graph takes: `hidden`, `past_k`, `past_v` (`len` positions),
-/// `positions` (`t` of them).
-fn cached_inputs(w: &Weights, g: &mut Graph, t: Dim, len: &'static str) -> (String, String, String, String) {
+/// The inputs a concatenating layer graph takes: `hidden`, `past_k`, `past_v`, `positions`.
+fn cached_inputs(w: &Weights, g: &mut Graph) -> (String, String, String, String) {
     let x = g.input("hidden", elem(w.p), &hidden_dims());
-    let pk = g.input("past_k", elem(w.p), &kv_dims(w, len));
-    let pv = g.input("past_v", elem(w.p), &kv_dims(w, len));
-    let pos = g.input("positions", dt::INT64, &[t]);
+    let pk = g.input("past_k", elem(w.p), &kv_dims(w, "past"));
+    let pv = g.input("past_v", elem(w.p), &kv_dims(w, "past"));
+    let pos = g.input("positions", dt::INT64, &[Dim::Named("t")]);
     (x, pk, pv, pos)
 }
 
@@ -442,58 +478,74 @@ impl CacheForm {
     }
 }
 
-/// `layer_i` (0-based `i`) with its cache in `form`.
+/// `layer_i` (0-based `i`) with its cache in `form` (in place: with a batch axis).
 pub fn layer_graph(w: &Weights, i: usize, form: CacheForm) -> Result<Graph> {
     let mut g = Graph::new(&format!("layer_{}", i + 1));
-    let len = if form == CacheForm::InPlace { "capacity" } else { "past" };
-    let (x, pk, pv, pos) = cached_inputs(w, &mut g, Dim::Named("t"), len);
+    if form == CacheForm::InPlace {
+        let x = g.input("hidden", elem(w.p), &rows_dims());
+        let pk = g.input("past_k", elem(w.p), &kv_rows_dims(w, "capacity"));
+        let pv = g.input("past_v", elem(w.p), &kv_rows_dims(w, "capacity"));
+        let pos = g.input("positions", dt::INT64, &[Dim::Named("b"), Dim::Named("t")]);
+        let (c, s) = emit_rope(w, &mut g, &pos);
+        let (out, k, v) = emit_layer_in_place(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?;
+        g.output(&out, "hidden_out", elem(w.p), &rows_dims());
+        g.output(&k, "present_k", elem(w.p), &kv_rows_dims(w, "capacity"));
+        g.output(&v, "present_v", elem(w.p), &kv_rows_dims(w, "capacity"));
+        return Ok(g);
+    }
+    let (x, pk, pv, pos) = cached_inputs(w, &mut g);
     let (c, s) = emit_rope(w, &mut g, &pos);
-    let (out, k, v) = match form {
-        CacheForm::Concat => emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?,
-        CacheForm::InPlace => emit_layer_in_place(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?,
-    };
+    let (out, k, v) = emit_layer(w, &mut g, i, &x, (&pk, &pv), &pos, (&c, &s))?;
     g.output(&out, "hidden_out", elem(w.p), &hidden_dims());
-    let total = if form == CacheForm::InPlace { "capacity" } else { "total" };
-    g.output(&k, "present_k", elem(w.p), &kv_dims(w, total));
-    g.output(&v, "present_v", elem(w.p), &kv_dims(w, total));
+    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
+    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
     Ok(g)
 }
 
 /// `propagate_i` (0-based `i`): the layer's input norm + k/v projections of the last position,
 /// appended to the cache (`Concat`) or output as `new_k`/`new_v` for the host to write
-/// (`InPlace`).
+/// (`InPlace`, with a batch axis: one last position per row).
 pub fn propagate_graph(w: &Weights, i: usize, form: CacheForm) -> Result<Graph> {
     let mut g = Graph::new(&format!("propagate_{}", i + 1));
+    if form == CacheForm::InPlace {
+        let x = g.input("hidden", elem(w.p), &rows_dims());
+        let pos = g.input("positions", dt::INT64, &[Dim::Named("b"), Dim::Fixed(1)]);
+        let last = w.last(&mut g, &x);
+        let (c, s) = emit_rope(w, &mut g, &pos);
+        let h = w.rms_norm(&mut g, &last, &names::input_norm(i))?;
+        let (kvh, hd) = (w.cfg.kv_heads(), w.cfg.head_dim());
+        let k = w.linear(&mut g, &h, &names::proj(i, Proj::K))?;
+        let k = seq_major_heads(w, &mut g, &k, kvh);
+        let k = rope_heads_last(w, &mut g, &k, &c, &s);
+        let v = w.linear(&mut g, &h, &names::proj(i, Proj::V))?;
+        let v = seq_major_heads(w, &mut g, &v, kvh);
+        let heads_first = [("perm", Attr::Ints(vec![0, 2, 1, 3]))];
+        let (k, v) = (g.node("Transpose", &[&k], &heads_first), g.node("Transpose", &[&v], &heads_first));
+        let one = [Dim::Named("b"), Dim::Fixed(kvh as i64), Dim::Fixed(1), Dim::Fixed(hd as i64)];
+        g.output(&k, "new_k", elem(w.p), &one);
+        g.output(&v, "new_v", elem(w.p), &one);
+        return Ok(g);
+    }
     let x = g.input("hidden", elem(w.p), &hidden_dims());
-    let past = (form == CacheForm::Concat).then(|| (g.input("past_k", elem(w.p), &kv_dims(w, "past")), g.input("past_v", elem(w.p), &kv_dims(w, "past"))));
+    let (pk, pv) = (g.input("past_k", elem(w.p), &kv_dims(w, "past")), g.input("past_v", elem(w.p), &kv_dims(w, "past")));
     let pos = g.input("positions", dt::INT64, &[Dim::Fixed(1)]);
     let last = w.last(&mut g, &x);
     let (c, s) = emit_rope(w, &mut g, &pos);
     let h = w.rms_norm(&mut g, &last, &names::input_norm(i))?;
     let (k, v) = kv_of_normed(w, &mut g, i, &h, &c, &s)?;
-    match past {
-        Some((pk, pv)) => {
-            let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
-            let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
-            g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
-            g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
-        }
-        None => {
-            let one = [Dim::Fixed(1), Dim::Fixed(w.cfg.kv_heads() as i64), Dim::Fixed(1), Dim::Fixed(w.cfg.head_dim() as i64)];
-            g.output(&k, "new_k", elem(w.p), &one);
-            g.output(&v, "new_v", elem(w.p), &one);
-        }
-    }
+    let k = g.node("Concat", &[&pk, &k], &[("axis", Attr::Int(2))]);
+    let v = g.node("Concat", &[&pv, &v], &[("axis", Attr::Int(2))]);
+    g.output(&k, "present_k", elem(w.p), &kv_dims(w, "total"));
+    g.output(&v, "present_v", elem(w.p), &kv_dims(w, "total"));
     Ok(g)
 }
 
-/// `head`.
+/// `head`, with a batch axis (one summary per row).
 pub fn head_graph(w: &Weights) -> Result<Graph> {
     let mut g = Graph::new("head");
-    let x = g.input("hidden", elem(w.p), &hidden_dims());
+    let x = g.input("hidden", elem(w.p), &rows_dims());
     let (summary, logits) = emit_head(w, &mut g, &x)?;
-    g.output(&summary, "summary", dt::FLOAT, &[Dim::Fixed(4)]);
-    g.output(&logits, "logits", dt::FLOAT, &[Dim::Fixed(w.cfg.vocab_size as i64)]);
+    head_outputs(w, &mut g, &summary, &logits);
     Ok(g)
 }
 
@@ -565,22 +617,23 @@ pub fn full_graph(w: &Weights, form: CacheForm) -> Result<Graph> {
     let rows = g.node("Gather", &[&e, &ids], &[("axis", Attr::Int(0))]);
     let ax = g.ints(&[0]);
     let mut h = g.node("Unsqueeze", &[&rows, &ax], &[]);
-    let (c, s) = emit_rope(w, &mut g, &pos);
+    // The in-place layers take positions per row: `[1, t]`.
+    let row_pos = if form == CacheForm::InPlace { g.node("Unsqueeze", &[&pos, &ax], &[]) } else { pos.clone() };
+    let (c, s) = emit_rope(w, &mut g, &row_pos);
     let mut presents = Vec::new();
     for i in 0..w.cfg.num_hidden_layers {
         let len = if form == CacheForm::InPlace { "capacity" } else { "past" };
         let pk = g.input(&format!("past_k_{}", i + 1), elem(w.p), &kv_dims(w, len));
         let pv = g.input(&format!("past_v_{}", i + 1), elem(w.p), &kv_dims(w, len));
         let (out, k, v) = match form {
-            CacheForm::Concat => emit_layer(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?,
-            CacheForm::InPlace => emit_layer_in_place(w, &mut g, i, &h, (&pk, &pv), &pos, (&c, &s))?,
+            CacheForm::Concat => emit_layer(w, &mut g, i, &h, (&pk, &pv), &row_pos, (&c, &s))?,
+            CacheForm::InPlace => emit_layer_in_place(w, &mut g, i, &h, (&pk, &pv), &row_pos, (&c, &s))?,
         };
         presents.push((k, v));
         h = out;
     }
     let (summary, logits) = emit_head(w, &mut g, &h)?;
-    g.output(&summary, "summary", dt::FLOAT, &[Dim::Fixed(4)]);
-    g.output(&logits, "logits", dt::FLOAT, &[Dim::Fixed(w.cfg.vocab_size as i64)]);
+    head_outputs(w, &mut g, &summary, &logits);
     let total = if form == CacheForm::InPlace { "capacity" } else { "total" };
     for (i, (k, v)) in presents.iter().enumerate() {
         g.output(k, &format!("present_k_{}", i + 1), elem(w.p), &kv_dims(w, total));

@@ -10,6 +10,7 @@ pub mod export;
 pub mod graphs;
 pub mod onnx;
 pub mod positions;
+mod rows;
 pub mod runtime;
 
 use super::{Backend, DeviceKind, HeadSummary, KvSnapshot, RuntimeInfo, Speculate};
@@ -86,8 +87,14 @@ pub struct OrtBackend {
     classifier: Option<Graph>,
     cosine: Graph,
     caches: Vec<Option<Cache>>,
-    /// Batched decoding's caches, `[row][layer - 1]`, swapped into `caches` while a row runs.
+    /// Batched decoding's caches when concatenating, `[row][layer - 1]`, swapped into `caches`
+    /// while a row runs.
     row_caches: Vec<Vec<Option<Cache>>>,
+    /// Batched decoding's caches when in place: one buffer for all rows per layer.
+    batch: rows::RowBuffers,
+    /// Graph calls the last [`crate::backend::Batch::layer_rows`] made (each reads the layer's
+    /// weights once).
+    last_reads: usize,
     /// `[1, kv, 0, hd]` in the export dtype: the past of an empty cache.
     empty: DynValue,
     /// How the layer graphs hold the caches.
@@ -248,6 +255,8 @@ impl OrtBackend {
             cosine,
             caches: (0..l).map(|_| None).collect(),
             row_caches: Vec::new(),
+            batch: rows::RowBuffers::default(),
+            last_reads: 0,
             empty,
             form,
             positions: None,
@@ -275,13 +284,21 @@ impl OrtBackend {
         Ok(Tensor::from_array(([n], v)).map_err(oe)?.into_dyn())
     }
 
-    /// The positions `start..start + n` as an input value, made once for all the layers (and
-    /// propagation steps) of a token rather than per call.
+    /// Positions `starts[b]..starts[b] + n` of every row b: `[B, n]`, what the in-place graphs
+    /// (which have a batch axis) take.
+    fn row_positions(starts: &[usize], n: usize) -> Result<DynValue> {
+        let v: Vec<i64> = starts.iter().flat_map(|&s| (s..s + n).map(|p| p as i64)).collect();
+        Ok(Tensor::from_array(([starts.len(), n], v)).map_err(oe)?.into_dyn())
+    }
+
+    /// The positions `start..start + n` as an input value (one row's, `[1, n]`, in place), made
+    /// once for all the layers (and propagation steps) of a token rather than per call.
     fn positions_of(&mut self, start: usize, n: usize) -> Result<Rc<DynValue>> {
         match &self.positions {
             Some((s, k, v)) if (*s, *k) == (start, n) => Ok(v.clone()),
             _ => {
-                let v = Rc::new(Self::positions(start, n)?);
+                let v = if self.form == CacheForm::InPlace { Self::row_positions(&[start], n)? } else { Self::positions(start, n)? };
+                let v = Rc::new(v);
                 self.positions = Some((start, n, v.clone()));
                 Ok(v)
             }
@@ -332,8 +349,8 @@ impl OrtBackend {
             let mut out = self.props[layer - 1].run(&[("hidden", h), ("positions", &*positions)])?;
             let (k, v) = (Self::take(&mut out, "new_k")?, Self::take(&mut out, "new_v")?);
             drop(out);
-            positions::write_at(&mut c.k, pos, &k)?;
-            positions::write_at(&mut c.v, pos, &v)?;
+            positions::write_at(&mut c.k, 0, pos, &k, 0)?;
+            positions::write_at(&mut c.v, 0, pos, &v, 0)?;
             None
         } else {
             let mut out = self.layers[layer - 1].run_in_place(&[("hidden", h), ("positions", &*positions)], &mut [("past_k", "present_k", &mut c.k), ("past_v", "present_v", &mut c.v)])?;
@@ -690,8 +707,8 @@ impl OrtBackend {
     }
 }
 
-/// Batched speculation on ONNX Runtime: row by row through the single-row calls, as every
-/// batched call here.
+/// Batched speculation on ONNX Runtime: states joined and exit heads at every position row by
+/// row; the verification passes themselves are [`crate::backend::Batch::layer_rows`] calls.
 impl crate::backend::SpeculateRows for OrtBackend {
     fn join_rows(&mut self, parts: &[&Vec<Hidden>], picks: &[Vec<(usize, usize)>]) -> Result<Vec<Hidden>> {
         picks.iter().map(|seg| {
@@ -701,39 +718,51 @@ impl crate::backend::SpeculateRows for OrtBackend {
     }
 
     fn heads_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<HeadSummary>>> {
+        if self.rows_in_place() {
+            return self.per_position(h, Self::head_of_rows);
+        }
         h.iter().map(|x| self.heads(x)).collect()
     }
 
     fn position_logits_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<Vec<f32>>>> {
+        if self.rows_in_place() {
+            return self.per_position(h, Self::logits_of_rows);
+        }
         h.iter().map(|x| self.position_logits(x)).collect()
     }
 }
 
-/// Batched decoding on ONNX Runtime runs its rows one by one through the single-row graphs
-/// (exported with batch 1), each row with its own caches: every row's outputs are exactly its
-/// single-row outputs, but each weight is read once per row, so batching saves nothing here
+/// Batched decoding on ONNX Runtime. In place (the CPU in f32 and f16), all rows share one
+/// buffer per layer and each layer, propagation and head call runs every row at once, reading
+/// each weight once (`rows.rs`). Concatenating (CUDA, bf16), every call runs row by row through
+/// the single-row calls, each row with its own caches, so each weight is read once per row
 /// (`shares_weight_reads` is false, and records say so).
 impl crate::backend::Batch for OrtBackend {
     type Rows = Vec<Hidden>;
 
     fn shares_weight_reads(&self) -> bool {
-        false
+        self.rows_in_place()
     }
 
     fn start_rows(&mut self, n: usize, capacity: usize) -> Result<()> {
         let l = self.cfg.num_hidden_layers;
-        if self.form == CacheForm::InPlace && self.row_caches.len() == n {
-            // Keep the rows' buffers, as a single row's are kept between prompts.
-            self.row_caches.iter_mut().flatten().flatten().for_each(|c| c.len = 0);
-        } else {
+        if !self.rows_in_place() {
             self.row_caches = (0..n).map(|_| (0..l).map(|_| None).collect()).collect();
+        } else if self.batch.rows() == n {
+            // Keep the buffers, as a single row's are kept between prompts.
+            self.batch.clear();
+        } else {
+            self.batch = rows::RowBuffers::new(n, l);
         }
-        // In-place row buffers are allocated at a row's first use with this many positions.
+        // Row buffers are allocated at a layer's first call with this many positions.
         self.row_capacity = capacity.max(1);
         Ok(())
     }
 
     fn row_cache_len(&self, row: usize, layer: usize) -> usize {
+        if self.rows_in_place() {
+            return self.batch.len(row, layer);
+        }
         self.row_caches[row][layer - 1].as_ref().map_or(0, |c| c.len)
     }
 
@@ -742,10 +771,21 @@ impl crate::backend::Batch for OrtBackend {
     }
 
     fn layer_rows(&mut self, layer: usize, rows: &[usize], h: &Vec<Hidden>) -> Result<Vec<Hidden>> {
+        if self.rows_in_place() {
+            return self.layer_in_place_rows(layer, rows, h);
+        }
+        self.last_reads = rows.len();
         rows.iter().zip(h).map(|(&r, x)| self.with_row(r, |b| b.layer(layer, x))).collect()
     }
 
+    fn last_layer_reads(&self, _rows: usize) -> usize {
+        self.last_reads
+    }
+
     fn propagate_rows(&mut self, layer: usize, rows: &[usize], h: &Vec<Hidden>) -> Result<()> {
+        if self.rows_in_place() {
+            return self.propagate_in_place_rows(layer, rows, h);
+        }
         for (&r, x) in rows.iter().zip(h) {
             let x = Self::last_of(x)?;
             self.with_row(r, |b| b.propagate(layer, &x))?;
@@ -754,10 +794,16 @@ impl crate::backend::Batch for OrtBackend {
     }
 
     fn head_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<HeadSummary>> {
+        if self.rows_in_place() {
+            return self.head_of_rows(h);
+        }
         h.iter().map(|x| self.head(x)).collect()
     }
 
     fn exit_logits_rows(&mut self, h: &Vec<Hidden>) -> Result<Vec<Vec<f32>>> {
+        if self.rows_in_place() {
+            return self.logits_of_rows(h);
+        }
         h.iter().map(|x| self.exit_logits(x)).collect()
     }
 
@@ -774,11 +820,19 @@ impl crate::backend::Batch for OrtBackend {
     }
 
     fn truncate_row(&mut self, row: usize, n: usize) -> Result<()> {
+        if self.rows_in_place() {
+            // The positions past `n` are overwritten by the next ones written.
+            self.batch.truncate(row, n);
+            return Ok(());
+        }
         let layers = self.cfg.num_hidden_layers;
         self.with_row(row, |b| (1..=layers).try_for_each(|l| b.truncate(l, n)))
     }
 
     fn row_cached_kv(&self, row: usize, layer: usize) -> Result<Option<KvSnapshot>> {
+        if self.rows_in_place() {
+            return self.row_snapshot(row, layer);
+        }
         self.row_caches[row][layer - 1].as_ref().filter(|c| c.len > 0).map(Self::snapshot).transpose()
     }
 }

@@ -1,9 +1,10 @@
-//! Host-side edits along the position axis of ONNX Runtime values (`[1, t, d]` hidden states,
-//! `[1, kv_heads, t, head_dim]` caches), in their own element type: what self-speculative
-//! decoding needs (cache rollback, per-position exit heads, states joined from saved parts), and
-//! the in-place caches' buffers (allocation, entries written at a position). Each edit copies
-//! through host memory: cheap on the CPU provider, a round trip on CUDA (in-place buffers live
-//! on the CPU only).
+//! Host-side edits along the position and row axes of ONNX Runtime values (`[B, t, d]` hidden
+//! states, `[B, kv_heads, t, head_dim]` caches), in their own element type: what
+//! self-speculative decoding needs (cache rollback, per-position exit heads, states joined from
+//! saved parts), the in-place caches' buffers (allocation, entries written at a row's position)
+//! and batched calls' inputs and outputs (rows stacked into one value and taken back out). Each
+//! edit copies through host memory: cheap on the CPU provider, a round trip on CUDA (in-place
+//! buffers live on the CPU only).
 
 use super::oe;
 use crate::error::{Error, Result};
@@ -59,7 +60,7 @@ pub fn gather(parts: &[(&DynValue, usize, usize)], axis: usize) -> Result<DynVal
     }
 }
 
-/// An in-place cache buffer `shape` (`[1, kv_heads, capacity, head_dim]`) in `p` on the CPU,
+/// An in-place cache buffer `shape` (`[B, kv_heads, capacity, head_dim]`) in `p` on the CPU,
 /// allocated by ONNX Runtime (so that it can be bound as a graph's output); its contents are
 /// unset until written.
 pub fn buffer(p: Precision, shape: [usize; 4]) -> Result<DynValue> {
@@ -76,16 +77,17 @@ pub fn capacity(v: &DynValue) -> usize {
     v.shape().get(2).map_or(0, |&n| n.max(0) as usize)
 }
 
-/// Writes `new` `[1, kv_heads, t, head_dim]` into the host buffer `buf`
-/// `[1, kv_heads, capacity, head_dim]` at positions `at..at + t` of every head.
-pub fn write_at(buf: &mut DynValue, at: usize, new: &DynValue) -> Result<()> {
+/// Writes row `from` of `new` `[B', kv_heads, t, head_dim]` into row `row` of the host buffer
+/// `buf` `[B, kv_heads, capacity, head_dim]`, at positions `at..at + t` of every head.
+pub fn write_at(buf: &mut DynValue, row: usize, at: usize, new: &DynValue, from: usize) -> Result<()> {
     let src = host(new)?;
     let (nd, bd) = (src.shape().to_vec(), buf.shape().to_vec());
-    let dims_ok = nd.len() == 4 && bd.len() == 4 && nd[0] == 1 && bd[0] == 1 && nd[1] == bd[1] && nd[3] == bd[3];
+    let dims_ok = nd.len() == 4 && bd.len() == 4 && (from as i64) < nd[0] && (row as i64) < bd[0] && nd[1] == bd[1] && nd[3] == bd[3];
     if !dims_ok || at + nd[2] as usize > bd[2] as usize || Some(*src.data_type()) != buf.dtype().tensor_type() {
-        return Err(Error::Internal(format!("ort: writing {nd:?} {:?} at position {at} of a cache buffer {bd:?} {:?}", src.data_type(), buf.dtype())));
+        return Err(Error::Internal(format!("ort: writing row {from} of {nd:?} {:?} at row {row}, position {at} of a cache buffer {bd:?} {:?}", src.data_type(), buf.dtype())));
     }
     let (heads, t, cap, hd) = (nd[1] as usize, nd[2] as usize, bd[2] as usize, nd[3] as usize);
+    let (dst_base, src_base) = (row * heads * cap * hd, from * heads * t * hd);
     let mut dst = buf.view_mut().downcast::<DynTensorValueType>().map_err(oe)?;
     if !dst.memory_info().is_cpu_accessible() {
         return Err(Error::Internal("ort: an in-place cache buffer is not in host memory".into()));
@@ -95,7 +97,8 @@ pub fn write_at(buf: &mut DynValue, at: usize, new: &DynValue) -> Result<()> {
             let (_, s) = src.try_extract_tensor::<$t>().map_err(oe)?;
             let (_, d) = dst.try_extract_tensor_mut::<$t>().map_err(oe)?;
             for h in 0..heads {
-                d[(h * cap + at) * hd..(h * cap + at + t) * hd].copy_from_slice(&s[h * t * hd..(h + 1) * t * hd]);
+                let (d0, s0) = (dst_base + (h * cap + at) * hd, src_base + h * t * hd);
+                d[d0..d0 + t * hd].copy_from_slice(&s[s0..s0 + t * hd]);
             }
             Ok(())
         }};
@@ -108,9 +111,9 @@ pub fn write_at(buf: &mut DynValue, at: usize, new: &DynValue) -> Result<()> {
     }
 }
 
-/// A cache buffer with room for `need` positions in place of `old` (holding `len`), when `old`
-/// is absent or too small: `shape`'s capacity at least, `need`, or twice `old`'s, with `old`'s
-/// first `len` positions copied; None when `old` has room.
+/// A cache buffer with room for `need` positions in place of `old` (holding `len` positions in
+/// its longest row), when `old` is absent or too small: `shape`'s capacity at least, `need`, or
+/// twice `old`'s, with every row's first `len` positions copied; None when `old` has room.
 pub fn grown(p: Precision, old: Option<&DynValue>, len: usize, need: usize, shape: [usize; 4]) -> Result<Option<DynValue>> {
     let held = old.map_or(0, capacity);
     if held >= need {
@@ -119,7 +122,63 @@ pub fn grown(p: Precision, old: Option<&DynValue>, len: usize, need: usize, shap
     let [b, heads, cap, hd] = shape;
     let mut fresh = buffer(p, [b, heads, cap.max(need).max(2 * held), hd])?;
     if let Some(o) = old.filter(|_| len > 0) {
-        write_at(&mut fresh, 0, &gather(&[(o, 0, len)], 2)?)?;
+        let kept = gather(&[(o, 0, len)], 2)?;
+        for row in 0..b {
+            write_at(&mut fresh, row, 0, &kept, row)?;
+        }
     }
     Ok(Some(fresh))
+}
+
+/// One value `[B, t, d]` from `parts[b]` = `(value [1, _, d], from, to)`: row b holds positions
+/// `from..to` of its value first and zeros after them (up to `t`); a `None` row is all zeros (a
+/// row riding along in a batched call).
+pub fn stack(parts: &[Option<(&DynValue, usize, usize)>], t: usize, d: usize, p: Precision) -> Result<DynValue> {
+    let hosts: Vec<Option<(DynTensor, usize, usize)>> = parts.iter().map(|x| x.map(|(v, a, b)| Ok::<_, Error>((host(v)?, a, b))).transpose()).collect::<Result<_>>()?;
+    macro_rules! typed {
+        ($t:ty) => {{
+            let mut out: Vec<$t> = vec![<$t>::default(); parts.len() * t * d];
+            for (row, part) in hosts.iter().enumerate() {
+                let Some((h, from, to)) = part else { continue };
+                let (s, data) = h.try_extract_tensor::<$t>().map_err(oe)?;
+                if s.len() != 3 || s[0] != 1 || s[2] as usize != d || *to > s[1] as usize || from > to || to - from > t {
+                    return Err(Error::Internal(format!("ort: stacking positions {from}..{to} of {s:?} into rows of {t} × {d}")));
+                }
+                out[row * t * d..(row * t + to - from) * d].copy_from_slice(&data[from * d..to * d]);
+            }
+            Ok(Tensor::from_array(([parts.len(), t, d], out)).map_err(oe)?.into_dyn())
+        }};
+    }
+    match p {
+        Precision::F32 => typed!(f32),
+        Precision::F16 => typed!(half::f16),
+        Precision::Bf16 => typed!(half::bf16),
+    }
+}
+
+/// Row `row` of `v` `[B, …]` as a value `[1, …]`, its first `n` entries along axis 1 only when
+/// `n` is given.
+pub fn take_row(v: &DynValue, row: usize, n: Option<usize>) -> Result<DynValue> {
+    let h = host(v)?;
+    let dims: Vec<usize> = h.shape().iter().map(|&d| d as usize).collect();
+    if dims.len() < 2 || row >= dims[0] || n.is_some_and(|n| n > dims[1]) {
+        return Err(Error::Internal(format!("ort: row {row} ({n:?} positions) of a value {dims:?}")));
+    }
+    let inner: usize = dims[2..].iter().product();
+    let keep = n.unwrap_or(dims[1]);
+    let mut shape = dims.clone();
+    (shape[0], shape[1]) = (1, keep);
+    let start = row * dims[1] * inner;
+    macro_rules! typed {
+        ($t:ty) => {{
+            let (_, data) = h.try_extract_tensor::<$t>().map_err(oe)?;
+            Ok(Tensor::from_array((shape, data[start..start + keep * inner].to_vec())).map_err(oe)?.into_dyn())
+        }};
+    }
+    match h.data_type() {
+        E::Float32 => typed!(f32),
+        E::Float16 => typed!(half::f16),
+        E::Bfloat16 => typed!(half::bf16),
+        other => Err(Error::Internal(format!("ort: unexpected element type {other:?}"))),
+    }
 }
