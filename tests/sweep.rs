@@ -1050,7 +1050,9 @@ fn batched_cells_in_a_sweep() {
             assert_eq!(r.status, CellStatus::Ok, "{:?}", r.reason);
             assert_eq!(r.batch_size, 3);
             let b = r.batch.as_ref().expect("batch figures");
-            assert_eq!(b.shares_weight_reads, backend == "candle");
+            // Both read each weight once per step (ONNX Runtime on the CPU in f32: its in-place
+            // graphs' batch axis).
+            assert!(b.shares_weight_reads, "{}", r.key.label());
             assert!(b.steps > 0 && b.mean_rows > 1.0 && b.mean_rows <= 3.0 && b.latency_ms_per_token > 0.0, "{b:?}");
             assert!(r.key.id().ends_with(&match r.key.batch_policy { Some(p) => format!("|3|{p}"), None => "|3".into() }), "{}", r.key.id());
             let alone = one(r).unwrap_or_else(|| panic!("{}: no batch-1 cell", r.key.label()));
@@ -1087,7 +1089,10 @@ fn batched_cells_in_a_sweep() {
         }
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(summary.contains("## Batched decoding") && summary.contains("softmax-diff@0.3 (compact)") && summary.contains("*rows one by one*"), "{summary}");
+    assert!(summary.contains("## Batched decoding") && summary.contains("softmax-diff@0.3 (compact)"), "{summary}");
+    // Both runtimes read each weight once per step on the CPU in f32: no cell is marked (the
+    // marker appears in the section's explanation only).
+    assert_eq!(summary.matches("*rows one by one*").count(), 1, "{summary}");
     assert!(summary.contains("Does early exit beat it?"), "{summary}");
 
     // SIGKILL while the rounds run, then --resume: every cell once, the same deterministic outputs.

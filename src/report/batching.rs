@@ -75,8 +75,8 @@ pub fn write_batching(s: &mut String, rows: &[ReportRow], records: &[CellRecord]
         Speedup vs full depth at B is paired by round as in the headline tables; vs full depth at B = 1 it is the ratio of the two cells' median tokens/s (not paired). \
         Batch-min's predicted mean exit layer assumes independent rows and a full batch: P(batch exit ≤ l) = F(l)^B with F the batch-1 exit-layer distribution of the same setting. \
         Wasted row layers are layers run for rows that had already exited (per-row's passengers); held tokens are tokens whose own measure cleared at an earlier exit point than the layer the batch took (batch-min). \
-        A runtime that does not share weight reads across rows (ONNX Runtime here: its graphs have batch 1, rows run one by one) is marked *rows one by one*. \
-        A self-speculative batch runs in passes: the rows still drafting share each draft step, every row's drafts are verified in one call per layer (each row its own segment, unpadded), \
+        A runtime that does not share weight reads across rows (ONNX Runtime's concatenating graphs, on CUDA and in bf16: rows run one by one) is marked *rows one by one*. \
+        A self-speculative batch runs in passes: the rows still drafting share each draft step, every row's drafts are verified in one call per layer (each row its own segment, unpadded; ONNX Runtime's attention op needs one call per position of the longest segment), \
         and each row keeps its own accepted prefix; its row latency is per pass a row took part in.\n");
     for g in &runtimes {
         let mine: Vec<&Point> = points.iter().filter(|p| unbatched(&p.rec.key).group_id() == *g).collect();
