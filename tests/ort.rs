@@ -467,3 +467,126 @@ fn a_verified_export_is_checked_by_stamp_and_a_changed_file_by_hash() {
     let why = export::verify(&out).unwrap_err();
     assert!(why.contains("layer_1.onnx") && why.contains("bytes"), "{why}");
 }
+
+/// Batched rows on ONNX Runtime's in-place graphs share one buffer per layer: a batched
+/// prefill of prompts of different lengths (padded), steps where some rows ride along while
+/// others run (and run after), propagated entries written for a row that exits at layer 2,
+/// buffers that start at 2 positions and grow twice, a verification-like pass of 3 positions
+/// per row after cached ones (one call per position) and a rollback. Every row's tokens, head
+/// summaries and caches equal the same row decoded alone through the single-row calls (caches
+/// and logit gaps within rounding: batched products may sum in another order).
+#[test]
+fn batched_rows_share_buffers_that_grow() {
+    use exitbench::backend::{Batch, Speculate};
+    test_cache();
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), &tiny_variant_config(4, 300), 5).unwrap();
+    let files = ModelFiles::open(dir.path(), None).unwrap();
+    let mut o = OrtBackend::open_form(&files, DeviceKind::Cpu, Precision::F32, 1, false, CacheForm::InPlace).unwrap();
+    let prompts: Vec<Vec<u32>> = ["The Hawks beat the Foxes by 47 runs.", "Rain", "Ansel Morrow top-scored with 87 at Kelmarsh"].iter().map(|p| files.tokenizer.encode(p).unwrap()).collect();
+    assert!(prompts.iter().map(Vec::len).collect::<std::collections::BTreeSet<_>>().len() == 3, "prompts of three lengths");
+    let (layers, steps, exit_row) = (4, 6, 2);
+    // Row `exit_row` runs layers 1..=2 and propagates into 3..=4; the others run every layer.
+    let depth = |r: usize| if r == exit_row { 2 } else { layers };
+    // Alone: single-row calls.
+    let mut alone = Vec::new();
+    for (r, p) in prompts.iter().enumerate() {
+        o.reset();
+        let mut h = o.embed(p).unwrap();
+        for l in 1..=layers {
+            h = o.layer(l, &h).unwrap();
+        }
+        let mut heads = vec![o.head(&h).unwrap()];
+        for _ in 0..steps {
+            let mut h = o.embed(&[heads.last().unwrap().argmax]).unwrap();
+            for l in 1..=depth(r) {
+                h = o.layer(l, &h).unwrap();
+            }
+            for l in depth(r) + 1..=layers {
+                o.propagate(l, &h).unwrap();
+            }
+            heads.push(o.head(&h).unwrap());
+        }
+        // A pass of 3 positions after the cached ones, then rolled back by 2.
+        let toks: Vec<u32> = heads[heads.len() - 3..].iter().map(|s| s.argmax).collect();
+        let mut h = o.embed(&toks).unwrap();
+        for l in 1..=layers {
+            h = o.layer(l, &h).unwrap();
+        }
+        let pass = o.heads(&h).unwrap();
+        let len = o.cache_len(1);
+        for l in 1..=layers {
+            o.truncate(l, len - 2).unwrap();
+        }
+        let kv: Vec<_> = (1..=layers).map(|l| o.cached_kv(l).unwrap().unwrap()).collect();
+        alone.push((heads, pass, kv));
+    }
+    // Batched: buffers of 2 positions at first.
+    let n = prompts.len();
+    let all: Vec<usize> = (0..n).collect();
+    o.start_rows(n, 2).unwrap();
+    let slices: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut h = o.embed_rows(&slices).unwrap();
+    for l in 1..=layers {
+        h = o.layer_rows(l, &all, &h).unwrap();
+        assert_eq!(o.last_layer_reads(n), 1, "a batched prefill is one call");
+    }
+    let mut heads: Vec<Vec<_>> = o.head_rows(&h).unwrap().into_iter().map(|s| vec![s]).collect();
+    for _ in 0..steps {
+        let toks: Vec<[u32; 1]> = heads.iter().map(|x| [x.last().unwrap().argmax]).collect();
+        let h0 = o.embed_rows(&toks.iter().map(|t| &t[..]).collect::<Vec<_>>()).unwrap();
+        // Rows 0 and 2 together (row 1 rides along), then row 1 alone; row 2 stops at layer 2.
+        let (first, second) = (vec![0, 2], vec![1]);
+        let pick = |rows: &[usize]| rows.iter().map(|&r| h0[r].clone()).collect::<Vec<_>>();
+        let (mut a, mut b) = (pick(&first), pick(&second));
+        for l in 1..=layers {
+            if l <= 2 {
+                a = o.layer_rows(l, &first, &a).unwrap();
+            } else {
+                let going: Vec<usize> = first.iter().copied().filter(|&r| r != exit_row).collect();
+                let next = o.layer_rows(l, &going, &vec![a[0].clone()]).unwrap();
+                o.propagate_rows(l, &[exit_row], &vec![a[1].clone()]).unwrap();
+                a = vec![next[0].clone(), a[1].clone()];
+            }
+            b = o.layer_rows(l, &second, &b).unwrap();
+        }
+        let (ha, hb) = (o.head_rows(&a).unwrap(), o.head_rows(&b).unwrap());
+        heads[0].push(ha[0]);
+        heads[2].push(ha[1]);
+        heads[1].push(hb[0]);
+    }
+    let segs: Vec<Vec<u32>> = heads.iter().map(|x| x[x.len() - 3..].iter().map(|s| s.argmax).collect()).collect();
+    let mut h = o.embed_rows(&segs.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    for l in 1..=layers {
+        h = o.layer_rows(l, &all, &h).unwrap();
+        assert_eq!(o.last_layer_reads(n), 3, "after cached positions, one call per position");
+    }
+    let pass = exitbench::backend::SpeculateRows::heads_rows(&mut o, &h).unwrap();
+    for r in 0..n {
+        let len = o.row_cache_len(r, 1);
+        o.truncate_row(r, len - 2).unwrap();
+    }
+    let close = |a: &exitbench::backend::HeadSummary, b: &exitbench::backend::HeadSummary, what: &str| {
+        assert_eq!(a.argmax, b.argmax, "{what}");
+        assert!((a.logit_gap - b.logit_gap).abs() < 1e-4, "{what}: gap {} vs {}", a.logit_gap, b.logit_gap);
+    };
+    let mut worst = 0f64;
+    for r in 0..n {
+        let (want_heads, want_pass, want_kv) = &alone[r];
+        assert_eq!(heads[r].len(), want_heads.len());
+        for (k, (a, b)) in heads[r].iter().zip(want_heads).enumerate() {
+            close(a, b, &format!("row {r} token {k}"));
+        }
+        for (k, (a, b)) in pass[r].iter().zip(want_pass).enumerate() {
+            close(a, b, &format!("row {r} pass position {k}"));
+        }
+        for l in 1..=layers {
+            let got = o.row_cached_kv(r, l).unwrap().unwrap();
+            let want = &want_kv[l - 1];
+            assert_eq!(got.len, want.len, "row {r} layer {l}: cached positions");
+            worst = worst.max(rel(&got.k, &want.k)).max(rel(&got.v, &want.v));
+        }
+    }
+    println!("batched rows vs alone: worst cache ‖Δ‖/‖x‖ {worst:.1e}");
+    assert!(worst < 1e-5, "caches differ by {worst:e}");
+}
