@@ -191,25 +191,26 @@ impl OrtBackend {
         positions::stack(&parts, 1, self.cfg.hidden_size, self.precision)
     }
 
-    /// The exit head at the last position of every state in `h`, in one call.
-    pub(super) fn head_of_rows(&mut self, h: &[Hidden]) -> Result<Vec<HeadSummary>> {
+    /// The head graph's `output` (one row per state) for the last positions of `h`, in one
+    /// call, on the host.
+    fn head_output_of_rows(&mut self, h: &[Hidden], output: &str) -> Result<Vec<f32>> {
         if h.is_empty() {
             return Ok(Vec::new());
         }
         let x = self.stack_lasts(h)?;
         let mut out = self.head.run(&[("hidden", &x)])?;
-        let s = super::to_host_f32(&Self::take(&mut out, "summary")?)?;
+        super::to_host_f32(&Self::take(&mut out, output)?)
+    }
+
+    /// The exit head at the last position of every state in `h`, in one call.
+    pub(super) fn head_of_rows(&mut self, h: &[Hidden]) -> Result<Vec<HeadSummary>> {
+        let s = self.head_output_of_rows(h, "summary")?;
         Ok(s.chunks_exact(4).map(|s| HeadSummary::from_reduced(s[0] as u32, s[1], s[2], s[3])).collect())
     }
 
     /// The exit head's f32 logits at the last position of every state in `h`, in one call.
     pub(super) fn logits_of_rows(&mut self, h: &[Hidden]) -> Result<Vec<Vec<f32>>> {
-        if h.is_empty() {
-            return Ok(Vec::new());
-        }
-        let x = self.stack_lasts(h)?;
-        let mut out = self.head.run(&[("hidden", &x)])?;
-        let l = super::to_host_f32(&Self::take(&mut out, "logits")?)?;
+        let l = self.head_output_of_rows(h, "logits")?;
         Ok(l.chunks_exact(self.cfg.vocab_size).map(<[f32]>::to_vec).collect())
     }
 
@@ -237,8 +238,7 @@ impl OrtBackend {
             return Ok(None);
         }
         let (k, v) = (positions::take_row(k, row, None)?, positions::take_row(v, row, None)?);
-        let (k, v) = (positions::gather(&[(&k, 0, len)], 2)?, positions::gather(&[(&v, 0, len)], 2)?);
-        Ok(Some(KvSnapshot { k: super::to_host_f32(&k)?, v: super::to_host_f32(&v)?, len }))
+        Self::snapshot(&super::Cache { k, v, len }).map(Some)
     }
 
     /// Whether batched rows share one buffer per layer (the in-place form).
