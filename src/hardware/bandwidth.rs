@@ -3,11 +3,46 @@
 //! STREAM counts them), on one thread and on all threads; the best pass within a time budget.
 //! A batch-1 decode step streams every weight it uses, so this is the ceiling that
 //! `achieved_gb_s` is compared against.
+//!
+//! The arrays together hold at least four times the last-level cache (read from sysfs), as
+//! STREAM asks: a server CPU's L3 can hold hundreds of MiB (300 MiB on the Xeon this was written
+//! on, whose earlier fixed 192 MiB arrays fit in it and measured the L3, 38–57 GB/s on 2 threads,
+//! not the memory's 27–28 GB/s).
 
 use std::time::{Duration, Instant};
 
-/// Elements per array: 3 arrays × 8 bytes × 8 Mi = 192 MiB, beyond any CPU cache here.
-const N: usize = 8 << 20;
+/// Elements per array when the caches' sizes are unknown: 3 arrays × 8 bytes × 8 Mi = 192 MiB.
+const MIN_N: usize = 8 << 20;
+/// At most 3 × 2 GiB.
+const MAX_N: usize = 256 << 20;
+
+/// The largest CPU cache of CPU 0 in bytes (its last level), from
+/// `/sys/devices/system/cpu/cpu0/cache/index*/size` (`32K`, `2048K`, `300M`); None when absent.
+pub fn last_level_cache_bytes() -> Option<u64> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("size")).ok()).filter_map(|s| parse_size(s.trim())).max()
+}
+
+/// `32K`, `300M`, `1G` or plain bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Elements per array for a last-level cache of `llc` bytes: the three arrays (24 bytes an
+/// element) hold at least 4 × `llc`, between [`MIN_N`] and [`MAX_N`].
+pub fn elements_for(llc: Option<u64>) -> usize {
+    let want = llc.map_or(0, |c| (4 * c).div_ceil(24)) as usize;
+    want.clamp(MIN_N, MAX_N)
+}
 
 /// GB/s (10⁹ bytes per second) on one thread and on every available thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,9 +98,10 @@ pub fn measure_threads(threads: &[usize], budget: Duration) -> Vec<(usize, f64)>
     let mut counts: Vec<usize> = threads.iter().copied().filter(|&t| t > 0).collect();
     counts.sort_unstable();
     counts.dedup();
-    let mut a = vec![0f64; N];
-    let b = vec![1f64; N];
-    let c = vec![2f64; N];
+    let n = elements_for(last_level_cache_bytes());
+    let mut a = vec![0f64; n];
+    let b = vec![1f64; n];
+    let c = vec![2f64; n];
     let each = budget / counts.len().max(1) as u32;
     counts.iter().map(|&t| (t, best(t, each, &mut a, &b, &c))).collect()
 }
@@ -82,5 +118,19 @@ mod tests {
         let by = measure_threads(&[2, 1, 2, 0], Duration::from_millis(100));
         assert_eq!(by.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!(by.iter().all(|x| x.1.is_finite() && x.1 > 0.1), "{by:?}");
+    }
+
+    #[test]
+    fn the_arrays_outgrow_the_last_level_cache() {
+        assert_eq!(parse_size("48K"), Some(48 << 10));
+        assert_eq!(parse_size("307200K"), Some(300 << 20));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!((parse_size("K"), parse_size("3X"), parse_size("")), (None, None, None));
+        // 300 MiB of L3: 1.2 GiB over three arrays, not the old fixed 192 MiB.
+        assert_eq!(elements_for(Some(300 << 20)), (1200usize << 20).div_ceil(24));
+        assert_eq!(elements_for(Some(32 << 20)), MIN_N);
+        assert_eq!(elements_for(None), MIN_N);
+        assert_eq!(elements_for(Some(1 << 40)), MAX_N);
     }
 }
