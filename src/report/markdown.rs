@@ -133,7 +133,7 @@ fn write_memory(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) 
         bw(first.hardware.mem_bandwidth_gb_s), bw(first.hardware.mem_bandwidth_all_gb_s),
         match (full.bytes_per_token, full.achieved_gb_s) {
             (Some(b), Some(a)) => format!(" Full depth reads {:.2} MB of weights and KV cache per decoded token (counted from the trace, not a hardware counter) and achieves {a:.1} GB/s{}.",
-                b / 1e6, full.hardware.bandwidth_at(full.key.threads).map(|m| format!(", {:.0}% of the bandwidth measured at its {}{}", 100.0 * a / m, super::plural(full.key.threads, "thread"), if a > m { " (above the triad: it counts 24 bytes an element, as STREAM does, and also moves the lines its stores allocate, while a decode step only reads)" } else { "" })).unwrap_or_default()),
+                b / 1e6, full.hardware.bandwidth_at(full.key.threads).map(|m| format!(", {:.0}% of the bandwidth measured at its {}{}", 100.0 * a / m, super::plural(full.key.threads, "thread"), if a > m { " (above the triad: a triad also moves the lines its stores allocate, beyond the 24 bytes an element STREAM counts, while a decode step only reads, and weights smaller than the last-level cache are read from it)" } else { "" })).unwrap_or_default()),
             _ => String::new(),
         });
     let _ = writeln!(s);
