@@ -103,7 +103,7 @@ pub struct OrtBackend {
     positions: Option<(usize, usize, Rc<DynValue>)>,
     /// Positions an in-place cache buffer first holds (it doubles when a sequence outgrows it).
     capacity: usize,
-    /// [`OrtBackend::capacity`] of batched rows' buffers (swapped in with a row's caches).
+    /// Positions the batched rows' in-place buffers first hold (`rows.rs`).
     row_capacity: usize,
     precision: Precision,
     /// Set-up facts for the record.
@@ -688,13 +688,12 @@ impl Speculate for OrtBackend {
 }
 
 impl OrtBackend {
-    /// Runs `f` with `row`'s caches in place of the single-row caches.
+    /// Runs `f` with `row`'s caches in place of the single-row caches (concatenating form only:
+    /// in place, rows share buffers, `rows.rs`).
     fn with_row<T>(&mut self, row: usize, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let mut caches = std::mem::take(&mut self.row_caches[row]);
         std::mem::swap(&mut self.caches, &mut caches);
-        std::mem::swap(&mut self.capacity, &mut self.row_capacity);
         let out = f(self);
-        std::mem::swap(&mut self.capacity, &mut self.row_capacity);
         std::mem::swap(&mut self.caches, &mut caches);
         self.row_caches[row] = caches;
         out
