@@ -60,7 +60,15 @@ impl HeadSummary {
     /// The reductions on host logits (one pass for top-2, one for the normaliser).
     pub fn of_logits(logits: &[f32]) -> Self {
         let (i1, v1, v2) = top2(logits);
-        let z: f32 = logits.iter().map(|&v| (v - v1).exp()).sum();
+        // z = Σ exp(v − v1) in order; the exponentials eight at a time, with `f32::exp`'s bits.
+        let mut buf = [0f32; 512];
+        let mut z = 0f32;
+        for chunk in logits.chunks(buf.len()) {
+            let e = &mut buf[..chunk.len()];
+            e.iter_mut().zip(chunk).for_each(|(e, &v)| *e = v - v1);
+            crate::expf::exp_in_place(e);
+            z = e.iter().fold(z, |z, &e| z + e);
+        }
         HeadSummary::from_reduced(i1 as u32, v1, v2, z)
     }
 

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod decode;
 pub mod decode_bytes;
 pub mod error;
+pub mod expf;
 pub mod exit;
 pub mod head;
 pub mod lines;
