@@ -166,7 +166,12 @@ fn matmul_rows_on(kernel: Kernel, w: &[f32], xs: &[f32], m: usize, y: &mut [f32]
         }
     };
     if m == 1 {
-        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
+        if rayon::current_num_threads() == 1 {
+            // One computing thread: the whole matrix as one task (no task scheduling per 32 rows).
+            task(0, y);
+        } else {
+            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
+        }
         return;
     }
     let mut yt = vec![0f32; rows * m];
@@ -182,6 +187,13 @@ fn matmul_rows_on(kernel: Kernel, w: &[f32], xs: &[f32], m: usize, y: &mut [f32]
 /// blocks of 8 weight rows at batch 1; with several rows, blocks of 4 weight rows (they stay in
 /// L1) against groups of 3 input rows, then against the pair or row left over.
 fn block_rows(kernel: Kernel, w: &[f32], xs: &[f32], n: usize, m: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && kernel != Kernel::Portable && w.len() == out.len() * n && xs.len() == n {
+        // SAFETY: the non-portable kernels are only chosen where the CPU has AVX2 and FMA; the
+        // lengths were checked above.
+        unsafe { one_row_blocks_avx2(w, xs, out) };
+        return;
+    }
     let count = w.len() / n;
     let wrow = |r: usize| &w[r * n..(r + 1) * n];
     let xrow = |i: usize| &xs[i * n..(i + 1) * n];
@@ -445,6 +457,53 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
         }
     }
     out
+}
+
+/// [`block_rows`] at one input row on AVX2 and FMA, inside one call: blocks of 8 weight rows
+/// with [`products_avx2`]'s arithmetic (`W` = 8, `X` = 1) and its prefetch of the block after,
+/// without a call, eight row slices and a copy of the results per block; then the rows left
+/// over one at a time, as [`block_rows`] runs them. The bits are [`block_rows`]'.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `w` must hold `out.len()` rows of `x.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn one_row_blocks_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (n, count) = (x.len(), out.len());
+    debug_assert_eq!(w.len(), count * n);
+    let mut r = 0;
+    while r + 8 <= count {
+        // SAFETY (every read below): rows r..r + 8 lie within `w`, and i + 8 ≤ n.
+        let base = w.as_ptr().add(r * n);
+        // The memory after this block, a hint only (as in `block_rows`): never read.
+        let ahead = w.as_ptr().wrapping_add((r + 8) * n);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 8 <= n {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            if i.is_multiple_of(16) {
+                for k in 0..8 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k * n + i) as *const i8);
+                }
+            }
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(k * n + i)), xv, *a);
+            }
+            i += 8;
+        }
+        for (k, a) in acc.iter().enumerate() {
+            let mut total = sum_lanes(*a);
+            for (wv, xv) in w[(r + k) * n + i..(r + k + 1) * n].iter().zip(&x[i..]) {
+                total += wv * xv;
+            }
+            out[r + k] = total;
+        }
+        r += 8;
+    }
+    for r in r..count {
+        out[r] = products_avx2::<1, 1>([&w[r * n..(r + 1) * n]], [x], None)[0][0];
+    }
 }
 
 /// The eight lanes of `a` summed in registers in [`reduce`]'s order, so with the same bits:
