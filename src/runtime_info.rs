@@ -39,6 +39,19 @@ pub struct RuntimeInfo {
     /// candle on the CPU: the OS threads that ran the kernels, measured in the group's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute: Option<ComputeThreads>,
+    /// candle on the CPU: how much of the weights sits on 2 MiB pages (see
+    /// `model::huge_pages`); absent in records from before it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePageShare>,
+}
+
+/// How much of a model's weights sits on 2 MiB pages, as the kernel reports it (for the record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HugePageShare {
+    /// MiB of the weights on huge pages (`AnonHugePages` of their arenas in `/proc/self/smaps`).
+    pub backed_mib: f64,
+    /// MiB of the weights in all (shared storage, such as a tied LM head, counted once).
+    pub weights_mib: f64,
 }
 
 /// The computing threads a group ran on, as measured inside its pool (for the record).

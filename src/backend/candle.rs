@@ -259,7 +259,7 @@ impl Backend for CandleBackend {
             DType::BF16 => "bf16",
             _ => "f32",
         };
-        RuntimeInfo { version: crate::hardware::CANDLE_VERSION.to_string(), compute_dtype: compute_dtype.into(), threads: self.threads, ..Default::default() }
+        RuntimeInfo { version: crate::hardware::CANDLE_VERSION.to_string(), compute_dtype: compute_dtype.into(), threads: self.threads, huge_pages: self.model.huge_pages(), ..Default::default() }
     }
 
 }

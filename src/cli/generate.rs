@@ -213,6 +213,9 @@ struct GenerateOut {
     /// The computing OS threads measured inside the pool (N for `--threads N`).
     #[serde(skip_serializing_if = "Option::is_none")]
     compute_threads: Option<crate::backend::threads::ComputeThreads>,
+    /// candle on the CPU: how much of the weights sits on 2 MiB pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    huge_pages: Option<crate::runtime_info::HugePageShare>,
     dtype: &'static str,
     quality_meaningless: bool,
 }
@@ -412,6 +415,10 @@ fn print_generation(p: &Prepared, prompt: &[u32], g: &Generation, opts: &Generat
             mode: opts.mode,
             threads: p.threads,
             compute_threads: p.compute.clone(),
+            huge_pages: match &p.backend {
+                crate::backend::OpenBackend::Candle(b) => b.model().huge_pages(),
+                crate::backend::OpenBackend::Ort(_) => None,
+            },
             dtype: p.precision.name(),
             quality_meaningless: m.random_weights.is_some(),
         };

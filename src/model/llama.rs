@@ -11,6 +11,7 @@ use super::config::LlamaConfig;
 use super::names::{self, Proj};
 use super::weights::TensorLoader;
 use crate::error::{Error, Result};
+use crate::runtime_info::HugePageShare;
 use candle_core::{DType, Device, Tensor, D};
 use super::kv::KvBuffer;
 use super::matvec;
@@ -458,6 +459,8 @@ pub struct LlamaModel {
     head_is_embedding: bool,
     /// True while training: differentiable ops instead of fused kernels.
     pub differentiable: bool,
+    /// How much of the weights sits on 2 MiB pages (CPU; None elsewhere).
+    huge_pages: Option<HugePageShare>,
 }
 
 impl LlamaModel {
@@ -471,7 +474,38 @@ impl LlamaModel {
         let lm_head = if head_is_embedding { embed.clone() } else { w.get(names::LM_HEAD, &[v, d])? };
         let classifiers = load_classifiers(w, cfg)?;
         let rope = Rope::new(cfg, w.dtype(), w.device())?;
-        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), head_is_embedding, differentiable: false })
+        let mut m = Self { cfg: cfg.clone(), embed, layers, norm, lm_head, classifiers, rope, dtype: w.dtype(), head_is_embedding, differentiable: false, huge_pages: None };
+        if w.device().is_cpu() {
+            m.huge_pages = Some(super::huge_pages::gather_onto_huge_pages(m.weights_mut())?);
+        }
+        Ok(m)
+    }
+
+    /// Every weight of the model (the LM head once more, even when it is the embedding).
+    fn weights_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![&mut self.embed];
+        for l in &mut self.layers {
+            out.push(&mut l.input_norm.weight);
+            out.push(&mut l.post_norm.weight);
+            for lin in [&mut l.attn.q, &mut l.attn.k, &mut l.attn.v, &mut l.attn.o, &mut l.gate, &mut l.up, &mut l.down] {
+                out.push(&mut lin.weight);
+                if let Some(b) = &mut lin.bias {
+                    out.push(b);
+                }
+            }
+        }
+        out.push(&mut self.norm.weight);
+        out.push(&mut self.lm_head);
+        for (w, b) in self.classifiers.iter_mut().flatten() {
+            out.push(w);
+            out.push(b);
+        }
+        out
+    }
+
+    /// How much of the weights sits on 2 MiB pages (CPU only; see `model::huge_pages`).
+    pub fn huge_pages(&self) -> Option<HugePageShare> {
+        self.huge_pages
     }
 
     /// The configuration.

@@ -3,6 +3,7 @@
 //! `exit_classifier.safetensors`. Loading checks every file and names the one that is wrong.
 
 pub mod config;
+pub mod huge_pages;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx2;
 pub mod attention_cpu;

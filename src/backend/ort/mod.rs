@@ -243,6 +243,7 @@ impl OrtBackend {
             spinning: Some(spinning),
             cpu_nodes: { let c = cpu_nodes.borrow(); (!c.is_empty()).then(|| c.join("; ")) },
             compute: None,
+            huge_pages: None,
         };
         Ok(Self {
             cfg: files.config.clone(),
