@@ -27,12 +27,13 @@ pub const IN_PLACE_BYTES: usize = 16 << 20;
 /// Puts the CPU tensors of `weights` on huge pages: smaller ones are moved into one arena per
 /// dtype and replaced by views of the same shape and values (clones of one tensor, such as a tied
 /// LM head and its embedding, stay one view); ones of at least [`IN_PLACE_BYTES`] are collapsed
-/// where they are. Tensors on other devices, or of other dtypes, are left alone. Says how much
-/// of the weights ended on huge pages.
+/// where they are. Tensors on other devices, of other dtypes, or that are training variables
+/// (whose storage the optimizer updates and whose identity the gradients follow) are left alone.
+/// Says how much of the weights ended on huge pages.
 pub fn gather_onto_huge_pages(mut weights: Vec<&mut Tensor>) -> Result<HugePageShare> {
     let (mut ranges, mut bytes) = (Vec::new(), 0usize);
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let picked: Vec<usize> = (0..weights.len()).filter(|&i| weights[i].device().is_cpu() && weights[i].dtype() == dtype).collect();
+        let picked: Vec<usize> = (0..weights.len()).filter(|&i| weights[i].device().is_cpu() && weights[i].dtype() == dtype && !weights[i].is_variable()).collect();
         bytes += match dtype {
             DType::F32 => gather::<f32>(&mut weights, &picked, &mut ranges)?,
             DType::F16 => gather::<half::f16>(&mut weights, &picked, &mut ranges)?,
@@ -202,8 +203,11 @@ mod tests {
         let before: Vec<Vec<f32>> = [&a, &b, &c, &d].iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
         let (mut a2, mut b2, mut c2, mut d2, mut tied, mut h2) = (a.clone(), b.clone(), c.clone(), d.clone(), a.clone(), h.clone());
         let d_id = d.id();
+        let var = candle_core::Var::from_tensor(&b).unwrap();
+        let mut trained = var.as_tensor().clone();
         drop((a, b, c, d));
-        let share = gather_onto_huge_pages(vec![&mut a2, &mut b2, &mut tied, &mut c2, &mut d2, &mut h2]).unwrap();
+        let share = gather_onto_huge_pages(vec![&mut a2, &mut b2, &mut tied, &mut c2, &mut d2, &mut h2, &mut trained]).unwrap();
+        assert_eq!(trained.id(), var.as_tensor().id(), "a training variable is left alone");
         for (t, v) in [&a2, &b2, &c2, &d2].iter().zip(&before) {
             assert_eq!(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), v);
         }
