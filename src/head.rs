@@ -41,19 +41,91 @@ impl From<HeadSummary> for HeadPick {
     }
 }
 
-/// The index of the largest logit (the first on ties), the largest and the second largest.
+/// The index of the largest logit (the first on ties), the largest and the second largest (the
+/// largest left once one instance of the largest is set aside; NaN is never either): eight lanes
+/// at a time where the CPU has AVX2, with the scalar pass's result.
 fn top2(logits: &[f32]) -> (usize, f32, f32) {
-    let (mut i1, mut v1, mut v2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if logits.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above).
+            let (i1, v1, v2) = unsafe { top2_avx2(logits) };
+            // Zeros of both signs compare equal but differ in bits: which one the scalar pass
+            // keeps depends on the order it meets them, so such a result is taken from it.
+            if v1 != 0.0 && v2 != 0.0 {
+                return (i1, v1, v2);
+            }
+        }
+    }
+    top2_scalar(logits, (0, f32::NEG_INFINITY, f32::NEG_INFINITY), 0)
+}
+
+/// The scalar top-2 pass over `logits` (whose first index is `from`), continuing from `state`.
+fn top2_scalar(logits: &[f32], state: (usize, f32, f32), from: usize) -> (usize, f32, f32) {
+    let (mut i1, mut v1, mut v2) = state;
     for (i, &v) in logits.iter().enumerate() {
         if v > v1 {
             v2 = v1;
             v1 = v;
-            i1 = i;
+            i1 = from + i;
         } else if v > v2 {
             v2 = v;
         }
     }
     (i1, v1, v2)
+}
+
+/// [`top2`] with each of eight lanes running the scalar pass over every eighth logit, the lanes
+/// then merged (the largest, at the smallest index among the lanes that hold it; the second the
+/// largest of the other lanes' largest and every lane's second), and the tail past the last
+/// eight continued by the scalar pass.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn top2_avx2(logits: &[f32]) -> (usize, f32, f32) {
+    use std::arch::x86_64::*;
+    let n = logits.len() / 8 * 8;
+    let (mut m1, mut m2) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let (mut i1, mut idx) = (_mm256_setzero_si256(), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let eight = _mm256_set1_epi32(8);
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 8 ≤ n ≤ logits.len().
+        let v = _mm256_loadu_ps(logits.as_ptr().add(i));
+        // Ordered comparisons: false for NaN, as `>` is.
+        let gt1 = _mm256_cmp_ps::<_CMP_GT_OQ>(v, m1);
+        let gt2 = _mm256_cmp_ps::<_CMP_GT_OQ>(v, m2);
+        m2 = _mm256_blendv_ps(_mm256_blendv_ps(m2, v, gt2), m1, gt1);
+        m1 = _mm256_blendv_ps(m1, v, gt1);
+        i1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i1), _mm256_castsi256_ps(idx), gt1));
+        idx = _mm256_add_epi32(idx, eight);
+        i += 8;
+    }
+    let (mut l1, mut l2, mut li) = ([0f32; 8], [0f32; 8], [0i32; 8]);
+    _mm256_storeu_ps(l1.as_mut_ptr(), m1);
+    _mm256_storeu_ps(l2.as_mut_ptr(), m2);
+    _mm256_storeu_si256(li.as_mut_ptr() as *mut __m256i, i1);
+    let mut best: Option<usize> = None;
+    for l in 0..8 {
+        best = match best {
+            Some(b) if !(l1[l] > l1[b] || (l1[l] == l1[b] && li[l] < li[b])) => Some(b),
+            _ => Some(l),
+        };
+    }
+    let b = best.expect("eight lanes");
+    let mut v2 = f32::NEG_INFINITY;
+    for l in 0..8 {
+        for c in [l2[l], if l == b { f32::NEG_INFINITY } else { l1[l] }] {
+            if c > v2 {
+                v2 = c;
+            }
+        }
+    }
+    // No logit above −∞: the scalar pass's answer is index 0.
+    let i1 = if l1[b] > f32::NEG_INFINITY { li[b] as usize } else { 0 };
+    top2_scalar(&logits[n..], (i1, l1[b], v2), n)
 }
 
 impl HeadSummary {
@@ -121,6 +193,47 @@ mod tests {
         assert!((s.p1 as f64 - p1).abs() < 1e-6 && (s.p2 as f64 - p2).abs() < 1e-6);
         assert_eq!((s.argmax, s.logit_gap), (1, 1.0));
         assert_eq!(argmax(&logits), 1);
+    }
+
+    /// The eight-lane top-2 gives the scalar pass's index and bits on ties, NaN, infinities,
+    /// zeros of both signs, every length around the lane count and seeded vocabularies.
+    #[test]
+    fn the_lane_top2_is_the_scalar_pass() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<Vec<f32>> = Vec::new();
+        for n in [64, 65, 71, 72, 80, 1000, 32000] {
+            cases.push((0..n).map(|_| (next() % 2001) as f32 * 0.01 - 10.0).collect());
+            // Few distinct values: ties everywhere.
+            cases.push((0..n).map(|_| (next() % 4) as f32).collect());
+        }
+        let mut special = vec![-5.0f32; 100];
+        special[3] = f32::NAN;
+        special[40] = 2.0;
+        special[77] = 2.0;
+        special[90] = f32::NAN;
+        cases.push(special.clone());
+        special[50] = f32::INFINITY;
+        cases.push(special.clone());
+        cases.push(vec![f32::NEG_INFINITY; 70]);
+        cases.push(vec![f32::NAN; 70]);
+        let mut zeros = vec![-1.0f32; 90];
+        zeros[10] = -0.0;
+        zeros[33] = 0.0;
+        zeros[60] = -0.0;
+        cases.push(zeros);
+        let mut tail = vec![0.5f32; 67];
+        tail[66] = 0.75;
+        cases.push(tail);
+        for (k, c) in cases.iter().enumerate() {
+            let (a, b) = (top2(c), top2_scalar(c, (0, f32::NEG_INFINITY, f32::NEG_INFINITY), 0));
+            assert_eq!((a.0, a.1.to_bits(), a.2.to_bits()), (b.0, b.1.to_bits(), b.2.to_bits()), "case {k}");
+        }
     }
 
     #[test]
