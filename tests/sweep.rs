@@ -77,7 +77,7 @@ fn mask_csv(text: &str) -> String {
         "prefill_ms", "duration_s", "layers_s", "exit_checks_s", "propagation_s", "peak_mem_mb", "energy_j", "avg_watts", "j_per_token",
         "energy_net_j", "idle_w", "prefill_j", "decode_j_per_token", "wh_per_1k_queries", "gco2e", "energy_gpu_j", "energy_cpu_j", "energy_dram_j",
         "energy_warnings", "runtime_version", "export_s", "session_s", "achieved_gb_s", "mem_bandwidth_gb_s", "mem_bandwidth_all_gb_s",
-        "speedup_measured_lo", "speedup_measured_hi", "prefill_j_per_query", "layer_us"];
+        "speedup_measured_lo", "speedup_measured_hi", "prefill_j_per_query", "layer_us", "huge_page_weights_mib"];
     let mut out = headers.iter().collect::<Vec<_>>().join(",") + "\n";
     for rec in rd.records() {
         let rec = rec.unwrap();

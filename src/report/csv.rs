@@ -97,6 +97,7 @@ pub const COLUMNS: &[Column] = &[
     ("prefill_j_per_query", |_, r| num(r.energy.prefill_j_per_query)),
     ("prefill_energy_method", |_, r| r.energy.prefill_energy_method.clone().unwrap_or_default()),
     ("layer_us", |_, r| r.layer_us.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(";")),
+    ("huge_page_weights_mib", |_, r| num(r.runtime.as_ref().and_then(|x| x.huge_pages).map(|h| h.backed_mib))),
 ];
 
 /// The CSV export.

@@ -135,7 +135,7 @@ fn write_memory(s: &mut String, members: &[&ReportRow], records: &[CellRecord]) 
             (Some(b), Some(a)) => format!(" Full depth reads {:.2} MB of weights and KV cache per decoded token (counted from the trace, not a hardware counter) and achieves {a:.1} GB/s{}.",
                 b / 1e6, full.hardware.bandwidth_at(full.key.threads).map(|m| format!(", {:.0}% of the bandwidth measured at its {}{}", 100.0 * a / m, super::plural(full.key.threads, "thread"), if a > m { " (above the triad: a triad also moves the lines its stores allocate, beyond the 24 bytes an element STREAM counts, while a decode step only reads, and weights smaller than the last-level cache are read from it)" } else { "" })).unwrap_or_default()),
             _ => String::new(),
-        });
+        } + &full.runtime.as_ref().and_then(|x| x.huge_pages).map(|h| format!(" Weights on 2 MiB pages: {:.0} of {:.0} MiB (transparent huge pages, as /proc/self/smaps counts them; the rest on 4 KiB pages, each a TLB miss when streamed).", h.backed_mib, h.weights_mib)).unwrap_or_default());
     let _ = writeln!(s);
     let lines: Vec<String> = members
         .iter()
