@@ -58,7 +58,9 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
     for (k, &i) in picked.iter().enumerate().filter(|(k, _)| alias[*k].is_none()) {
         let n = weights[i].elem_count();
         bytes += n * size;
-        if n * size >= IN_PLACE_BYTES {
+        // In place only where the tensor's values are its own contiguous range (a strided one
+        // would be read through a copy).
+        if n * size >= IN_PLACE_BYTES && weights[i].is_contiguous() {
             let (addr, len) = with_host::<T, _>(weights[i], |s| (s.as_ptr() as usize, std::mem::size_of_val(s)))?;
             let (start, len) = aligned_interior(addr, len);
             advise_huge_pages(start, len);
