@@ -10,6 +10,7 @@
 //! pages, and the record says how much is on huge pages, as `/proc/self/smaps` reports it
 //! ([`HugePageShare`]). docs/performance.md has the figures that motivated it.
 
+use super::matvec::with_slice_of;
 use crate::error::Result;
 use crate::runtime_info::HugePageShare;
 use candle_core::{DType, Device, Tensor, WithDType};
@@ -61,7 +62,7 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
         // In place only where the tensor's values are its own contiguous range (a strided one
         // would be read through a copy).
         if n * size >= IN_PLACE_BYTES && weights[i].is_contiguous() {
-            let (addr, len) = with_host::<T, _>(weights[i], |s| (s.as_ptr() as usize, std::mem::size_of_val(s)))?;
+            let (addr, len) = with_slice_of::<T, _>(weights[i], |s| (s.as_ptr() as usize, std::mem::size_of_val(s)))?;
             let (start, len) = aligned_interior(addr, len);
             advise_huge_pages(start, len);
             collapse(start, len);
@@ -83,7 +84,7 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
     for (k, &i) in picked.iter().enumerate() {
         let Some(at) = offsets[k] else { continue };
         arena.resize(at, T::from_f64(0.0));
-        with_host::<T, _>(weights[i], |s| arena.extend_from_slice(s))?;
+        with_slice_of::<T, _>(&weights[i].contiguous()?, |s| arena.extend_from_slice(s))?;
         let w = std::mem::replace(&mut *weights[i], Tensor::zeros((), T::DTYPE, &Device::Cpu)?);
         shapes[k] = Some(w.shape().clone());
     }
@@ -102,15 +103,6 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
         }
     }
     Ok(bytes)
-}
-
-/// Runs `f` on the values of a contiguous CPU tensor of dtype `T`, in place.
-fn with_host<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { return Err(crate::error::Error::Internal("huge pages: tensor not on the CPU".into())) };
-    let (from, to) = layout.contiguous_offsets().ok_or_else(|| crate::error::Error::Internal("huge pages: strided tensor".into()))?;
-    Ok(f(&cpu.as_slice::<T>()?[from..to]))
 }
 
 /// The 2 MiB-aligned interior of `[addr, addr + bytes)`: its start and length (0 when it holds

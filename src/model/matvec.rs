@@ -523,10 +523,15 @@ pub(crate) unsafe fn sum_lanes(a: std::arch::x86_64::__m256) -> f32 {
 
 /// Runs `f` on the f32 contents of a contiguous CPU tensor, in place.
 pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    with_slice_of::<f32, R>(t, f)
+}
+
+/// [`with_slice`] for a tensor of any dtype `T`.
+pub(crate) fn with_slice_of<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else { return Err(Error::Internal("matvec: tensor not on the CPU".into())) };
     let (from, to) = layout.contiguous_offsets().ok_or_else(|| Error::Internal("matvec: strided tensor".into()))?;
-    Ok(f(&cpu.as_slice::<f32>()?[from..to]))
+    Ok(f(&cpu.as_slice::<T>()?[from..to]))
 }
 
 /// The most rows [`try_row_times_transposed`] serves: above this candle's gemm, whose packing
