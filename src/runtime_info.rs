@@ -50,7 +50,8 @@ pub struct RuntimeInfo {
 pub struct HugePageShare {
     /// MiB of the weights on huge pages (`AnonHugePages` of their arenas in `/proc/self/smaps`).
     pub backed_mib: f64,
-    /// MiB of the weights in all (shared storage, such as a tied LM head, counted once).
+    /// MiB of the weights in all, whatever their dtype (only f32 weights are put on huge pages;
+    /// a tied LM head counted once).
     pub weights_mib: f64,
 }
 

@@ -3,8 +3,12 @@
 //! Llama-3.2-1B shape's 4.9 GB), each a TLB miss. After loading, a CPU model's weights are put on
 //! transparent huge pages: weights of at least [`IN_PLACE_BYTES`] where they are
 //! (`MADV_HUGEPAGE`, then `MADV_COLLAPSE`, which moves their pages onto huge pages at once), and
-//! the smaller ones, which no huge page would fit inside, copied into one allocation per dtype
-//! (an arena) advised before it is first written, each becoming a view of the same shape into it.
+//! the smaller ones, which no huge page would fit inside, copied into one allocation (an arena)
+//! advised before it is first written, each becoming a view of the same shape into it. Only f32
+//! weights: the products that stream them are exitbench's own kernels, and candle's f32 gemm
+//! reads a view in place. candle's bf16 matmul on the CPU widens its operands' whole storage to
+//! f32 on every call, so an arena made the embedded model's bf16 decode 32× slower (2.8 → 88
+//! ms/token), and its f16 decode was 1.4× slower on views.
 //! Values, and so every result, are unchanged; only the pages under them change. Where the
 //! kernel declines (THP `never`, no free huge pages, not Linux) the weights stay on ordinary
 //! pages, and the record says how much is on huge pages, as `/proc/self/smaps` reports it
@@ -25,40 +29,36 @@ const ALIGN: usize = 64;
 /// collapsed in place (no copy; at most one partial huge page at each end stays small).
 pub const IN_PLACE_BYTES: usize = 16 << 20;
 
-/// Puts the CPU tensors of `weights` on huge pages: smaller ones are moved into one arena per
-/// dtype and replaced by views of the same shape and values (clones of one tensor, such as a tied
+/// Puts the f32 CPU tensors of `weights` on huge pages: smaller ones are moved into one arena and
+/// replaced by views of the same shape and values (clones of one tensor, such as a tied
 /// LM head and its embedding, stay one view); ones of at least [`IN_PLACE_BYTES`] are collapsed
-/// where they are. Tensors on other devices, of other dtypes, or that are training variables
-/// (whose storage the optimizer updates and whose identity the gradients follow) are left alone.
+/// where they are. Tensors on other devices, of other dtypes (see the module header), or that are
+/// training variables (whose storage the optimizer updates and whose identity the gradients
+/// follow) are left alone.
 /// Says how much of the weights ended on huge pages.
 pub fn gather_onto_huge_pages(mut weights: Vec<&mut Tensor>) -> Result<HugePageShare> {
-    let (mut ranges, mut bytes) = (Vec::new(), 0usize);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let picked: Vec<usize> = (0..weights.len()).filter(|&i| weights[i].device().is_cpu() && weights[i].dtype() == dtype && !weights[i].is_variable()).collect();
-        bytes += match dtype {
-            DType::F32 => gather::<f32>(&mut weights, &picked, &mut ranges)?,
-            DType::F16 => gather::<half::f16>(&mut weights, &picked, &mut ranges)?,
-            _ => gather::<half::bf16>(&mut weights, &picked, &mut ranges)?,
-        };
-    }
+    // Every CPU weight counts towards the total, whatever its dtype (clones once).
+    let mut ids = std::collections::HashSet::new();
+    let bytes: usize = weights.iter().filter(|t| t.device().is_cpu() && ids.insert(t.id())).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+    let mut ranges = Vec::new();
+    let picked: Vec<usize> = (0..weights.len()).filter(|&i| weights[i].device().is_cpu() && weights[i].dtype() == DType::F32 && !weights[i].is_variable()).collect();
+    gather::<f32>(&mut weights, &picked, &mut ranges)?;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     Ok(HugePageShare { backed_mib: mib(huge_bytes_within(&ranges)), weights_mib: mib(bytes) })
 }
 
 /// [`gather_onto_huge_pages`] for the tensors `picked` of `weights`, all of dtype `T` on the
-/// CPU: the ranges it advised are added to `ranges`; returns the bytes of the distinct tensors.
-fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &mut Vec<(usize, usize)>) -> Result<usize> {
+/// CPU: the ranges it advised are added to `ranges`.
+fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &mut Vec<(usize, usize)>) -> Result<()> {
     // A clone of an earlier tensor (the same candle tensor) ends as a clone of that one's view.
     let alias: Vec<Option<usize>> = picked.iter().enumerate().map(|(k, &i)| picked[..k].iter().copied().find(|&j| weights[j].id() == weights[i].id())).collect();
     let size = std::mem::size_of::<T>();
-    let mut bytes = 0;
     // The large ones in place; the others' places in the arena.
     let step = ALIGN / size;
     let mut offsets = vec![None; picked.len()];
     let mut total = 0usize;
     for (k, &i) in picked.iter().enumerate().filter(|(k, _)| alias[*k].is_none()) {
         let n = weights[i].elem_count();
-        bytes += n * size;
         // In place only where the tensor's values are its own contiguous range (a strided one
         // would be read through a copy).
         if n * size >= IN_PLACE_BYTES && weights[i].is_contiguous() {
@@ -73,7 +73,7 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
         }
     }
     if total == 0 {
-        return Ok(bytes);
+        return Ok(());
     }
     let mut arena: Vec<T> = Vec::with_capacity(total);
     let (start, len) = aligned_interior(arena.as_ptr() as usize, total * size);
@@ -102,7 +102,7 @@ fn gather<T: WithDType>(weights: &mut [&mut Tensor], picked: &[usize], ranges: &
             *weights[i] = weights[j].clone();
         }
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// The 2 MiB-aligned interior of `[addr, addr + bytes)`: its start and length (0 when it holds
@@ -210,9 +210,10 @@ mod tests {
         assert_eq!((base(&a2), base(&b2), base(&c2)), (0, 1 << 20, (1 << 20) + (333 * 7usize).div_ceil(16) * 16), "one arena, in order, 64-byte aligned");
         assert_eq!(tied.id(), a2.id(), "the tied copy stays the same view");
         assert_eq!(d2.id(), d_id, "a weight of 18 MiB stays where it is");
-        assert_eq!(h2.dtype(), DType::F16);
+        assert_eq!(h2.id(), h.id(), "an f16 weight is left alone");
         assert_eq!(h2.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), h.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap());
-        let bytes = (4 << 20) + 333 * 7 * 4 + (12 << 20) + (18 << 20) + 5 * 2;
+        // Every weight counts, the f16 one and the training variable included (the tied clone once).
+        let bytes = (4 << 20) + 333 * 7 * 4 + (12 << 20) + (18 << 20) + 5 * 2 + 333 * 7 * 4;
         assert_eq!(share.weights_mib, bytes as f64 / (1 << 20) as f64);
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
         if cfg!(target_os = "linux") && thp.contains('[') && !thp.contains("[never]") {
