@@ -201,11 +201,8 @@ fn block_rows(kernel: Kernel, w: &[f32], xs: &[f32], n: usize, m: usize, out: &m
     let mut r = 0;
     while r + wb <= count {
         if m == 1 {
-            // The memory after this block (the next block's rows, or past the last block whatever
-            // follows the matrix), prefetched while this block streams: one row's product is
-            // bound by how fast the weights arrive.
-            let ahead = w.as_ptr().wrapping_add((r + 8) * n);
-            let v = products_ahead::<8, 1>(kernel, std::array::from_fn(|k| wrow(r + k)), [xrow(0)], Some(ahead));
+            // The portable kernel (on AVX2 `one_row_blocks_avx2` serves one row).
+            let v = products::<8, 1>(kernel, std::array::from_fn(|k| wrow(r + k)), [xrow(0)]);
             (0..8).for_each(|k| out[r + k] = v[k][0]);
         } else {
             let ws: [&[f32]; 4] = std::array::from_fn(|k| wrow(r + k));
@@ -315,7 +312,7 @@ fn block_rows_paired(w: &[f32], xs: &[f32], pairs: &[f32], n: usize, m: usize, o
 /// The dot products of `W` weight rows with `P` row pairs (packed by [`pack_pairs`]; `xt` are
 /// each pair's two rows unpacked, for the elements past the last full chunk, an empty slice for
 /// an odd row's missing partner; `ahead`: where the weights read next start, a prefetch hint as in
-/// [`products_ahead`]). Each output's eight lanes run exactly the FMAs of
+/// [`one_row_blocks_avx2`]). Each output's eight lanes run exactly the FMAs of
 /// [`products_avx2`] in the same order and are summed by [`sum_lanes`], so the bits are its bits.
 ///
 /// # Safety
@@ -374,18 +371,11 @@ unsafe fn products_paired<const W: usize, const P: usize>(_: [&[f32]; W], _: [&[
 /// The W × X dot products of `w` rows and `x` rows (all of one length): with AVX2 and FMA where
 /// the CPU has them, else the same arithmetic without fused multiply-adds.
 fn products<const W: usize, const X: usize>(kernel: Kernel, w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
-    products_ahead(kernel, w, x, None)
-}
-
-/// [`products`], prefetching from `ahead` (where the weights to be read next start; row k's part
-/// at k · n) as it goes: a hint only, never read, so any address will do. The arithmetic is the
-/// same.
-fn products_ahead<const W: usize, const X: usize>(kernel: Kernel, w: [&[f32]; W], x: [&[f32]; X], ahead: Option<*const f32>) -> [[f32; X]; W] {
     #[cfg(target_arch = "x86_64")]
     {
         if kernel != Kernel::Portable {
             // SAFETY: the CPU supports the features `products_avx2` is compiled for.
-            return unsafe { products_avx2::<W, X>(w, x, ahead) };
+            return unsafe { products_avx2::<W, X>(w, x) };
         }
     }
     let n = w[0].len();
@@ -421,7 +411,7 @@ fn reduce(lanes: &[f32; 8], wt: &[f32], xt: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X], ahead: Option<*const f32>) -> [[f32; X]; W] {
+unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
     use std::arch::x86_64::*;
     let n = w[0].len();
     let mut acc = [[_mm256_setzero_ps(); X]; W];
@@ -431,12 +421,6 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
         for j in 0..X {
             // SAFETY: i + 8 ≤ n, the length of every row.
             xv[j] = _mm256_loadu_ps(x[j].as_ptr().add(i));
-        }
-        if let Some(a) = ahead.filter(|_| i.is_multiple_of(16)) {
-            for k in 0..W {
-                // A hint: the address is never read.
-                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(k * n + i) as *const i8);
-            }
         }
         for k in 0..W {
             let wv = _mm256_loadu_ps(w[k].as_ptr().add(i));
@@ -460,8 +444,9 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
 }
 
 /// [`block_rows`] at one input row on AVX2 and FMA, inside one call: blocks of 8 weight rows
-/// with [`products_avx2`]'s arithmetic (`W` = 8, `X` = 1) and its prefetch of the block after,
-/// without a call, eight row slices and a copy of the results per block; then the rows left
+/// with [`products_avx2`]'s arithmetic (`W` = 8, `X` = 1), prefetching the block after while one
+/// streams (a row's product is bound by how fast its weights arrive), without a call, eight row
+/// slices and a copy of the results per block; then the rows left
 /// over one at a time, as [`block_rows`] runs them. The bits are [`block_rows`]'.
 ///
 /// # Safety
@@ -502,7 +487,7 @@ unsafe fn one_row_blocks_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
         r += 8;
     }
     for r in r..count {
-        out[r] = products_avx2::<1, 1>([&w[r * n..(r + 1) * n]], [x], None)[0][0];
+        out[r] = products_avx2::<1, 1>([&w[r * n..(r + 1) * n]], [x])[0][0];
     }
 }
 
