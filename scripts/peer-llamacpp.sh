@@ -58,10 +58,12 @@ export PATH="$work/venv/bin:$PATH"
 sdist="$work/llama_cpp_python-$version.tar.gz"
 if [ ! -f "$sdist" ]; then
     "$py" - "$version" "$sdist" <<'EOF'
-import json, sys, urllib.request
+import re, sys, urllib.request
 version, out = sys.argv[1], sys.argv[2]
-meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{version}/json"))
-url = next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist")
+# The simple index (what pip reads), which registry mirrors and proxies serve where the JSON API
+# may not be; the hash is checked below.
+page = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/").read().decode()
+url = next(u for u in re.findall(r'href="([^"#]+)', page) if u.endswith(f"/llama_cpp_python-{version}.tar.gz"))
 urllib.request.urlretrieve(url, out)
 EOF
 fi
