@@ -412,7 +412,6 @@ fn reduce(lanes: &[f32; 8], wt: &[f32], xt: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[inline]
 unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f32]; X]) -> [[f32; X]; W] {
     use std::arch::x86_64::*;
     let n = w[0].len();
@@ -445,13 +444,15 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
     out
 }
 
-/// [`block_rows`] at one input row on AVX2 and FMA: each weight row's product by
-/// [`products_avx2`] (`W` = `X` = 1), so the bits are [`block_rows`]'. The rows run one after
-/// another, so the weights are read in the order they lie in memory, one stream, each row's
-/// lines prefetched [`PREFETCH_AHEAD`] bytes ahead of it; the next row's independent chain
-/// overlaps this one's in the out-of-order core. (Blocks of 8 rows read side by side, eight
-/// streams 1 KiB or more apart, streamed 0.76–0.8× as fast from DRAM on an AMD EPYC with a
-/// 32 MiB L3: see docs/performance.md.)
+/// [`block_rows`] at one input row on AVX2 and FMA, inside one call: each weight row's product
+/// with [`products_avx2`]'s arithmetic (`W` = `X` = 1: one 8-lane FMA accumulator, its lanes
+/// summed, then the tail), so the bits are [`block_rows`]'. The rows run one after another, so
+/// the weights are read in the order they lie in memory, one stream; the next row's independent
+/// chain overlaps this one's in the out-of-order core. Blocks of 8 rows read side by side (eight
+/// streams a row apart) streamed 0.76–0.8× as fast from DRAM on an AMD EPYC with a 32 MiB L3
+/// (docs/performance.md). The weights [`PREFETCH_AHEAD`] bytes ahead are prefetched one line at
+/// a time as the reads advance: a burst of a whole row's hints before each row (128 for a
+/// 2,048-wide row) made the 1B shape's step at 2 threads 1.1–1.3× slower.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `w` must hold `out.len()` rows of `x.len()` values.
@@ -459,20 +460,31 @@ unsafe fn products_avx2<const W: usize, const X: usize>(w: [&[f32]; W], x: [&[f3
 #[target_feature(enable = "avx2,fma")]
 unsafe fn one_row_avx2(w: &[f32], x: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let n = x.len();
-    debug_assert_eq!(w.len(), out.len() * n);
-    for (row, y) in w.chunks_exact(n).zip(out.iter_mut()) {
-        // A hint only, never read: it may point past the matrix.
-        let ahead = (row.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD);
-        for line in (0..n * 4).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+    let (n, count) = (x.len(), out.len());
+    debug_assert_eq!(w.len(), count * n);
+    for (r, y) in out.iter_mut().enumerate() {
+        // SAFETY (every read below): row r lies within `w`, and i + 8 ≤ n.
+        let row = w.as_ptr().add(r * n);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            if i.is_multiple_of(16) {
+                // A hint only, never read: it may point past the matrix.
+                _mm_prefetch::<_MM_HINT_T0>((row.wrapping_add(i) as *const i8).wrapping_add(PREFETCH_AHEAD));
+            }
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), acc);
+            i += 8;
         }
-        *y = products_avx2::<1, 1>([row], [x])[0][0];
+        let mut total = sum_lanes(acc);
+        for (wv, xv) in w[r * n + i..(r + 1) * n].iter().zip(&x[i..]) {
+            total += wv * xv;
+        }
+        *y = total;
     }
 }
 
-/// How far ahead of the weights being read [`one_row_avx2`] prefetches them, in bytes (one
-/// prefetch per 64-byte line).
+/// How far ahead of the weights being read [`one_row_avx2`] prefetches them, in bytes
+/// (one prefetch per 64-byte line read).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 1024;
 
