@@ -10,10 +10,11 @@
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Storage, Tensor};
-use rayon::prelude::*;
 
-/// Rows handed to a thread at a time.
-const ROWS_PER_TASK: usize = 32;
+/// The least weight bytes a thread claims at a time (see [`for_each_claimed`]): small enough
+/// that the threads end a product within a few microseconds of each other, large enough that the
+/// rows stream in runs the prefetchers follow.
+const MIN_CLAIM_BYTES: usize = 64 * 1024;
 
 /// Σ a[i]·b[i]: with AVX2 and FMA where the CPU has them (checked at run time, as candle's
 /// gemm does), else eight accumulators that the compiler vectorises with the baseline ISA.
@@ -109,8 +110,8 @@ pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
 }
 
 /// `Y = X W^T` for `m` rows `xs` (`m × n`, row-major) and `w` (`rows × n`): `y` is `m × rows`.
-/// Weight rows are split across the threads in tasks of [`ROWS_PER_TASK`]; within a task a block
-/// of weight rows is read once for a group of input rows (register blocking), so at a few rows
+/// Weight rows are claimed by the threads in runs that shrink towards the end
+/// ([`for_each_claimed`]); within a run a block of weight rows is read once for a group of input rows (register blocking), so at a few rows
 /// the weights stream from memory once per call. Every output has its own 8-lane accumulator
 /// summed in one fixed order, so a row's result is the same bits whatever the other rows, the
 /// blocking, the kernel or the thread count: a row of a batch computes exactly what it computes
@@ -165,22 +166,61 @@ fn matmul_rows_on(kernel: Kernel, w: &[f32], xs: &[f32], m: usize, y: &mut [f32]
             None => block_rows(kernel, w, xs, n, m, out),
         }
     };
+    // Several input rows run in blocks of 4 weight rows: claims keep to multiples of 4.
+    let step = if m == 1 { 1 } else { 4 };
+    let least = (MIN_CLAIM_BYTES / (n * 4)).max(1).next_multiple_of(step);
     if m == 1 {
-        if rayon::current_num_threads() == 1 {
-            // One computing thread: the whole matrix as one task (no task scheduling per 32 rows).
-            task(0, y);
-        } else {
-            y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
-        }
+        for_each_claimed(y, 1, least, step, task);
         return;
     }
     let mut yt = vec![0f32; rows * m];
-    yt.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, out)| task(t * ROWS_PER_TASK, out));
+    for_each_claimed(&mut yt, m, least, step, task);
     for (r, col) in yt.chunks(m).enumerate() {
         for (i, &v) in col.iter().enumerate() {
             y[i * rows + r] = v;
         }
     }
+}
+
+/// Runs `task(first_row, out)` over `y` (rows of `m` outputs) on every thread of the current
+/// rayon pool, each thread claiming the next run of rows as soon as it is free (guided
+/// self-scheduling): a claim takes half the remaining rows ÷ the threads, at least `least`
+/// rows, rounded up to a multiple of `step`. The first claims are long runs each thread streams
+/// in memory order; the last ones are short, so the threads finish within one short claim of
+/// each other even when one of them started late or ran slower (a woken worker, a busy
+/// neighbour on the core). Fixed halves, as a parallel iterator splits them, leave the faster
+/// thread waiting for the slower one's whole last piece at every product. On one thread `y` is
+/// one task.
+fn for_each_claimed(y: &mut [f32], m: usize, least: usize, step: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+    let threads = rayon::current_num_threads();
+    let rows = y.len() / m;
+    if threads == 1 || rows <= least {
+        task(0, y);
+        return;
+    }
+    // The rows not yet claimed, and the index of the first of them.
+    let left = std::sync::Mutex::new((y, 0usize));
+    let work = || loop {
+        let (first, out) = {
+            let mut guard = left.lock().unwrap_or_else(|e| e.into_inner());
+            let (rest, first) = std::mem::take(&mut *guard);
+            let remaining = rest.len() / m;
+            if remaining == 0 {
+                return;
+            }
+            let take = (remaining / (2 * threads)).max(least).next_multiple_of(step).min(remaining);
+            let (out, rest) = rest.split_at_mut(take * m);
+            *guard = (rest, first + take);
+            (first, out)
+        };
+        task(first, out);
+    };
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 /// `out[r · m + i] = w_r · x_i` for the `count` weight rows of `w` and the `m` rows of `xs`:
@@ -616,6 +656,52 @@ mod tests {
             }
         }
         assert!(differs_from_portable > 50, "the inputs must be ones where the order of the arithmetic shows");
+    }
+
+    /// Claims cover every row once, each handed with its own first row, in multiples of the
+    /// step but the last, shrinking towards the end; at 2 and 3 threads a product made of many
+    /// claims has the bits of the one-thread product.
+    #[test]
+    fn claims_cover_every_row_once_with_its_index() {
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (rows, m, least, step) in [(1usize, 1usize, 1usize, 1usize), (7, 1, 1, 1), (200, 1, 3, 1), (201, 3, 4, 4), (64, 2, 8, 4), (1000, 1, 1, 1)] {
+                let mut y = vec![f32::NAN; rows * m];
+                let claims = std::sync::Mutex::new(Vec::new());
+                pool.install(|| {
+                    for_each_claimed(&mut y, m, least, step, |first, out| {
+                        assert_eq!(out.len() % m, 0);
+                        claims.lock().unwrap().push((first, out.len() / m));
+                        out.chunks_mut(m).enumerate().for_each(|(r, o)| o.fill((first + r) as f32));
+                    })
+                });
+                for (r, o) in y.chunks(m).enumerate() {
+                    assert!(o.iter().all(|&v| v == r as f32), "{rows} rows, {m} each: row {r} got {o:?}");
+                }
+                let mut claims = claims.into_inner().unwrap();
+                claims.sort_unstable();
+                let last = claims.last().unwrap().0;
+                for &(first, len) in &claims {
+                    assert!(first == last || (len % step == 0 && len >= least), "claim of {len} rows at {first}");
+                }
+                if rows >= 200 {
+                    assert!(claims.len() > 2 * threads, "{rows} rows in {} claims: they must shrink", claims.len());
+                    assert!(claims[0].1 > claims.last().unwrap().1, "the first claims are the long ones: {claims:?}");
+                }
+            }
+            // A product of many claims (a row is 256 bytes, so a claim is at least 256 rows),
+            // at one row and at several, against one thread.
+            let (rows, n) = (2_000, 64);
+            let w: Vec<f32> = (0..rows * n).map(|i| (((i * 37 + 5) % 101) as f32 - 50.0) / 37.0).collect();
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            for m in [1, 5] {
+                let xs: Vec<f32> = (0..m * n).map(|i| (((i * 13 + m) % 17) as f32 - 8.0) / 3.0).collect();
+                let (mut a, mut b) = (vec![0f32; rows * m], vec![0f32; rows * m]);
+                pool.install(|| matmul_rows(&w, &xs, m, &mut a));
+                one.install(|| matmul_rows(&w, &xs, m, &mut b));
+                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{threads} threads, {m} rows");
+            }
+        }
     }
 
     #[test]
