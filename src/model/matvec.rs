@@ -112,10 +112,10 @@ pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
 /// `Y = X W^T` for `m` rows `xs` (`m × n`, row-major) and `w` (`rows × n`): `y` is `m × rows`.
 /// Weight rows are claimed by the threads in runs that shrink towards the end
 /// ([`for_each_claimed`]); within a run a block of weight rows is read once for a group of input
-/// rows (register blocking), so at a few rows the weights stream from memory once per call. Every output has its own 8-lane accumulator
-/// summed in one fixed order, so a row's result is the same bits whatever the other rows, the
-/// blocking, the kernel or the thread count: a row of a batch computes exactly what it computes
-/// alone.
+/// rows (register blocking), so at a few rows the weights stream from memory once per call.
+/// Every output has its own 8-lane accumulator summed in one fixed order, so a row's result is
+/// the same bits whatever the other rows, the blocking, the kernel or the thread count: a row of
+/// a batch computes exactly what it computes alone.
 pub fn matmul_rows(w: &[f32], xs: &[f32], m: usize, y: &mut [f32]) {
     matmul_rows_on(Kernel::detect(), w, xs, m, y)
 }
